@@ -1,0 +1,187 @@
+//! diffusers' `Attention`, `BasicTransformerBlock` and `Transformer2DModel` (spatial transformer).
+
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::activation::gelu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Device, Tensor};
+
+use crate::layers::{conv2d, group_norm, linear};
+
+/// Multi-head attention. Self-attention when `context` is `None`.
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    /// diffusers `to_out.0` (index 1 is dropout).
+    pub to_out: Linear,
+    pub heads: usize,
+}
+
+impl Attention {
+    /// `qkv_bias`: false in the UNet, true in the VAE's mid-block attention.
+    pub fn new(query_dim: usize, context_dim: usize, heads: usize, head_dim: usize, qkv_bias: bool, d: &Device) -> Self {
+        let inner = heads * head_dim;
+        Attention {
+            to_q: linear(query_dim, inner, qkv_bias, d),
+            to_k: linear(context_dim, inner, qkv_bias, d),
+            to_v: linear(context_dim, inner, qkv_bias, d),
+            to_out: linear(inner, query_dim, true, d),
+            heads,
+        }
+    }
+
+    /// x: `[b, n, query_dim]`, context: `[b, m, context_dim]` → `[b, n, query_dim]`
+    pub fn forward(&self, x: Tensor<3>, context: Option<&Tensor<3>>) -> Tensor<3> {
+        let ctx = context.cloned().unwrap_or_else(|| x.clone());
+        let q = self.to_q.forward(x);
+        let k = self.to_k.forward(ctx.clone());
+        let v = self.to_v.forward(ctx);
+        let out = multi_head_attention(q, k, v, self.heads, false);
+        self.to_out.forward(out)
+    }
+}
+
+/// q: `[b, n, h·d]`, k/v: `[b, m, h·d]` → `[b, n, h·d]`, softmax scale `1/√d`.
+pub fn multi_head_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, causal: bool) -> Tensor<3> {
+    let [b, n, inner] = q.dims();
+    let m = k.dims()[1];
+    let d = inner / heads;
+    // [b, n, h·d] -> [b, n, h, d] -> [b, h, n, d]
+    let split = |t: Tensor<3>, len: usize| t.reshape([b, len, heads, d]).swap_dims(1, 2);
+    let opts = AttentionModuleOptions {
+        is_causal: causal,
+        ..Default::default()
+    };
+    let out = attention(split(q, n), split(k, m), split(v, m), None, None, opts);
+    // [b, h, n, d] -> [b, n, h, d] -> [b, n, h·d]
+    out.swap_dims(1, 2).reshape([b, n, inner])
+}
+
+/// GEGLU feed-forward: `ff.net.0.proj` (dim → 2·inner), `hidden · gelu(gate)`, `ff.net.2`.
+#[derive(Module, Debug)]
+pub struct FeedForward {
+    pub geglu: Linear,
+    pub out: Linear,
+}
+
+impl FeedForward {
+    pub fn new(dim: usize, d: &Device) -> Self {
+        let inner = 4 * dim;
+        FeedForward {
+            geglu: linear(dim, 2 * inner, true, d),
+            out: linear(inner, dim, true, d),
+        }
+    }
+
+    /// x: `[b, n, dim]` → `[b, n, dim]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let h = self.geglu.forward(x);
+        let [b, n, two_inner] = h.dims();
+        let inner = two_inner / 2;
+        let hidden = h.clone().slice([0..b, 0..n, 0..inner]);
+        let gate = h.slice([0..b, 0..n, inner..two_inner]);
+        self.out.forward(hidden * gelu(gate))
+    }
+}
+
+/// Self-attention, cross-attention and feed-forward, each pre-norm with a residual.
+#[derive(Module, Debug)]
+pub struct BasicTransformerBlock {
+    pub norm1: LayerNorm,
+    pub attn1: Attention,
+    pub norm2: LayerNorm,
+    pub attn2: Attention,
+    pub norm3: LayerNorm,
+    pub ff: FeedForward,
+}
+
+impl BasicTransformerBlock {
+    pub fn new(dim: usize, context_dim: usize, heads: usize, head_dim: usize, d: &Device) -> Self {
+        let ln = || LayerNormConfig::new(dim).with_epsilon(1e-5).init(d);
+        BasicTransformerBlock {
+            norm1: ln(),
+            attn1: Attention::new(dim, dim, heads, head_dim, false, d),
+            norm2: ln(),
+            attn2: Attention::new(dim, context_dim, heads, head_dim, false, d),
+            norm3: ln(),
+            ff: FeedForward::new(dim, d),
+        }
+    }
+
+    /// x: `[b, n, dim]`, context: `[b, m, context_dim]` → `[b, n, dim]`
+    pub fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
+        let x = self.attn1.forward(self.norm1.forward(x.clone()), None) + x;
+        let x = self.attn2.forward(self.norm2.forward(x.clone()), Some(context)) + x;
+        self.ff.forward(self.norm3.forward(x.clone())) + x
+    }
+}
+
+/// `proj_in`/`proj_out`: a 1×1 conv (SD 1.x) or a linear layer (`use_linear_projection`, SD 2.x).
+#[derive(Module, Debug)]
+pub enum Projection {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+/// diffusers `Transformer2DModel` for continuous inputs.
+#[derive(Module, Debug)]
+pub struct Transformer2DModel {
+    pub norm: GroupNorm,
+    pub proj_in: Projection,
+    pub transformer_blocks: Vec<BasicTransformerBlock>,
+    pub proj_out: Projection,
+}
+
+pub struct Transformer2DConfig {
+    pub channels: usize,
+    pub context_dim: usize,
+    pub heads: usize,
+    pub layers: usize,
+    pub groups: usize,
+    pub linear_projection: bool,
+}
+
+impl Transformer2DModel {
+    pub fn new(c: &Transformer2DConfig, d: &Device) -> Self {
+        let head_dim = c.channels / c.heads;
+        let proj = || match c.linear_projection {
+            true => Projection::Linear(linear(c.channels, c.channels, true, d)),
+            false => Projection::Conv(conv2d(c.channels, c.channels, 1, 1, 0, d)),
+        };
+        Transformer2DModel {
+            norm: group_norm(c.groups, c.channels, 1e-6, d),
+            proj_in: proj(),
+            transformer_blocks: (0..c.layers)
+                .map(|_| BasicTransformerBlock::new(c.channels, c.context_dim, c.heads, head_dim, d))
+                .collect(),
+            proj_out: proj(),
+        }
+    }
+
+    /// x: `[b, c, h, w]`, context: `[b, m, context_dim]` → `[b, c, h, w]`
+    pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let residual = x.clone();
+        let x = self.norm.forward(x);
+        // [b, c, h, w] -> [b, h·w, c]
+        let to_seq = |t: Tensor<4>| t.reshape([b, c, h * w]).swap_dims(1, 2);
+        let mut seq = match &self.proj_in {
+            Projection::Conv(conv) => to_seq(conv.forward(x)),
+            Projection::Linear(lin) => lin.forward(to_seq(x)),
+        };
+        for block in &self.transformer_blocks {
+            seq = block.forward(seq, context);
+        }
+        // [b, h·w, c] -> [b, c, h, w]
+        let to_img = |t: Tensor<3>| t.swap_dims(1, 2).reshape([b, c, h, w]);
+        let out = match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(to_img(seq)),
+            Projection::Linear(lin) => to_img(lin.forward(seq)),
+        };
+        out + residual
+    }
+}

@@ -1,0 +1,211 @@
+//! The CLIP text encoder (`transformers.CLIPTextModel`): SD 1.x's ViT-L/14 (quick_gelu) and
+//! SD 2.x's OpenCLIP ViT-H (gelu, 23 layers kept), configured from `text_encoder/config.json`.
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::{Device, Int, Tensor};
+use serde::Deserialize;
+
+use crate::attention::multi_head_attention;
+use crate::config::unsupported;
+use crate::error::Result;
+use crate::layers::linear;
+
+const COMPONENT: &str = "text_encoder";
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(default)]
+pub struct ClipTextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub hidden_act: String,
+    pub layer_norm_eps: f64,
+    pub eos_token_id: u32,
+    pub projection_dim: usize,
+}
+
+impl Default for ClipTextConfig {
+    /// transformers' defaults, which are CLIP ViT-B/32's text tower.
+    fn default() -> Self {
+        ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+            eos_token_id: 49407,
+            projection_dim: 512,
+        }
+    }
+}
+
+impl ClipTextConfig {
+    /// SD 1.x: OpenAI CLIP ViT-L/14.
+    pub fn vit_l14() -> Self {
+        ClipTextConfig {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_attention_heads: 12,
+            projection_dim: 768,
+            ..Self::default()
+        }
+    }
+
+    /// SD 2.x: OpenCLIP ViT-H/14 with its last layer dropped (diffusers ships 23 layers).
+    pub fn open_clip_h14_sd2() -> Self {
+        ClipTextConfig {
+            hidden_size: 1024,
+            intermediate_size: 4096,
+            num_hidden_layers: 23,
+            num_attention_heads: 16,
+            hidden_act: "gelu".into(),
+            projection_dim: 512,
+            ..Self::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !matches!(self.hidden_act.as_str(), "quick_gelu" | "gelu") {
+            return Err(unsupported(COMPONENT, format!("hidden_act {:?}", self.hidden_act)));
+        }
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(unsupported(COMPONENT, "hidden_size is not a multiple of num_attention_heads"));
+        }
+        Ok(())
+    }
+
+    pub fn init(&self, d: &Device) -> ClipTextModel {
+        let h = self.hidden_size;
+        let ln = || LayerNormConfig::new(h).with_epsilon(self.layer_norm_eps).init(d);
+        ClipTextModel {
+            embeddings: ClipEmbeddings {
+                token_embedding: EmbeddingConfig::new(self.vocab_size, h).init(d),
+                position_embedding: EmbeddingConfig::new(self.max_position_embeddings, h).init(d),
+            },
+            encoder: ClipEncoder {
+                layers: (0..self.num_hidden_layers)
+                    .map(|_| ClipEncoderLayer {
+                        self_attn: ClipAttention {
+                            q_proj: linear(h, h, true, d),
+                            k_proj: linear(h, h, true, d),
+                            v_proj: linear(h, h, true, d),
+                            out_proj: linear(h, h, true, d),
+                        },
+                        layer_norm1: ln(),
+                        mlp: ClipMlp {
+                            fc1: linear(h, self.intermediate_size, true, d),
+                            fc2: linear(self.intermediate_size, h, true, d),
+                        },
+                        layer_norm2: ln(),
+                    })
+                    .collect(),
+            },
+            final_layer_norm: ln(),
+            heads: self.num_attention_heads,
+            quick_gelu: self.hidden_act == "quick_gelu",
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ClipEmbeddings {
+    pub token_embedding: Embedding,
+    pub position_embedding: Embedding,
+}
+
+#[derive(Module, Debug)]
+pub struct ClipAttention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct ClipMlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct ClipEncoderLayer {
+    pub self_attn: ClipAttention,
+    pub layer_norm1: LayerNorm,
+    pub mlp: ClipMlp,
+    pub layer_norm2: LayerNorm,
+}
+
+#[derive(Module, Debug)]
+pub struct ClipEncoder {
+    pub layers: Vec<ClipEncoderLayer>,
+}
+
+#[derive(Module, Debug)]
+pub struct ClipTextModel {
+    pub embeddings: ClipEmbeddings,
+    pub encoder: ClipEncoder,
+    pub final_layer_norm: LayerNorm,
+    pub heads: usize,
+    pub quick_gelu: bool,
+}
+
+impl ClipTextModel {
+    pub fn num_layers(&self) -> usize {
+        self.encoder.layers.len()
+    }
+
+    /// The hidden state after the first `layers` encoder layers, before the final layer norm.
+    ///
+    /// ids: `[b, n]` → `[b, n, hidden]`
+    pub fn hidden_state(&self, ids: Tensor<2, Int>, layers: usize) -> Tensor<3> {
+        let [_, n] = ids.dims();
+        let device = ids.device();
+        let positions = Tensor::<1, Int>::arange(0..n as i64, &device).reshape([1, n]);
+        let mut x = self.embeddings.token_embedding.forward(ids) + self.embeddings.position_embedding.forward(positions);
+        for layer in self.encoder.layers.iter().take(layers) {
+            let a = &layer.self_attn;
+            let h = layer.layer_norm1.forward(x.clone());
+            let h = multi_head_attention(a.q_proj.forward(h.clone()), a.k_proj.forward(h.clone()), a.v_proj.forward(h), self.heads, true);
+            x = x + a.out_proj.forward(h);
+            let h = layer.mlp.fc1.forward(layer.layer_norm2.forward(x.clone()));
+            let h = if self.quick_gelu { h.clone() * sigmoid(h * 1.702) } else { gelu(h) };
+            x = x + layer.mlp.fc2.forward(h);
+        }
+        x
+    }
+
+    /// What Stable Diffusion pipelines condition on: with `clip_skip` = k (diffusers' meaning),
+    /// the output of layer `L − k`, then the final layer norm. ids: `[b, n]` → `[b, n, hidden]`
+    pub fn forward(&self, ids: Tensor<2, Int>, clip_skip: usize) -> Tensor<3> {
+        let layers = self.num_layers().saturating_sub(clip_skip);
+        self.final_layer_norm.forward(self.hidden_state(ids, layers))
+    }
+
+    /// `pooler_output`: the final hidden state at each sequence's first `eos` token.
+    ///
+    /// last_hidden: `[b, n, hidden]`, eos_positions: `b` indices → `[b, hidden]`
+    pub fn pooled(last_hidden: Tensor<3>, eos_positions: &[usize]) -> Tensor<2> {
+        let [b, _, h] = last_hidden.dims();
+        let rows = (0..b)
+            .map(|i| {
+                let p = eos_positions.get(i).copied().unwrap_or(0);
+                last_hidden.clone().slice([i..i + 1, p..p + 1, 0..h]).reshape([1, h])
+            })
+            .collect();
+        Tensor::cat(rows, 0)
+    }
+}
+
+/// Module path → checkpoint keys. Real checkpoints prefix `text_model.`; transformers 5.x
+/// writes `CLIPTextModel` without it. Both load.
+pub fn checkpoint_keys(path: &str) -> Vec<String> {
+    vec![format!("text_model.{path}"), path.to_owned()]
+}

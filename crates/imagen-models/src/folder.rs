@@ -1,0 +1,155 @@
+//! A diffusers pipeline folder: `model_index.json`, `unet/`, `vae/`, `text_encoder/`,
+//! `tokenizer/`, `scheduler/`, each component with its `config.json` and safetensors weights.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::Device;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::clip::{self, ClipTextConfig, ClipTextModel};
+use crate::config::read_json;
+use crate::error::{Error, Result};
+use crate::tokenizer::ClipTokenizer;
+use crate::unet_2d::{self, UNet2DConditionConfig, UNet2DConditionModel};
+use crate::vae::{self, AutoencoderKL, AutoencoderKLConfig};
+use crate::weights::{Weights, load_module};
+
+/// Pipelines whose components this crate computes.
+const SUPPORTED: [&str; 3] = ["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"];
+
+#[derive(Deserialize, Debug, Clone)]
+struct ModelIndex {
+    #[serde(rename = "_class_name")]
+    class_name: String,
+}
+
+/// An opened (validated, not yet loaded) diffusers folder.
+#[derive(Debug, Clone)]
+pub struct DiffusersFolder {
+    root: PathBuf,
+    pub pipeline_class: String,
+    /// Weight file variants tried in order (`None` = `diffusion_pytorch_model.safetensors`).
+    pub variants: Vec<Option<String>>,
+}
+
+impl DiffusersFolder {
+    pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        let root = root.as_ref().to_owned();
+        if !root.is_dir() {
+            return Err(Error::Folder(format!("{}: not a directory", root.display())));
+        }
+        let index_path = root.join("model_index.json");
+        if !index_path.is_file() {
+            return Err(Error::Folder(format!(
+                "{}: not a diffusers pipeline folder (no model_index.json)",
+                root.display()
+            )));
+        }
+        let index: ModelIndex = read_json(&index_path)?;
+        if !SUPPORTED.contains(&index.class_name.as_str()) {
+            return Err(Error::Folder(format!(
+                "{}: pipeline {} is not supported (supported: {})",
+                root.display(),
+                index.class_name,
+                SUPPORTED.join(", ")
+            )));
+        }
+        for sub in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] {
+            if !root.join(sub).is_dir() {
+                return Err(Error::Folder(format!("{}: missing the `{sub}/` component folder", root.display())));
+            }
+        }
+        Ok(DiffusersFolder {
+            root,
+            pipeline_class: index.class_name,
+            variants: vec![None, Some("fp16".into()), Some("bf16".into())],
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn component_config<T: DeserializeOwned>(&self, component: &str) -> Result<T> {
+        let name = if component == "scheduler" { "scheduler_config.json" } else { "config.json" };
+        read_json(&self.root.join(component).join(name))
+    }
+
+    pub fn weights(&self, component: &str, stem: &str) -> Result<Weights> {
+        let variants: Vec<Option<&str>> = self.variants.iter().map(Option::as_deref).collect();
+        Weights::open_component(&self.root.join(component), stem, &variants)
+    }
+
+    pub fn tokenizer(&self) -> Result<ClipTokenizer> {
+        ClipTokenizer::from_dir(&self.root.join("tokenizer"))
+    }
+
+    pub fn text_encoder_config(&self) -> Result<ClipTextConfig> {
+        let c: ClipTextConfig = self.component_config("text_encoder")?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn unet_config(&self) -> Result<UNet2DConditionConfig> {
+        let c: UNet2DConditionConfig = self.component_config("unet")?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn vae_config(&self) -> Result<AutoencoderKLConfig> {
+        let c: AutoencoderKLConfig = self.component_config("vae")?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn load_text_encoder(&self, device: &Device) -> Result<ClipTextModel> {
+        let module = self.text_encoder_config()?.init(device);
+        let w = self.weights("text_encoder", "model")?;
+        load_module(module, &w, "text_encoder", &clip::checkpoint_keys, device)
+    }
+
+    pub fn load_unet(&self, device: &Device) -> Result<UNet2DConditionModel> {
+        let module = self.unet_config()?.init(device);
+        let w = self.weights("unet", "diffusion_pytorch_model")?;
+        load_module(module, &w, "unet", &unet_2d::checkpoint_keys, device)
+    }
+
+    pub fn load_vae(&self, device: &Device) -> Result<AutoencoderKL> {
+        let module = self.vae_config()?.init(device);
+        let w = self.weights("vae", "diffusion_pytorch_model")?;
+        load_module(module, &w, "vae", &vae::checkpoint_keys, device)
+    }
+}
+
+/// Every component of a Stable Diffusion 1.x/2.x pipeline, loaded and ready.
+pub struct StableDiffusion {
+    pub folder: DiffusersFolder,
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoencoderKL,
+    pub unet_config: UNet2DConditionConfig,
+    pub vae_config: AutoencoderKLConfig,
+}
+
+impl StableDiffusion {
+    pub fn load(root: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let folder = DiffusersFolder::open(root)?;
+        Ok(StableDiffusion {
+            tokenizer: folder.tokenizer()?,
+            text_encoder: folder.load_text_encoder(device)?,
+            unet: folder.load_unet(device)?,
+            vae: folder.load_vae(device)?,
+            unet_config: folder.unet_config()?,
+            vae_config: folder.vae_config()?,
+            folder,
+        })
+    }
+
+    /// Parameters across the three networks (for reporting).
+    pub fn num_params(&self) -> usize {
+        self.text_encoder.num_params() + self.unet.num_params() + self.vae.num_params()
+    }
+}

@@ -1,0 +1,436 @@
+//! diffusers `UNet2DConditionModel` (SD 1.x / 2.x), configured from its `config.json`.
+
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, Linear};
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::Deserialize;
+
+use crate::attention::{Transformer2DConfig, Transformer2DModel};
+use crate::config::{OneOrMany, unsupported};
+use crate::error::Result;
+use crate::layers::{Downsample2D, ResnetBlock2D, Upsample2D, conv2d, group_norm, linear};
+
+const COMPONENT: &str = "unet";
+
+/// The fields of diffusers' `unet/config.json` that shape the network; defaults are diffusers'.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(default)]
+pub struct UNet2DConditionConfig {
+    pub sample_size: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub center_input_sample: bool,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f64,
+    pub down_block_types: Vec<String>,
+    pub mid_block_type: Option<String>,
+    pub up_block_types: Vec<String>,
+    pub only_cross_attention: OneOrMany<bool>,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: OneOrMany<usize>,
+    pub downsample_padding: usize,
+    pub mid_block_scale_factor: f64,
+    pub act_fn: String,
+    pub norm_num_groups: usize,
+    pub norm_eps: f64,
+    pub cross_attention_dim: OneOrMany<usize>,
+    /// SDXL gives a per-block list; SD 1.x/2.x use 1.
+    pub transformer_layers_per_block: OneOrMany<usize>,
+    /// Despite its name, the number of heads unless `num_attention_heads` is set (diffusers quirk).
+    pub attention_head_dim: OneOrMany<usize>,
+    pub num_attention_heads: Option<OneOrMany<usize>>,
+    pub use_linear_projection: bool,
+    /// Only changes fp16 numerics (softmax in f32); our attention already accumulates in f32.
+    pub upcast_attention: bool,
+    pub resnet_time_scale_shift: String,
+    pub time_embedding_type: String,
+    pub conv_in_kernel: usize,
+    pub conv_out_kernel: usize,
+    pub dual_cross_attention: bool,
+    pub class_embed_type: Option<String>,
+    /// SDXL: `"text_time"` (pooled text + size/crop ids). Extension point, not implemented yet.
+    pub addition_embed_type: Option<String>,
+    pub addition_time_embed_dim: Option<usize>,
+    pub projection_class_embeddings_input_dim: Option<usize>,
+    /// LCM: guidance embedding projected into the time embedding. Not implemented yet.
+    pub time_cond_proj_dim: Option<usize>,
+    pub encoder_hid_dim_type: Option<String>,
+    pub time_embedding_dim: Option<usize>,
+    pub timestep_post_act: Option<String>,
+    pub resnet_skip_time_act: bool,
+    pub resnet_out_scale_factor: f64,
+}
+
+impl Default for UNet2DConditionConfig {
+    /// diffusers' constructor defaults.
+    fn default() -> Self {
+        UNet2DConditionConfig {
+            sample_size: 64,
+            in_channels: 4,
+            out_channels: 4,
+            center_input_sample: false,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            down_block_types: ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+                .map(String::from)
+                .to_vec(),
+            mid_block_type: Some("UNetMidBlock2DCrossAttn".into()),
+            up_block_types: ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+                .map(String::from)
+                .to_vec(),
+            only_cross_attention: OneOrMany::One(false),
+            block_out_channels: vec![320, 640, 1280, 1280],
+            layers_per_block: OneOrMany::One(2),
+            downsample_padding: 1,
+            mid_block_scale_factor: 1.0,
+            act_fn: "silu".into(),
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+            cross_attention_dim: OneOrMany::One(1280),
+            transformer_layers_per_block: OneOrMany::One(1),
+            attention_head_dim: OneOrMany::One(8),
+            num_attention_heads: None,
+            use_linear_projection: false,
+            upcast_attention: false,
+            resnet_time_scale_shift: "default".into(),
+            time_embedding_type: "positional".into(),
+            conv_in_kernel: 3,
+            conv_out_kernel: 3,
+            dual_cross_attention: false,
+            class_embed_type: None,
+            addition_embed_type: None,
+            addition_time_embed_dim: None,
+            projection_class_embeddings_input_dim: None,
+            time_cond_proj_dim: None,
+            encoder_hid_dim_type: None,
+            time_embedding_dim: None,
+            timestep_post_act: None,
+            resnet_skip_time_act: false,
+            resnet_out_scale_factor: 1.0,
+        }
+    }
+}
+
+impl UNet2DConditionConfig {
+    /// Stable Diffusion 1.x (CompVis / runwayml `unet/config.json`).
+    pub fn sd15() -> Self {
+        Self::default().with_cross_attention_dim(768)
+    }
+
+    /// Stable Diffusion 2.x (`stabilityai/stable-diffusion-2-1`).
+    pub fn sd21() -> Self {
+        Self::default()
+            .with_cross_attention_dim(1024)
+            .with_attention_head_dim(vec![5, 10, 20, 20])
+            .with_linear_projection(true)
+            .with_sample_size(96)
+    }
+
+    pub fn with_cross_attention_dim(mut self, dim: usize) -> Self {
+        self.cross_attention_dim = OneOrMany::One(dim);
+        self
+    }
+
+    pub fn with_attention_head_dim(mut self, heads: Vec<usize>) -> Self {
+        self.attention_head_dim = OneOrMany::Many(heads);
+        self
+    }
+
+    pub fn with_linear_projection(mut self, on: bool) -> Self {
+        self.use_linear_projection = on;
+        self.upcast_attention = on;
+        self
+    }
+
+    pub fn with_sample_size(mut self, size: usize) -> Self {
+        self.sample_size = size;
+        self
+    }
+
+    /// Reject what this implementation does not compute, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.block_out_channels.len();
+        let checks: [(bool, String); 12] = [
+            (n == 0, "block_out_channels is empty".into()),
+            (
+                self.down_block_types.len() != n || self.up_block_types.len() != n,
+                "down/up block type counts differ from block_out_channels".into(),
+            ),
+            (self.only_cross_attention.iter().any(|b| *b), "only_cross_attention".into()),
+            (self.dual_cross_attention, "dual_cross_attention".into()),
+            (self.class_embed_type.is_some(), "class_embed_type".into()),
+            (
+                self.addition_embed_type.is_some(),
+                format!("addition_embed_type {:?} (SDXL conditioning)", self.addition_embed_type),
+            ),
+            (self.time_cond_proj_dim.is_some(), "time_cond_proj_dim (LCM guidance embedding)".into()),
+            (self.encoder_hid_dim_type.is_some(), "encoder_hid_dim_type".into()),
+            (self.act_fn != "silu", format!("act_fn {:?}", self.act_fn)),
+            (self.resnet_time_scale_shift != "default", "resnet_time_scale_shift".into()),
+            (self.time_embedding_type != "positional", "time_embedding_type".into()),
+            (
+                self.conv_in_kernel != 3 || self.conv_out_kernel != 3 || self.time_embedding_dim.is_some(),
+                "conv_in/out_kernel or time_embedding_dim".into(),
+            ),
+        ];
+        for (bad, what) in checks {
+            if bad {
+                return Err(unsupported(COMPONENT, what));
+            }
+        }
+        for t in self.down_block_types.iter().chain(&self.up_block_types) {
+            if !matches!(t.as_str(), "CrossAttnDownBlock2D" | "DownBlock2D" | "CrossAttnUpBlock2D" | "UpBlock2D") {
+                return Err(unsupported(COMPONENT, format!("block type {t}")));
+            }
+        }
+        if let Some(m) = &self.mid_block_type
+            && m != "UNetMidBlock2DCrossAttn"
+            && m != "UNetMidBlock2D"
+        {
+            return Err(unsupported(COMPONENT, format!("mid_block_type {m}")));
+        }
+        let heads = self.heads(n);
+        for (i, &c) in self.block_out_channels.iter().enumerate() {
+            if c % self.norm_num_groups != 0 || heads[i] == 0 || c % heads[i] != 0 {
+                return Err(unsupported(
+                    COMPONENT,
+                    format!("block {i}: {c} channels vs {} groups / {} heads", self.norm_num_groups, heads[i]),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn heads(&self, n: usize) -> Vec<usize> {
+        self.num_attention_heads
+            .as_ref()
+            .unwrap_or(&self.attention_head_dim)
+            .per_block(n)
+    }
+
+    /// Build the module with lazily initialised parameters (filled by the weight loader).
+    pub fn init(&self, d: &Device) -> UNet2DConditionModel {
+        let n = self.block_out_channels.len();
+        let ch = &self.block_out_channels;
+        let layers = self.layers_per_block.per_block(n);
+        let heads = self.heads(n);
+        let ctx = self.cross_attention_dim.per_block(n);
+        let tlayers = self.transformer_layers_per_block.per_block(n);
+        let (groups, eps) = (self.norm_num_groups, self.norm_eps);
+        let temb = ch[0] * 4;
+        let transformer = |c: usize, i: usize| {
+            Transformer2DModel::new(
+                &Transformer2DConfig {
+                    channels: c,
+                    context_dim: ctx[i],
+                    heads: heads[i],
+                    layers: tlayers[i],
+                    groups,
+                    linear_projection: self.use_linear_projection,
+                },
+                d,
+            )
+        };
+
+        let mut down_blocks = Vec::with_capacity(n);
+        let mut out_c = ch[0];
+        for (i, kind) in self.down_block_types.iter().enumerate() {
+            let in_c = out_c;
+            out_c = ch[i];
+            let cross = kind == "CrossAttnDownBlock2D";
+            down_blocks.push(DownBlock {
+                resnets: (0..layers[i])
+                    .map(|j| ResnetBlock2D::new(if j == 0 { in_c } else { out_c }, out_c, Some(temb), groups, eps, d))
+                    .collect(),
+                attentions: (0..if cross { layers[i] } else { 0 }).map(|_| transformer(out_c, i)).collect(),
+                downsamplers: (0..usize::from(i + 1 < n))
+                    .map(|_| Downsample2D::new(out_c, self.downsample_padding, d))
+                    .collect(),
+            });
+        }
+
+        let last = ch[n - 1];
+        let mid_cross = self.mid_block_type.as_deref() != Some("UNetMidBlock2D");
+        let mid_block = MidBlock {
+            resnets: (0..2).map(|_| ResnetBlock2D::new(last, last, Some(temb), groups, eps, d)).collect(),
+            attentions: (0..usize::from(mid_cross)).map(|_| transformer(last, n - 1)).collect(),
+        };
+
+        let rev: Vec<usize> = ch.iter().rev().copied().collect();
+        let mut up_blocks = Vec::with_capacity(n);
+        let mut out_c = rev[0];
+        for (i, kind) in self.up_block_types.iter().enumerate() {
+            let bi = n - 1 - i; // the down block this up block mirrors
+            let prev_c = out_c;
+            out_c = rev[i];
+            let in_c = rev[(i + 1).min(n - 1)];
+            let num = layers[bi] + 1;
+            let cross = kind == "CrossAttnUpBlock2D";
+            up_blocks.push(UpBlock {
+                resnets: (0..num)
+                    .map(|j| {
+                        let skip = if j == num - 1 { in_c } else { out_c };
+                        let res_in = if j == 0 { prev_c } else { out_c };
+                        ResnetBlock2D::new(res_in + skip, out_c, Some(temb), groups, eps, d)
+                    })
+                    .collect(),
+                attentions: (0..if cross { num } else { 0 }).map(|_| transformer(out_c, bi)).collect(),
+                upsamplers: (0..usize::from(i + 1 < n)).map(|_| Upsample2D::new(out_c, d)).collect(),
+            });
+        }
+
+        UNet2DConditionModel {
+            conv_in: conv2d(self.in_channels, ch[0], 3, 1, 1, d),
+            time_embedding: TimestepEmbedding {
+                linear_1: linear(ch[0], temb, true, d),
+                linear_2: linear(temb, temb, true, d),
+            },
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out: group_norm(groups, ch[0], eps, d),
+            conv_out: conv2d(ch[0], self.out_channels, 3, 1, 1, d),
+            time_channels: ch[0],
+            flip_sin_to_cos: self.flip_sin_to_cos,
+            freq_shift: self.freq_shift,
+        }
+    }
+}
+
+/// `linear_1` → SiLU → `linear_2` on the sinusoidal timestep features.
+#[derive(Module, Debug)]
+pub struct TimestepEmbedding {
+    pub linear_1: Linear,
+    pub linear_2: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct DownBlock {
+    pub resnets: Vec<ResnetBlock2D>,
+    /// Empty for `DownBlock2D`.
+    pub attentions: Vec<Transformer2DModel>,
+    /// One for every block but the last.
+    pub downsamplers: Vec<Downsample2D>,
+}
+
+#[derive(Module, Debug)]
+pub struct MidBlock {
+    pub resnets: Vec<ResnetBlock2D>,
+    pub attentions: Vec<Transformer2DModel>,
+}
+
+#[derive(Module, Debug)]
+pub struct UpBlock {
+    pub resnets: Vec<ResnetBlock2D>,
+    pub attentions: Vec<Transformer2DModel>,
+    pub upsamplers: Vec<Upsample2D>,
+}
+
+#[derive(Module, Debug)]
+pub struct UNet2DConditionModel {
+    pub conv_in: Conv2d,
+    pub time_embedding: TimestepEmbedding,
+    pub down_blocks: Vec<DownBlock>,
+    pub mid_block: MidBlock,
+    pub up_blocks: Vec<UpBlock>,
+    pub conv_norm_out: GroupNorm,
+    pub conv_out: Conv2d,
+    pub time_channels: usize,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f64,
+}
+
+impl UNet2DConditionModel {
+    /// Predict the noise (or v) for `sample` at `timesteps`.
+    ///
+    /// sample: `[b, in, h, w]`, timesteps: `b` values (or one, broadcast),
+    /// context: `[b, m, cross_attention_dim]` → `[b, out, h, w]`
+    pub fn forward(&self, sample: Tensor<4>, timesteps: &[f32], context: &Tensor<3>) -> Tensor<4> {
+        let b = sample.dims()[0];
+        let temb = self.time_features(timesteps, b, &sample.device());
+        let temb = self
+            .time_embedding
+            .linear_2
+            .forward(silu(self.time_embedding.linear_1.forward(temb)));
+
+        let mut x = self.conv_in.forward(sample);
+        let mut skips = vec![x.clone()];
+        for block in &self.down_blocks {
+            for (i, resnet) in block.resnets.iter().enumerate() {
+                x = resnet.forward(x, Some(&temb));
+                if let Some(attn) = block.attentions.get(i) {
+                    x = attn.forward(x, context);
+                }
+                skips.push(x.clone());
+            }
+            for down in &block.downsamplers {
+                x = down.forward(x);
+                skips.push(x.clone());
+            }
+        }
+
+        x = self.mid_block.resnets[0].forward(x, Some(&temb));
+        for (attn, resnet) in self.mid_block.attentions.iter().zip(&self.mid_block.resnets[1..]) {
+            x = resnet.forward(attn.forward(x, context), Some(&temb));
+        }
+        if self.mid_block.attentions.is_empty() {
+            x = self.mid_block.resnets[1].forward(x, Some(&temb));
+        }
+
+        for block in &self.up_blocks {
+            for (i, resnet) in block.resnets.iter().enumerate() {
+                let Some(skip) = skips.pop() else { break };
+                // [b, c, h, w] ++ [b, c_skip, h, w] -> [b, c + c_skip, h, w]
+                x = resnet.forward(Tensor::cat(vec![x, skip], 1), Some(&temb));
+                if let Some(attn) = block.attentions.get(i) {
+                    x = attn.forward(x, context);
+                }
+            }
+            for up in &block.upsamplers {
+                // Resize to the next skip's size: 2× normally, exact for odd latent sizes.
+                let size = skips.last().map(|s| {
+                    let [_, _, h, w] = s.dims();
+                    [h, w]
+                });
+                x = up.forward(x, size);
+            }
+        }
+
+        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+    }
+
+    /// diffusers `get_timestep_embedding`, computed in f32 on the host: `[b, time_channels]`.
+    fn time_features(&self, timesteps: &[f32], b: usize, device: &Device) -> Tensor<2> {
+        let half = self.time_channels / 2;
+        let freqs: Vec<f32> = (0..half)
+            .map(|i| {
+                let exponent = -(10000f64.ln() as f32) * i as f32 / (half as f32 - self.freq_shift as f32);
+                exponent.exp()
+            })
+            .collect();
+        let mut out = Vec::with_capacity(b * 2 * half);
+        for i in 0..b {
+            let t = timesteps.get(i).or(timesteps.last()).copied().unwrap_or(0.0);
+            let args: Vec<f32> = freqs.iter().map(|f| t * f).collect();
+            let (sin, cos) = (args.iter().map(|a| a.sin()), args.iter().map(|a| a.cos()));
+            if self.flip_sin_to_cos {
+                out.extend(cos.chain(sin));
+            } else {
+                out.extend(sin.chain(cos));
+            }
+        }
+        Tensor::from_data(TensorData::new(out, [b, 2 * half]), device)
+    }
+}
+
+/// Module path → checkpoint key: the one place where our field names differ from diffusers'.
+pub fn checkpoint_keys(path: &str) -> Vec<String> {
+    const RENAMES: [(&str, &str); 3] = [(".to_out.", ".to_out.0."), (".ff.geglu.", ".ff.net.0.proj."), (".ff.out.", ".ff.net.2.")];
+    let mut key = path.to_owned();
+    for (ours, theirs) in RENAMES {
+        key = key.replace(ours, theirs);
+    }
+    vec![key]
+}

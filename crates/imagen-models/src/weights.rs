@@ -1,0 +1,342 @@
+//! Reading safetensors checkpoints (memory-mapped, any float dtype) into burn modules.
+//!
+//! A module is built with `Config::init(&device)`, whose parameters stay lazily uninitialised,
+//! then [`load_module`] walks it with a [`ModuleMapper`], looks every parameter up in the
+//! checkpoint under its diffusers name and replaces it. The random initialisers never run.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, SafeTensors, TensorInfo};
+
+use crate::error::{Error, Result};
+
+/// One memory-mapped `.safetensors` file with its parsed header.
+struct MappedFile {
+    path: PathBuf,
+    mmap: Mmap,
+    data_start: usize,
+    tensors: HashMap<String, TensorInfo>,
+}
+
+impl MappedFile {
+    fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the file is opened read-only and only read through this map; as with every
+        // mmap-based loader, a concurrent truncation by another process is outside our control.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        let tensors = metadata
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| (k, v.clone()))
+            .collect();
+        Ok(MappedFile {
+            path: path.to_owned(),
+            mmap,
+            data_start: 8 + header_len,
+            tensors,
+        })
+    }
+}
+
+/// All tensors of one component (one file, or the shards listed by an `*.index.json`).
+pub struct Weights {
+    files: Vec<MappedFile>,
+    index: HashMap<String, usize>,
+}
+
+impl Weights {
+    /// Open safetensors files; a key present in several files resolves to the first.
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut index = HashMap::new();
+        for (i, p) in paths.iter().enumerate() {
+            let f = MappedFile::open(p)?;
+            for k in f.tensors.keys() {
+                index.entry(k.clone()).or_insert(i);
+            }
+            files.push(f);
+        }
+        Ok(Weights { files, index })
+    }
+
+    /// Open a diffusers component's weights: `<stem>[.<variant>].safetensors` or its sharded
+    /// form `<stem>[.<variant>].safetensors.index.json`. Variants are tried in order; `None`
+    /// stands for the plain file name.
+    pub fn open_component(dir: &Path, stem: &str, variants: &[Option<&str>]) -> Result<Self> {
+        for variant in variants {
+            let name = match variant {
+                Some(v) => format!("{stem}.{v}.safetensors"),
+                None => format!("{stem}.safetensors"),
+            };
+            let single = dir.join(&name);
+            if single.is_file() {
+                return Self::open(&[single]);
+            }
+            let index = dir.join(format!("{name}.index.json"));
+            if index.is_file() {
+                return Self::open(&shards_of(&index)?);
+            }
+        }
+        let tried: Vec<String> = variants
+            .iter()
+            .map(|v| match v {
+                Some(v) => format!("{stem}.{v}.safetensors"),
+                None => format!("{stem}.safetensors"),
+            })
+            .collect();
+        Err(Error::Folder(format!(
+            "{}: no weights found (looked for {}, or their .index.json shards)",
+            dir.display(),
+            tried.join(", ")
+        )))
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.index.contains_key(key)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    pub fn shape(&self, key: &str) -> Option<&[usize]> {
+        let f = &self.files[*self.index.get(key)?];
+        f.tensors.get(key).map(|t| t.shape.as_slice())
+    }
+
+    /// The tensor's values converted to f32, in the file's (row-major) order.
+    pub fn read_f32(&self, component: &'static str, key: &str) -> Result<Vec<f32>> {
+        let Some(&fi) = self.index.get(key) else {
+            return Err(Error::MissingTensor {
+                component,
+                key: key.to_owned(),
+            });
+        };
+        let f = &self.files[fi];
+        let info = &f.tensors[key];
+        let (start, end) = info.data_offsets;
+        let bytes = f
+            .mmap
+            .get(f.data_start + start..f.data_start + end)
+            .ok_or_else(|| Error::Safetensors {
+                path: f.path.clone(),
+                message: format!("tensor `{key}` lies outside the file"),
+            })?;
+        let n: usize = info.shape.iter().product();
+        let width = info.dtype.bitsize() / 8;
+        if bytes.len() != n * width {
+            return Err(Error::Safetensors {
+                path: f.path.clone(),
+                message: format!("tensor `{key}` has {} bytes for shape {:?}", bytes.len(), info.shape),
+            });
+        }
+        let out = match info.dtype {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::F64 => bytes
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32)
+                .collect(),
+            other => {
+                return Err(Error::DType {
+                    component,
+                    key: key.to_owned(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        Ok(out)
+    }
+}
+
+fn shards_of(index: &Path) -> Result<Vec<PathBuf>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: HashMap<String, String>,
+    }
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let parsed: Index = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: index.to_owned(),
+        source,
+    })?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<&String> = parsed.weight_map.values().collect();
+    files.sort();
+    files.dedup();
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
+
+/// Load every float parameter of `module` from `weights`.
+///
+/// `keys(path)` turns a module path (`down_blocks.0.resnets.1.conv1.weight`, already in PyTorch
+/// naming: norm `gamma`/`beta` become `weight`/`bias`) into the checkpoint keys to try, in order.
+/// Linear weights are transposed from PyTorch's `[out, in]`. Fails on the first missing or
+/// mis-shaped tensor, naming it.
+pub fn load_module<M: Module>(
+    module: M,
+    weights: &Weights,
+    component: &'static str,
+    keys: &dyn Fn(&str) -> Vec<String>,
+    device: &Device,
+) -> Result<M> {
+    let mut loader = Loader {
+        weights,
+        component,
+        keys,
+        device,
+        path: Vec::new(),
+        used: HashSet::new(),
+        error: None,
+    };
+    let module = module.map(&mut loader);
+    match loader.error {
+        Some(e) => Err(e),
+        None => Ok(module),
+    }
+}
+
+struct Loader<'a> {
+    weights: &'a Weights,
+    component: &'static str,
+    keys: &'a dyn Fn(&str) -> Vec<String>,
+    device: &'a Device,
+    /// (field or index name, type of the container that holds it)
+    path: Vec<(String, String)>,
+    used: HashSet<String>,
+    error: Option<Error>,
+}
+
+impl Loader<'_> {
+    fn load<const D: usize>(&mut self, expected: &[usize]) -> Result<Tensor<D>> {
+        let (name, container) = self.path.last().cloned().unwrap_or_default();
+        let is_norm = container == "Struct:GroupNorm" || container == "Struct:LayerNorm";
+        let leaf = match name.as_str() {
+            "gamma" if is_norm => "weight",
+            "beta" if is_norm => "bias",
+            other => other,
+        };
+        // Enum variants (e.g. `Projection::Linear`) are not part of the checkpoint's names.
+        let mut parts: Vec<&str> = self.path[..self.path.len().saturating_sub(1)]
+            .iter()
+            .filter(|(_, container)| !container.starts_with("Enum:"))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        parts.push(leaf);
+        let module_path = parts.join(".");
+        let candidates = (self.keys)(&module_path);
+        let Some(key) = candidates.iter().find(|k| self.weights.contains(k)) else {
+            return Err(Error::MissingTensor {
+                component: self.component,
+                key: candidates.into_iter().next().unwrap_or(module_path),
+            });
+        };
+        // burn's Linear stores [in, out]; PyTorch's [out, in].
+        let transpose = container == "Struct:Linear" && leaf == "weight" && D == 2;
+        let want: Vec<usize> = if transpose {
+            vec![expected[1], expected[0]]
+        } else {
+            expected.to_vec()
+        };
+        let found = self.weights.shape(key).unwrap_or_default().to_vec();
+        if strip_unit_dims(&found) != strip_unit_dims(&want) {
+            return Err(Error::ShapeMismatch {
+                component: self.component,
+                key: key.clone(),
+                expected: want,
+                found,
+            });
+        }
+        let mut values = self.weights.read_f32(self.component, key)?;
+        if transpose {
+            values = transpose_2d(&values, want[0], want[1]);
+        }
+        self.used.insert(key.clone());
+        let data = TensorData::new(values, expected.to_vec());
+        Ok(Tensor::from_data(data, self.device))
+    }
+}
+
+/// Shapes equal up to trailing size-1 dimensions (a 1×1 conv weight stored for a linear layer
+/// and vice versa, as SD 2 and LDM checkpoints do).
+fn strip_unit_dims(s: &[usize]) -> &[usize] {
+    let mut end = s.len();
+    while end > 1 && s[end - 1] == 1 {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn transpose_2d(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
+}
+
+impl ModuleMapper for Loader<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push((name.to_owned(), container_type.to_owned()));
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.error.is_some() {
+            return param;
+        }
+        let expected = param.lazy_shape().dims.to_vec();
+        match self.load::<D>(&expected) {
+            Ok(tensor) => {
+                let id = param.id;
+                param.transform_for_load(tensor, id)
+            }
+            Err(e) => {
+                self.error = Some(e);
+                param
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_is_exact() {
+        let v: Vec<f32> = (0..6).map(|x| x as f32).collect();
+        assert_eq!(transpose_2d(&v, 2, 3), vec![0., 3., 1., 4., 2., 5.]);
+    }
+
+    #[test]
+    fn unit_dims() {
+        assert_eq!(strip_unit_dims(&[4, 8, 1, 1]), &[4, 8]);
+        assert_eq!(strip_unit_dims(&[1]), &[1]);
+        assert_ne!(strip_unit_dims(&[4, 8, 3, 3]), strip_unit_dims(&[4, 8]));
+    }
+}

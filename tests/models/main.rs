@@ -1,0 +1,7 @@
+//! Model tests against goldens from diffusers (`tools/reference/make_fixtures.py`): one test
+//! binary, so burn is linked once.
+
+mod common;
+mod loader;
+mod parity;
+mod tokenizer;
