@@ -13,7 +13,9 @@ use imagen_models::unet_2d::UNet2DConditionConfig;
 use imagen_models::vae::AutoencoderKLConfig;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 /// Median wall time of `runs` calls after one warm-up call (which also materialises the lazily

@@ -15,7 +15,10 @@ fn main() -> Result<()> {
             let sd = StableDiffusion::load(dir, &device).with_context(|| format!("loading {dir}"))?;
             println!("pipeline:     {}", sd.folder.pipeline_class);
             println!("parameters:   {}", sd.num_params());
-            println!("native size:  {}px", sd.unet_config.sample_size * sd.vae_config.scale_factor());
+            println!(
+                "native size:  {}px",
+                sd.unet_config.sample_size * sd.vae_config.scale_factor()
+            );
             println!("unet blocks:  {:?}", sd.unet_config.block_out_channels);
             println!("loaded in:    {:.2?} on {backend}", t.elapsed());
             Ok(())

@@ -9,7 +9,9 @@ use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// The golden tensors of one tiny pipeline (`tests/fixtures/golden/<name>.safetensors`).
@@ -33,7 +35,10 @@ impl Golden {
     pub fn f32_values(&self, key: &str) -> (Vec<usize>, Vec<f32>) {
         let (shape, dtype, data) = self.view(key);
         assert_eq!(dtype, Dtype::F32, "{key}");
-        let v = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let v = data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         (shape, v)
     }
 
@@ -45,7 +50,10 @@ impl Golden {
     pub fn ids(&self, key: &str, device: &Device) -> Tensor<2, Int> {
         let (shape, dtype, data) = self.view(key);
         assert_eq!(dtype, Dtype::I64, "{key}");
-        let v: Vec<i64> = data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+        let v: Vec<i64> = data
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect();
         Tensor::from_data(TensorData::new(v, shape), device)
     }
 }
@@ -53,7 +61,7 @@ impl Golden {
 /// Relative error of `got` against `want`: max |got − want| / max |want|. (Element-wise relative
 /// error is meaningless near zero; this normalises by the tensor's scale.)
 pub fn rel_error<const D: usize>(got: Tensor<D>, want: &[f32]) -> f32 {
-    let got: Vec<f32> = got.into_data().convert::<f32>().to_vec().expect("f32 data");
+    let got: Vec<f32> = got.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data");
     assert_eq!(got.len(), want.len(), "element count");
     assert!(got.iter().all(|x| x.is_finite()), "non-finite output");
     let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);

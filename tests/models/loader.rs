@@ -68,16 +68,24 @@ const VAE_FILE: &str = "vae/diffusion_pytorch_model.safetensors";
 
 #[test]
 fn wrong_folders_give_clear_errors() {
-    let missing = StableDiffusion::load("/definitely/not/here", &cpu()).err().expect("error");
+    let missing = StableDiffusion::load("/definitely/not/here", &cpu())
+        .err()
+        .expect("error");
     assert!(missing.to_string().contains("not a directory"), "{missing}");
 
     let not_diffusers = DiffusersFolder::open(fixture("golden")).err().expect("error");
-    assert!(not_diffusers.to_string().contains("no model_index.json"), "{not_diffusers}");
+    assert!(
+        not_diffusers.to_string().contains("no model_index.json"),
+        "{not_diffusers}"
+    );
 
     let (_tmp, dir) = copy_fixture("tiny-sd15");
     std::fs::write(dir.join("model_index.json"), r#"{"_class_name": "KandinskyPipeline"}"#).expect("write");
     let unsupported = DiffusersFolder::open(&dir).err().expect("error");
-    assert!(unsupported.to_string().contains("KandinskyPipeline is not supported"), "{unsupported}");
+    assert!(
+        unsupported.to_string().contains("KandinskyPipeline is not supported"),
+        "{unsupported}"
+    );
 
     let (_tmp, dir) = copy_fixture("tiny-sd15");
     std::fs::remove_file(dir.join(VAE_FILE)).expect("rm");
@@ -110,9 +118,14 @@ fn misshaped_tensor_names_both_shapes() {
             Some((k, dt, shape, data))
         }
     });
-    let err = DiffusersFolder::open(&dir).and_then(|f| f.load_unet(&cpu())).err().expect("error");
+    let err = DiffusersFolder::open(&dir)
+        .and_then(|f| f.load_unet(&cpu()))
+        .err()
+        .expect("error");
     match &err {
-        Error::ShapeMismatch { key, expected, found, .. } => {
+        Error::ShapeMismatch {
+            key, expected, found, ..
+        } => {
             assert_eq!(key, "conv_in.weight");
             assert_eq!(expected, &vec![8, 4, 3, 3]);
             assert_eq!(found, &vec![4, 8, 3, 3]);
@@ -128,15 +141,24 @@ fn corrupt_files_are_errors_not_panics() {
     let path = dir.join(VAE_FILE);
     let bytes = std::fs::read(&path).expect("read");
     std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
-    let err = DiffusersFolder::open(&dir).and_then(|f| f.load_vae(&cpu())).err().expect("error");
+    let err = DiffusersFolder::open(&dir)
+        .and_then(|f| f.load_vae(&cpu()))
+        .err()
+        .expect("error");
     assert!(matches!(err, Error::Safetensors { .. }), "{err}");
 
     std::fs::write(&path, b"not a safetensors file at all").expect("write");
-    let err = DiffusersFolder::open(&dir).and_then(|f| f.load_vae(&cpu())).err().expect("error");
+    let err = DiffusersFolder::open(&dir)
+        .and_then(|f| f.load_vae(&cpu()))
+        .err()
+        .expect("error");
     assert!(matches!(err, Error::Safetensors { .. }), "{err}");
 
     std::fs::write(dir.join("unet/config.json"), "{ broken").expect("write");
-    let err = DiffusersFolder::open(&dir).and_then(|f| f.load_unet(&cpu())).err().expect("error");
+    let err = DiffusersFolder::open(&dir)
+        .and_then(|f| f.load_unet(&cpu()))
+        .err()
+        .expect("error");
     assert!(err.to_string().contains("invalid JSON"), "{err}");
 }
 
@@ -144,10 +166,14 @@ fn corrupt_files_are_errors_not_panics() {
 fn unsupported_config_is_named() {
     let (_tmp, dir) = copy_fixture("tiny-sd15");
     let cfg_path = dir.join("unet/config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).expect("read")).expect("json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).expect("read")).expect("json");
     cfg["addition_embed_type"] = "text_time".into();
     std::fs::write(&cfg_path, cfg.to_string()).expect("write");
-    let err = DiffusersFolder::open(&dir).and_then(|f| f.unet_config()).err().expect("error");
+    let err = DiffusersFolder::open(&dir)
+        .and_then(|f| f.unet_config())
+        .err()
+        .expect("error");
     assert!(err.to_string().contains("addition_embed_type"), "{err}");
 }
 
@@ -163,10 +189,17 @@ fn bf16_weights_load() {
             .collect();
         Some((k, Dtype::BF16, shape, bf))
     });
-    let vae = DiffusersFolder::open(&dir).and_then(|f| f.load_vae(&cpu())).expect("load bf16 vae");
+    let vae = DiffusersFolder::open(&dir)
+        .and_then(|f| f.load_vae(&cpu()))
+        .expect("load bf16 vae");
     let g = Golden::open("tiny-sd15");
     // bf16 keeps 8 significant bits: ~0.4% per weight, a few % through the whole decoder.
-    assert_close(&g, "vae_dec_image", vae.decode(g.tensor("vae_dec_latents", &cpu())), 5e-2);
+    assert_close(
+        &g,
+        "vae_dec_image",
+        vae.decode(g.tensor("vae_dec_latents", &cpu())),
+        5e-2,
+    );
 }
 
 /// Weights split in shards with a `diffusion_pytorch_model.safetensors.index.json`.
@@ -178,15 +211,24 @@ fn sharded_weights_load() {
     std::fs::remove_file(&path).expect("rm");
     let (a, b) = entries.split_at(entries.len() / 2);
     let mut map = HashMap::new();
-    for (name, part) in [("diffusion_pytorch_model-00001-of-00002.safetensors", a), ("diffusion_pytorch_model-00002-of-00002.safetensors", b)] {
+    for (name, part) in [
+        ("diffusion_pytorch_model-00001-of-00002.safetensors", a),
+        ("diffusion_pytorch_model-00002-of-00002.safetensors", b),
+    ] {
         write_entries(&dir.join("unet").join(name), part);
         for e in part {
             map.insert(e.0.clone(), name.to_owned());
         }
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": map});
-    std::fs::write(dir.join("unet/diffusion_pytorch_model.safetensors.index.json"), index.to_string()).expect("write");
-    let unet = DiffusersFolder::open(&dir).and_then(|f| f.load_unet(&cpu())).expect("load sharded unet");
+    std::fs::write(
+        dir.join("unet/diffusion_pytorch_model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .expect("write");
+    let unet = DiffusersFolder::open(&dir)
+        .and_then(|f| f.load_unet(&cpu()))
+        .expect("load sharded unet");
     let g = Golden::open("tiny-sd15");
     let (_, t) = g.f32_values("unet_timesteps");
     let out = unet.forward(g.tensor("unet_latents", &cpu()), &t, &g.tensor("unet_context", &cpu()));
@@ -199,14 +241,28 @@ fn legacy_vae_attention_names_load() {
     let (_tmp, dir) = copy_fixture("tiny-sd15");
     let mut renamed = 0;
     rewrite(&dir.join(VAE_FILE), |(k, dt, shape, data)| {
-        let new = k.replace(".to_q.", ".query.").replace(".to_k.", ".key.").replace(".to_v.", ".value.").replace(".to_out.0.", ".proj_attn.");
+        let new = k
+            .replace(".to_q.", ".query.")
+            .replace(".to_k.", ".key.")
+            .replace(".to_v.", ".value.")
+            .replace(".to_out.0.", ".proj_attn.");
         renamed += usize::from(new != k);
         Some((new, dt, shape, data))
     });
-    assert_eq!(renamed, 16, "q/k/v/out weight+bias in the encoder and decoder mid-blocks");
-    let vae = DiffusersFolder::open(&dir).and_then(|f| f.load_vae(&cpu())).expect("load legacy vae");
+    assert_eq!(
+        renamed, 16,
+        "q/k/v/out weight+bias in the encoder and decoder mid-blocks"
+    );
+    let vae = DiffusersFolder::open(&dir)
+        .and_then(|f| f.load_vae(&cpu()))
+        .expect("load legacy vae");
     let g = Golden::open("tiny-sd15");
-    assert_close(&g, "vae_dec_image", vae.decode(g.tensor("vae_dec_latents", &cpu())), 1e-4);
+    assert_close(
+        &g,
+        "vae_dec_image",
+        vae.decode(g.tensor("vae_dec_latents", &cpu())),
+        1e-4,
+    );
 }
 
 /// transformers 5.x writes `CLIPTextModel` without the `text_model.` prefix; both load.
@@ -221,7 +277,9 @@ fn text_encoder_without_prefix_loads() {
         Some((new.unwrap_or(k), dt, shape, data))
     });
     assert!(stripped > 10);
-    let te = DiffusersFolder::open(&dir).and_then(|f| f.load_text_encoder(&cpu())).expect("load");
+    let te = DiffusersFolder::open(&dir)
+        .and_then(|f| f.load_text_encoder(&cpu()))
+        .expect("load");
     let g = Golden::open("tiny-sd15");
     assert_close(&g, "text_hidden", te.forward(g.ids("text_ids", &cpu()), 0), 1e-4);
 }

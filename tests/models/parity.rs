@@ -19,28 +19,51 @@ fn text_encoder(name: &str, device: &Device) {
     assert_close(&g, "text_hidden_skip1", te.forward(ids.clone(), 1), TOL);
     let last = te.forward(ids.clone(), 0);
     let eos = folder.tokenizer().expect("tokenizer").eos_id() as i64;
-    let rows: Vec<Vec<i64>> = ids.into_data().convert::<i64>().to_vec::<i64>().expect("ids").chunks(77).map(<[i64]>::to_vec).collect();
-    let eos_pos: Vec<usize> = rows.iter().map(|r| r.iter().position(|&t| t == eos).unwrap_or(0)).collect();
+    let rows: Vec<Vec<i64>> = ids
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .expect("ids")
+        .chunks(77)
+        .map(<[i64]>::to_vec)
+        .collect();
+    let eos_pos: Vec<usize> = rows
+        .iter()
+        .map(|r| r.iter().position(|&t| t == eos).unwrap_or(0))
+        .collect();
     assert_close(&g, "text_pooled", ClipTextModel::pooled(last, &eos_pos), TOL);
 }
 
 fn unet(name: &str, device: &Device) {
-    let unet = DiffusersFolder::open(fixture(name)).and_then(|f| f.load_unet(device)).expect("load unet");
+    let unet = DiffusersFolder::open(fixture(name))
+        .and_then(|f| f.load_unet(device))
+        .expect("load unet");
     let g = Golden::open(name);
     for case in ["unet", "unet_odd"] {
         let (_, t) = g.f32_values(&format!("{case}_timesteps"));
-        let out = unet.forward(g.tensor(&format!("{case}_latents"), device), &t, &g.tensor(&format!("{case}_context"), device));
+        let out = unet.forward(
+            g.tensor(&format!("{case}_latents"), device),
+            &t,
+            &g.tensor(&format!("{case}_context"), device),
+        );
         assert_close(&g, &format!("{case}_out"), out, TOL);
     }
 }
 
 fn vae(name: &str, device: &Device) {
-    let vae = DiffusersFolder::open(fixture(name)).and_then(|f| f.load_vae(device)).expect("load vae");
+    let vae = DiffusersFolder::open(fixture(name))
+        .and_then(|f| f.load_vae(device))
+        .expect("load vae");
     let g = Golden::open(name);
     let dist = vae.encode(g.tensor("vae_image", device));
     assert_close(&g, "vae_enc_mean", dist.mean, TOL);
     assert_close(&g, "vae_enc_std", dist.std, TOL);
-    assert_close(&g, "vae_dec_image", vae.decode(g.tensor("vae_dec_latents", device)), TOL);
+    assert_close(
+        &g,
+        "vae_dec_image",
+        vae.decode(g.tensor("vae_dec_latents", device)),
+        TOL,
+    );
 }
 
 mod cpu {

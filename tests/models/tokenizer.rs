@@ -8,7 +8,9 @@ use crate::common::fixture;
 #[test]
 fn astronaut_prompt_has_the_known_ids() {
     let tok = ClipTokenizer::from_dir(&fixture("tiny-sd15/tokenizer")).expect("tokenizer");
-    let ids = tok.encode("a photograph of an astronaut riding a horse").expect("encode");
+    let ids = tok
+        .encode("a photograph of an astronaut riding a horse")
+        .expect("encode");
     assert_eq!(&ids[..10], &[49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407]);
     assert_eq!(ids.len(), 77);
     assert!(ids[10..].iter().all(|&t| t == 49407), "SD 1.x pads with <|endoftext|>");
@@ -26,7 +28,12 @@ fn matches_transformers_on_all_golden_prompts() {
         assert!(cases.len() >= 6);
         for case in cases {
             let prompt = case["prompt"].as_str().expect("prompt");
-            let want: Vec<u32> = case["ids"].as_array().expect("ids").iter().map(|v| v.as_u64().expect("id") as u32).collect();
+            let want: Vec<u32> = case["ids"]
+                .as_array()
+                .expect("ids")
+                .iter()
+                .map(|v| v.as_u64().expect("id") as u32)
+                .collect();
             assert_eq!(tok.encode(prompt).expect("encode"), want, "{key}: {prompt:?}");
         }
     }

@@ -23,7 +23,14 @@ pub struct Attention {
 
 impl Attention {
     /// `qkv_bias`: false in the UNet, true in the VAE's mid-block attention.
-    pub fn new(query_dim: usize, context_dim: usize, heads: usize, head_dim: usize, qkv_bias: bool, d: &Device) -> Self {
+    pub fn new(
+        query_dim: usize,
+        context_dim: usize,
+        heads: usize,
+        head_dim: usize,
+        qkv_bias: bool,
+        d: &Device,
+    ) -> Self {
         let inner = heads * head_dim;
         Attention {
             to_q: linear(query_dim, inner, qkv_bias, d),

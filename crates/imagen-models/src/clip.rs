@@ -77,7 +77,10 @@ impl ClipTextConfig {
             return Err(unsupported(COMPONENT, format!("hidden_act {:?}", self.hidden_act)));
         }
         if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
-            return Err(unsupported(COMPONENT, "hidden_size is not a multiple of num_attention_heads"));
+            return Err(unsupported(
+                COMPONENT,
+                "hidden_size is not a multiple of num_attention_heads",
+            ));
         }
         Ok(())
     }
@@ -169,14 +172,25 @@ impl ClipTextModel {
         let [_, n] = ids.dims();
         let device = ids.device();
         let positions = Tensor::<1, Int>::arange(0..n as i64, &device).reshape([1, n]);
-        let mut x = self.embeddings.token_embedding.forward(ids) + self.embeddings.position_embedding.forward(positions);
+        let mut x =
+            self.embeddings.token_embedding.forward(ids) + self.embeddings.position_embedding.forward(positions);
         for layer in self.encoder.layers.iter().take(layers) {
             let a = &layer.self_attn;
             let h = layer.layer_norm1.forward(x.clone());
-            let h = multi_head_attention(a.q_proj.forward(h.clone()), a.k_proj.forward(h.clone()), a.v_proj.forward(h), self.heads, true);
+            let h = multi_head_attention(
+                a.q_proj.forward(h.clone()),
+                a.k_proj.forward(h.clone()),
+                a.v_proj.forward(h),
+                self.heads,
+                true,
+            );
             x = x + a.out_proj.forward(h);
             let h = layer.mlp.fc1.forward(layer.layer_norm2.forward(x.clone()));
-            let h = if self.quick_gelu { h.clone() * sigmoid(h * 1.702) } else { gelu(h) };
+            let h = if self.quick_gelu {
+                h.clone() * sigmoid(h * 1.702)
+            } else {
+                gelu(h)
+            };
             x = x + layer.mlp.fc2.forward(h);
         }
         x

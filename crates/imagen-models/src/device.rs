@@ -6,7 +6,11 @@ use crate::error::{Error, Result};
 
 /// Backends this build can run on, by the names the CLI and tests use.
 pub fn available() -> &'static [&'static str] {
-    if cfg!(feature = "wgpu") { &["cpu", "wgpu"] } else { &["cpu"] }
+    if cfg!(feature = "wgpu") {
+        &["cpu", "wgpu"]
+    } else {
+        &["cpu"]
+    }
 }
 
 /// `cpu`: burn's pure-Rust `flex` backend. `wgpu`: the default wgpu adapter (Vulkan, Metal, DX12;

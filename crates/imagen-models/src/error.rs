@@ -20,10 +20,7 @@ pub enum Error {
     #[error("{0}")]
     Folder(String),
     #[error("{component}: unsupported configuration: {message}")]
-    Config {
-        component: &'static str,
-        message: String,
-    },
+    Config { component: &'static str, message: String },
     #[error("{component}: tensor `{key}` is missing from the checkpoint")]
     MissingTensor { component: &'static str, key: String },
     #[error("{component}: tensor `{key}` has shape {found:?}, expected {expected:?}")]

@@ -17,7 +17,11 @@ use crate::vae::{self, AutoencoderKL, AutoencoderKLConfig};
 use crate::weights::{Weights, load_module};
 
 /// Pipelines whose components this crate computes.
-const SUPPORTED: [&str; 3] = ["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"];
+const SUPPORTED: [&str; 3] = [
+    "StableDiffusionPipeline",
+    "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionInpaintPipeline",
+];
 
 #[derive(Deserialize, Debug, Clone)]
 struct ModelIndex {
@@ -58,7 +62,10 @@ impl DiffusersFolder {
         }
         for sub in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] {
             if !root.join(sub).is_dir() {
-                return Err(Error::Folder(format!("{}: missing the `{sub}/` component folder", root.display())));
+                return Err(Error::Folder(format!(
+                    "{}: missing the `{sub}/` component folder",
+                    root.display()
+                )));
             }
         }
         Ok(DiffusersFolder {
@@ -73,7 +80,11 @@ impl DiffusersFolder {
     }
 
     pub fn component_config<T: DeserializeOwned>(&self, component: &str) -> Result<T> {
-        let name = if component == "scheduler" { "scheduler_config.json" } else { "config.json" };
+        let name = if component == "scheduler" {
+            "scheduler_config.json"
+        } else {
+            "config.json"
+        };
         read_json(&self.root.join(component).join(name))
     }
 

@@ -40,12 +40,22 @@ impl ClipTokenizer {
         let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
         for f in [&vocab, &merges] {
             if !f.is_file() {
-                return Err(Error::Folder(format!("{}: missing (a CLIP tokenizer needs vocab.json and merges.txt)", f.display())));
+                return Err(Error::Folder(format!(
+                    "{}: missing (a CLIP tokenizer needs vocab.json and merges.txt)",
+                    f.display()
+                )));
             }
         }
-        let read = |name: &str| -> Option<Value> { serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok() };
-        let configs: Vec<Value> = ["tokenizer_config.json", "special_tokens_map.json"].iter().filter_map(|n| read(n)).collect();
-        let pad = configs.iter().find_map(|c| token_field(c, "pad_token")).unwrap_or_else(|| EOS.into());
+        let read =
+            |name: &str| -> Option<Value> { serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok() };
+        let configs: Vec<Value> = ["tokenizer_config.json", "special_tokens_map.json"]
+            .iter()
+            .filter_map(|n| read(n))
+            .collect();
+        let pad = configs
+            .iter()
+            .find_map(|c| token_field(c, "pad_token"))
+            .unwrap_or_else(|| EOS.into());
         let max_len = configs
             .iter()
             .find_map(|c| c.get("model_max_length")?.as_u64())
@@ -93,7 +103,11 @@ impl ClipTokenizer {
             specials.push(AddedToken::from(pad_token, true));
         }
         inner.add_special_tokens(&specials);
-        let id = |t: &str| inner.token_to_id(t).ok_or_else(|| Error::Tokenizer(format!("token {t:?} is not in the vocabulary")));
+        let id = |t: &str| {
+            inner
+                .token_to_id(t)
+                .ok_or_else(|| Error::Tokenizer(format!("token {t:?} is not in the vocabulary")))
+        };
         Ok(ClipTokenizer {
             bos: id(BOS)?,
             eos: id(EOS)?,

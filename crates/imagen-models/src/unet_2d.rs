@@ -73,13 +73,23 @@ impl Default for UNet2DConditionConfig {
             center_input_sample: false,
             flip_sin_to_cos: true,
             freq_shift: 0.0,
-            down_block_types: ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
-                .map(String::from)
-                .to_vec(),
+            down_block_types: [
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "DownBlock2D",
+            ]
+            .map(String::from)
+            .to_vec(),
             mid_block_type: Some("UNetMidBlock2DCrossAttn".into()),
-            up_block_types: ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
-                .map(String::from)
-                .to_vec(),
+            up_block_types: [
+                "UpBlock2D",
+                "CrossAttnUpBlock2D",
+                "CrossAttnUpBlock2D",
+                "CrossAttnUpBlock2D",
+            ]
+            .map(String::from)
+            .to_vec(),
             only_cross_attention: OneOrMany::One(false),
             block_out_channels: vec![320, 640, 1280, 1280],
             layers_per_block: OneOrMany::One(2),
@@ -158,17 +168,26 @@ impl UNet2DConditionConfig {
                 self.down_block_types.len() != n || self.up_block_types.len() != n,
                 "down/up block type counts differ from block_out_channels".into(),
             ),
-            (self.only_cross_attention.iter().any(|b| *b), "only_cross_attention".into()),
+            (
+                self.only_cross_attention.iter().any(|b| *b),
+                "only_cross_attention".into(),
+            ),
             (self.dual_cross_attention, "dual_cross_attention".into()),
             (self.class_embed_type.is_some(), "class_embed_type".into()),
             (
                 self.addition_embed_type.is_some(),
                 format!("addition_embed_type {:?} (SDXL conditioning)", self.addition_embed_type),
             ),
-            (self.time_cond_proj_dim.is_some(), "time_cond_proj_dim (LCM guidance embedding)".into()),
+            (
+                self.time_cond_proj_dim.is_some(),
+                "time_cond_proj_dim (LCM guidance embedding)".into(),
+            ),
             (self.encoder_hid_dim_type.is_some(), "encoder_hid_dim_type".into()),
             (self.act_fn != "silu", format!("act_fn {:?}", self.act_fn)),
-            (self.resnet_time_scale_shift != "default", "resnet_time_scale_shift".into()),
+            (
+                self.resnet_time_scale_shift != "default",
+                "resnet_time_scale_shift".into(),
+            ),
             (self.time_embedding_type != "positional", "time_embedding_type".into()),
             (
                 self.conv_in_kernel != 3 || self.conv_out_kernel != 3 || self.time_embedding_dim.is_some(),
@@ -181,7 +200,10 @@ impl UNet2DConditionConfig {
             }
         }
         for t in self.down_block_types.iter().chain(&self.up_block_types) {
-            if !matches!(t.as_str(), "CrossAttnDownBlock2D" | "DownBlock2D" | "CrossAttnUpBlock2D" | "UpBlock2D") {
+            if !matches!(
+                t.as_str(),
+                "CrossAttnDownBlock2D" | "DownBlock2D" | "CrossAttnUpBlock2D" | "UpBlock2D"
+            ) {
                 return Err(unsupported(COMPONENT, format!("block type {t}")));
             }
         }
@@ -196,7 +218,10 @@ impl UNet2DConditionConfig {
             if c % self.norm_num_groups != 0 || heads[i] == 0 || c % heads[i] != 0 {
                 return Err(unsupported(
                     COMPONENT,
-                    format!("block {i}: {c} channels vs {} groups / {} heads", self.norm_num_groups, heads[i]),
+                    format!(
+                        "block {i}: {c} channels vs {} groups / {} heads",
+                        self.norm_num_groups, heads[i]
+                    ),
                 ));
             }
         }
@@ -244,7 +269,9 @@ impl UNet2DConditionConfig {
                 resnets: (0..layers[i])
                     .map(|j| ResnetBlock2D::new(if j == 0 { in_c } else { out_c }, out_c, Some(temb), groups, eps, d))
                     .collect(),
-                attentions: (0..if cross { layers[i] } else { 0 }).map(|_| transformer(out_c, i)).collect(),
+                attentions: (0..if cross { layers[i] } else { 0 })
+                    .map(|_| transformer(out_c, i))
+                    .collect(),
                 downsamplers: (0..usize::from(i + 1 < n))
                     .map(|_| Downsample2D::new(out_c, self.downsample_padding, d))
                     .collect(),
@@ -254,7 +281,9 @@ impl UNet2DConditionConfig {
         let last = ch[n - 1];
         let mid_cross = self.mid_block_type.as_deref() != Some("UNetMidBlock2D");
         let mid_block = MidBlock {
-            resnets: (0..2).map(|_| ResnetBlock2D::new(last, last, Some(temb), groups, eps, d)).collect(),
+            resnets: (0..2)
+                .map(|_| ResnetBlock2D::new(last, last, Some(temb), groups, eps, d))
+                .collect(),
             attentions: (0..usize::from(mid_cross)).map(|_| transformer(last, n - 1)).collect(),
         };
 
@@ -276,7 +305,9 @@ impl UNet2DConditionConfig {
                         ResnetBlock2D::new(res_in + skip, out_c, Some(temb), groups, eps, d)
                     })
                     .collect(),
-                attentions: (0..if cross { num } else { 0 }).map(|_| transformer(out_c, bi)).collect(),
+                attentions: (0..if cross { num } else { 0 })
+                    .map(|_| transformer(out_c, bi))
+                    .collect(),
                 upsamplers: (0..usize::from(i + 1 < n)).map(|_| Upsample2D::new(out_c, d)).collect(),
             });
         }
@@ -427,7 +458,11 @@ impl UNet2DConditionModel {
 
 /// Module path → checkpoint key: the one place where our field names differ from diffusers'.
 pub fn checkpoint_keys(path: &str) -> Vec<String> {
-    const RENAMES: [(&str, &str); 3] = [(".to_out.", ".to_out.0."), (".ff.geglu.", ".ff.net.0.proj."), (".ff.out.", ".ff.net.2.")];
+    const RENAMES: [(&str, &str); 3] = [
+        (".to_out.", ".to_out.0."),
+        (".ff.geglu.", ".ff.net.0.proj."),
+        (".ff.out.", ".ff.net.2."),
+    ];
     let mut key = path.to_owned();
     for (ours, theirs) in RENAMES {
         key = key.replace(ours, theirs);

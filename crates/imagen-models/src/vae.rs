@@ -81,7 +81,10 @@ impl AutoencoderKLConfig {
     pub fn validate(&self) -> Result<()> {
         let n = self.block_out_channels.len();
         if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
-            return Err(unsupported(COMPONENT, "block type counts differ from block_out_channels"));
+            return Err(unsupported(
+                COMPONENT,
+                "block type counts differ from block_out_channels",
+            ));
         }
         if self.act_fn != "silu" {
             return Err(unsupported(COMPONENT, format!("act_fn {:?}", self.act_fn)));
@@ -92,7 +95,10 @@ impl AutoencoderKLConfig {
             }
         }
         if let Some(c) = self.block_out_channels.iter().find(|c| *c % self.norm_num_groups != 0) {
-            return Err(unsupported(COMPONENT, format!("{c} channels vs {} groups", self.norm_num_groups)));
+            return Err(unsupported(
+                COMPONENT,
+                format!("{c} channels vs {} groups", self.norm_num_groups),
+            ));
         }
         Ok(())
     }
@@ -103,7 +109,9 @@ impl AutoencoderKLConfig {
         let g = self.norm_num_groups;
         let last = ch[n - 1];
         let mid = || MidBlock {
-            resnets: (0..2).map(|_| ResnetBlock2D::new(last, last, None, g, EPS, d)).collect(),
+            resnets: (0..2)
+                .map(|_| ResnetBlock2D::new(last, last, None, g, EPS, d))
+                .collect(),
             attentions: (0..usize::from(self.mid_block_add_attention))
                 .map(|_| SpatialAttention {
                     group_norm: group_norm(g, last, EPS, d),
@@ -121,7 +129,9 @@ impl AutoencoderKLConfig {
                     resnets: (0..self.layers_per_block)
                         .map(|j| ResnetBlock2D::new(if j == 0 { in_c } else { out_c }, out_c, None, g, EPS, d))
                         .collect(),
-                    downsamplers: (0..usize::from(i + 1 < n)).map(|_| Downsample2D::new(out_c, 0, d)).collect(),
+                    downsamplers: (0..usize::from(i + 1 < n))
+                        .map(|_| Downsample2D::new(out_c, 0, d))
+                        .collect(),
                 }
             })
             .collect();
@@ -176,7 +186,11 @@ impl SpatialAttention {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         // [b, c, h, w] -> [b, h·w, c]
-        let seq = self.group_norm.forward(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2);
+        let seq = self
+            .group_norm
+            .forward(x.clone())
+            .reshape([b, c, h * w])
+            .swap_dims(1, 2);
         let out = self.attention.forward(seq, None);
         // [b, h·w, c] -> [b, c, h, w]
         out.swap_dims(1, 2).reshape([b, c, h, w]) + x
@@ -297,10 +311,17 @@ impl AutoencoderKL {
 /// Module path → checkpoint keys: current diffusers names first, then the pre-0.14 attention
 /// names (`query`/`key`/`value`/`proj_attn`) that many published VAEs still use.
 pub fn checkpoint_keys(path: &str) -> Vec<String> {
-    let key = path.replace(".attention.to_out.", ".to_out.0.").replace(".attention.", ".");
-    let legacy = [(".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."), (".to_out.0.", ".proj_attn.")]
-        .iter()
-        .find(|(new, _)| key.contains(new))
-        .map(|(new, old)| key.replace(new, old));
+    let key = path
+        .replace(".attention.to_out.", ".to_out.0.")
+        .replace(".attention.", ".");
+    let legacy = [
+        (".to_q.", ".query."),
+        (".to_k.", ".key."),
+        (".to_v.", ".value."),
+        (".to_out.0.", ".proj_attn."),
+    ]
+    .iter()
+    .find(|(new, _)| key.contains(new))
+    .map(|(new, old)| key.replace(new, old));
     std::iter::once(key).chain(legacy).collect()
 }

@@ -29,16 +29,11 @@ impl MappedFile {
         // SAFETY: the file is opened read-only and only read through this map; as with every
         // mmap-based loader, a concurrent truncation by another process is outside our control.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let (header_len, metadata) =
-            SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?;
-        let tensors = metadata
-            .tensors()
-            .into_iter()
-            .map(|(k, v)| (k, v.clone()))
-            .collect();
+        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let tensors = metadata.tensors().into_iter().map(|(k, v)| (k, v.clone())).collect();
         Ok(MappedFile {
             path: path.to_owned(),
             mmap,
@@ -309,7 +304,7 @@ impl ModuleMapper for Loader<'_> {
         if self.error.is_some() {
             return param;
         }
-        let expected = param.lazy_shape().dims.to_vec();
+        let expected = param.lazy_shape().to_vec();
         match self.load::<D>(&expected) {
             Ok(tensor) => {
                 let id = param.id;
