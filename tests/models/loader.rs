@@ -73,7 +73,7 @@ fn wrong_folders_give_clear_errors() {
         .expect("error");
     assert!(missing.to_string().contains("not a directory"), "{missing}");
 
-    let not_diffusers = DiffusersFolder::open(fixture("golden")).err().expect("error");
+    let not_diffusers = DiffusersFolder::open(fixture("golden")).expect_err("error");
     assert!(
         not_diffusers.to_string().contains("no model_index.json"),
         "{not_diffusers}"
@@ -81,7 +81,7 @@ fn wrong_folders_give_clear_errors() {
 
     let (_tmp, dir) = copy_fixture("tiny-sd15");
     std::fs::write(dir.join("model_index.json"), r#"{"_class_name": "KandinskyPipeline"}"#).expect("write");
-    let unsupported = DiffusersFolder::open(&dir).err().expect("error");
+    let unsupported = DiffusersFolder::open(&dir).expect_err("error");
     assert!(
         unsupported.to_string().contains("KandinskyPipeline is not supported"),
         "{unsupported}"
@@ -120,8 +120,7 @@ fn misshaped_tensor_names_both_shapes() {
     });
     let err = DiffusersFolder::open(&dir)
         .and_then(|f| f.load_unet(&cpu()))
-        .err()
-        .expect("error");
+        .expect_err("error");
     match &err {
         Error::ShapeMismatch {
             key, expected, found, ..
@@ -143,22 +142,19 @@ fn corrupt_files_are_errors_not_panics() {
     std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
     let err = DiffusersFolder::open(&dir)
         .and_then(|f| f.load_vae(&cpu()))
-        .err()
-        .expect("error");
+        .expect_err("error");
     assert!(matches!(err, Error::Safetensors { .. }), "{err}");
 
     std::fs::write(&path, b"not a safetensors file at all").expect("write");
     let err = DiffusersFolder::open(&dir)
         .and_then(|f| f.load_vae(&cpu()))
-        .err()
-        .expect("error");
+        .expect_err("error");
     assert!(matches!(err, Error::Safetensors { .. }), "{err}");
 
     std::fs::write(dir.join("unet/config.json"), "{ broken").expect("write");
     let err = DiffusersFolder::open(&dir)
         .and_then(|f| f.load_unet(&cpu()))
-        .err()
-        .expect("error");
+        .expect_err("error");
     assert!(err.to_string().contains("invalid JSON"), "{err}");
 }
 
@@ -172,8 +168,7 @@ fn unsupported_config_is_named() {
     std::fs::write(&cfg_path, cfg.to_string()).expect("write");
     let err = DiffusersFolder::open(&dir)
         .and_then(|f| f.unet_config())
-        .err()
-        .expect("error");
+        .expect_err("error");
     assert!(err.to_string().contains("addition_embed_type"), "{err}");
 }
 

@@ -76,7 +76,7 @@ impl ClipTextConfig {
         if !matches!(self.hidden_act.as_str(), "quick_gelu" | "gelu") {
             return Err(unsupported(COMPONENT, format!("hidden_act {:?}", self.hidden_act)));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(unsupported(
                 COMPONENT,
                 "hidden_size is not a multiple of num_attention_heads",

@@ -116,21 +116,30 @@ impl DiffusersFolder {
     }
 
     pub fn load_text_encoder(&self, device: &Device) -> Result<ClipTextModel> {
-        let module = self.text_encoder_config()?.init(device);
-        let w = self.weights("text_encoder", "model")?;
-        load_module(module, &w, "text_encoder", &clip::checkpoint_keys, device)
+        self.load_text_encoder_with(&self.text_encoder_config()?, device)
     }
 
     pub fn load_unet(&self, device: &Device) -> Result<UNet2DConditionModel> {
-        let module = self.unet_config()?.init(device);
-        let w = self.weights("unet", "diffusion_pytorch_model")?;
-        load_module(module, &w, "unet", &unet_2d::checkpoint_keys, device)
+        self.load_unet_with(&self.unet_config()?, device)
     }
 
     pub fn load_vae(&self, device: &Device) -> Result<AutoencoderKL> {
-        let module = self.vae_config()?.init(device);
+        self.load_vae_with(&self.vae_config()?, device)
+    }
+
+    pub fn load_text_encoder_with(&self, c: &ClipTextConfig, device: &Device) -> Result<ClipTextModel> {
+        let w = self.weights("text_encoder", "model")?;
+        load_module(c.init(device), &w, "text_encoder", &clip::checkpoint_keys, device)
+    }
+
+    pub fn load_unet_with(&self, c: &UNet2DConditionConfig, device: &Device) -> Result<UNet2DConditionModel> {
+        let w = self.weights("unet", "diffusion_pytorch_model")?;
+        load_module(c.init(device), &w, "unet", &unet_2d::checkpoint_keys, device)
+    }
+
+    pub fn load_vae_with(&self, c: &AutoencoderKLConfig, device: &Device) -> Result<AutoencoderKL> {
         let w = self.weights("vae", "diffusion_pytorch_model")?;
-        load_module(module, &w, "vae", &vae::checkpoint_keys, device)
+        load_module(c.init(device), &w, "vae", &vae::checkpoint_keys, device)
     }
 }
 
@@ -148,13 +157,14 @@ pub struct StableDiffusion {
 impl StableDiffusion {
     pub fn load(root: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let folder = DiffusersFolder::open(root)?;
+        let (unet_config, vae_config) = (folder.unet_config()?, folder.vae_config()?);
         Ok(StableDiffusion {
             tokenizer: folder.tokenizer()?,
             text_encoder: folder.load_text_encoder(device)?,
-            unet: folder.load_unet(device)?,
-            vae: folder.load_vae(device)?,
-            unet_config: folder.unet_config()?,
-            vae_config: folder.vae_config()?,
+            unet: folder.load_unet_with(&unet_config, device)?,
+            vae: folder.load_vae_with(&vae_config, device)?,
+            unet_config,
+            vae_config,
             folder,
         })
     }

@@ -215,7 +215,7 @@ impl UNet2DConditionConfig {
         }
         let heads = self.heads(n);
         for (i, &c) in self.block_out_channels.iter().enumerate() {
-            if c % self.norm_num_groups != 0 || heads[i] == 0 || c % heads[i] != 0 {
+            if !c.is_multiple_of(self.norm_num_groups) || heads[i] == 0 || !c.is_multiple_of(heads[i]) {
                 return Err(unsupported(
                     COMPONENT,
                     format!(

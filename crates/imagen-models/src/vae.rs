@@ -94,7 +94,11 @@ impl AutoencoderKLConfig {
                 return Err(unsupported(COMPONENT, format!("block type {t}")));
             }
         }
-        if let Some(c) = self.block_out_channels.iter().find(|c| *c % self.norm_num_groups != 0) {
+        if let Some(c) = self
+            .block_out_channels
+            .iter()
+            .find(|c| !c.is_multiple_of(self.norm_num_groups))
+        {
             return Err(unsupported(
                 COMPONENT,
                 format!("{c} channels vs {} groups", self.norm_num_groups),

@@ -4,7 +4,7 @@
 //! then [`load_module`] walks it with a [`ModuleMapper`], looks every parameter up in the
 //! checkpoint under its diffusers name and replaces it. The random initialisers never run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -150,7 +150,7 @@ impl Weights {
                 .collect(),
             Dtype::F64 => bytes
                 .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32)
+                .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
                 .collect(),
             other => {
                 return Err(Error::DType {
@@ -200,7 +200,6 @@ pub fn load_module<M: Module>(
         keys,
         device,
         path: Vec::new(),
-        used: HashSet::new(),
         error: None,
     };
     let module = module.map(&mut loader);
@@ -217,7 +216,6 @@ struct Loader<'a> {
     device: &'a Device,
     /// (field or index name, type of the container that holds it)
     path: Vec<(String, String)>,
-    used: HashSet<String>,
     error: Option<Error>,
 }
 
@@ -265,7 +263,6 @@ impl Loader<'_> {
         if transpose {
             values = transpose_2d(&values, want[0], want[1]);
         }
-        self.used.insert(key.clone());
         let data = TensorData::new(values, expected.to_vec());
         Ok(Tensor::from_data(data, self.device))
     }
