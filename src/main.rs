@@ -1,18 +1,112 @@
-//! `imagen`: the command-line entry point. Generation and serving arrive with their issues; for
-//! now it loads a diffusers folder and reports what it found.
+//! `imagen`: the command line. `generate` makes images; `inspect` checks a model folder.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use imagen_engine::pipeline::variations;
+use imagen_engine::rng::RngKind;
+use imagen_engine::scheduler::SamplerKind;
+use imagen_engine::{GenerateRequest, InitImage, generate};
 use imagen_models::{StableDiffusion, device};
+use indicatif::{ProgressBar, ProgressStyle};
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("inspect") => {
-            let dir = args.get(1).context("usage: imagen inspect <MODEL_DIR> [cpu|wgpu]")?;
-            let backend = args.get(2).map(String::as_str).unwrap_or("cpu");
-            let device = device::by_name(backend)?;
-            let t = std::time::Instant::now();
-            let sd = StableDiffusion::load(dir, &device).with_context(|| format!("loading {dir}"))?;
+#[derive(Parser)]
+#[command(name = "imagen", version, about = "Stable Diffusion on your own machine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate images from a prompt (text-to-image), an init image (image-to-image) or
+    /// variations of an image.
+    Generate(Box<GenerateArgs>),
+    /// Load a diffusers model folder and report what it holds.
+    Inspect {
+        /// The diffusers pipeline folder.
+        model: PathBuf,
+        /// cpu, or wgpu for the GPU.
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// The diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+    #[arg(long)]
+    model: PathBuf,
+    /// What to draw. Optional with --variations-of.
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// What to steer away from (classifier-free guidance's unconditional prompt).
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    /// Image width in pixels, a multiple of 8. Default: the init image's, else the model's native size.
+    #[arg(long)]
+    width: Option<usize>,
+    /// Image height in pixels, a multiple of 8. Default: as --width.
+    #[arg(long)]
+    height: Option<usize>,
+    /// Denoising steps (image-to-image runs floor(steps × strength) of them).
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Classifier-free guidance scale; 1 or less skips the unconditional pass.
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f64,
+    /// Sampler: pndm, ddim, euler, euler_a. Default: the model's own (scheduler/scheduler_config.json).
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// Seed of the noise. Default: a random one, printed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Noise generator: torch (= diffusers with a CPU generator, ComfyUI) or philox (= A1111's GPU noise).
+    #[arg(long, default_value = "torch")]
+    rng: String,
+    /// Images to make; several are written as PATH-0.png, PATH-1.png, …
+    #[arg(long, default_value_t = 1)]
+    num_images: usize,
+    /// Start from this PNG (image-to-image).
+    #[arg(long, conflicts_with = "variations_of")]
+    init_image: Option<PathBuf>,
+    /// How much of the init image to re-noise, 0..1 (diffusers' strength).
+    #[arg(long, default_value_t = 0.8)]
+    strength: f64,
+    /// Make --num-images variations of this PNG (image-to-image at --strength, seeds seed, seed+1, …).
+    #[arg(long)]
+    variations_of: Option<PathBuf>,
+    /// Where to write the PNG.
+    #[arg(long)]
+    output: PathBuf,
+    /// cpu, or wgpu for the GPU.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(args) => run_generate(*args),
+        Command::Inspect { model, backend } => {
+            let device = device::by_name(&backend)?;
+            let t = Instant::now();
+            let sd = StableDiffusion::load(&model, &device).with_context(|| format!("loading {}", model.display()))?;
             println!("pipeline:     {}", sd.folder.pipeline_class);
             println!("parameters:   {}", sd.num_params());
             println!(
@@ -23,6 +117,106 @@ fn main() -> Result<()> {
             println!("loaded in:    {:.2?} on {backend}", t.elapsed());
             Ok(())
         }
-        _ => bail!("usage: imagen inspect <MODEL_DIR> [cpu|wgpu]"),
     }
+}
+
+fn read_png(path: &Path) -> Result<image::RgbImage> {
+    Ok(image::open(path)
+        .with_context(|| format!("cannot read image {}", path.display()))?
+        .to_rgb8())
+}
+
+fn run_generate(a: GenerateArgs) -> Result<()> {
+    // Check everything cheap before loading weights.
+    let scheduler = a.scheduler.as_deref().map(SamplerKind::parse).transpose()?;
+    let Some(rng) = RngKind::parse(&a.rng) else {
+        bail!("unknown --rng {:?} (torch or philox)", a.rng);
+    };
+    if !(0.0..=1.0).contains(&a.strength) {
+        bail!("--strength must be between 0 and 1 (got {})", a.strength);
+    }
+    let source = match (&a.init_image, &a.variations_of) {
+        (Some(p), _) | (_, Some(p)) => Some(read_png(p)?),
+        _ => None,
+    };
+    let device = device::by_name(&a.backend)?;
+    let sd = StableDiffusion::load(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
+    let native = sd.unet_config.sample_size * sd.vae_config.scale_factor();
+    let (dw, dh) = source
+        .as_ref()
+        .map_or((native, native), |i| (i.width() as usize, i.height() as usize));
+    let width = a.width.unwrap_or(dw);
+    let height = a.height.or(a.width).unwrap_or(dh);
+    let seed = a.seed.unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        (nanos as u64) & 0xffff_ffff
+    });
+    let req = GenerateRequest {
+        prompt: a.prompt,
+        negative_prompt: a.negative_prompt,
+        width,
+        height,
+        steps: a.steps,
+        guidance: a.guidance,
+        scheduler,
+        seed,
+        rng,
+        num_images: a.num_images,
+        init: a.init_image.as_ref().and(source.clone()).map(|image| InitImage {
+            image,
+            strength: a.strength,
+        }),
+    };
+
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut progress = |step: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(step as u64);
+        true
+    };
+    let started = Instant::now();
+    let images = match (&a.variations_of, source) {
+        (Some(_), Some(img)) => variations(&sd, &req, &img, a.strength, &device, &mut progress)?,
+        _ => generate(&sd, &req, &device, &mut progress)?,
+    };
+    bar.finish_and_clear();
+
+    let paths = output_paths(&a.output, images.len());
+    for (img, path) in images.iter().zip(&paths) {
+        img.save(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if !a.quiet {
+        eprintln!("seed {seed}, {:.1?}", started.elapsed());
+    }
+    for p in paths {
+        println!("{}", p.display());
+    }
+    Ok(())
+}
+
+/// `out.png` for one image; `out-0.png`, `out-1.png`, … for several.
+fn output_paths(output: &Path, n: usize) -> Vec<PathBuf> {
+    if n == 1 {
+        return vec![output.to_owned()];
+    }
+    let stem = output
+        .file_stem()
+        .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+    let ext = output
+        .extension()
+        .map_or("png".into(), |e| e.to_string_lossy().into_owned());
+    (0..n)
+        .map(|i| output.with_file_name(format!("{stem}-{i}.{ext}")))
+        .collect()
 }

@@ -2,6 +2,7 @@
 //! binary, so burn is linked once.
 
 mod common;
+mod generate;
 mod loader;
 mod parity;
 mod tokenizer;

@@ -1,0 +1,219 @@
+//! Text-to-image and image-to-image, step for step as diffusers' `StableDiffusionPipeline` and
+//! `StableDiffusionImg2ImgPipeline` run them (same noise draws, in the same order).
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use image::RgbImage;
+use imagen_models::StableDiffusion;
+
+use crate::error::{Error, Result};
+use crate::rng::RngKind;
+use crate::scheduler::{Sampler, SamplerKind, SchedulerConfig, noise_like};
+
+/// The image to start from, and how much of it to re-noise (0 keeps it, 1 ignores it).
+pub struct InitImage {
+    pub image: RgbImage,
+    pub strength: f64,
+}
+
+pub struct GenerateRequest {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub width: usize,
+    pub height: usize,
+    pub steps: usize,
+    /// Classifier-free guidance; ≤ 1 skips the unconditional pass.
+    pub guidance: f64,
+    /// `None`: the model's own scheduler.
+    pub scheduler: Option<SamplerKind>,
+    pub seed: u64,
+    pub rng: RngKind,
+    pub num_images: usize,
+    pub init: Option<InitImage>,
+}
+
+/// Called after each step with (step, total); return `false` to cancel.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize) -> bool;
+
+/// The sampler a request gets: the one it names, else the model folder's own.
+pub fn sampler_for(sd: &StableDiffusion, req: &GenerateRequest) -> Result<(Sampler, SchedulerConfig)> {
+    let config: SchedulerConfig = sd.folder.component_config("scheduler")?;
+    let kind = match req.scheduler {
+        Some(k) => k,
+        None => {
+            let class = config.class_name.clone().unwrap_or_default();
+            SamplerKind::from_class_name(&class).ok_or_else(|| {
+                Error::BadInput(format!(
+                    "the model's scheduler {class} is not supported; pick one with --scheduler"
+                ))
+            })?
+        }
+    };
+    Ok((Sampler::new(kind, &config, req.steps)?, config))
+}
+
+pub fn validate(req: &GenerateRequest) -> Result<()> {
+    let bad = |m: String| Err(Error::BadInput(m));
+    if req.width == 0 || req.height == 0 || !req.width.is_multiple_of(8) || !req.height.is_multiple_of(8) {
+        return bad(format!(
+            "width and height must be positive multiples of 8 (got {}x{})",
+            req.width, req.height
+        ));
+    }
+    if req.num_images == 0 {
+        return bad("num_images must be at least 1".into());
+    }
+    if let Some(init) = &req.init {
+        if !(0.0..=1.0).contains(&init.strength) {
+            return bad(format!("strength must be between 0 and 1 (got {})", init.strength));
+        }
+        let (w, h) = init.image.dimensions();
+        if w as usize != req.width || h as usize != req.height {
+            return bad(format!(
+                "the init image is {w}x{h} but {}x{} was asked for",
+                req.width, req.height
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Run one request; returns `num_images` images.
+pub fn generate(
+    sd: &StableDiffusion,
+    req: &GenerateRequest,
+    device: &Device,
+    progress: Progress,
+) -> Result<Vec<RgbImage>> {
+    validate(req)?;
+    let (mut sampler, _) = sampler_for(sd, req)?;
+    let mut rng = req.rng.generator(req.seed);
+    let b = req.num_images;
+    let cfg = req.guidance > 1.0;
+
+    // Text conditioning: [uncond × b, cond × b] with guidance, else [cond × b].
+    let encode = |text: &str| -> Result<Tensor<3>> {
+        let ids: Vec<i64> = sd.tokenizer.encode(text)?.into_iter().map(i64::from).collect();
+        let n = ids.len();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), device);
+        Ok(sd.text_encoder.forward(ids, 0))
+    };
+    let cond = encode(&req.prompt)?;
+    let repeat = |t: Tensor<3>| Tensor::cat(vec![t; b], 0);
+    let context = if cfg {
+        Tensor::cat(vec![repeat(encode(&req.negative_prompt)?), repeat(cond)], 0)
+    } else {
+        repeat(cond)
+    };
+
+    let f = sd.vae_config.scale_factor();
+    let latent_dims = [b, sd.unet_config.in_channels, req.height / f, req.width / f];
+    let scaling = sd.vae_config.scaling_factor as f32;
+    let (mut latents, first) = match &req.init {
+        None => (
+            noise_like(rng.as_mut(), latent_dims, device) * sampler.init_noise_sigma() as f32,
+            0,
+        ),
+        Some(init) => {
+            let first = sampler.start_at_strength(req.steps, init.strength);
+            if first >= sampler.timesteps().len() {
+                return Err(Error::BadInput("strength too low: no denoising step would run".into()));
+            }
+            let image = Tensor::cat(vec![image_to_tensor(&init.image, device); b], 0);
+            let dist = sd.vae.encode(image);
+            // diffusers: latent_dist.sample(generator), then the noise, from the same generator.
+            let sample = dist.mean.clone() + dist.std * noise_like(rng.as_mut(), dist.mean.dims(), device);
+            let noise = noise_like(rng.as_mut(), latent_dims, device);
+            (sampler.add_noise(sample * scaling, noise, first), first)
+        }
+    };
+
+    let timesteps: Vec<f64> = sampler.timesteps().to_vec();
+    let total = timesteps.len() - first;
+    for (i, &t) in timesteps.iter().enumerate().skip(first) {
+        let input = if cfg {
+            Tensor::cat(vec![latents.clone(), latents.clone()], 0)
+        } else {
+            latents.clone()
+        };
+        let input = sampler.scale_model_input(input, i);
+        let out = sd.unet.forward(input, &[t as f32], &context);
+        let out = if cfg {
+            let [n, c, h, w] = out.dims();
+            let uncond = out.clone().slice([0..n / 2, 0..c, 0..h, 0..w]);
+            let text = out.slice([n / 2..n, 0..c, 0..h, 0..w]);
+            uncond.clone() + (text - uncond) * req.guidance as f32
+        } else {
+            out
+        };
+        latents = sampler.step(out, i, latents, rng.as_mut());
+        if !progress(i - first + 1, total) {
+            return Err(Error::Cancelled);
+        }
+    }
+
+    let images = sd.vae.decode(latents / scaling);
+    tensor_to_images(images)
+}
+
+/// RGB u8 → `[1, 3, h, w]` in [-1, 1] (`VaeImageProcessor.preprocess`).
+pub fn image_to_tensor(img: &RgbImage, device: &Device) -> Tensor<4> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut chw = vec![0f32; 3 * h * w];
+    for (x, y, p) in img.enumerate_pixels() {
+        for c in 0..3 {
+            chw[c * h * w + y as usize * w + x as usize] = 2.0 * (p[c] as f32 / 255.0) - 1.0;
+        }
+    }
+    Tensor::from_data(TensorData::new(chw, [1, 3, h, w]), device)
+}
+
+/// `[b, 3, h, w]` → images, exactly as diffusers: `(x/2 + 0.5).clamp(0, 1)`, ×255, round.
+pub fn tensor_to_images(t: Tensor<4>) -> Result<Vec<RgbImage>> {
+    let [b, _, h, w] = t.dims();
+    let x = (t / 2.0 + 0.5).clamp(0.0, 1.0);
+    let v: Vec<f32> = x
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::Image(format!("{e:?}")))?;
+    (0..b)
+        .map(|i| {
+            let base = i * 3 * h * w;
+            let px = |c: usize, y: usize, x: usize| (v[base + c * h * w + y * w + x] * 255.0).round_ties_even() as u8;
+            RgbImage::from_fn(w as u32, h as u32, |x, y| {
+                let (x, y) = (x as usize, y as usize);
+                image::Rgb([px(0, y, x), px(1, y, x), px(2, y, x)])
+            })
+        })
+        .map(Ok)
+        .collect()
+}
+
+/// Variations of an image: image-to-image from it at `strength`, each variation with its own
+/// seed (`seed`, `seed + 1`, …) so every one can be reproduced alone. The prompt is optional
+/// (an empty prompt still conditions the UNet, as an unconditional pass would).
+pub fn variations(
+    sd: &StableDiffusion,
+    base: &GenerateRequest,
+    image: &RgbImage,
+    strength: f64,
+    device: &Device,
+    progress: Progress,
+) -> Result<Vec<RgbImage>> {
+    let mut out = Vec::with_capacity(base.num_images);
+    for i in 0..base.num_images {
+        let req = GenerateRequest {
+            prompt: base.prompt.clone(),
+            negative_prompt: base.negative_prompt.clone(),
+            seed: base.seed.wrapping_add(i as u64),
+            num_images: 1,
+            init: Some(InitImage {
+                image: image.clone(),
+                strength,
+            }),
+            ..*base
+        };
+        out.extend(generate(sd, &req, device, progress)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,158 @@
+//! The real `imagen` binary: a generation equal to diffusers' PNG, several outputs, and one-line
+//! errors (never a panic) for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(p)
+}
+
+fn imagen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imagen"))
+        .args(args)
+        .output()
+        .expect("run imagen")
+}
+
+fn generate_args<'a>(model: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "a photograph of an astronaut riding a horse",
+        "--steps",
+        "5",
+        "--seed",
+        "1234",
+        "--output",
+        out,
+        "--quiet",
+    ]
+}
+
+#[test]
+fn generates_the_diffusers_image() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("astronaut.png");
+    let model = fixture("tiny-sd15");
+    let (model, out_s) = (model.to_str().expect("utf8"), out.to_str().expect("utf8"));
+    let mut args = generate_args(model, out_s);
+    args.extend(["--scheduler", "euler", "--negative-prompt", "blurry, low quality"]);
+    let o = imagen(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), out_s);
+    let got = image::open(&out).expect("png").to_rgb8();
+    let want = image::open(fixture("golden/generate/tiny-sd15-euler-txt2img.png"))
+        .expect("golden")
+        .to_rgb8();
+    let max = got
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max();
+    assert!(max.is_some_and(|m| m <= 2), "max difference {max:?}");
+}
+
+#[test]
+fn several_images_get_numbered_paths() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("batch.png");
+    let model = fixture("tiny-sd2");
+    let mut args = generate_args(model.to_str().expect("utf8"), out.to_str().expect("utf8"));
+    args.extend([
+        "--num-images",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--scheduler",
+        "euler_a",
+        "--guidance",
+        "1",
+    ]);
+    let o = imagen(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for i in 0..2 {
+        let img = image::open(tmp.path().join(format!("batch-{i}.png")))
+            .expect("numbered png")
+            .to_rgb8();
+        assert_eq!(img.dimensions(), (64, 48));
+    }
+}
+
+#[test]
+fn bad_input_is_a_one_line_error() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("x.png");
+    let out = out.to_str().expect("utf8");
+    let model = fixture("tiny-sd15");
+    let model = model.to_str().expect("utf8");
+    let junk = tmp.path().join("junk.png");
+    std::fs::write(&junk, b"not an image").expect("write");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (generate_args("/no/such/model", out), "not a directory"),
+        (
+            [generate_args(model, out), vec!["--width", "65"]].concat(),
+            "multiples of 8",
+        ),
+        (
+            [
+                generate_args(model, out),
+                vec!["--init-image", junk.to_str().expect("utf8"), "--strength", "0.5"],
+            ]
+            .concat(),
+            "cannot read image",
+        ),
+        (
+            [generate_args(model, out), vec!["--strength", "1.5"]].concat(),
+            "--strength must be between 0 and 1",
+        ),
+        (
+            [generate_args(model, out), vec!["--scheduler", "magic"]].concat(),
+            "unknown scheduler",
+        ),
+        (
+            [generate_args(model, out), vec!["--rng", "dice"]].concat(),
+            "unknown --rng",
+        ),
+    ];
+    for (args, expect) in cases {
+        let o = imagen(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let o = imagen(&["generate", "--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    for flag in [
+        "--model",
+        "--prompt",
+        "--negative-prompt",
+        "--width",
+        "--height",
+        "--steps",
+        "--guidance",
+        "--scheduler",
+        "--seed",
+        "--rng",
+        "--num-images",
+        "--init-image",
+        "--strength",
+        "--variations-of",
+        "--output",
+        "--backend",
+        "--quiet",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}
