@@ -114,7 +114,7 @@ pub fn generate(
             0,
         ),
         Some(init) => {
-            let first = sampler.start_at_strength(req.steps, init.strength);
+            let first = Sampler::first_step_for_strength(req.steps, init.strength);
             if first >= sampler.timesteps().len() {
                 return Err(Error::BadInput("strength too low: no denoising step would run".into()));
             }

@@ -226,8 +226,6 @@ pub struct Sampler {
     step_ratio: i64,
     final_alpha: f64,
     clip_sample: Option<f64>,
-    /// First timestep index actually run (image-to-image starts part way).
-    begin: usize,
     /// `leading` spacing changes the Euler family's initial noise scale.
     leading: bool,
     // PNDM (PLMS) state.
@@ -297,7 +295,6 @@ impl Sampler {
             clip_sample: (kind == SamplerKind::Ddim && config.clip_sample.unwrap_or(true))
                 .then_some(config.clip_sample_range),
             schedule,
-            begin: 0,
             leading: spacing == "leading",
             ets: Vec::new(),
             counter: 0,
@@ -314,12 +311,10 @@ impl Sampler {
         &self.timesteps
     }
 
-    /// Image-to-image: skip to `floor(steps × strength)` remaining steps (diffusers'
-    /// `get_timesteps`); returns the index of the first step to run.
-    pub fn start_at_strength(&mut self, steps: usize, strength: f64) -> usize {
-        let init = ((steps as f64 * strength) as usize).min(steps);
-        self.begin = steps - init;
-        self.begin
+    /// Image-to-image: the index of the first step to run so that `floor(steps × strength)`
+    /// remain (diffusers' `get_timesteps`).
+    pub fn first_step_for_strength(steps: usize, strength: f64) -> usize {
+        steps - ((steps as f64 * strength) as usize).min(steps)
     }
 
     /// Noise level the initial latents are scaled by (pure-noise start).
