@@ -35,7 +35,7 @@ pub struct GenerateRequest {
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize) -> bool;
 
 /// The sampler a request gets: the one it names, else the model folder's own.
-pub fn sampler_for(sd: &StableDiffusion, req: &GenerateRequest) -> Result<(Sampler, SchedulerConfig)> {
+pub fn sampler_for(sd: &StableDiffusion, req: &GenerateRequest) -> Result<Sampler> {
     let config: SchedulerConfig = sd.folder.component_config("scheduler")?;
     let kind = match req.scheduler {
         Some(k) => k,
@@ -48,7 +48,7 @@ pub fn sampler_for(sd: &StableDiffusion, req: &GenerateRequest) -> Result<(Sampl
             })?
         }
     };
-    Ok((Sampler::new(kind, &config, req.steps)?, config))
+    Sampler::new(kind, &config, req.steps)
 }
 
 pub fn validate(req: &GenerateRequest) -> Result<()> {
@@ -85,7 +85,7 @@ pub fn generate(
     progress: Progress,
 ) -> Result<Vec<RgbImage>> {
     validate(req)?;
-    let (mut sampler, _) = sampler_for(sd, req)?;
+    let mut sampler = sampler_for(sd, req)?;
     let mut rng = req.rng.generator(req.seed);
     let b = req.num_images;
     let cfg = req.guidance > 1.0;
