@@ -58,7 +58,8 @@ struct GenerateArgs {
     /// Classifier-free guidance scale; 1 or less skips the unconditional pass.
     #[arg(long, default_value_t = 7.5)]
     guidance: f64,
-    /// Sampler: pndm, ddim, euler, euler_a. Default: the model's own (scheduler/scheduler_config.json).
+    /// Sampler: pndm, ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lcm. Default: the model's own
+    /// (scheduler/scheduler_config.json).
     #[arg(long)]
     scheduler: Option<String>,
     /// Seed of the noise. Default: a random one, printed.

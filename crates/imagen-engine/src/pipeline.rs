@@ -39,14 +39,7 @@ pub fn sampler_for(sd: &StableDiffusion, req: &GenerateRequest) -> Result<Sample
     let config: SchedulerConfig = sd.folder.component_config("scheduler")?;
     let kind = match req.scheduler {
         Some(k) => k,
-        None => {
-            let class = config.class_name.clone().unwrap_or_default();
-            SamplerKind::from_class_name(&class).ok_or_else(|| {
-                Error::BadInput(format!(
-                    "the model's scheduler {class} is not supported; pick one with --scheduler"
-                ))
-            })?
-        }
+        None => SamplerKind::from_config(&config)?,
     };
     Sampler::new(kind, &config, req.steps)
 }

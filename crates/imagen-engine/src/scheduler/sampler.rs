@@ -1,0 +1,299 @@
+//! One denoising run: which timesteps to visit, how to scale and noise samples, and the
+//! single-step update rules (DDIM, Euler, Euler ancestral, LCM).
+
+use burn::tensor::Tensor;
+
+use super::multistep::{DpmSolver, Pndm};
+use super::{NoiseSchedule, Prediction, SamplerKind, SchedulerConfig, noise_like};
+use crate::error::{Error, Result};
+use crate::rng::NoiseSource;
+
+/// The running state a sampler's update rule keeps between steps.
+enum State {
+    None,
+    Pndm(Box<Pndm>),
+    Dpm(Box<DpmSolver>),
+}
+
+pub struct Sampler {
+    kind: SamplerKind,
+    pub(super) schedule: NoiseSchedule,
+    pub(super) prediction: Prediction,
+    /// UNet timesteps, one per UNet evaluation (PNDM repeats some).
+    pub(super) timesteps: Vec<f64>,
+    /// σ per timestep plus a final one (Euler family and DPM-Solver++).
+    pub(super) sigmas: Vec<f64>,
+    /// T / n, the gap DDIM and PNDM step over.
+    pub(super) step_ratio: i64,
+    pub(super) final_alpha: f64,
+    clip_sample: Option<f64>,
+    /// `leading` spacing changes the Euler family's initial noise scale.
+    leading: bool,
+    /// LCM's boundary-condition time scale.
+    timestep_scaling: f64,
+    state: State,
+}
+
+impl Sampler {
+    pub fn new(kind: SamplerKind, config: &SchedulerConfig, steps: usize) -> Result<Self> {
+        if steps == 0 {
+            return Err(Error::BadInput("steps must be at least 1".into()));
+        }
+        for (on, name) in [
+            (config.use_exponential_sigmas, "use_exponential_sigmas"),
+            (config.use_beta_sigmas, "use_beta_sigmas"),
+            (config.use_lu_lambdas, "use_lu_lambdas"),
+            (config.use_flow_sigmas, "use_flow_sigmas"),
+            (
+                config.lambda_min_clipped.is_some_and(f64::is_finite),
+                "lambda_min_clipped",
+            ),
+            (
+                config.use_karras_sigmas && kind.sigma_space(),
+                "use_karras_sigmas with Euler samplers",
+            ),
+        ] {
+            if on {
+                return Err(Error::BadInput(format!(
+                    "scheduler option {name} is not supported yet; pick another scheduler"
+                )));
+            }
+        }
+        let schedule = NoiseSchedule::from_config(config)?;
+        let t = schedule.len();
+        if steps > t {
+            return Err(Error::BadInput(format!("steps must be at most {t}")));
+        }
+        let prediction = Prediction::parse(&config.prediction_type)?;
+        let spacing = config.timestep_spacing.as_deref().unwrap_or(kind.default_spacing());
+        let offset = config.steps_offset;
+        let mut sigmas = Vec::new();
+        let mut state = State::None;
+        let timesteps = match kind {
+            SamplerKind::Euler | SamplerKind::EulerAncestral => {
+                let ts = schedule.timesteps(steps, spacing, offset)?;
+                sigmas = interp_sigmas(&schedule.sigmas(), &ts);
+                sigmas.push(0.0);
+                ts
+            }
+            SamplerKind::Ddim => round_all(schedule.timesteps(steps, spacing, offset)?),
+            SamplerKind::Pndm => {
+                let (ts, pndm) = Pndm::new(
+                    round_all(schedule.timesteps(steps, spacing, offset)?),
+                    config.skip_prk_steps == Some(true),
+                    t / steps,
+                )?;
+                state = State::Pndm(Box::new(pndm));
+                ts
+            }
+            SamplerKind::DpmPP2M { karras } => {
+                let (ts, sig, dpm) = DpmSolver::new(&schedule, config, steps, spacing, karras)?;
+                sigmas = sig;
+                state = State::Dpm(Box::new(dpm));
+                ts
+            }
+            SamplerKind::Lcm => lcm_timesteps(t, config.original_inference_steps, steps)?,
+        };
+        Ok(Sampler {
+            kind,
+            prediction,
+            timesteps,
+            sigmas,
+            step_ratio: (t / steps) as i64,
+            final_alpha: if config.set_alpha_to_one {
+                1.0
+            } else {
+                schedule.alphas_cumprod[0] as f64
+            },
+            clip_sample: match kind {
+                SamplerKind::Ddim => config.clip_sample.unwrap_or(true),
+                SamplerKind::Lcm => config.clip_sample.unwrap_or(false),
+                _ => false,
+            }
+            .then_some(config.clip_sample_range),
+            schedule,
+            leading: spacing == "leading",
+            timestep_scaling: config.timestep_scaling,
+            state,
+        })
+    }
+
+    pub fn kind(&self) -> SamplerKind {
+        self.kind
+    }
+
+    /// Every UNet timestep, in order.
+    pub fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    /// Image-to-image: the index of the first step to run so that `floor(steps × strength)`
+    /// remain (diffusers' `get_timesteps`).
+    pub fn first_step_for_strength(steps: usize, strength: f64) -> usize {
+        steps - ((steps as f64 * strength) as usize).min(steps)
+    }
+
+    /// Noise level the initial latents are scaled by (pure-noise start).
+    pub fn init_noise_sigma(&self) -> f64 {
+        if !self.kind.sigma_space() {
+            return 1.0;
+        }
+        let max = self.sigmas.iter().copied().fold(0.0, f64::max);
+        if self.leading { (max * max + 1.0).sqrt() } else { max }
+    }
+
+    /// `scale_model_input` for step `i`: x / √(σ² + 1) for σ-space samplers.
+    pub fn scale_model_input(&self, x: Tensor<4>, i: usize) -> Tensor<4> {
+        if self.kind.sigma_space() {
+            let s = self.sigmas[i];
+            x / ((s * s + 1.0).sqrt() as f32)
+        } else {
+            x
+        }
+    }
+
+    /// `add_noise` at step `i` (the first image-to-image step).
+    pub fn add_noise(&self, x0: Tensor<4>, noise: Tensor<4>, i: usize) -> Tensor<4> {
+        match self.kind {
+            SamplerKind::Euler | SamplerKind::EulerAncestral => x0 + noise * self.sigmas[i] as f32,
+            // DPM-Solver++ noises at its own σ (Karras σ fall between training timesteps).
+            SamplerKind::DpmPP2M { .. } => {
+                let (alpha, sigma) = alpha_sigma(self.sigmas[i]);
+                x0 * alpha as f32 + noise * sigma as f32
+            }
+            _ => {
+                let a = self.schedule.alphas_cumprod[self.timesteps[i] as usize] as f64;
+                x0 * a.sqrt() as f32 + noise * (1.0 - a).sqrt() as f32
+            }
+        }
+    }
+
+    /// One update from the model output at step `i`; may draw noise (ancestral samplers, LCM).
+    pub fn step(&mut self, model_out: Tensor<4>, i: usize, sample: Tensor<4>, rng: &mut dyn NoiseSource) -> Tensor<4> {
+        let mut state = std::mem::replace(&mut self.state, State::None);
+        let out = match (&mut state, self.kind) {
+            (State::Pndm(p), _) => p.step(self, model_out, i, sample),
+            (State::Dpm(d), _) => d.step(self, model_out, i, sample),
+            (_, SamplerKind::Ddim) => self.step_ddim(model_out, i, sample),
+            (_, SamplerKind::Lcm) => self.step_lcm(model_out, i, sample, rng),
+            _ => self.step_euler(model_out, i, sample, rng),
+        };
+        self.state = state;
+        out
+    }
+
+    /// x̂₀ and ε̂ from a DDPM-space sample at ᾱ = `a`.
+    pub(super) fn x0_eps(&self, out: Tensor<4>, sample: Tensor<4>, a: f64) -> (Tensor<4>, Tensor<4>) {
+        let b = 1.0 - a;
+        match self.prediction {
+            Prediction::Epsilon => ((sample - out.clone() * b.sqrt() as f32) / a.sqrt() as f32, out),
+            Prediction::V => (
+                sample.clone() * a.sqrt() as f32 - out.clone() * b.sqrt() as f32,
+                out * a.sqrt() as f32 + sample * b.sqrt() as f32,
+            ),
+        }
+    }
+
+    /// x̂₀ from a σ-space sample (Euler family).
+    fn denoised_sigma(&self, out: Tensor<4>, sample: Tensor<4>, sigma: f64) -> Tensor<4> {
+        match self.prediction {
+            Prediction::Epsilon => sample - out * sigma as f32,
+            Prediction::V => {
+                out * (-sigma / (sigma * sigma + 1.0).sqrt()) as f32 + sample / (sigma * sigma + 1.0) as f32
+            }
+        }
+    }
+
+    fn step_euler(&self, out: Tensor<4>, i: usize, sample: Tensor<4>, rng: &mut dyn NoiseSource) -> Tensor<4> {
+        let (sigma, next) = (self.sigmas[i], self.sigmas[i + 1]);
+        let x0 = self.denoised_sigma(out, sample.clone(), sigma);
+        let derivative = (sample.clone() - x0) / sigma as f32;
+        if self.kind == SamplerKind::Euler {
+            return sample + derivative * (next - sigma) as f32;
+        }
+        let up = (next * next * (sigma * sigma - next * next) / (sigma * sigma)).sqrt();
+        let down = (next * next - up * up).sqrt();
+        let prev = sample + derivative * (down - sigma) as f32;
+        let (dims, device) = (prev.dims(), prev.device());
+        prev + noise_like(rng, dims, &device) * up as f32
+    }
+
+    fn step_ddim(&self, out: Tensor<4>, i: usize, sample: Tensor<4>) -> Tensor<4> {
+        let t = self.timesteps[i] as i64;
+        let a = self.schedule.alpha_at(t, self.final_alpha);
+        let a_prev = self.schedule.alpha_at(t - self.step_ratio, self.final_alpha);
+        let (mut x0, eps) = self.x0_eps(out, sample, a);
+        if let Some(r) = self.clip_sample {
+            x0 = x0.clamp(-r as f32, r as f32);
+        }
+        x0 * a_prev.sqrt() as f32 + eps * (1.0 - a_prev).sqrt() as f32
+    }
+
+    /// LCM: consistency-model boundary condition, then fresh noise to the next timestep
+    /// (except after the last).
+    fn step_lcm(&self, out: Tensor<4>, i: usize, sample: Tensor<4>, rng: &mut dyn NoiseSource) -> Tensor<4> {
+        let t = self.timesteps[i];
+        let a = self.schedule.alpha_at(t as i64, self.final_alpha);
+        let (mut x0, _) = self.x0_eps(out, sample.clone(), a);
+        if let Some(r) = self.clip_sample {
+            x0 = x0.clamp(-r as f32, r as f32);
+        }
+        let sigma_data2 = 0.25;
+        let scaled = t * self.timestep_scaling;
+        let c_skip = sigma_data2 / (scaled * scaled + sigma_data2);
+        let c_out = scaled / (scaled * scaled + sigma_data2).sqrt();
+        let denoised = x0 * c_out as f32 + sample * c_skip as f32;
+        if i + 1 == self.timesteps.len() {
+            return denoised;
+        }
+        let a_prev = self.schedule.alpha_at(self.timesteps[i + 1] as i64, self.final_alpha);
+        let (dims, device) = (denoised.dims(), denoised.device());
+        denoised * a_prev.sqrt() as f32 + noise_like(rng, dims, &device) * (1.0 - a_prev).sqrt() as f32
+    }
+}
+
+/// (α_t, σ_t) of a DDPM-space sample at Karras noise level σ: α = 1/√(σ²+1), σ_t = σ·α.
+pub(super) fn alpha_sigma(sigma: f64) -> (f64, f64) {
+    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+    (alpha, sigma * alpha)
+}
+
+/// `np.interp` of the training σ at (possibly fractional) timesteps, kept in float32.
+fn interp_sigmas(train: &[f64], ts: &[f64]) -> Vec<f64> {
+    let t = train.len();
+    ts.iter()
+        .map(|&ts| {
+            let lo = (ts.floor() as usize).min(t - 1);
+            let hi = (lo + 1).min(t - 1);
+            let f = ts - lo as f64;
+            (train[lo] + f * (train[hi] - train[lo])) as f32 as f64
+        })
+        .collect()
+}
+
+/// Integer-timestep samplers round the spacing (numpy's round: half to even).
+fn round_all(ts: Vec<f64>) -> Vec<f64> {
+    ts.into_iter().map(f64::round_ties_even).collect()
+}
+
+/// LCM's timesteps: every `T / original_steps`-th training step, `steps` of them evenly picked
+/// (`LCMScheduler.set_timesteps` with strength 1).
+fn lcm_timesteps(t: usize, original_steps: usize, steps: usize) -> Result<Vec<f64>> {
+    if original_steps == 0 || original_steps > t {
+        return Err(Error::BadInput(format!(
+            "original_inference_steps must be between 1 and {t}"
+        )));
+    }
+    if steps > original_steps {
+        return Err(Error::BadInput(format!(
+            "LCM takes at most {original_steps} steps (the model's original_inference_steps)"
+        )));
+    }
+    let k = t / original_steps;
+    // [T/k·k − 1, …, 2k − 1, k − 1]
+    let origin: Vec<usize> = (1..=original_steps).rev().map(|i| i * k - 1).collect();
+    let stride = origin.len() as f64 / steps as f64;
+    Ok((0..steps)
+        .map(|i| origin[(i as f64 * stride).floor() as usize] as f64)
+        .collect())
+}
