@@ -33,27 +33,29 @@ fn generate_args<'a>(model: &'a str, out: &'a str) -> Vec<&'a str> {
 }
 
 #[test]
-fn generates_the_diffusers_image() {
+fn generates_the_diffusers_image_with_every_scheduler() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let out = tmp.path().join("astronaut.png");
     let model = fixture("tiny-sd15");
-    let (model, out_s) = (model.to_str().expect("utf8"), out.to_str().expect("utf8"));
-    let mut args = generate_args(model, out_s);
-    args.extend(["--scheduler", "euler", "--negative-prompt", "blurry, low quality"]);
-    let o = imagen(&args);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), out_s);
-    let got = image::open(&out).expect("png").to_rgb8();
-    let want = image::open(fixture("golden/generate/tiny-sd15-euler-txt2img.png"))
-        .expect("golden")
-        .to_rgb8();
-    let max = got
-        .as_raw()
-        .iter()
-        .zip(want.as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max();
-    assert!(max.is_some_and(|m| m <= 2), "max difference {max:?}");
+    for scheduler in ["pndm", "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "lcm"] {
+        let out = tmp.path().join(format!("{scheduler}.png"));
+        let (model, out_s) = (model.to_str().expect("utf8"), out.to_str().expect("utf8"));
+        let mut args = generate_args(model, out_s);
+        args.extend(["--scheduler", scheduler, "--negative-prompt", "blurry, low quality"]);
+        let o = imagen(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), out_s);
+        let got = image::open(&out).expect("png").to_rgb8();
+        let want = image::open(fixture(&format!("golden/generate/tiny-sd15-{scheduler}-txt2img.png")))
+            .expect("golden")
+            .to_rgb8();
+        let max = got
+            .as_raw()
+            .iter()
+            .zip(want.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max();
+        assert!(max.is_some_and(|m| m <= 2), "{scheduler}: max difference {max:?}");
+    }
 }
 
 #[test]

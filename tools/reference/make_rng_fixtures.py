@@ -2,8 +2,9 @@
 """Golden noise for the seeded generators (run by hand; writes tests/fixtures/golden/rng.safetensors).
 
 - torch CPU: torch.manual_seed(seed) then two successive torch.randn(shape) calls, float32.
-  Note: PyTorch's AVX2 build of `normal_fill` uses SLEEF's vectorised log/sin/cos; the scalar
-  `normal_fill` (used on AVX-512 and non-x86 builds, and by this machine) is what we reproduce.
+  On x86-64, PyTorch's `normal_fill` (16 values and more) evaluates log/sin/cos with the Cephes
+  polynomials of `avx_mathfun.h`, compiled with FMAs; imagen ports exactly that. ARM builds use
+  libm there and differ in the last bits, so make these fixtures on an x86-64 machine.
 - Philox: an independent NumPy implementation of A1111's modules/rng_philox.py algorithm.
 """
 
