@@ -1,4 +1,7 @@
-//! `imagen`: the command line. `generate` makes images; `inspect` checks a model folder.
+//! `imagen`: the command line. `generate` makes images; `inspect` checks a model folder;
+//! `serve` runs the HTTP API; `keys` manages its API keys.
+
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,6 +36,11 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         backend: String,
     },
+    /// Serve the Image Generation API (and OpenAI-compatible image routes) over HTTP.
+    Serve(Box<serve::ServeArgs>),
+    /// Create, list and revoke the server's API keys.
+    #[command(subcommand)]
+    Keys(serve::KeysCommand),
 }
 
 #[derive(clap::Args)]
@@ -104,6 +112,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => run_generate(*args),
+        Command::Serve(args) => serve::serve(*args),
+        Command::Keys(cmd) => serve::keys(cmd),
         Command::Inspect { model, backend } => {
             let device = device::by_name(&backend)?;
             let t = Instant::now();

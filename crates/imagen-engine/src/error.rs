@@ -9,6 +9,9 @@ pub enum Error {
     Image(String),
     #[error("cancelled")]
     Cancelled,
+    /// A bug: a panic caught on the engine thread.
+    #[error("internal engine error: {0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

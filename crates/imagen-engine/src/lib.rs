@@ -1,10 +1,12 @@
 //! Turning the models into images: samplers ([`scheduler`]), seeded noise ([`rng`]) and the
 //! text-to-image / image-to-image pipelines ([`pipeline`]). Knows nothing of HTTP.
 
+pub mod catalog;
 pub mod error;
 pub mod pipeline;
 pub mod rng;
 pub mod scheduler;
+pub mod worker;
 
 pub use error::{Error, Result};
-pub use pipeline::{GenerateRequest, InitImage, generate};
+pub use pipeline::{GenerateRequest, InitImage, generate, generate_seeded};

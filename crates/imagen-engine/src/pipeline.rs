@@ -182,6 +182,39 @@ pub fn tensor_to_images(t: Tensor<4>) -> Result<Vec<RgbImage>> {
         .collect()
 }
 
+/// `num_images` images, image `i` generated alone from seed `seed + i`, so any one of them can
+/// be reproduced by itself (`seed + i`, one image). This is the server's batch semantics; the
+/// CLI's [`generate`] keeps diffusers' (one generator for the whole batch). Progress counts the
+/// steps of all images together.
+pub fn generate_seeded(
+    sd: &StableDiffusion,
+    req: &GenerateRequest,
+    device: &Device,
+    progress: Progress,
+) -> Result<Vec<(RgbImage, u64)>> {
+    validate(req)?;
+    let n = req.num_images;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let seed = req.seed.wrapping_add(i as u64);
+        let one = GenerateRequest {
+            prompt: req.prompt.clone(),
+            negative_prompt: req.negative_prompt.clone(),
+            seed,
+            num_images: 1,
+            init: req.init.as_ref().map(|init| InitImage {
+                image: init.image.clone(),
+                strength: init.strength,
+            }),
+            ..*req
+        };
+        let mut each = |step: usize, total: usize| progress(i * total + step, n * total);
+        let image = generate(sd, &one, device, &mut each)?.into_iter().next();
+        out.extend(image.map(|im| (im, seed)));
+    }
+    Ok(out)
+}
+
 /// Variations of an image: image-to-image from it at `strength`, each variation with its own
 /// seed (`seed`, `seed + 1`, …) so every one can be reproduced alone. The prompt is optional
 /// (an empty prompt still conditions the UNet, as an unconditional pass would).
@@ -193,20 +226,17 @@ pub fn variations(
     device: &Device,
     progress: Progress,
 ) -> Result<Vec<RgbImage>> {
-    let mut out = Vec::with_capacity(base.num_images);
-    for i in 0..base.num_images {
-        let req = GenerateRequest {
-            prompt: base.prompt.clone(),
-            negative_prompt: base.negative_prompt.clone(),
-            seed: base.seed.wrapping_add(i as u64),
-            num_images: 1,
-            init: Some(InitImage {
-                image: image.clone(),
-                strength,
-            }),
-            ..*base
-        };
-        out.extend(generate(sd, &req, device, progress)?);
-    }
-    Ok(out)
+    let req = GenerateRequest {
+        prompt: base.prompt.clone(),
+        negative_prompt: base.negative_prompt.clone(),
+        init: Some(InitImage {
+            image: image.clone(),
+            strength,
+        }),
+        ..*base
+    };
+    Ok(generate_seeded(sd, &req, device, progress)?
+        .into_iter()
+        .map(|(im, _)| im)
+        .collect())
 }

@@ -1,0 +1,83 @@
+//! What a models directory holds, described from the configs alone (no weights are read).
+
+use std::path::{Path, PathBuf};
+
+use imagen_models::DiffusersFolder;
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::scheduler::{SamplerKind, SchedulerConfig};
+
+/// One servable model: a diffusers folder inside the models directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// The folder's name.
+    pub id: String,
+    #[serde(skip)]
+    pub path: PathBuf,
+    /// `sd15` (OpenAI CLIP text encoder, quick-GELU), `sd21` (OpenCLIP text encoder, GELU,
+    /// v-prediction), `sd21-base` (OpenCLIP, ε-prediction).
+    pub family: String,
+    /// Width = height the model was trained at.
+    pub native_size: usize,
+    pub prediction_type: String,
+    pub default_scheduler: String,
+    pub default_steps: usize,
+    pub default_guidance_scale: f64,
+}
+
+impl ModelInfo {
+    pub fn describe(id: &str, path: &Path) -> Result<Self> {
+        let folder = DiffusersFolder::open(path)?;
+        let unet = folder.unet_config()?;
+        let text = folder.text_encoder_config()?;
+        let vae = folder.vae_config()?;
+        let sched: SchedulerConfig = folder.component_config("scheduler")?;
+        let kind = SamplerKind::from_config(&sched)?;
+        let family = match (text.hidden_act.as_str(), sched.prediction_type.as_str()) {
+            ("quick_gelu", _) => "sd15",
+            (_, "v_prediction") => "sd21",
+            _ => "sd21-base",
+        };
+        // diffusers' pipeline defaults; distilled (LCM) models want few steps and no guidance.
+        let (steps, guidance) = if kind == SamplerKind::Lcm { (4, 1.0) } else { (50, 7.5) };
+        Ok(ModelInfo {
+            id: id.to_owned(),
+            path: path.to_owned(),
+            family: family.into(),
+            native_size: unet.sample_size * vae.scale_factor(),
+            prediction_type: sched.prediction_type.clone(),
+            default_scheduler: kind.name().into(),
+            default_steps: steps,
+            default_guidance_scale: guidance,
+        })
+    }
+}
+
+/// A models directory's contents.
+pub struct Scan {
+    /// Every sub-folder that opens as a supported model, sorted by id.
+    pub models: Vec<ModelInfo>,
+    /// The ones that did not, with the reason (for the operator's log).
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+pub fn scan(dir: &Path) -> std::io::Result<Scan> {
+    let mut models = Vec::new();
+    let mut skipped = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let Some(id) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        match ModelInfo::describe(&id, &path) {
+            Ok(info) => models.push(info),
+            Err(e) => skipped.push((path, e.to_string())),
+        }
+    }
+    models.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Scan { models, skipped })
+}

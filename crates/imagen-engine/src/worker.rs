@@ -1,0 +1,188 @@
+//! The engine as an actor: one named thread owns the loaded models and runs jobs one at a time
+//! from a bounded queue. Callers (the HTTP server) never touch tensors; they submit a [`Job`] and
+//! hear back through its event callback. A panic inside a job fails that job, not the thread.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+use burn::tensor::Device;
+use image::RgbImage;
+use imagen_models::StableDiffusion;
+
+use crate::catalog::ModelInfo;
+use crate::error::{Error, Result};
+use crate::pipeline::{GenerateRequest, generate_seeded};
+
+/// One finished image and the seed that reproduces it alone.
+pub struct Generated {
+    pub image: RgbImage,
+    pub seed: u64,
+}
+
+/// What a job reports, in order: `Started`, any number of `Progress`, then `Finished`.
+pub enum JobEvent {
+    Started,
+    Progress { step: usize, total: usize },
+    Finished(Result<Vec<Generated>>),
+}
+
+pub struct Job {
+    /// A model id from the catalog.
+    pub model: String,
+    pub request: GenerateRequest,
+    /// Called on the engine thread; keep it cheap (send on a channel, update a cell).
+    pub events: Box<dyn FnMut(JobEvent) + Send>,
+}
+
+/// Why a job was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitError {
+    QueueFull,
+    Stopped,
+}
+
+/// The handle the server keeps; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    tx: SyncSender<Job>,
+    ready: Arc<AtomicBool>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+pub struct EngineConfig {
+    pub models: Vec<ModelInfo>,
+    /// `cpu` or `wgpu` (see `imagen_models::device`).
+    pub backend: String,
+    /// Jobs waiting beyond the one running.
+    pub queue_capacity: usize,
+    /// Models kept loaded at once (least recently used is dropped first).
+    pub max_loaded: usize,
+    /// Loaded before the first job, so `ready()` turns true without a request.
+    pub preload: Option<String>,
+}
+
+impl Engine {
+    pub fn spawn(config: EngineConfig) -> Result<Self> {
+        let device = imagen_models::device::by_name(&config.backend)?;
+        let (tx, rx) = sync_channel(config.queue_capacity.max(1));
+        let ready = Arc::new(AtomicBool::new(false));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let capacity = config.queue_capacity.max(1);
+        let state = EngineThread {
+            models: config.models.into_iter().map(|m| (m.id.clone(), m)).collect(),
+            loaded: Vec::new(),
+            device,
+            max_loaded: config.max_loaded.max(1),
+            ready: ready.clone(),
+            queued: queued.clone(),
+        };
+        let preload = config.preload;
+        std::thread::Builder::new()
+            .name("imagen-engine".into())
+            .spawn(move || state.run(rx, preload))
+            .map_err(|e| Error::Internal(format!("cannot start the engine thread: {e}")))?;
+        Ok(Engine {
+            tx,
+            ready,
+            queued,
+            capacity,
+        })
+    }
+
+    /// Queue a job; fails at once when the queue is full.
+    pub fn submit(&self, job: Job) -> std::result::Result<(), SubmitError> {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        self.tx.try_send(job).map_err(|e| {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            match e {
+                TrySendError::Full(_) => SubmitError::QueueFull,
+                TrySendError::Disconnected(_) => SubmitError::Stopped,
+            }
+        })
+    }
+
+    /// A model is loaded and the engine thread is alive.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Jobs accepted and not yet finished.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+struct EngineThread {
+    models: HashMap<String, ModelInfo>,
+    /// Most recently used last.
+    loaded: Vec<(String, Arc<StableDiffusion>)>,
+    device: Device,
+    max_loaded: usize,
+    ready: Arc<AtomicBool>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl EngineThread {
+    fn run(mut self, rx: Receiver<Job>, preload: Option<String>) {
+        if let Some(id) = preload
+            && let Err(e) = self.model(&id)
+        {
+            eprintln!("imagen-engine: preloading {id}: {e}");
+        }
+        while let Ok(mut job) = rx.recv() {
+            (job.events)(JobEvent::Started);
+            let result = catch_unwind(AssertUnwindSafe(|| self.run_job(&mut job)))
+                .unwrap_or_else(|panic| Err(Error::Internal(panic_message(&panic))));
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            (job.events)(JobEvent::Finished(result));
+        }
+    }
+
+    fn run_job(&mut self, job: &mut Job) -> Result<Vec<Generated>> {
+        let sd = self.model(&job.model)?;
+        let events = &mut job.events;
+        let mut progress = |step: usize, total: usize| {
+            events(JobEvent::Progress { step, total });
+            true
+        };
+        let images = generate_seeded(&sd, &job.request, &self.device, &mut progress)?;
+        Ok(images.into_iter().map(|(image, seed)| Generated { image, seed }).collect())
+    }
+
+    /// The loaded model, loading it (and dropping the least recently used) when needed.
+    fn model(&mut self, id: &str) -> Result<Arc<StableDiffusion>> {
+        if let Some(pos) = self.loaded.iter().position(|(m, _)| m == id) {
+            let entry = self.loaded.remove(pos);
+            let sd = entry.1.clone();
+            self.loaded.push(entry);
+            return Ok(sd);
+        }
+        let info = self
+            .models
+            .get(id)
+            .ok_or_else(|| Error::BadInput(format!("unknown model {id:?}")))?;
+        if self.loaded.len() >= self.max_loaded {
+            self.loaded.remove(0);
+        }
+        let sd = Arc::new(StableDiffusion::load(&info.path, &self.device)?);
+        self.loaded.push((id.to_owned(), sd.clone()));
+        self.ready.store(true, Ordering::SeqCst);
+        Ok(sd)
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "the engine panicked".into())
+}

@@ -1,0 +1,196 @@
+//! Server configuration: defaults, then a TOML file, then `IMAGEN_*` environment variables, then
+//! command-line flags (applied by the binary), each overriding the one before.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Deserialize, Serialize, Debug, Clone)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Each sub-folder a diffusers model; its id is the folder name.
+    pub models_dir: PathBuf,
+    /// The SQLite file (`imagen.db`), the server secret and generated images.
+    pub data_dir: PathBuf,
+    /// Base of the image URLs handed out, e.g. `https://images.example.com`; default
+    /// `http://<bind>`.
+    pub public_url: Option<String>,
+    /// `cpu` or `wgpu`.
+    pub backend: String,
+    /// Model used when a request names none; default: the first by id.
+    pub default_model: Option<String>,
+    pub limits: Limits,
+    pub webhooks: Webhooks,
+    pub fetch: Fetch,
+}
+
+/// Every bound a request is checked against; each can be set in the `[limits]` table.
+#[derive(Deserialize, Serialize, Debug, Clone)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body (JSON or multipart), bytes.
+    pub max_body_bytes: usize,
+    /// Largest width × height of an output image.
+    pub max_pixels: usize,
+    /// Largest width or height.
+    pub max_side: usize,
+    pub max_steps: usize,
+    pub max_images: usize,
+    pub max_prompt_chars: usize,
+    /// Largest decoded input image (width × height), against decompression bombs.
+    pub max_input_pixels: u64,
+    /// Jobs waiting for the engine beyond the one running; a full queue answers 503.
+    pub queue_capacity: usize,
+    /// Models kept in memory at once.
+    pub max_loaded_models: usize,
+    /// How long an image URL works without the API key.
+    pub image_url_ttl_secs: u64,
+}
+
+#[derive(Deserialize, Serialize, Debug, Clone)]
+#[serde(default, deny_unknown_fields)]
+pub struct Webhooks {
+    /// Attempts before a delivery is given up (kept in the database as `dead`).
+    pub max_attempts: u32,
+    /// First retry delay; doubles with each attempt (capped at one hour).
+    pub retry_base_ms: u64,
+    pub timeout_ms: u64,
+}
+
+/// Fetching `image` from http(s) URLs: off unless the operator turns it on.
+#[derive(Deserialize, Serialize, Debug, Clone)]
+#[serde(default, deny_unknown_fields)]
+pub struct Fetch {
+    pub enabled: bool,
+    /// Allow loopback, private, link-local and other non-public addresses.
+    pub allow_private: bool,
+    pub timeout_ms: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            models_dir: "weights".into(),
+            data_dir: "data".into(),
+            public_url: None,
+            backend: "cpu".into(),
+            default_model: None,
+            limits: Limits::default(),
+            webhooks: Webhooks::default(),
+            fetch: Fetch::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 32 << 20,
+            max_pixels: 1024 * 1024,
+            max_side: 2048,
+            max_steps: 150,
+            max_images: 8,
+            max_prompt_chars: 4000,
+            max_input_pixels: 4096 * 4096,
+            queue_capacity: 32,
+            max_loaded_models: 1,
+            image_url_ttl_secs: 3600,
+        }
+    }
+}
+
+impl Default for Webhooks {
+    fn default() -> Self {
+        Webhooks {
+            max_attempts: 8,
+            retry_base_ms: 2000,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for Fetch {
+    fn default() -> Self {
+        Fetch {
+            enabled: false,
+            allow_private: false,
+            timeout_ms: 10_000,
+            max_bytes: 20 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok())?;
+        Ok(config)
+    }
+
+    /// `IMAGEN_BIND`, `IMAGEN_MODELS_DIR`, `IMAGEN_DATA_DIR`, `IMAGEN_PUBLIC_URL`,
+    /// `IMAGEN_BACKEND`, `IMAGEN_DEFAULT_MODEL`, `IMAGEN_ALLOW_URL_FETCH`.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<()> {
+        if let Some(v) = var("IMAGEN_BIND") {
+            self.bind = v.parse().map_err(|e| Error::Config(format!("IMAGEN_BIND {v:?}: {e}")))?;
+        }
+        if let Some(v) = var("IMAGEN_MODELS_DIR") {
+            self.models_dir = v.into();
+        }
+        if let Some(v) = var("IMAGEN_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = var("IMAGEN_PUBLIC_URL") {
+            self.public_url = Some(v);
+        }
+        if let Some(v) = var("IMAGEN_BACKEND") {
+            self.backend = v;
+        }
+        if let Some(v) = var("IMAGEN_DEFAULT_MODEL") {
+            self.default_model = Some(v);
+        }
+        if let Some(v) = var("IMAGEN_ALLOW_URL_FETCH") {
+            self.fetch.enabled = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        Ok(())
+    }
+
+    /// Where image URLs point, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.bind),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        let mut c: Config =
+            toml::from_str("bind = \"0.0.0.0:9000\"\n[limits]\nmax_steps = 20\n").expect("toml");
+        assert_eq!(c.limits.max_steps, 20);
+        assert_eq!(c.limits.max_images, Limits::default().max_images);
+        c.apply_env(|k| (k == "IMAGEN_BIND").then(|| "127.0.0.1:1234".to_owned()))
+            .expect("env");
+        assert_eq!(c.bind.port(), 1234);
+        assert!(toml::from_str::<Config>("bnid = 1").is_err(), "typos are errors");
+    }
+}

@@ -1,0 +1,118 @@
+//! Bearer-key authentication and per-key rate limits. Generation requests (POST) count against
+//! the plan's per-minute and per-day windows; reads do not count but carry the headers too.
+//!
+//! `X-RateLimit-Limit` is the per-minute limit, `X-RateLimit-Remaining` what is left before the
+//! first window that runs out (minute or day), `X-RateLimit-Reset` when that window restarts.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::app::AppState;
+use crate::error::{ApiError, Code, Flavor};
+use crate::keys::{self, now_secs};
+use crate::store::{KeyRecord, WindowState};
+
+/// The authenticated key, for handlers (request extension).
+#[derive(Clone)]
+pub struct Caller(pub KeyRecord);
+
+pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let flavor = if req.uri().path().starts_with("/v1/images/") {
+        Flavor::OpenAi
+    } else {
+        Flavor::Contract
+    };
+    let key = match lookup(&state, req.headers()) {
+        Ok(k) => k,
+        Err(e) => return e.with_flavor(flavor).into_response(),
+    };
+    let counts = req.method() == Method::POST;
+    let key_plan = key.plan.clone();
+    let windows = keys::windows(&key.plan);
+    let store = state.store.clone();
+    let key_id = key.id.clone();
+    // SQLite is blocking: keep it off the async workers.
+    let checked = tokio::task::spawn_blocking(move || {
+        let now = now_secs();
+        if counts {
+            store.hit(&key_id, &windows, now)
+        } else {
+            store.usage(&key_id, &windows, now).map(|s| (true, s))
+        }
+    })
+    .await;
+    let (allowed, states) = match checked {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return ApiError::from(e).with_flavor(flavor).into_response(),
+        Err(e) => return ApiError::internal(e).with_flavor(flavor).into_response(),
+    };
+    let mut resp = if allowed {
+        req.extensions_mut().insert(Caller(key));
+        next.run(req).await
+    } else {
+        let tightest = tightest(&states);
+        let retry = tightest.reset.saturating_sub(now_secs()).max(1);
+        let mut e = ApiError::new(
+            Code::RateLimitExceeded,
+            format!(
+                "rate limit exceeded: {} requests allowed in this window on the {} plan; retry in {retry} s",
+                tightest.limit, key_plan
+            ),
+        )
+        .with_flavor(flavor);
+        e.retry_after = Some(retry);
+        e.into_response()
+    };
+    rate_headers(resp.headers_mut(), &states);
+    resp
+}
+
+fn lookup(state: &AppState, headers: &HeaderMap) -> Result<KeyRecord, ApiError> {
+    let unauthorized = |m: &str| ApiError::new(Code::Unauthorized, m);
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("missing Authorization: Bearer <API key>"))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <API key>`"))?;
+    match state.store.key_by_hash(&keys::hash(token)) {
+        Ok(Some(k)) if !k.revoked => Ok(k),
+        Ok(_) => Err(unauthorized("invalid or revoked API key")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The window that runs out first (fewest remaining; the later reset on a tie).
+fn tightest(states: &[WindowState]) -> WindowState {
+    states
+        .iter()
+        .copied()
+        .min_by_key(|s| (s.limit.saturating_sub(s.used), std::cmp::Reverse(s.reset)))
+        .unwrap_or(WindowState {
+            limit: 0,
+            used: 0,
+            reset: now_secs(),
+        })
+}
+
+fn rate_headers(h: &mut HeaderMap, states: &[WindowState]) {
+    let t = tightest(states);
+    let per_minute = states.first().map_or(t.limit, |s| s.limit);
+    for (name, value) in [
+        ("x-ratelimit-limit", per_minute),
+        ("x-ratelimit-remaining", t.limit.saturating_sub(t.used)),
+        ("x-ratelimit-reset", t.reset),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
+            h.insert(name, v);
+        }
+    }
+}

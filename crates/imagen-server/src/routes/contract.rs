@@ -1,0 +1,171 @@
+//! The Image Generation API contract: `POST /v1/text-to-image`, `/v1/image-to-image`,
+//! `/v1/variations`, `GET /v1/generations/{id}`.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::params::Params;
+use super::{ApiJson, Caller, into_response};
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::jobs;
+use crate::media;
+
+/// Every field any of the three generation routes takes; each route refuses the ones that are
+/// not its own, and unknown fields are refused by name.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationBody {
+    prompt: Option<String>,
+    negative_prompt: Option<String>,
+    model: Option<String>,
+    width: Option<usize>,
+    height: Option<usize>,
+    num_images: Option<usize>,
+    steps: Option<usize>,
+    guidance_scale: Option<f64>,
+    scheduler: Option<String>,
+    seed: Option<u64>,
+    rng: Option<String>,
+    response_format: Option<String>,
+    output_format: Option<String>,
+    webhook_url: Option<String>,
+    webhook_secret: Option<String>,
+    #[serde(rename = "async")]
+    background: Option<bool>,
+    image: Option<String>,
+    strength: Option<f64>,
+    variation_strength: Option<f64>,
+}
+
+impl GenerationBody {
+    /// Names of the fields set that `endpoint` does not take.
+    fn foreign(&self, endpoint: &str) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut check = |set: bool, name: &'static str, allowed: &[&str]| {
+            if set && !allowed.contains(&endpoint) {
+                out.push(name);
+            }
+        };
+        check(self.image.is_some(), "image", &["image-to-image", "variations"]);
+        check(self.strength.is_some(), "strength", &["image-to-image"]);
+        check(self.variation_strength.is_some(), "variation_strength", &["variations"]);
+        out
+    }
+
+    async fn into_params(self, state: &Arc<AppState>, endpoint: &str) -> Result<Params, ApiError> {
+        if let Some(f) = self.foreign(endpoint).first() {
+            return Err(ApiError::bad_request(format!("{f} is not a field of /v1/{endpoint}"))
+                .with_details(serde_json::json!({"field": f})));
+        }
+        let image = match self.image {
+            None if endpoint != "text-to-image" => {
+                return Err(ApiError::bad_request("image is required").with_details(serde_json::json!({"field": "image"})));
+            }
+            None => None,
+            Some(field) => Some(decode_field(state, field).await?),
+        };
+        Ok(Params {
+            prompt: self.prompt,
+            negative_prompt: self.negative_prompt,
+            model: self.model,
+            width: self.width,
+            height: self.height,
+            num_images: self.num_images,
+            steps: self.steps,
+            guidance_scale: self.guidance_scale,
+            scheduler: self.scheduler,
+            seed: self.seed,
+            rng: self.rng,
+            response_format: self.response_format,
+            output_format: self.output_format,
+            webhook_url: self.webhook_url,
+            webhook_secret: self.webhook_secret,
+            background: self.background.unwrap_or(false),
+            image,
+            strength: self.strength.or(self.variation_strength),
+        })
+    }
+}
+
+/// base64 / data URI / URL → RGB, on a blocking thread (decoding and fetching are blocking).
+pub async fn decode_field(state: &Arc<AppState>, field: String) -> Result<image::RgbImage, ApiError> {
+    let fetch = state.config.fetch.clone();
+    let max = state.config.limits.max_input_pixels;
+    tokio::task::spawn_blocking(move || media::decode(&media::image_bytes(&field, &fetch)?, max))
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// Submits and, unless the job runs in the background, waits for it.
+pub async fn run(state: &Arc<AppState>, params: Params, caller: &Caller, endpoint: &str) -> Result<(StatusCode, Value), ApiError> {
+    let sub = params.into_submission(state, &caller.0, endpoint)?;
+    let (record, waiter) = jobs::submit(state, sub)?;
+    match waiter {
+        None => Ok((StatusCode::ACCEPTED, jobs::render(state, &record))),
+        Some(rx) => {
+            let outcome = rx
+                .await
+                .map_err(|_| ApiError::internal("the engine dropped a job without an answer"))?;
+            jobs::respond(state, &outcome.record)
+        }
+    }
+}
+
+async fn endpoint(state: Arc<AppState>, caller: Caller, body: GenerationBody, endpoint: &str) -> Response {
+    let result = async {
+        let params = body.into_params(&state, endpoint).await?;
+        run(&state, params, &caller, endpoint).await
+    }
+    .await;
+    into_response(result)
+}
+
+pub async fn text_to_image(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<GenerationBody>,
+) -> Response {
+    endpoint(state, caller, body, "text-to-image").await
+}
+
+pub async fn image_to_image(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<GenerationBody>,
+) -> Response {
+    endpoint(state, caller, body, "image-to-image").await
+}
+
+pub async fn variations(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<GenerationBody>,
+) -> Response {
+    endpoint(state, caller, body, "variations").await
+}
+
+/// A generation of the caller's own; another key's id is indistinguishable from none (404).
+pub async fn get_generation(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    let st = state.clone();
+    let found = tokio::task::spawn_blocking(move || st.store.job(&id)).await;
+    let result = match found {
+        Ok(Ok(Some(job))) if job.key_id == caller.0.id => serde_json::from_str::<Value>(&job.response)
+            .map(|record| (StatusCode::OK, jobs::render(&state, &record)))
+            .map_err(ApiError::internal),
+        Ok(Ok(_)) => Err(ApiError::not_found("no such generation")),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::internal(e)),
+    };
+    into_response(result)
+}

@@ -1,0 +1,133 @@
+//! Read-only routes: models, image files (signed links), the OpenAPI document, health.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use imagen_engine::catalog::ModelInfo;
+use serde_json::{Value, json};
+
+use super::{Caller, into_response};
+use crate::app::AppState;
+use crate::error::{ApiError, Code};
+use crate::keys::{self, now_secs};
+use crate::media::OutputFormat;
+use crate::signing::{same, url_signature};
+
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+fn describe(m: &ModelInfo) -> Value {
+    let mut v = serde_json::to_value(m).unwrap_or_else(|_| json!({}));
+    v["object"] = "model".into();
+    v["endpoints"] = json!(["text-to-image", "image-to-image", "variations"]);
+    v
+}
+
+pub async fn list_models(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>) -> Response {
+    if !keys::allows(&caller.0, "models", None) {
+        return ApiError::new(Code::Forbidden, "this API key may not list models").into_response();
+    }
+    let data: Vec<Value> = state
+        .models
+        .iter()
+        .filter(|m| keys::allows(&caller.0, "models", Some(&m.id)))
+        .map(describe)
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+pub async fn get_model(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    match state.models.iter().find(|m| m.id == id) {
+        Some(m) if keys::allows(&caller.0, "models", Some(&m.id)) => axum::Json(describe(m)).into_response(),
+        Some(_) => ApiError::new(Code::Forbidden, "this API key may not use this model").into_response(),
+        None => ApiError::not_found(format!("no model {id:?}")).into_response(),
+    }
+}
+
+/// `/v1/images/{generation}/{n}.{ext}`: with a valid, unexpired `sig` — or the owner's API key.
+pub async fn image(
+    State(state): State<Arc<AppState>>,
+    Path((id, file)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("{id}/{file}");
+    let signed = match (q.get("expires").and_then(|e| e.parse::<u64>().ok()), q.get("sig")) {
+        (Some(exp), Some(sig)) => {
+            if exp < now_secs() {
+                return ApiError::new(Code::Forbidden, "this image link has expired; fetch the generation again")
+                    .into_response();
+            }
+            if !same(&url_signature(&state.secret, &path, exp), sig) {
+                return ApiError::new(Code::Forbidden, "invalid image link signature").into_response();
+            }
+            true
+        }
+        _ => false,
+    };
+    let st = state.clone();
+    let (id2, owner_check) = (id.clone(), !signed);
+    let result = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
+        if owner_check {
+            let token = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .ok_or_else(|| ApiError::new(Code::Unauthorized, "a signed link or an API key is required"))?;
+            let key = st
+                .store
+                .key_by_hash(&keys::hash(token.trim()))?
+                .filter(|k| !k.revoked)
+                .ok_or_else(|| ApiError::new(Code::Unauthorized, "invalid or revoked API key"))?;
+            let job = st.store.job(&id2)?;
+            if job.is_none_or(|j| j.key_id != key.id) {
+                return Err(ApiError::not_found("no such image"));
+            }
+        }
+        // Only names this server wrote: `<generation id>/<n>.<ext>`.
+        let valid = id2.starts_with("gen_")
+            && id2[4..].bytes().all(|b| b.is_ascii_hexdigit())
+            && file.split_once('.').is_some_and(|(n, e)| {
+                !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && OutputFormat::from_ext(e).is_some()
+            });
+        if !valid {
+            return Err(ApiError::not_found("no such image"));
+        }
+        std::fs::read(st.config.data_dir.join("images").join(&id2).join(&file))
+            .map_err(|_| ApiError::not_found("no such image"))
+    })
+    .await;
+    let ext = path.rsplit('.').next().unwrap_or("png");
+    let mime = OutputFormat::from_ext(ext).map_or("application/octet-stream", OutputFormat::mime);
+    match result {
+        Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, mime)], bytes).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+pub async fn healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    into_response(if state.engine.ready() {
+        Ok((
+            StatusCode::OK,
+            json!({"status": "ready", "models": state.models.len(), "queued": state.engine.queued()}),
+        ))
+    } else {
+        Err(ApiError::new(Code::ServiceUnavailable, "no model is loaded yet"))
+    })
+}

@@ -1,0 +1,132 @@
+//! `imagen serve` and `imagen keys`: the HTTP server and its API keys.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use imagen_server::{Config, keys};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (flags and IMAGEN_* variables override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Each sub-folder a diffusers model; its id is the folder name.
+    #[arg(long)]
+    models_dir: Option<PathBuf>,
+    /// Where the SQLite database, the server secret and the images live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Listen address (default 127.0.0.1:8080; port 0 picks a free one).
+    #[arg(long)]
+    bind: Option<SocketAddr>,
+    /// Base URL image links are built on, e.g. https://images.example.com.
+    #[arg(long)]
+    public_url: Option<String>,
+    /// cpu, or wgpu for the GPU.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Model for requests that name none (default: the first by id).
+    #[arg(long)]
+    default_model: Option<String>,
+    /// Let requests pass `image` as an http(s) URL (public addresses only).
+    #[arg(long)]
+    allow_url_fetch: bool,
+}
+
+#[derive(clap::Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; the key itself is printed alone on the last line (it is stored hashed).
+    Create {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// free (10/min, 100/day), pro (100/min, 10,000/day), enterprise (1,000/min, 100,000/day).
+        #[arg(long, default_value = "free")]
+        plan: String,
+        /// Limit the key: text-to-image, image-to-image, variations, models, model:<id>. Repeatable.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
+    /// List keys (ids, plans, scopes; never the keys).
+    List {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        #[arg(long)]
+        data_dir: PathBuf,
+        id: String,
+    },
+}
+
+pub fn serve(a: ServeArgs) -> Result<()> {
+    let mut config = Config::load(a.config.as_deref())?;
+    if let Some(v) = a.models_dir {
+        config.models_dir = v;
+    }
+    if let Some(v) = a.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = a.bind {
+        config.bind = v;
+    }
+    if let Some(v) = a.public_url {
+        config.public_url = Some(v);
+    }
+    if let Some(v) = a.backend {
+        config.backend = v;
+    }
+    if let Some(v) = a.default_model {
+        config.default_model = Some(v);
+    }
+    if a.allow_url_fetch {
+        config.fetch.enabled = true;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(imagen_server::serve(config, |addr| {
+        // Tests and scripts read this line to find the port.
+        println!("imagen listening on http://{addr}");
+    }))?;
+    Ok(())
+}
+
+fn store_in(data_dir: PathBuf) -> Result<std::sync::Arc<dyn imagen_server::store::Store>> {
+    let config = Config {
+        data_dir,
+        ..Config::default()
+    };
+    Ok(imagen_server::app::open_store(&config)?)
+}
+
+pub fn keys(cmd: KeysCommand) -> Result<()> {
+    match cmd {
+        KeysCommand::Create {
+            data_dir,
+            plan,
+            scopes,
+        } => {
+            let store = store_in(data_dir)?;
+            let (secret, record) = keys::create(store.as_ref(), &plan, scopes)?;
+            println!("created {} (plan {}); keep the key, it is not shown again:", record.id, record.plan);
+            println!("{secret}");
+        }
+        KeysCommand::List { data_dir } => {
+            for k in store_in(data_dir)?.list_keys()? {
+                let scopes = if k.scopes.is_empty() { "*".into() } else { k.scopes.join(",") };
+                let state = if k.revoked { "revoked" } else { "active" };
+                println!("{}\t{}\t{}\t{}", k.id, k.plan, scopes, state);
+            }
+        }
+        KeysCommand::Revoke { data_dir, id } => {
+            if !store_in(data_dir)?.revoke_key(&id)? {
+                bail!("no key {id:?}");
+            }
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}
