@@ -104,19 +104,22 @@ fn store_in(data_dir: PathBuf) -> Result<std::sync::Arc<dyn imagen_server::store
 
 pub fn keys(cmd: KeysCommand) -> Result<()> {
     match cmd {
-        KeysCommand::Create {
-            data_dir,
-            plan,
-            scopes,
-        } => {
+        KeysCommand::Create { data_dir, plan, scopes } => {
             let store = store_in(data_dir)?;
             let (secret, record) = keys::create(store.as_ref(), &plan, scopes)?;
-            println!("created {} (plan {}); keep the key, it is not shown again:", record.id, record.plan);
+            println!(
+                "created {} (plan {}); keep the key, it is not shown again:",
+                record.id, record.plan
+            );
             println!("{secret}");
         }
         KeysCommand::List { data_dir } => {
             for k in store_in(data_dir)?.list_keys()? {
-                let scopes = if k.scopes.is_empty() { "*".into() } else { k.scopes.join(",") };
+                let scopes = if k.scopes.is_empty() {
+                    "*".into()
+                } else {
+                    k.scopes.join(",")
+                };
                 let state = if k.revoked { "revoked" } else { "active" };
                 println!("{}\t{}\t{}\t{}", k.id, k.plan, scopes, state);
             }

@@ -154,7 +154,10 @@ impl EngineThread {
             true
         };
         let images = generate_seeded(&sd, &job.request, &self.device, &mut progress)?;
-        Ok(images.into_iter().map(|(image, seed)| Generated { image, seed }).collect())
+        Ok(images
+            .into_iter()
+            .map(|(image, seed)| Generated { image, seed })
+            .collect())
     }
 
     /// The loaded model, loading it (and dropping the least recently used) when needed.

@@ -58,7 +58,9 @@ pub async fn start(mut config: Config) -> Result<(tokio::net::TcpListener, Arc<A
     if let Some(d) = &config.default_model
         && !found.models.iter().any(|m| &m.id == d)
     {
-        return Err(Error::Config(format!("default model {d:?} is not in the models directory")));
+        return Err(Error::Config(format!(
+            "default model {d:?} is not in the models directory"
+        )));
     }
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     config.bind = listener.local_addr()?;

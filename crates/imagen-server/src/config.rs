@@ -146,7 +146,9 @@ impl Config {
     /// `IMAGEN_BACKEND`, `IMAGEN_DEFAULT_MODEL`, `IMAGEN_ALLOW_URL_FETCH`.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(v) = var("IMAGEN_BIND") {
-            self.bind = v.parse().map_err(|e| Error::Config(format!("IMAGEN_BIND {v:?}: {e}")))?;
+            self.bind = v
+                .parse()
+                .map_err(|e| Error::Config(format!("IMAGEN_BIND {v:?}: {e}")))?;
         }
         if let Some(v) = var("IMAGEN_MODELS_DIR") {
             self.models_dir = v.into();
@@ -184,8 +186,7 @@ mod tests {
 
     #[test]
     fn file_then_env_override_defaults() {
-        let mut c: Config =
-            toml::from_str("bind = \"0.0.0.0:9000\"\n[limits]\nmax_steps = 20\n").expect("toml");
+        let mut c: Config = toml::from_str("bind = \"0.0.0.0:9000\"\n[limits]\nmax_steps = 20\n").expect("toml");
         assert_eq!(c.limits.max_steps, 20);
         assert_eq!(c.limits.max_images, Limits::default().max_images);
         c.apply_env(|k| (k == "IMAGEN_BIND").then(|| "127.0.0.1:1234".to_owned()))

@@ -192,7 +192,10 @@ pub fn render(state: &AppState, record: &Value) -> Value {
             let file = im["file"].as_str().unwrap_or_default().to_owned();
             if b64 {
                 let path = state.config.data_dir.join("images").join(id).join(&file);
-                im["b64_json"] = std::fs::read(path).map(|b| STANDARD.encode(b)).unwrap_or_default().into();
+                im["b64_json"] = std::fs::read(path)
+                    .map(|b| STANDARD.encode(b))
+                    .unwrap_or_default()
+                    .into();
             } else {
                 let path = format!("{id}/{file}");
                 let sig = url_signature(&state.secret, &path, expires);

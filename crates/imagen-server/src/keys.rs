@@ -6,11 +6,7 @@ use crate::error::{Error, Result};
 use crate::store::{KeyRecord, Store, Window};
 
 /// Plans and their limits, as the contract states them.
-pub const PLANS: [(&str, u64, u64); 3] = [
-    ("free", 10, 100),
-    ("pro", 100, 10_000),
-    ("enterprise", 1_000, 100_000),
-];
+pub const PLANS: [(&str, u64, u64); 3] = [("free", 10, 100), ("pro", 100, 10_000), ("enterprise", 1_000, 100_000)];
 
 /// Scopes a key can be limited to; `model:<id>` limits it to models.
 pub const ENDPOINT_SCOPES: [&str; 4] = ["text-to-image", "image-to-image", "variations", "models"];
@@ -54,7 +50,7 @@ pub fn create(store: &dyn Store, plan: &str, scopes: Vec<String>) -> Result<(Str
         return Err(Error::Config(format!("unknown plan {plan:?} (free, pro, enterprise)")));
     }
     for s in &scopes {
-        if !ENDPOINT_SCOPES.contains(&s.as_str()) && !s.strip_prefix("model:").is_some_and(|m| !m.is_empty()) {
+        if !ENDPOINT_SCOPES.contains(&s.as_str()) && s.strip_prefix("model:").is_none_or(|m| m.is_empty()) {
             return Err(Error::Config(format!(
                 "unknown scope {s:?} (one of {}, or model:<id>)",
                 ENDPOINT_SCOPES.join(", ")

@@ -83,10 +83,10 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ApiError> {
         .into_dimensions()
         .map_err(|e| ApiError::bad_request(format!("image: {e}")))?;
     if w as u64 * h as u64 > max_pixels {
-        return Err(ApiError::bad_request(format!(
-            "image: {w}x{h} is over the limit of {max_pixels} pixels"
-        ))
-        .with_details(serde_json::json!({"field": "image", "limit": max_pixels})));
+        return Err(
+            ApiError::bad_request(format!("image: {w}x{h} is over the limit of {max_pixels} pixels"))
+                .with_details(serde_json::json!({"field": "image", "limit": max_pixels})),
+        );
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(limits);
@@ -203,7 +203,17 @@ mod tests {
 
     #[test]
     fn private_addresses_are_not_public() {
-        for ip in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "100.64.0.1", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(!is_public(ip.parse().expect("ip")), "{ip}");
         }
         assert!(is_public("93.184.216.34".parse().expect("ip")));
@@ -220,7 +230,10 @@ mod tests {
         assert!(decode(b"not an image", 1 << 20).is_err());
         let fetch = Fetch::default();
         assert!(image_bytes("%%%", &fetch).is_err());
-        assert!(image_bytes("http://127.0.0.1/x.png", &fetch).is_err(), "fetching is off by default");
+        assert!(
+            image_bytes("http://127.0.0.1/x.png", &fetch).is_err(),
+            "fetching is off by default"
+        );
         let ok = image_bytes(&format!("data:image/png;base64,{}", STANDARD.encode(&png)), &fetch).expect("b64");
         assert_eq!(ok, png);
     }

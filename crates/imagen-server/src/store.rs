@@ -171,7 +171,14 @@ impl Store for SqliteStore {
     fn insert_key(&self, k: &KeyRecord) -> Result<()> {
         self.conn().execute(
             "INSERT INTO keys (id, hash, plan, scopes, created_at, revoked) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![k.id, k.hash, k.plan, k.scopes.join(" "), k.created_at as i64, k.revoked as i64],
+            params![
+                k.id,
+                k.hash,
+                k.plan,
+                k.scopes.join(" "),
+                k.created_at as i64,
+                k.revoked as i64
+            ],
         )?;
         Ok(())
     }
@@ -189,7 +196,8 @@ impl Store for SqliteStore {
 
     fn list_keys(&self) -> Result<Vec<KeyRecord>> {
         let conn = self.conn();
-        let mut st = conn.prepare("SELECT id, hash, plan, scopes, created_at, revoked FROM keys ORDER BY created_at")?;
+        let mut st =
+            conn.prepare("SELECT id, hash, plan, scopes, created_at, revoked FROM keys ORDER BY created_at")?;
         let rows = st.query_map([], key_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -271,7 +279,11 @@ impl Store for SqliteStore {
     fn job(&self, id: &str) -> Result<Option<JobRecord>> {
         Ok(self
             .conn()
-            .query_row(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), [id], job_from_row)
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                [id],
+                job_from_row,
+            )
             .optional()?)
     }
 

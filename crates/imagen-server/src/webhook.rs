@@ -88,7 +88,10 @@ fn deliver(agent: &ureq::Agent, store: &dyn Store, config: &Webhooks, d: &Delive
             store.delivery_done(d.id, "dead", attempts, Some(&e))
         }
         Some(e) => {
-            let delay = config.retry_base_ms.saturating_mul(1 << (attempts - 1).min(20)).min(3_600_000);
+            let delay = config
+                .retry_base_ms
+                .saturating_mul(1 << (attempts - 1).min(20))
+                .min(3_600_000);
             store.delivery_retry(d.id, attempts, now_ms() + delay, &e)
         }
     };

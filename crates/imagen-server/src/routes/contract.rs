@@ -66,7 +66,9 @@ impl GenerationBody {
         }
         let image = match self.image {
             None if endpoint != "text-to-image" => {
-                return Err(ApiError::bad_request("image is required").with_details(serde_json::json!({"field": "image"})));
+                return Err(
+                    ApiError::bad_request("image is required").with_details(serde_json::json!({"field": "image"}))
+                );
             }
             None => None,
             Some(field) => Some(decode_field(state, field).await?),
@@ -104,7 +106,12 @@ pub async fn decode_field(state: &Arc<AppState>, field: String) -> Result<image:
 }
 
 /// Submits and, unless the job runs in the background, waits for it.
-pub async fn run(state: &Arc<AppState>, params: Params, caller: &Caller, endpoint: &str) -> Result<(StatusCode, Value), ApiError> {
+pub async fn run(
+    state: &Arc<AppState>,
+    params: Params,
+    caller: &Caller,
+    endpoint: &str,
+) -> Result<(StatusCode, Value), ApiError> {
     let sub = params.into_submission(state, &caller.0, endpoint)?;
     let (record, waiter) = jobs::submit(state, sub)?;
     match waiter {
@@ -120,6 +127,12 @@ pub async fn run(state: &Arc<AppState>, params: Params, caller: &Caller, endpoin
 
 async fn endpoint(state: Arc<AppState>, caller: Caller, body: GenerationBody, endpoint: &str) -> Response {
     let result = async {
+        if !crate::keys::allows(&caller.0, endpoint, None) {
+            return Err(ApiError::new(
+                crate::error::Code::Forbidden,
+                format!("this API key may not use {endpoint}"),
+            ));
+        }
         let params = body.into_params(&state, endpoint).await?;
         run(&state, params, &caller, endpoint).await
     }

@@ -62,8 +62,11 @@ pub async fn image(
     let signed = match (q.get("expires").and_then(|e| e.parse::<u64>().ok()), q.get("sig")) {
         (Some(exp), Some(sig)) => {
             if exp < now_secs() {
-                return ApiError::new(Code::Forbidden, "this image link has expired; fetch the generation again")
-                    .into_response();
+                return ApiError::new(
+                    Code::Forbidden,
+                    "this image link has expired; fetch the generation again",
+                )
+                .into_response();
             }
             if !same(&url_signature(&state.secret, &path, exp), sig) {
                 return ApiError::new(Code::Forbidden, "invalid image link signature").into_response();

@@ -82,7 +82,11 @@ fn answer(result: Result<(StatusCode, Value), ApiError>) -> Response {
     }
 }
 
-pub async fn generations(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>, req: Request) -> Response {
+pub async fn generations(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    req: Request,
+) -> Response {
     let result = async {
         let ApiJson(body) = ApiJson::<GenerationsBody>::from_request(req, &state).await?;
         let (width, height) = size(body.size.as_deref())?;
@@ -115,7 +119,11 @@ async fn read_form(state: &Arc<AppState>, req: Request) -> Result<Form, ApiError
         .await
         .map_err(|e| ApiError::new(Code::UnsupportedMediaType, format!("send multipart/form-data: {e}")))?;
     let mut form = Form::default();
-    while let Some(field) = mp.next_field().await.map_err(|e| ApiError::bad_request(format!("multipart: {e}")))? {
+    while let Some(field) = mp
+        .next_field()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("multipart: {e}")))?
+    {
         let name = field.name().unwrap_or_default().to_owned();
         match name.as_str() {
             "image" | "image[]" => {
@@ -193,7 +201,11 @@ pub async fn edits(State(state): State<Arc<AppState>>, Extension(caller): Extens
     answer(result)
 }
 
-pub async fn variations(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>, req: Request) -> Response {
+pub async fn variations(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    req: Request,
+) -> Response {
     let result = async {
         let params = read_form(&state, req).await?.params(&state).await?;
         run(&state, params, &caller, "variations").await

@@ -50,7 +50,12 @@ fn limit(field: &str, message: String, limit: usize) -> ApiError {
 
 impl Params {
     /// Validates everything and builds the submission. `endpoint` is the scope name.
-    pub fn into_submission(self, state: &Arc<AppState>, key: &KeyRecord, endpoint: &str) -> Result<Submission, ApiError> {
+    pub fn into_submission(
+        self,
+        state: &Arc<AppState>,
+        key: &KeyRecord,
+        endpoint: &str,
+    ) -> Result<Submission, ApiError> {
         let l = &state.config.limits;
         let model = state.model(self.model.as_deref()).ok_or_else(|| {
             let known: Vec<&str> = state.models.iter().map(|m| m.id.as_str()).collect();
@@ -83,16 +88,29 @@ impl Params {
             }
         }
         // Size: asked for, else the input image's (rounded down to multiples of 8), else native.
-        let (dw, dh) = self.image.as_ref().map_or((model.native_size, model.native_size), |im| {
-            ((im.width() as usize / 8 * 8).max(8), (im.height() as usize / 8 * 8).max(8))
-        });
+        let (dw, dh) = self
+            .image
+            .as_ref()
+            .map_or((model.native_size, model.native_size), |im| {
+                (
+                    (im.width() as usize / 8 * 8).max(8),
+                    (im.height() as usize / 8 * 8).max(8),
+                )
+            });
         let (width, height) = (self.width.unwrap_or(dw), self.height.unwrap_or(dh));
         for (field, v) in [("width", width), ("height", height)] {
             if v == 0 || !v.is_multiple_of(8) {
-                return Err(bad(field, format!("{field} must be a positive multiple of 8 (got {v})")));
+                return Err(bad(
+                    field,
+                    format!("{field} must be a positive multiple of 8 (got {v})"),
+                ));
             }
             if v > l.max_side {
-                return Err(limit(field, format!("{field} must be at most {}", l.max_side), l.max_side));
+                return Err(limit(
+                    field,
+                    format!("{field} must be at most {}", l.max_side),
+                    l.max_side,
+                ));
             }
         }
         if width * height > l.max_pixels {
@@ -104,7 +122,11 @@ impl Params {
         }
         let steps = self.steps.unwrap_or(model.default_steps);
         if steps == 0 || steps > l.max_steps {
-            return Err(limit("steps", format!("steps must be between 1 and {}", l.max_steps), l.max_steps));
+            return Err(limit(
+                "steps",
+                format!("steps must be between 1 and {}", l.max_steps),
+                l.max_steps,
+            ));
         }
         let num_images = self.num_images.unwrap_or(1);
         if num_images == 0 || num_images > l.max_images {
@@ -131,12 +153,21 @@ impl Params {
         let response_format = match self.response_format.as_deref() {
             None | Some("url") => ResponseFormat::Url,
             Some("b64_json") => ResponseFormat::B64Json,
-            Some(o) => return Err(bad("response_format", format!("unknown response_format {o:?} (url, b64_json)"))),
+            Some(o) => {
+                return Err(bad(
+                    "response_format",
+                    format!("unknown response_format {o:?} (url, b64_json)"),
+                ));
+            }
         };
         let output = match self.output_format.as_deref() {
             None => OutputFormat::Png,
-            Some(f) => OutputFormat::parse(f)
-                .ok_or_else(|| bad("output_format", format!("unknown output_format {f:?} (png, jpeg, webp)")))?,
+            Some(f) => OutputFormat::parse(f).ok_or_else(|| {
+                bad(
+                    "output_format",
+                    format!("unknown output_format {f:?} (png, jpeg, webp)"),
+                )
+            })?,
         };
         let webhook = match (self.webhook_url, self.webhook_secret) {
             (None, None) => None,
@@ -155,9 +186,15 @@ impl Params {
         let init = match self.image {
             None => None,
             Some(im) => {
-                let strength = self.strength.unwrap_or(if endpoint == "variations" { 0.6 } else { 0.8 });
+                let strength = self
+                    .strength
+                    .unwrap_or(if endpoint == "variations" { 0.6 } else { 0.8 });
                 if !(strength > 0.0 && strength <= 1.0) {
-                    let field = if endpoint == "variations" { "variation_strength" } else { "strength" };
+                    let field = if endpoint == "variations" {
+                        "variation_strength"
+                    } else {
+                        "strength"
+                    };
                     return Err(bad(field, format!("{field} must be in (0, 1]")));
                 }
                 let image = if im.dimensions() == (width as u32, height as u32) {

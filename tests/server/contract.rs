@@ -1,0 +1,169 @@
+//! The contract's endpoints end to end: the images are diffusers' own (same goldens as the
+//! engine tests), links download without the key, another key sees nothing.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Env, b64, fixture, golden, png_diff};
+
+const PROMPT: &str = "a photograph of an astronaut riding a horse";
+
+fn check_generation(v: &Value, model: &str) {
+    assert_eq!(v["status"], "completed", "{v}");
+    assert!(v["id"].as_str().is_some_and(|id| id.starts_with("gen_")), "{v}");
+    assert_eq!(v["model"], model);
+    let created = v["created_at"].as_str().expect("created_at");
+    assert!(
+        created.len() == 20 && created.ends_with('Z') && &created[10..11] == "T",
+        "{created}"
+    );
+}
+
+#[test]
+fn text_to_image_matches_diffusers_and_links_work() {
+    let env = Env::new();
+    let key = env.key("pro", &[]);
+    let other = env.key("pro", &[]);
+    let s = env.serve();
+    let r = s.post(
+        "/v1/text-to-image",
+        &key,
+        &json!({"prompt": PROMPT, "negative_prompt": "blurry, low quality", "model": "tiny-sd15",
+                "steps": 5, "seed": 1234, "scheduler": "dpmpp_2m_karras", "guidance_scale": 7.5}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-ratelimit-limit"), Some("100"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("99"));
+    assert!(
+        r.header("x-ratelimit-reset")
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some()
+    );
+    let v = r.json();
+    check_generation(&v, "tiny-sd15");
+    let im = &v["images"][0];
+    assert_eq!(
+        (im["width"].as_u64(), im["height"].as_u64(), im["seed"].as_u64()),
+        (Some(64), Some(64), Some(1234))
+    );
+
+    // The link works without the key, and is diffusers' image.
+    let url = im["url"].as_str().expect("url");
+    let png = s.get(url, None);
+    assert_eq!(png.status, 200);
+    assert_eq!(png.header("content-type"), Some("image/png"));
+    let got = image::load_from_memory(&png.body).expect("png").to_rgb8();
+    let (max, mean) = png_diff(&got, &golden("tiny-sd15-dpmpp_2m_karras-txt2img.png"));
+    assert!(max <= 2 && mean <= 0.1, "max {max} mean {mean}");
+    // A tampered signature is refused.
+    s.get(&url.replace("sig=", "sig=0"), None)
+        .assert_error(403, "forbidden");
+    // Without a signature: the owner's key works, another key sees nothing.
+    let plain = url.split('?').next().expect("path");
+    assert_eq!(s.get(plain, Some(&key)).status, 200);
+    s.get(plain, Some(&other)).assert_error(404, "not_found");
+    s.get(plain, None).assert_error(401, "unauthorized");
+
+    // The generation reads back for its owner only.
+    let id = v["id"].as_str().expect("id");
+    let again = s.get(&format!("/v1/generations/{id}"), Some(&key));
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["images"][0]["seed"], 1234);
+    s.get(&format!("/v1/generations/{id}"), Some(&other))
+        .assert_error(404, "not_found");
+    s.get("/v1/generations/gen_000", Some(&key))
+        .assert_error(404, "not_found");
+}
+
+#[test]
+fn image_to_image_variations_and_formats() {
+    let env = Env::new();
+    let key = env.key("pro", &[]);
+    let s = env.serve();
+    let init = std::fs::read(fixture("golden/generate/tiny-sd2-init.png")).expect("init");
+    let r = s.post(
+        "/v1/image-to-image",
+        &key,
+        &json!({"prompt": PROMPT, "model": "tiny-sd2", "image": format!("data:image/png;base64,{}", b64(&init)),
+                "strength": 0.6, "steps": 5, "seed": 99, "scheduler": "euler_a", "response_format": "b64_json"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    check_generation(&v, "tiny-sd2");
+    let data = v["images"][0]["b64_json"].as_str().expect("b64_json");
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(data).expect("base64");
+    let got = image::load_from_memory(&bytes).expect("png").to_rgb8();
+    // The size defaults to the input image's (80x48).
+    let (max, mean) = png_diff(&got, &golden("tiny-sd2-euler_a-img2img.png"));
+    assert!(max <= 2 && mean <= 0.1, "max {max} mean {mean}");
+
+    // Variations: one seed per image, consecutive; JPEG output.
+    let r = s.post(
+        "/v1/variations",
+        &key,
+        &json!({"image": b64(&init), "model": "tiny-sd2", "num_images": 2, "seed": 7, "steps": 4,
+                "output_format": "jpeg"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let seeds: Vec<u64> = v["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .filter_map(|i| i["seed"].as_u64())
+        .collect();
+    assert_eq!(seeds, [7, 8]);
+    let jpeg = s.get(v["images"][1]["url"].as_str().expect("url"), None);
+    assert_eq!(jpeg.header("content-type"), Some("image/jpeg"));
+    assert_eq!(&jpeg.body[..2], &[0xff, 0xd8]);
+
+    // Models.
+    let m = s.get("/v1/models", Some(&key));
+    assert_eq!(m.status, 200);
+    let list = m.json();
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["tiny-sd15", "tiny-sd2"]);
+    let sd2 = s.get("/v1/models/tiny-sd2", Some(&key)).json();
+    assert_eq!(sd2["family"], "sd21");
+    assert_eq!(sd2["default_scheduler"], "ddim");
+    assert_eq!(list["data"][0]["family"], "sd15");
+    assert_eq!(list["data"][0]["native_size"], 64);
+    s.get("/v1/models/nope", Some(&key)).assert_error(404, "not_found");
+}
+
+#[test]
+fn health_readiness_and_openapi_cover_every_route() {
+    let env = Env::new();
+    let s = env.serve();
+    assert_eq!(s.get("/healthz", None).status, 200);
+    assert_eq!(s.get("/readyz", None).json()["status"], "ready");
+    let doc = s.get("/openapi.json", None).json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("../../crates/imagen-server/openapi.json")).expect("doc"),
+    )
+    .expect("json");
+    assert_eq!(doc, committed);
+    for path in [
+        "/v1/text-to-image",
+        "/v1/image-to-image",
+        "/v1/variations",
+        "/v1/models",
+        "/v1/models/{id}",
+        "/v1/generations/{id}",
+        "/v1/images/{id}/{file}",
+        "/v1/images/generations",
+        "/v1/images/edits",
+        "/v1/images/variations",
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing from openapi.json");
+    }
+}

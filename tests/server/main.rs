@@ -1,0 +1,8 @@
+//! The HTTP server over a real socket: the real `imagen serve` binary, a real HTTP client.
+
+mod contract;
+mod errors;
+mod harness;
+mod limits;
+mod openai;
+mod webhooks;
