@@ -82,6 +82,9 @@ struct GenerateArgs {
     /// Start from this PNG (image-to-image).
     #[arg(long, conflicts_with = "variations_of")]
     init_image: Option<PathBuf>,
+    /// Inpainting: a PNG the size of --init-image, white where to repaint, black where to keep.
+    #[arg(long, requires = "init_image")]
+    mask: Option<PathBuf>,
     /// How much of the init image to re-noise, 0..1 (diffusers' strength).
     #[arg(long, default_value_t = 0.8)]
     strength: f64,
@@ -131,6 +134,12 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+fn read_mask(path: &Path) -> Result<image::GrayImage> {
+    Ok(image::open(path)
+        .with_context(|| format!("cannot read mask {}", path.display()))?
+        .to_luma8())
+}
+
 fn read_png(path: &Path) -> Result<image::RgbImage> {
     Ok(image::open(path)
         .with_context(|| format!("cannot read image {}", path.display()))?
@@ -175,10 +184,14 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         seed,
         rng,
         num_images: a.num_images,
-        init: a.init_image.as_ref().and(source.clone()).map(|image| InitImage {
-            image,
-            strength: a.strength,
-        }),
+        init: match a.init_image.as_ref().and(source.clone()) {
+            Some(image) => Some(InitImage {
+                image,
+                strength: a.strength,
+                mask: a.mask.as_deref().map(read_mask).transpose()?,
+            }),
+            None => None,
+        },
     };
 
     let bar = if a.quiet {

@@ -2,6 +2,7 @@
 //! same seed (CPU torch generator) ⇒ same PNG, max per-pixel difference ≤ 2/255 and mean ≤ 0.1/255.
 
 use burn::tensor::Device;
+use imagen_engine::pipeline::denoise;
 use imagen_engine::rng::RngKind;
 use imagen_engine::scheduler::SamplerKind;
 use imagen_engine::{GenerateRequest, InitImage, generate};
@@ -47,6 +48,7 @@ fn run_cases(model: &str, device: &Device) {
             init: case["init"].as_str().map(|p| InitImage {
                 image: load_png(p),
                 strength: case["strength"].as_f64().expect("strength"),
+                mask: None,
             }),
         };
         let got = generate(&sd, &req, device, &mut |_, _| true).unwrap_or_else(|e| panic!("{}: {e}", case["png"]));
@@ -72,4 +74,65 @@ fn sd15_matches_diffusers_pngs() {
 #[test]
 fn sd2_matches_diffusers_pngs() {
     run_cases("tiny-sd2", &Device::flex());
+}
+
+/// Inpainting with an ordinary model: a mask that repaints everything is plain image-to-image;
+/// with half a mask, the kept half of the final latents is exactly the input's latents (the same
+/// as when keeping everything) and the other half is generated.
+#[test]
+fn mask_repaints_only_the_white_area() {
+    let device = Device::flex();
+    let sd = StableDiffusion::load(fixture("tiny-sd15"), &device).expect("load");
+    let init = load_png("tiny-sd15-init.png");
+    let request = |mask: Option<image::GrayImage>| GenerateRequest {
+        prompt: "a photograph of an astronaut riding a horse".into(),
+        negative_prompt: String::new(),
+        width: 64,
+        height: 64,
+        steps: 5,
+        guidance: 7.5,
+        scheduler: Some(SamplerKind::Ddim),
+        seed: 3,
+        rng: RngKind::Torch,
+        num_images: 1,
+        init: Some(InitImage {
+            image: init.clone(),
+            strength: 1.0,
+            mask,
+        }),
+    };
+    let latents = |mask: Option<image::GrayImage>| -> Vec<f32> {
+        denoise(&sd, &request(mask), &device, &mut |_, _| true)
+            .expect("denoise")
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32")
+    };
+    let plain = latents(None);
+    assert_eq!(
+        latents(Some(image::GrayImage::from_pixel(64, 64, image::Luma([255])))),
+        plain
+    );
+    let keep_all = latents(Some(image::GrayImage::new(64, 64)));
+    // Right half white: latent columns 4..8 repainted, 0..4 kept. Latents are [1, 4, 8, 8].
+    let half = latents(Some(image::GrayImage::from_fn(64, 64, |x, _| {
+        image::Luma([if x >= 32 { 255 } else { 0 }])
+    })));
+    let (mut kept_same, mut painted_diff) = (true, 0.0f32);
+    for (i, (h, k)) in half.iter().zip(&keep_all).enumerate() {
+        if i % 8 < 4 {
+            kept_same &= h == k;
+        } else {
+            painted_diff += (h - k).abs();
+        }
+    }
+    assert!(kept_same, "the kept half must be the input's latents");
+    assert!(painted_diff > 1.0, "the repainted half must change");
+    let mut wrong = request(Some(image::GrayImage::new(10, 10)));
+    wrong.steps = 5;
+    assert!(matches!(
+        generate(&sd, &wrong, &device, &mut |_, _| true),
+        Err(imagen_engine::Error::BadInput(_))
+    ));
 }

@@ -174,22 +174,42 @@ fn image_urls_are_fetched_only_when_allowed() {
     let env = Env::with_config("[fetch]\nenabled = true\n");
     let key = env.key("pro", &[]);
     let s = env.serve();
-    let made = s.post("/v1/text-to-image", &key, &json!({"prompt": PROMPT, "steps": 2})).json();
+    let made = s
+        .post("/v1/text-to-image", &key, &json!({"prompt": PROMPT, "steps": 2}))
+        .json();
     let url = made["images"][0]["url"].as_str().expect("url").to_owned();
-    let r = s.post("/v1/image-to-image", &key, &json!({"prompt": PROMPT, "image": url, "steps": 2}));
+    let r = s.post(
+        "/v1/image-to-image",
+        &key,
+        &json!({"prompt": PROMPT, "image": url, "steps": 2}),
+    );
     r.assert_error(400, "bad_request");
-    assert!(r.json()["error"]["message"].as_str().is_some_and(|m| m.contains("not a public address")));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not a public address"))
+    );
     drop(s);
 
     // An operator who allows private targets: the server's own link feeds image-to-image.
     let env = Env::with_config("[fetch]\nenabled = true\nallow_private = true\n");
     let key = env.key("pro", &[]);
     let s = env.serve();
-    let made = s.post("/v1/text-to-image", &key, &json!({"prompt": PROMPT, "steps": 2})).json();
+    let made = s
+        .post("/v1/text-to-image", &key, &json!({"prompt": PROMPT, "steps": 2}))
+        .json();
     let url = made["images"][0]["url"].as_str().expect("url").to_owned();
-    let r = s.post("/v1/image-to-image", &key, &json!({"prompt": PROMPT, "image": url, "steps": 2}));
+    let r = s.post(
+        "/v1/image-to-image",
+        &key,
+        &json!({"prompt": PROMPT, "image": url, "steps": 2}),
+    );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let missing = url.replace("/0.png", "/7.png");
-    s.post("/v1/image-to-image", &key, &json!({"prompt": PROMPT, "image": missing, "steps": 2}))
-        .assert_error(400, "bad_request");
+    s.post(
+        "/v1/image-to-image",
+        &key,
+        &json!({"prompt": PROMPT, "image": missing, "steps": 2}),
+    )
+    .assert_error(400, "bad_request");
 }

@@ -81,11 +81,28 @@ fn openai_routes_answer_in_openai_shapes() {
         multipart(&[("prompt", "make it blue")], &[("image", &init)]),
     );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // A mask: transparent = repaint (OpenAI's convention).
+    let mut mask = image::RgbaImage::from_pixel(64, 64, image::Rgba([0, 0, 0, 255]));
+    for (x, _, p) in mask.enumerate_pixels_mut() {
+        if x >= 32 {
+            p.0[3] = 0;
+        }
+    }
+    let mut mask_png = Vec::new();
+    mask.write_to(&mut std::io::Cursor::new(&mut mask_png), image::ImageFormat::Png)
+        .expect("png");
     let r = post_form(
         &s,
         "/v1/images/edits",
         &key,
-        multipart(&[("prompt", "x")], &[("image", &init), ("mask", &init)]),
+        multipart(&[("prompt", "x")], &[("image", &init), ("mask", &mask_png)]),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = post_form(
+        &s,
+        "/v1/images/variations",
+        &key,
+        multipart(&[], &[("image", &init), ("mask", &mask_png)]),
     );
     assert_eq!(r.status, 400);
     openai_error(&r.json());

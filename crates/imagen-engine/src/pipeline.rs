@@ -2,7 +2,7 @@
 //! `StableDiffusionImg2ImgPipeline` run them (same noise draws, in the same order).
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use image::RgbImage;
+use image::{GrayImage, RgbImage};
 use imagen_models::StableDiffusion;
 
 use crate::error::{Error, Result};
@@ -10,9 +10,14 @@ use crate::rng::RngKind;
 use crate::scheduler::{Sampler, SamplerKind, SchedulerConfig, noise_like};
 
 /// The image to start from, and how much of it to re-noise (0 keeps it, 1 ignores it).
+#[derive(Clone)]
 pub struct InitImage {
     pub image: RgbImage,
     pub strength: f64,
+    /// Inpainting with an ordinary model: white = repaint, black = keep (same size as `image`).
+    /// After every step the kept area is reset to the input's latents noised to the next
+    /// timestep (diffusers' legacy inpainting), so only the white area is generated.
+    pub mask: Option<GrayImage>,
 }
 
 pub struct GenerateRequest {
@@ -77,6 +82,13 @@ pub fn generate(
     device: &Device,
     progress: Progress,
 ) -> Result<Vec<RgbImage>> {
+    let latents = denoise(sd, req, device, progress)?;
+    let images = sd.vae.decode(latents / sd.vae_config.scaling_factor as f32);
+    tensor_to_images(images)
+}
+
+/// The denoising loop alone: the final latents `[b, c, h/8, w/8]` (VAE-scaled), before decoding.
+pub fn denoise(sd: &StableDiffusion, req: &GenerateRequest, device: &Device, progress: Progress) -> Result<Tensor<4>> {
     validate(req)?;
     let mut sampler = sampler_for(sd, req)?;
     let mut rng = req.rng.generator(req.seed);
@@ -101,6 +113,8 @@ pub fn generate(
     let f = sd.vae_config.scale_factor();
     let latent_dims = [b, sd.unet_config.in_channels, req.height / f, req.width / f];
     let scaling = sd.vae_config.scaling_factor as f32;
+    // With a mask: (mask at latent size, clean init latents, the noise they were noised with).
+    let mut keep: Option<(Tensor<4>, Tensor<4>, Tensor<4>)> = None;
     let (mut latents, first) = match &req.init {
         None => (
             noise_like(rng.as_mut(), latent_dims, device) * sampler.init_noise_sigma() as f32,
@@ -116,7 +130,12 @@ pub fn generate(
             // diffusers: latent_dist.sample(generator), then the noise, from the same generator.
             let sample = dist.mean.clone() + dist.std * noise_like(rng.as_mut(), dist.mean.dims(), device);
             let noise = noise_like(rng.as_mut(), latent_dims, device);
-            (sampler.add_noise(sample * scaling, noise, first), first)
+            let x0 = sample * scaling;
+            if let Some(mask) = &init.mask {
+                let m = mask_to_latent(mask, latent_dims, device)?;
+                keep = Some((m, x0.clone(), noise.clone()));
+            }
+            (sampler.add_noise(x0, noise, first), first)
         }
     };
 
@@ -139,13 +158,48 @@ pub fn generate(
             out
         };
         latents = sampler.step(out, i, latents, rng.as_mut());
+        if let Some((m, x0, noise)) = &keep {
+            let known = if i + 1 < timesteps.len() {
+                sampler.add_noise(x0.clone(), noise.clone(), i + 1)
+            } else {
+                x0.clone()
+            };
+            latents = latents * m.clone() + known * (m.clone().neg() + 1.0);
+        }
         if !progress(i - first + 1, total) {
             return Err(Error::Cancelled);
         }
     }
 
-    let images = sd.vae.decode(latents / scaling);
-    tensor_to_images(images)
+    Ok(latents)
+}
+
+/// A repaint mask (white = repaint) averaged over each latent pixel's 8×8 block:
+/// `[b, 1, h/8, w/8]` in [0, 1], broadcast over the latent channels.
+fn mask_to_latent(mask: &GrayImage, latent_dims: [usize; 4], device: &Device) -> Result<Tensor<4>> {
+    let [b, _, h, w] = latent_dims;
+    let (mw, mh) = (mask.width() as usize, mask.height() as usize);
+    if mw == 0 || mh == 0 || mw % w != 0 || mh % h != 0 {
+        return Err(Error::BadInput(format!(
+            "the mask is {mw}x{mh}; it must be the size of the image"
+        )));
+    }
+    let (fx, fy) = (mw / w, mh / h);
+    let mut v = Vec::with_capacity(h * w);
+    for y in 0..h {
+        for x in 0..w {
+            let mut sum = 0u32;
+            for dy in 0..fy {
+                for dx in 0..fx {
+                    sum += mask.get_pixel((x * fx + dx) as u32, (y * fy + dy) as u32)[0] as u32;
+                }
+            }
+            v.push(sum as f32 / (255 * fx * fy) as f32);
+        }
+    }
+    let m = Tensor::<4>::from_data(TensorData::new(v, [1, 1, h, w]), device);
+    // [1, 1, h, w] → [b, c, h, w] by repetition (broadcast in the blend).
+    Ok(Tensor::cat(vec![m; b], 0).repeat_dim(1, latent_dims[1]))
 }
 
 /// RGB u8 → `[1, 3, h, w]` in [-1, 1] (`VaeImageProcessor.preprocess`).
@@ -202,10 +256,7 @@ pub fn generate_seeded(
             negative_prompt: req.negative_prompt.clone(),
             seed,
             num_images: 1,
-            init: req.init.as_ref().map(|init| InitImage {
-                image: init.image.clone(),
-                strength: init.strength,
-            }),
+            init: req.init.clone(),
             ..*req
         };
         let mut each = |step: usize, total: usize| progress(i * total + step, n * total);
@@ -232,6 +283,7 @@ pub fn variations(
         init: Some(InitImage {
             image: image.clone(),
             strength,
+            mask: None,
         }),
         ..*base
     };

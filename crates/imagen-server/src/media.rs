@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use image::{ImageFormat, ImageReader, RgbImage};
+use image::{DynamicImage, GrayImage, ImageFormat, ImageReader, Luma, RgbImage};
 
 use crate::config::Fetch;
 use crate::error::ApiError;
@@ -65,6 +65,24 @@ pub fn encode(img: &RgbImage, format: OutputFormat) -> Result<Vec<u8>, image::Im
 /// Decodes PNG / JPEG / WebP bytes into RGB, refusing images over `max_pixels` before
 /// allocating them.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ApiError> {
+    Ok(decode_any(bytes, max_pixels)?.to_rgb8())
+}
+
+/// A repaint mask: where the image is transparent (OpenAI's convention: alpha 0 = edit here),
+/// or, without an alpha channel, where it is white. Returns white = repaint.
+pub fn decode_mask(bytes: &[u8], max_pixels: u64) -> Result<GrayImage, ApiError> {
+    let img = decode_any(bytes, max_pixels)?;
+    Ok(if img.color().has_alpha() {
+        let rgba = img.to_rgba8();
+        GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+            Luma([255 - rgba.get_pixel(x, y)[3]])
+        })
+    } else {
+        img.to_luma8()
+    })
+}
+
+fn decode_any(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, ApiError> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| ApiError::bad_request(format!("image: {e}")))?;
@@ -90,10 +108,9 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ApiError> {
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(limits);
-    let img = reader
+    reader
         .decode()
-        .map_err(|e| ApiError::bad_request(format!("image: {e}")))?;
-    Ok(img.to_rgb8())
+        .map_err(|e| ApiError::bad_request(format!("image: {e}")))
 }
 
 /// The bytes of an `image` field: base64, a `data:` URI, or (when enabled) an http(s) URL.

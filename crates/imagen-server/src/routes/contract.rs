@@ -42,6 +42,7 @@ pub struct GenerationBody {
     image: Option<String>,
     strength: Option<f64>,
     variation_strength: Option<f64>,
+    mask: Option<String>,
 }
 
 impl GenerationBody {
@@ -55,6 +56,7 @@ impl GenerationBody {
         };
         check(self.image.is_some(), "image", &["image-to-image", "variations"]);
         check(self.strength.is_some(), "strength", &["image-to-image"]);
+        check(self.mask.is_some(), "mask", &["image-to-image"]);
         check(self.variation_strength.is_some(), "variation_strength", &["variations"]);
         out
     }
@@ -71,7 +73,11 @@ impl GenerationBody {
                 );
             }
             None => None,
-            Some(field) => Some(decode_field(state, field).await?),
+            Some(field) => Some(decode_field(state, field, false).await?.0),
+        };
+        let mask = match self.mask {
+            None => None,
+            Some(field) => decode_field(state, field, true).await?.1,
         };
         Ok(Params {
             prompt: self.prompt,
@@ -92,17 +98,30 @@ impl GenerationBody {
             background: self.background.unwrap_or(false),
             image,
             strength: self.strength.or(self.variation_strength),
+            mask,
         })
     }
 }
 
-/// base64 / data URI / URL → RGB, on a blocking thread (decoding and fetching are blocking).
-pub async fn decode_field(state: &Arc<AppState>, field: String) -> Result<image::RgbImage, ApiError> {
+/// base64 / data URI / URL → an RGB image (or, with `as_mask`, a repaint mask), on a blocking
+/// thread (decoding and fetching are blocking).
+pub async fn decode_field(
+    state: &Arc<AppState>,
+    field: String,
+    as_mask: bool,
+) -> Result<(image::RgbImage, Option<image::GrayImage>), ApiError> {
     let fetch = state.config.fetch.clone();
     let max = state.config.limits.max_input_pixels;
-    tokio::task::spawn_blocking(move || media::decode(&media::image_bytes(&field, &fetch)?, max))
-        .await
-        .map_err(ApiError::internal)?
+    tokio::task::spawn_blocking(move || {
+        let bytes = media::image_bytes(&field, &fetch)?;
+        if as_mask {
+            Ok((image::RgbImage::new(0, 0), Some(media::decode_mask(&bytes, max)?)))
+        } else {
+            Ok((media::decode(&bytes, max)?, None))
+        }
+    })
+    .await
+    .map_err(ApiError::internal)?
 }
 
 /// Submits and, unless the job runs in the background, waits for it.

@@ -110,7 +110,7 @@ pub async fn generations(
 #[derive(Default)]
 struct Form {
     image: Option<Vec<u8>>,
-    mask: bool,
+    mask: Option<Vec<u8>>,
     text: Vec<(String, String)>,
 }
 
@@ -130,7 +130,10 @@ async fn read_form(state: &Arc<AppState>, req: Request) -> Result<Form, ApiError
                 let bytes = field.bytes().await.map_err(|e| too_large_or_bad(e.to_string()))?;
                 form.image.get_or_insert(bytes.to_vec());
             }
-            "mask" => form.mask = true,
+            "mask" => {
+                let bytes = field.bytes().await.map_err(|e| too_large_or_bad(e.to_string()))?;
+                form.mask = Some(bytes.to_vec());
+            }
             _ => {
                 let text = field.text().await.map_err(|e| too_large_or_bad(e.to_string()))?;
                 form.text.push((name, text));
@@ -159,9 +162,13 @@ impl Form {
             .clone()
             .ok_or_else(|| ApiError::bad_request("image is required").with_details(json!({"field": "image"})))?;
         let max = state.config.limits.max_input_pixels;
-        let image = tokio::task::spawn_blocking(move || media::decode(&bytes, max))
-            .await
-            .map_err(ApiError::internal)??;
+        let mask_bytes = self.mask.clone();
+        let (image, mask) = tokio::task::spawn_blocking(move || {
+            let mask = mask_bytes.map(|m| media::decode_mask(&m, max)).transpose()?;
+            Ok::<_, ApiError>((media::decode(&bytes, max)?, mask))
+        })
+        .await
+        .map_err(ApiError::internal)??;
         let (width, height) = size(self.get("size").as_deref())?;
         let n = match self.get("n") {
             None => None,
@@ -178,23 +185,17 @@ impl Form {
             response_format: self.get("response_format"),
             output_format: self.get("output_format"),
             image: Some(image),
+            mask,
             ..Params::default()
         })
     }
 }
 
-/// Edits: the image re-drawn under the prompt (image-to-image). Masks (inpainting) are not
-/// supported yet and are refused rather than ignored.
+/// Edits: the image re-drawn under the prompt (image-to-image); with a `mask`, only where the
+/// mask is transparent (inpainting).
 pub async fn edits(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>, req: Request) -> Response {
     let result = async {
-        let form = read_form(&state, req).await?;
-        if form.mask {
-            return Err(ApiError::bad_request(
-                "mask is not supported yet: edits re-draw the whole image (image-to-image); send the request without a mask",
-            )
-            .with_details(json!({"field": "mask"})));
-        }
-        let params = form.params(&state).await?;
+        let params = read_form(&state, req).await?.params(&state).await?;
         run(&state, params, &caller, "image-to-image").await
     }
     .await;
@@ -207,7 +208,11 @@ pub async fn variations(
     req: Request,
 ) -> Response {
     let result = async {
-        let params = read_form(&state, req).await?.params(&state).await?;
+        let form = read_form(&state, req).await?;
+        if form.mask.is_some() {
+            return Err(ApiError::bad_request("variations take no mask").with_details(json!({"field": "mask"})));
+        }
+        let params = form.params(&state).await?;
         run(&state, params, &caller, "variations").await
     }
     .await;

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use image::RgbImage;
 use image::imageops::FilterType;
+use image::{GrayImage, RgbImage};
 use imagen_engine::rng::RngKind;
 use imagen_engine::scheduler::SamplerKind;
 use imagen_engine::{GenerateRequest, InitImage};
@@ -38,6 +38,8 @@ pub struct Params {
     /// Decoded input image (image-to-image, variations).
     pub image: Option<RgbImage>,
     pub strength: Option<f64>,
+    /// White = repaint (image-to-image only).
+    pub mask: Option<GrayImage>,
 }
 
 fn bad(field: &str, message: String) -> ApiError {
@@ -184,6 +186,7 @@ impl Params {
             (None, Some(_)) => return Err(bad("webhook_url", "webhook_secret without a webhook_url".into())),
         };
         let init = match self.image {
+            None if self.mask.is_some() => return Err(bad("mask", "a mask needs an image".into())),
             None => None,
             Some(im) => {
                 let strength = self
@@ -202,7 +205,14 @@ impl Params {
                 } else {
                     image::imageops::resize(&im, width as u32, height as u32, FilterType::Lanczos3)
                 };
-                Some(InitImage { image, strength })
+                let mask = self.mask.map(|m| {
+                    if m.dimensions() == (width as u32, height as u32) {
+                        m
+                    } else {
+                        image::imageops::resize(&m, width as u32, height as u32, FilterType::Nearest)
+                    }
+                });
+                Some(InitImage { image, strength, mask })
             }
         };
         let seed = match self.seed {
