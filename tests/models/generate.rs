@@ -11,14 +11,14 @@ use serde_json::Value;
 
 use crate::common::fixture;
 
-fn load_png(name: &str) -> image::RgbImage {
+pub fn load_png(name: &str) -> image::RgbImage {
     image::open(fixture("golden/generate").join(name))
         .expect("png")
         .to_rgb8()
 }
 
 /// (max, mean) absolute difference in 8-bit levels.
-fn png_diff(a: &image::RgbImage, b: &image::RgbImage) -> (u8, f64) {
+pub fn png_diff(a: &image::RgbImage, b: &image::RgbImage) -> (u8, f64) {
     assert_eq!(a.dimensions(), b.dimensions());
     let d: Vec<u8> = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).collect();
     (

@@ -5,4 +5,5 @@ mod common;
 mod generate;
 mod loader;
 mod parity;
+mod sdxl;
 mod tokenizer;

@@ -127,7 +127,27 @@ fn image_to_image_variations_and_formats() {
         .iter()
         .filter_map(|m| m["id"].as_str())
         .collect();
-    assert_eq!(ids, ["tiny-sd15", "tiny-sd2"]);
+    assert_eq!(ids, ["tiny-sd15", "tiny-sd2", "tiny-sdxl"]);
+    let xl = s.get("/v1/models/tiny-sdxl", Some(&key)).json();
+    assert_eq!(
+        (xl["family"].as_str(), xl["default_guidance_scale"].as_f64()),
+        (Some("sdxl"), Some(5.0))
+    );
+    // SDXL through the API: diffusers' StableDiffusionXLPipeline image.
+    let r = s.post(
+        "/v1/text-to-image",
+        &key,
+        &json!({"prompt": PROMPT, "model": "tiny-sdxl", "steps": 5, "seed": 42, "width": 80, "height": 48,
+                "negative_prompt": "blurry, low quality", "response_format": "b64_json"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    use base64::Engine as _;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(r.json()["images"][0]["b64_json"].as_str().expect("b64"))
+        .expect("base64");
+    let got = image::load_from_memory(&png).expect("png").to_rgb8();
+    let (max, mean) = png_diff(&got, &golden("tiny-sdxl-txt2img-neg.png"));
+    assert!(max <= 2 && mean <= 0.1, "sdxl: max {max} mean {mean}");
     let sd2 = s.get("/v1/models/tiny-sd2", Some(&key)).json();
     assert_eq!(sd2["family"], "sd21");
     assert_eq!(sd2["default_scheduler"], "ddim");

@@ -37,7 +37,7 @@ impl Env {
         let tmp = tempfile::tempdir().expect("tmp");
         let models = tmp.path().join("models");
         std::fs::create_dir_all(&models).expect("models");
-        for m in ["tiny-sd15", "tiny-sd2"] {
+        for m in ["tiny-sd15", "tiny-sd2", "tiny-sdxl"] {
             copy_dir(&fixture(m), &models.join(m));
         }
         let data = tmp.path().join("data");

@@ -154,11 +154,13 @@ def randomize(module: torch.nn.Module, seed: int):
                 p.copy_(torch.randn(p.shape, generator=g) / max(fan_in, 1) ** 0.5)
 
 
-def add_text_model_prefix(folder: Path):
-    """transformers 5.x saves CLIPTextModel without `text_model.`; real SD checkpoints have it."""
-    for f in (folder / "text_encoder").glob("*.safetensors"):
+def add_text_model_prefix(folder: Path, component: str = "text_encoder"):
+    """transformers 5.x saves CLIPTextModel without `text_model.`; real SD checkpoints have it.
+    (`text_projection.*` of CLIPTextModelWithProjection stays at the top level.)"""
+    for f in (folder / component).glob("*.safetensors"):
         sd = load_file(f)
-        sd = {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in sd.items()}
+        keep = lambda k: k.startswith("text_model.") or k.startswith("text_projection.")  # noqa: E731
+        sd = {(k if keep(k) else "text_model." + k): v for k, v in sd.items()}
         save_file(sd, f, metadata={"format": "pt"})
 
 

@@ -16,7 +16,7 @@ pub struct ModelInfo {
     #[serde(skip)]
     pub path: PathBuf,
     /// `sd15` (OpenAI CLIP text encoder, quick-GELU), `sd21` (OpenCLIP text encoder, GELU,
-    /// v-prediction), `sd21-base` (OpenCLIP, ε-prediction).
+    /// v-prediction), `sd21-base` (OpenCLIP, ε-prediction), `sdxl` (two text encoders).
     pub family: String,
     /// Width = height the model was trained at.
     pub native_size: usize,
@@ -34,13 +34,22 @@ impl ModelInfo {
         let vae = folder.vae_config()?;
         let sched: SchedulerConfig = folder.component_config("scheduler")?;
         let kind = SamplerKind::from_config(&sched)?;
-        let family = match (text.hidden_act.as_str(), sched.prediction_type.as_str()) {
-            ("quick_gelu", _) => "sd15",
-            (_, "v_prediction") => "sd21",
+        let family = match (folder.is_xl(), text.hidden_act.as_str(), sched.prediction_type.as_str()) {
+            (true, _, _) => "sdxl",
+            (_, "quick_gelu", _) => "sd15",
+            (_, _, "v_prediction") => "sd21",
             _ => "sd21-base",
         };
-        // diffusers' pipeline defaults; distilled (LCM) models want few steps and no guidance.
-        let (steps, guidance) = if kind == SamplerKind::Lcm { (4, 1.0) } else { (50, 7.5) };
+        // diffusers' pipeline defaults (SDXL guides at 5); distilled models want few steps:
+        // LCM 4 without CFG, Turbo (Euler a on trailing timesteps, as SD-/SDXL-Turbo ship) 1
+        // step without guidance.
+        let turbo = kind == SamplerKind::EulerAncestral && sched.timestep_spacing.as_deref() == Some("trailing");
+        let (steps, guidance) = match (kind, turbo, folder.is_xl()) {
+            (SamplerKind::Lcm, _, _) => (4, 1.0),
+            (_, true, _) => (1, 0.0),
+            (_, _, true) => (50, 5.0),
+            _ => (50, 7.5),
+        };
         Ok(ModelInfo {
             id: id.to_owned(),
             path: path.to_owned(),

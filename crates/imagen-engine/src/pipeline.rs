@@ -4,6 +4,11 @@
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use image::{GrayImage, RgbImage};
 use imagen_models::StableDiffusion;
+use imagen_models::tokenizer::ClipTokenizer;
+use imagen_models::unet_2d::AddedCond;
+
+/// CLIP's end-of-text token.
+const EOS: u32 = 49407;
 
 use crate::error::{Error, Result};
 use crate::rng::RngKind;
@@ -95,20 +100,7 @@ pub fn denoise(sd: &StableDiffusion, req: &GenerateRequest, device: &Device, pro
     let b = req.num_images;
     let cfg = req.guidance > 1.0;
 
-    // Text conditioning: [uncond × b, cond × b] with guidance, else [cond × b].
-    let encode = |text: &str| -> Result<Tensor<3>> {
-        let ids: Vec<i64> = sd.tokenizer.encode(text)?.into_iter().map(i64::from).collect();
-        let n = ids.len();
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), device);
-        Ok(sd.text_encoder.forward(ids, 0))
-    };
-    let cond = encode(&req.prompt)?;
-    let repeat = |t: Tensor<3>| Tensor::cat(vec![t; b], 0);
-    let context = if cfg {
-        Tensor::cat(vec![repeat(encode(&req.negative_prompt)?), repeat(cond)], 0)
-    } else {
-        repeat(cond)
-    };
+    let (context, added) = conditioning(sd, req, cfg, device)?;
 
     let f = sd.vae_config.scale_factor();
     let latent_dims = [b, sd.unet_config.in_channels, req.height / f, req.width / f];
@@ -148,7 +140,7 @@ pub fn denoise(sd: &StableDiffusion, req: &GenerateRequest, device: &Device, pro
             latents.clone()
         };
         let input = sampler.scale_model_input(input, i);
-        let out = sd.unet.forward(input, &[t as f32], &context);
+        let out = sd.unet.forward_with(input, &[t as f32], &context, added.as_ref());
         let out = if cfg {
             let [n, c, h, w] = out.dims();
             let uncond = out.clone().slice([0..n / 2, 0..c, 0..h, 0..w]);
@@ -172,6 +164,66 @@ pub fn denoise(sd: &StableDiffusion, req: &GenerateRequest, device: &Device, pro
     }
 
     Ok(latents)
+}
+
+/// Text conditioning, `[uncond × b, cond × b]` with guidance, else `[cond × b]`: the UNet's
+/// context and, for SDXL, its added conditioning (pooled text + size/crop ids).
+pub fn conditioning(
+    sd: &StableDiffusion,
+    req: &GenerateRequest,
+    cfg: bool,
+    device: &Device,
+) -> Result<(Tensor<3>, Option<AddedCond>)> {
+    let b = req.num_images;
+    let ids = |tok: &ClipTokenizer, text: &str| -> Result<(Tensor<2, Int>, usize)> {
+        let ids: Vec<i64> = tok.encode(text)?.into_iter().map(i64::from).collect();
+        let n = ids.len();
+        // CLIP pools at the first end-of-text token.
+        let eos = ids.iter().position(|&t| t == EOS as i64).unwrap_or(n.saturating_sub(1));
+        Ok((Tensor::from_data(TensorData::new(ids, [1, n]), device), eos))
+    };
+    let repeat2 = |t: Tensor<2>| Tensor::cat(vec![t; b], 0);
+    let repeat3 = |t: Tensor<3>| Tensor::cat(vec![t; b], 0);
+    let Some((tok2, te2)) = &sd.text_encoder_2 else {
+        let encode = |text: &str| -> Result<Tensor<3>> { Ok(sd.text_encoder.forward(ids(&sd.tokenizer, text)?.0, 0)) };
+        let cond = repeat3(encode(&req.prompt)?);
+        let context = if cfg {
+            Tensor::cat(vec![repeat3(encode(&req.negative_prompt)?), cond], 0)
+        } else {
+            cond
+        };
+        return Ok((context, None));
+    };
+    // SDXL: both encoders' penultimate states side by side; pooled text from the second.
+    let encode = |text: &str| -> Result<(Tensor<3>, Tensor<2>)> {
+        let (h1, _) = sd
+            .text_encoder
+            .penultimate_and_projected(ids(&sd.tokenizer, text)?.0, &[]);
+        let (ids2, eos2) = ids(tok2, text)?;
+        let (h2, pooled) = te2.penultimate_and_projected(ids2, &[eos2]);
+        let pooled = pooled.ok_or_else(|| Error::BadInput("text_encoder_2 has no text_projection".into()))?;
+        Ok((Tensor::cat(vec![h1, h2], 2), pooled))
+    };
+    let (ctx, pooled) = encode(&req.prompt)?;
+    let (mut context, mut text) = (repeat3(ctx), repeat2(pooled));
+    if cfg {
+        let (neg_ctx, neg_pooled) = if req.negative_prompt.is_empty() && sd.folder.force_zeros_for_empty_prompt {
+            (context.clone().zeros_like(), text.clone().zeros_like())
+        } else {
+            let (c, p) = encode(&req.negative_prompt)?;
+            (repeat3(c), repeat2(p))
+        };
+        context = Tensor::cat(vec![neg_ctx, context], 0);
+        text = Tensor::cat(vec![neg_pooled, text], 0);
+    }
+    // original size, crop top-left, target size: the request's size, no crop.
+    let (h, w) = (req.height as f32, req.width as f32);
+    let rows = context.dims()[0];
+    let added = AddedCond {
+        text_embeds: text,
+        time_ids: vec![[h, w, 0.0, 0.0, h, w]; rows],
+    };
+    Ok((context, Some(added)))
 }
 
 /// A repaint mask (white = repaint) averaged over each latent pixel's 8×8 block:

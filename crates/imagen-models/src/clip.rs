@@ -27,6 +27,8 @@ pub struct ClipTextConfig {
     pub layer_norm_eps: f64,
     pub eos_token_id: u32,
     pub projection_dim: usize,
+    /// `["CLIPTextModelWithProjection"]` adds `text_projection` (SDXL's second encoder).
+    pub architectures: Vec<String>,
 }
 
 impl Default for ClipTextConfig {
@@ -43,6 +45,7 @@ impl Default for ClipTextConfig {
             layer_norm_eps: 1e-5,
             eos_token_id: 49407,
             projection_dim: 512,
+            architectures: Vec::new(),
         }
     }
 }
@@ -85,6 +88,10 @@ impl ClipTextConfig {
         Ok(())
     }
 
+    pub fn with_projection(&self) -> bool {
+        self.architectures.iter().any(|a| a == "CLIPTextModelWithProjection")
+    }
+
     pub fn init(&self, d: &Device) -> ClipTextModel {
         let h = self.hidden_size;
         let ln = || LayerNormConfig::new(h).with_epsilon(self.layer_norm_eps).init(d);
@@ -112,6 +119,7 @@ impl ClipTextConfig {
                     .collect(),
             },
             final_layer_norm: ln(),
+            text_projection: self.with_projection().then(|| linear(h, self.projection_dim, false, d)),
             heads: self.num_attention_heads,
             quick_gelu: self.hidden_act == "quick_gelu",
         }
@@ -156,6 +164,8 @@ pub struct ClipTextModel {
     pub embeddings: ClipEmbeddings,
     pub encoder: ClipEncoder,
     pub final_layer_norm: LayerNorm,
+    /// `CLIPTextModelWithProjection` only: pooled output → `text_embeds`.
+    pub text_projection: Option<Linear>,
     pub heads: usize,
     pub quick_gelu: bool,
 }
@@ -172,9 +182,18 @@ impl ClipTextModel {
         let [_, n] = ids.dims();
         let device = ids.device();
         let positions = Tensor::<1, Int>::arange(0..n as i64, &device).reshape([1, n]);
-        let mut x =
-            self.embeddings.token_embedding.forward(ids) + self.embeddings.position_embedding.forward(positions);
-        for layer in self.encoder.layers.iter().take(layers) {
+        let x = self.embeddings.token_embedding.forward(ids) + self.embeddings.position_embedding.forward(positions);
+        self.run_layers(x, 0, layers)
+    }
+
+    /// The encoder layers from `start` to the end, on a hidden state.
+    fn layers_from(&self, x: Tensor<3>, start: usize) -> Tensor<3> {
+        self.run_layers(x, start, self.num_layers())
+    }
+
+    /// Layers `start..end` on `x`: `[b, n, hidden]` → `[b, n, hidden]`.
+    fn run_layers(&self, mut x: Tensor<3>, start: usize, end: usize) -> Tensor<3> {
+        for layer in self.encoder.layers.iter().take(end).skip(start) {
             let a = &layer.self_attn;
             let h = layer.layer_norm1.forward(x.clone());
             let h = multi_head_attention(
@@ -201,6 +220,25 @@ impl ClipTextModel {
     pub fn forward(&self, ids: Tensor<2, Int>, clip_skip: usize) -> Tensor<3> {
         let layers = self.num_layers().saturating_sub(clip_skip);
         self.final_layer_norm.forward(self.hidden_state(ids, layers))
+    }
+
+    /// SDXL's conditioning from one encoder: the penultimate hidden state (no final norm) and,
+    /// for an encoder with projection, `text_embeds` (the projected pooled output).
+    ///
+    /// ids: `[b, n]` → (`[b, n, hidden]`, `[b, projection_dim]`)
+    pub fn penultimate_and_projected(
+        &self,
+        ids: Tensor<2, Int>,
+        eos_positions: &[usize],
+    ) -> (Tensor<3>, Option<Tensor<2>>) {
+        let l = self.num_layers();
+        let penultimate = self.hidden_state(ids, l.saturating_sub(1));
+        let projected = self.text_projection.as_ref().map(|proj| {
+            // The last layer on top of the penultimate state, then the final norm and pooling.
+            let last = self.layers_from(penultimate.clone(), l.saturating_sub(1));
+            proj.forward(Self::pooled(self.final_layer_norm.forward(last), eos_positions))
+        });
+        (penultimate, projected)
     }
 
     /// `pooler_output`: the final hidden state at each sequence's first `eos` token.

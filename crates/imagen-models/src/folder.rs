@@ -17,16 +17,20 @@ use crate::vae::{self, AutoencoderKL, AutoencoderKLConfig};
 use crate::weights::{Weights, load_module};
 
 /// Pipelines whose components this crate computes.
-const SUPPORTED: [&str; 3] = [
+const SUPPORTED: [&str; 5] = [
     "StableDiffusionPipeline",
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionInpaintPipeline",
+    "StableDiffusionXLPipeline",
+    "StableDiffusionXLImg2ImgPipeline",
 ];
 
 #[derive(Deserialize, Debug, Clone)]
 struct ModelIndex {
     #[serde(rename = "_class_name")]
     class_name: String,
+    /// SDXL: an empty negative prompt conditions on zeros instead of encoding "".
+    force_zeros_for_empty_prompt: Option<bool>,
 }
 
 /// An opened (validated, not yet loaded) diffusers folder.
@@ -34,6 +38,7 @@ struct ModelIndex {
 pub struct DiffusersFolder {
     root: PathBuf,
     pub pipeline_class: String,
+    pub force_zeros_for_empty_prompt: bool,
     /// Weight file variants tried in order (`None` = `diffusion_pytorch_model.safetensors`).
     pub variants: Vec<Option<String>>,
 }
@@ -60,7 +65,12 @@ impl DiffusersFolder {
                 SUPPORTED.join(", ")
             )));
         }
-        for sub in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] {
+        let xl = index.class_name.starts_with("StableDiffusionXL");
+        let second: &[&str] = if xl { &["text_encoder_2", "tokenizer_2"] } else { &[] };
+        for &sub in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]
+            .iter()
+            .chain(second)
+        {
             if !root.join(sub).is_dir() {
                 return Err(Error::Folder(format!(
                     "{}: missing the `{sub}/` component folder",
@@ -70,6 +80,7 @@ impl DiffusersFolder {
         }
         Ok(DiffusersFolder {
             root,
+            force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt.unwrap_or(xl),
             pipeline_class: index.class_name,
             variants: vec![None, Some("fp16".into()), Some("bf16".into())],
         })
@@ -97,8 +108,18 @@ impl DiffusersFolder {
         ClipTokenizer::from_dir(&self.root.join("tokenizer"))
     }
 
+    /// SDXL's second encoder, when the folder has one.
+    pub fn is_xl(&self) -> bool {
+        self.pipeline_class.starts_with("StableDiffusionXL")
+    }
+
     pub fn text_encoder_config(&self) -> Result<ClipTextConfig> {
-        let c: ClipTextConfig = self.component_config("text_encoder")?;
+        self.clip_config("text_encoder")
+    }
+
+    /// `text_encoder` or `text_encoder_2`.
+    pub fn clip_config(&self, component: &'static str) -> Result<ClipTextConfig> {
+        let c: ClipTextConfig = self.component_config(component)?;
         c.validate()?;
         Ok(c)
     }
@@ -128,8 +149,12 @@ impl DiffusersFolder {
     }
 
     pub fn load_text_encoder_with(&self, c: &ClipTextConfig, device: &Device) -> Result<ClipTextModel> {
-        let w = self.weights("text_encoder", "model")?;
-        load_module(c.init(device), &w, "text_encoder", &clip::checkpoint_keys, device)
+        self.load_clip("text_encoder", c, device)
+    }
+
+    pub fn load_clip(&self, component: &'static str, c: &ClipTextConfig, device: &Device) -> Result<ClipTextModel> {
+        let w = self.weights(component, "model")?;
+        load_module(c.init(device), &w, component, &clip::checkpoint_keys, device)
     }
 
     pub fn load_unet_with(&self, c: &UNet2DConditionConfig, device: &Device) -> Result<UNet2DConditionModel> {
@@ -143,11 +168,13 @@ impl DiffusersFolder {
     }
 }
 
-/// Every component of a Stable Diffusion 1.x/2.x pipeline, loaded and ready.
+/// Every component of a Stable Diffusion 1.x/2.x/XL pipeline, loaded and ready.
 pub struct StableDiffusion {
     pub folder: DiffusersFolder,
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
+    /// SDXL: the OpenCLIP encoder with projection and its tokenizer.
+    pub text_encoder_2: Option<(ClipTokenizer, ClipTextModel)>,
     pub unet: UNet2DConditionModel,
     pub vae: AutoencoderKL,
     pub unet_config: UNet2DConditionConfig,
@@ -158,9 +185,19 @@ impl StableDiffusion {
     pub fn load(root: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let folder = DiffusersFolder::open(root)?;
         let (unet_config, vae_config) = (folder.unet_config()?, folder.vae_config()?);
+        let text_encoder_2 = if folder.is_xl() {
+            let c = folder.clip_config("text_encoder_2")?;
+            Some((
+                ClipTokenizer::from_dir(&folder.root.join("tokenizer_2"))?,
+                folder.load_clip("text_encoder_2", &c, device)?,
+            ))
+        } else {
+            None
+        };
         Ok(StableDiffusion {
             tokenizer: folder.tokenizer()?,
             text_encoder: folder.load_text_encoder(device)?,
+            text_encoder_2,
             unet: folder.load_unet_with(&unet_config, device)?,
             vae: folder.load_vae_with(&vae_config, device)?,
             unet_config,
@@ -171,6 +208,9 @@ impl StableDiffusion {
 
     /// Parameters across the three networks (for reporting).
     pub fn num_params(&self) -> usize {
-        self.text_encoder.num_params() + self.unet.num_params() + self.vae.num_params()
+        self.text_encoder.num_params()
+            + self.text_encoder_2.as_ref().map_or(0, |(_, te)| te.num_params())
+            + self.unet.num_params()
+            + self.vae.num_params()
     }
 }

@@ -175,8 +175,11 @@ impl UNet2DConditionConfig {
             (self.dual_cross_attention, "dual_cross_attention".into()),
             (self.class_embed_type.is_some(), "class_embed_type".into()),
             (
-                self.addition_embed_type.is_some(),
-                format!("addition_embed_type {:?} (SDXL conditioning)", self.addition_embed_type),
+                !matches!(self.addition_embed_type.as_deref(), None | Some("text_time"))
+                    || (self.addition_embed_type.is_some()
+                        && (self.addition_time_embed_dim.is_none()
+                            || self.projection_class_embeddings_input_dim.is_none())),
+                format!("addition_embed_type {:?}", self.addition_embed_type),
             ),
             (
                 self.time_cond_proj_dim.is_some(),
@@ -323,11 +326,27 @@ impl UNet2DConditionConfig {
             up_blocks,
             conv_norm_out: group_norm(groups, ch[0], eps, d),
             conv_out: conv2d(ch[0], self.out_channels, 3, 1, 1, d),
+            add_embedding: match (&self.addition_embed_type, self.projection_class_embeddings_input_dim) {
+                (Some(_), Some(dim)) => Some(TimestepEmbedding {
+                    linear_1: linear(dim, temb, true, d),
+                    linear_2: linear(temb, temb, true, d),
+                }),
+                _ => None,
+            },
+            add_time_channels: self.addition_time_embed_dim.unwrap_or(0),
             time_channels: ch[0],
             flip_sin_to_cos: self.flip_sin_to_cos,
             freq_shift: self.freq_shift,
         }
     }
+}
+
+/// SDXL's added conditioning (`addition_embed_type = "text_time"`).
+pub struct AddedCond {
+    /// The second text encoder's projected pooled output: `[b, projection_dim]`.
+    pub text_embeds: Tensor<2>,
+    /// Per batch row: original (h, w), crop (top, left), target (h, w).
+    pub time_ids: Vec<[f32; 6]>,
 }
 
 /// `linear_1` → SiLU → `linear_2` on the sinusoidal timestep features.
@@ -368,6 +387,9 @@ pub struct UNet2DConditionModel {
     pub up_blocks: Vec<UpBlock>,
     pub conv_norm_out: GroupNorm,
     pub conv_out: Conv2d,
+    /// SDXL: (pooled text ++ sinusoidal size/crop ids) → added to the time embedding.
+    pub add_embedding: Option<TimestepEmbedding>,
+    pub add_time_channels: usize,
     pub time_channels: usize,
     pub flip_sin_to_cos: bool,
     pub freq_shift: f64,
@@ -379,12 +401,38 @@ impl UNet2DConditionModel {
     /// sample: `[b, in, h, w]`, timesteps: `b` values (or one, broadcast),
     /// context: `[b, m, cross_attention_dim]` → `[b, out, h, w]`
     pub fn forward(&self, sample: Tensor<4>, timesteps: &[f32], context: &Tensor<3>) -> Tensor<4> {
+        self.forward_with(sample, timesteps, context, None)
+    }
+
+    /// [`forward`](Self::forward) with SDXL's added conditioning (ignored by models without it).
+    pub fn forward_with(
+        &self,
+        sample: Tensor<4>,
+        timesteps: &[f32],
+        context: &Tensor<3>,
+        added: Option<&AddedCond>,
+    ) -> Tensor<4> {
         let b = sample.dims()[0];
-        let temb = self.time_features(timesteps, b, &sample.device());
-        let temb = self
+        let device = sample.device();
+        let ts: Vec<f32> = (0..b)
+            .map(|i| timesteps.get(i).or(timesteps.last()).copied().unwrap_or(0.0))
+            .collect();
+        let temb = self.sinusoid(&ts, self.time_channels, &device);
+        let mut temb = self
             .time_embedding
             .linear_2
             .forward(silu(self.time_embedding.linear_1.forward(temb)));
+        if let (Some(add), Some(cond)) = (&self.add_embedding, added) {
+            let ids: Vec<f32> = cond.time_ids.iter().flatten().copied().collect();
+            let rows = cond.time_ids.len();
+            // [rows * 6, d] → [rows, 6 * d]
+            let time = self
+                .sinusoid(&ids, self.add_time_channels, &device)
+                .reshape([rows, 6 * self.add_time_channels]);
+            // [b, text] ++ [b, 6d] → [b, text + 6d]
+            let x = Tensor::cat(vec![cond.text_embeds.clone(), time], 1);
+            temb = temb + add.linear_2.forward(silu(add.linear_1.forward(x)));
+        }
 
         let mut x = self.conv_in.forward(sample);
         let mut skips = vec![x.clone()];
@@ -432,18 +480,18 @@ impl UNet2DConditionModel {
         self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
     }
 
-    /// diffusers `get_timestep_embedding`, computed in f32 on the host: `[b, time_channels]`.
-    fn time_features(&self, timesteps: &[f32], b: usize, device: &Device) -> Tensor<2> {
-        let half = self.time_channels / 2;
+    /// diffusers `get_timestep_embedding` of each value, computed in f32 on the host:
+    /// `[values.len(), dim]`.
+    fn sinusoid(&self, values: &[f32], dim: usize, device: &Device) -> Tensor<2> {
+        let half = dim / 2;
         let freqs: Vec<f32> = (0..half)
             .map(|i| {
                 let exponent = -(10000f64.ln() as f32) * i as f32 / (half as f32 - self.freq_shift as f32);
                 exponent.exp()
             })
             .collect();
-        let mut out = Vec::with_capacity(b * 2 * half);
-        for i in 0..b {
-            let t = timesteps.get(i).or(timesteps.last()).copied().unwrap_or(0.0);
+        let mut out = Vec::with_capacity(values.len() * 2 * half);
+        for &t in values {
             let args: Vec<f32> = freqs.iter().map(|f| t * f).collect();
             let (sin, cos) = (args.iter().map(|a| a.sin()), args.iter().map(|a| a.cos()));
             if self.flip_sin_to_cos {
@@ -452,7 +500,7 @@ impl UNet2DConditionModel {
                 out.extend(sin.chain(cos));
             }
         }
-        Tensor::from_data(TensorData::new(out, [b, 2 * half]), device)
+        Tensor::from_data(TensorData::new(out, [values.len(), 2 * half]), device)
     }
 }
 

@@ -1,0 +1,117 @@
+//! SDXL against `tools/reference/make_sdxl_fixtures.py`: both text encoders (penultimate states
+//! side by side, projected pooled text, zeros for an empty negative prompt), the UNet with its
+//! `text_time` added conditioning, and diffusers' StableDiffusionXL(Img2Img)Pipeline PNGs.
+
+use burn::tensor::{Device, Tensor};
+use imagen_engine::pipeline::conditioning;
+use imagen_engine::rng::RngKind;
+use imagen_engine::scheduler::SamplerKind;
+use imagen_engine::{GenerateRequest, generate};
+use imagen_models::StableDiffusion;
+use imagen_models::unet_2d::AddedCond;
+
+use crate::common::{Golden, assert_close, fixture};
+
+const TOL: f32 = 1e-4;
+
+fn request(prompt: &str, negative: &str) -> GenerateRequest {
+    GenerateRequest {
+        prompt: prompt.into(),
+        negative_prompt: negative.into(),
+        width: 64,
+        height: 64,
+        steps: 5,
+        guidance: 5.0,
+        scheduler: None,
+        seed: 0,
+        rng: RngKind::Torch,
+        num_images: 1,
+        init: None,
+    }
+}
+
+#[test]
+fn sdxl_components_match_diffusers() {
+    let device = Device::flex();
+    let sd = StableDiffusion::load(fixture("tiny-sdxl"), &device).expect("load");
+    let g = Golden::open("tiny-sdxl");
+    let req = request("a photograph of an astronaut riding a horse", "blurry");
+    let (context, added) = conditioning(&sd, &req, true, &device).expect("conditioning");
+    let added = added.expect("SDXL has added conditioning");
+    let [_, n, c] = context.dims();
+    assert_close(&g, "negative_embeds", context.clone().slice([0..1, 0..n, 0..c]), TOL);
+    assert_close(&g, "prompt_embeds", context.slice([1..2, 0..n, 0..c]), TOL);
+    let p = added.text_embeds.dims()[1];
+    assert_close(
+        &g,
+        "negative_pooled",
+        added.text_embeds.clone().slice([0..1, 0..p]),
+        TOL,
+    );
+    assert_close(&g, "pooled", added.text_embeds.slice([1..2, 0..p]), TOL);
+
+    // force_zeros_for_empty_prompt: an empty negative prompt is zeros, not "" encoded.
+    let (context, added) = conditioning(&sd, &request("x", ""), true, &device).expect("conditioning");
+    let zeros: f32 = context.slice([0..1, 0..n, 0..c]).abs().sum().into_scalar();
+    let zeros_pooled: f32 = added
+        .expect("added")
+        .text_embeds
+        .slice([0..1, 0..p])
+        .abs()
+        .sum()
+        .into_scalar();
+    assert_eq!((zeros, zeros_pooled), (0.0, 0.0));
+
+    let (_, t) = g.f32_values("unet_timesteps");
+    let (_, ids) = g.f32_values("unet_time_ids");
+    let cond = AddedCond {
+        text_embeds: g.tensor("unet_text_embeds", &device),
+        time_ids: ids.chunks(6).map(|r| [r[0], r[1], r[2], r[3], r[4], r[5]]).collect(),
+    };
+    let out = sd.unet.forward_with(
+        g.tensor("unet_latents", &device),
+        &t,
+        &g.tensor::<3>("unet_context", &device),
+        Some(&cond),
+    );
+    assert_close(&g, "unet_out", out, TOL);
+    // Without the added conditioning the output must differ (the test would catch ignoring it).
+    let plain: Tensor<4> = sd.unet.forward(
+        g.tensor("unet_latents", &device),
+        &t,
+        &g.tensor::<3>("unet_context", &device),
+    );
+    let (_, want) = g.f32_values("unet_out");
+    assert!(crate::common::rel_error(plain, &want) > 1e-2);
+}
+
+#[test]
+fn sdxl_matches_diffusers_pngs() {
+    let device = Device::flex();
+    let sd = StableDiffusion::load(fixture("tiny-sdxl"), &device).expect("load");
+    let text = std::fs::read_to_string(fixture("golden/generate/cases-sdxl.json")).expect("cases");
+    let cases: Vec<serde_json::Value> = serde_json::from_str(&text).expect("json");
+    assert!(cases.len() >= 3);
+    for case in &cases {
+        let mut req = request(
+            case["prompt"].as_str().expect("prompt"),
+            case["negative_prompt"].as_str().unwrap_or(""),
+        );
+        req.width = case["width"].as_u64().expect("w") as usize;
+        req.height = case["height"].as_u64().expect("h") as usize;
+        req.steps = case["steps"].as_u64().expect("steps") as usize;
+        req.guidance = case["guidance"].as_f64().expect("guidance");
+        req.seed = case["seed"].as_u64().expect("seed");
+        req.scheduler = Some(SamplerKind::parse(case["scheduler"].as_str().expect("s")).expect("kind"));
+        req.init = case["init"].as_str().map(|p| imagen_engine::InitImage {
+            image: crate::generate::load_png(p),
+            strength: case["strength"].as_f64().expect("strength"),
+            mask: None,
+        });
+        let got = generate(&sd, &req, &device, &mut |_, _| true).expect("generate");
+        let want = crate::generate::load_png(case["png"].as_str().expect("png"));
+        let (max, mean) = crate::generate::png_diff(&got[0], &want);
+        println!("{}: max {max}/255, mean {mean:.4}/255", case["png"]);
+        assert!(max <= 2 && mean <= 0.1, "{}: max {max}, mean {mean}", case["png"]);
+    }
+}
