@@ -27,43 +27,68 @@ pub fn png_diff(a: &image::RgbImage, b: &image::RgbImage) -> (u8, f64) {
     )
 }
 
+/// Generates one case of a `cases*.json` file and compares it with diffusers' PNG
+/// (max ≤ 2/255, mean ≤ 0.1/255).
+pub fn check_case(sd: &StableDiffusion, case: &Value, device: &Device) {
+    let kind = SamplerKind::parse(case["scheduler"].as_str().expect("scheduler")).expect("every golden scheduler");
+    let req = GenerateRequest {
+        prompt: case["prompt"].as_str().expect("prompt").into(),
+        negative_prompt: case["negative_prompt"].as_str().unwrap_or("").into(),
+        width: case["width"].as_u64().expect("w") as usize,
+        height: case["height"].as_u64().expect("h") as usize,
+        steps: case["steps"].as_u64().expect("steps") as usize,
+        guidance: case["guidance"].as_f64().expect("guidance"),
+        scheduler: Some(kind),
+        seed: case["seed"].as_u64().expect("seed"),
+        rng: RngKind::Torch,
+        num_images: 1,
+        init: case["init"].as_str().map(|p| InitImage {
+            image: load_png(p),
+            strength: case["strength"].as_f64().expect("strength"),
+            mask: None,
+        }),
+    };
+    let got = generate(sd, &req, device, &mut |_, _| true).unwrap_or_else(|e| panic!("{}: {e}", case["png"]));
+    let want = load_png(case["png"].as_str().expect("png"));
+    let (max, mean) = png_diff(&got[0], &want);
+    println!("{}: max {max}/255, mean {mean:.4}/255", case["png"]);
+    assert!(
+        max <= 2 && mean <= 0.1,
+        "{}: max {max}/255, mean {mean:.4}/255",
+        case["png"]
+    );
+}
+
+pub fn cases(file: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(fixture("golden/generate").join(file)).expect("cases");
+    serde_json::from_str(&text).expect("json")
+}
+
 fn run_cases(model: &str, device: &Device) {
-    let text = std::fs::read_to_string(fixture("golden/generate/cases.json")).expect("cases");
-    let cases: Vec<Value> = serde_json::from_str(&text).expect("json");
     let sd = StableDiffusion::load(fixture(model), device).expect("load");
     let mut checked = 0;
-    for case in cases.iter().filter(|c| c["model"] == model) {
-        let kind = SamplerKind::parse(case["scheduler"].as_str().expect("scheduler")).expect("every golden scheduler");
-        let req = GenerateRequest {
-            prompt: case["prompt"].as_str().expect("prompt").into(),
-            negative_prompt: case["negative_prompt"].as_str().unwrap_or("").into(),
-            width: case["width"].as_u64().expect("w") as usize,
-            height: case["height"].as_u64().expect("h") as usize,
-            steps: case["steps"].as_u64().expect("steps") as usize,
-            guidance: case["guidance"].as_f64().expect("guidance"),
-            scheduler: Some(kind),
-            seed: case["seed"].as_u64().expect("seed"),
-            rng: RngKind::Torch,
-            num_images: 1,
-            init: case["init"].as_str().map(|p| InitImage {
-                image: load_png(p),
-                strength: case["strength"].as_f64().expect("strength"),
-                mask: None,
-            }),
-        };
-        let got = generate(&sd, &req, device, &mut |_, _| true).unwrap_or_else(|e| panic!("{}: {e}", case["png"]));
-        let want = load_png(case["png"].as_str().expect("png"));
-        let (max, mean) = png_diff(&got[0], &want);
-        println!("{}: max {max}/255, mean {mean:.4}/255", case["png"]);
-        assert!(
-            max <= 2 && mean <= 0.1,
-            "{}: max {max}/255, mean {mean:.4}/255",
-            case["png"]
-        );
+    for case in cases("cases.json").iter().filter(|c| c["model"] == model) {
+        check_case(&sd, case, device);
         checked += 1;
     }
     // Every sampler the issue lists, text-to-image and image-to-image.
     assert!(checked >= 2 * SamplerKind::NAMES.len(), "only {checked} cases ran");
+}
+
+/// Distilled models through the ordinary API: an LCM-distilled UNet (guidance as an embedding,
+/// no unconditional pass) and an SD-Turbo-style model (Euler a, trailing, 1 and 4 steps, no CFG).
+#[test]
+fn distilled_models_match_diffusers_pngs() {
+    let device = Device::flex();
+    let all = cases("cases-distilled.json");
+    for model in ["tiny-lcm", "tiny-turbo"] {
+        let sd = StableDiffusion::load(fixture(model), &device).expect("load");
+        let mine: Vec<&Value> = all.iter().filter(|c| c["model"] == model).collect();
+        assert_eq!(mine.len(), 2, "{model}");
+        for case in mine {
+            check_case(&sd, case, &device);
+        }
+    }
 }
 
 #[test]

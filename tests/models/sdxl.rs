@@ -73,6 +73,7 @@ fn sdxl_components_match_diffusers() {
         &t,
         &g.tensor::<3>("unet_context", &device),
         Some(&cond),
+        None,
     );
     assert_close(&g, "unet_out", out, TOL);
     // Without the added conditioning the output must differ (the test would catch ignoring it).

@@ -45,6 +45,8 @@ impl ModelInfo {
         // step without guidance.
         let turbo = kind == SamplerKind::EulerAncestral && sched.timestep_spacing.as_deref() == Some("trailing");
         let (steps, guidance) = match (kind, turbo, folder.is_xl()) {
+            // An LCM-distilled UNet takes guidance as an embedding (diffusers' default 8.5).
+            (SamplerKind::Lcm, _, _) if unet.time_cond_proj_dim.is_some() => (4, 8.5),
             (SamplerKind::Lcm, _, _) => (4, 1.0),
             (_, true, _) => (1, 0.0),
             (_, _, true) => (50, 5.0),

@@ -98,7 +98,10 @@ pub fn denoise(sd: &StableDiffusion, req: &GenerateRequest, device: &Device, pro
     let mut sampler = sampler_for(sd, req)?;
     let mut rng = req.rng.generator(req.seed);
     let b = req.num_images;
-    let cfg = req.guidance > 1.0;
+    // LCM-distilled UNets take the guidance scale as an embedding instead of a second
+    // (unconditional) pass (diffusers' LatentConsistencyModelPipeline: w = guidance − 1).
+    let timestep_cond = sd.unet.guidance_embedding((req.guidance - 1.0) as f32, b, device);
+    let cfg = req.guidance > 1.0 && timestep_cond.is_none();
 
     let (context, added) = conditioning(sd, req, cfg, device)?;
 
@@ -140,7 +143,9 @@ pub fn denoise(sd: &StableDiffusion, req: &GenerateRequest, device: &Device, pro
             latents.clone()
         };
         let input = sampler.scale_model_input(input, i);
-        let out = sd.unet.forward_with(input, &[t as f32], &context, added.as_ref());
+        let out = sd
+            .unet
+            .forward_with(input, &[t as f32], &context, added.as_ref(), timestep_cond.as_ref());
         let out = if cfg {
             let [n, c, h, w] = out.dims();
             let uncond = out.clone().slice([0..n / 2, 0..c, 0..h, 0..w]);

@@ -17,8 +17,9 @@ use crate::vae::{self, AutoencoderKL, AutoencoderKLConfig};
 use crate::weights::{Weights, load_module};
 
 /// Pipelines whose components this crate computes.
-const SUPPORTED: [&str; 5] = [
+const SUPPORTED: [&str; 6] = [
     "StableDiffusionPipeline",
+    "LatentConsistencyModelPipeline",
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionInpaintPipeline",
     "StableDiffusionXLPipeline",

@@ -181,10 +181,7 @@ impl UNet2DConditionConfig {
                             || self.projection_class_embeddings_input_dim.is_none())),
                 format!("addition_embed_type {:?}", self.addition_embed_type),
             ),
-            (
-                self.time_cond_proj_dim.is_some(),
-                "time_cond_proj_dim (LCM guidance embedding)".into(),
-            ),
+            (self.time_cond_proj_dim == Some(0), "time_cond_proj_dim 0".into()),
             (self.encoder_hid_dim_type.is_some(), "encoder_hid_dim_type".into()),
             (self.act_fn != "silu", format!("act_fn {:?}", self.act_fn)),
             (
@@ -320,6 +317,7 @@ impl UNet2DConditionConfig {
             time_embedding: TimestepEmbedding {
                 linear_1: linear(ch[0], temb, true, d),
                 linear_2: linear(temb, temb, true, d),
+                cond_proj: self.time_cond_proj_dim.map(|c| linear(c, ch[0], false, d)),
             },
             down_blocks,
             mid_block,
@@ -330,6 +328,7 @@ impl UNet2DConditionConfig {
                 (Some(_), Some(dim)) => Some(TimestepEmbedding {
                     linear_1: linear(dim, temb, true, d),
                     linear_2: linear(temb, temb, true, d),
+                    cond_proj: None,
                 }),
                 _ => None,
             },
@@ -354,6 +353,8 @@ pub struct AddedCond {
 pub struct TimestepEmbedding {
     pub linear_1: Linear,
     pub linear_2: Linear,
+    /// LCM-distilled UNets: the guidance embedding, projected and added to the input.
+    pub cond_proj: Option<Linear>,
 }
 
 #[derive(Module, Debug)]
@@ -401,23 +402,51 @@ impl UNet2DConditionModel {
     /// sample: `[b, in, h, w]`, timesteps: `b` values (or one, broadcast),
     /// context: `[b, m, cross_attention_dim]` → `[b, out, h, w]`
     pub fn forward(&self, sample: Tensor<4>, timesteps: &[f32], context: &Tensor<3>) -> Tensor<4> {
-        self.forward_with(sample, timesteps, context, None)
+        self.forward_with(sample, timesteps, context, None, None)
     }
 
-    /// [`forward`](Self::forward) with SDXL's added conditioning (ignored by models without it).
+    /// LCM-distilled UNets (`time_cond_proj_dim`): diffusers' `get_guidance_scale_embedding` of
+    /// `w` (the pipelines pass `guidance_scale − 1`), `[b, time_cond_proj_dim]`; `None` for
+    /// other UNets.
+    pub fn guidance_embedding(&self, w: f32, b: usize, device: &Device) -> Option<Tensor<2>> {
+        let dim = self.time_embedding.cond_proj.as_ref()?.weight.dims()[0];
+        let half = dim / 2;
+        let step = 10000f32.ln() / (half as f32 - 1.0);
+        let w = w * 1000.0;
+        let args: Vec<f32> = (0..half).map(|i| w * (i as f32 * -step).exp()).collect();
+        let row: Vec<f32> = args
+            .iter()
+            .map(|a| a.sin())
+            .chain(args.iter().map(|a| a.cos()))
+            .collect();
+        let mut data = Vec::with_capacity(b * dim);
+        for _ in 0..b {
+            data.extend(&row);
+            data.extend(std::iter::repeat_n(0.0, dim - 2 * half));
+        }
+        Some(Tensor::from_data(TensorData::new(data, [b, dim]), device))
+    }
+
+    /// [`forward`](Self::forward) with SDXL's added conditioning and an LCM-distilled UNet's
+    /// guidance embedding (`timestep_cond`, see [`guidance_embedding`](Self::guidance_embedding));
+    /// each is ignored by models without it.
     pub fn forward_with(
         &self,
         sample: Tensor<4>,
         timesteps: &[f32],
         context: &Tensor<3>,
         added: Option<&AddedCond>,
+        timestep_cond: Option<&Tensor<2>>,
     ) -> Tensor<4> {
         let b = sample.dims()[0];
         let device = sample.device();
         let ts: Vec<f32> = (0..b)
             .map(|i| timesteps.get(i).or(timesteps.last()).copied().unwrap_or(0.0))
             .collect();
-        let temb = self.sinusoid(&ts, self.time_channels, &device);
+        let mut temb = self.sinusoid(&ts, self.time_channels, &device);
+        if let (Some(proj), Some(cond)) = (&self.time_embedding.cond_proj, timestep_cond) {
+            temb = temb + proj.forward(cond.clone());
+        }
         let mut temb = self
             .time_embedding
             .linear_2
