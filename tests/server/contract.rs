@@ -141,7 +141,6 @@ fn image_to_image_variations_and_formats() {
                 "negative_prompt": "blurry, low quality", "response_format": "b64_json"}),
     );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    use base64::Engine as _;
     let png = base64::engine::general_purpose::STANDARD
         .decode(r.json()["images"][0]["b64_json"].as_str().expect("b64"))
         .expect("base64");
