@@ -97,6 +97,9 @@ struct GenerateArgs {
     /// cpu, or wgpu for the GPU.
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// Encode prompts over 75 tokens in 75-token chunks (A1111/ComfyUI) instead of truncating.
+    #[arg(long)]
+    long_prompt: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -184,6 +187,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         seed,
         rng,
         num_images: a.num_images,
+        long_prompt: a.long_prompt,
         init: match a.init_image.as_ref().and(source.clone()) {
             Some(image) => Some(InitImage {
                 image,

@@ -42,6 +42,7 @@ pub fn check_case(sd: &StableDiffusion, case: &Value, device: &Device) {
         seed: case["seed"].as_u64().expect("seed"),
         rng: RngKind::Torch,
         num_images: 1,
+        long_prompt: false,
         init: case["init"].as_str().map(|p| InitImage {
             image: load_png(p),
             strength: case["strength"].as_f64().expect("strength"),
@@ -120,6 +121,7 @@ fn mask_repaints_only_the_white_area() {
         seed: 3,
         rng: RngKind::Torch,
         num_images: 1,
+        long_prompt: false,
         init: Some(InitImage {
             image: init.clone(),
             strength: 1.0,

@@ -26,6 +26,7 @@ fn request(prompt: &str, negative: &str) -> GenerateRequest {
         seed: 0,
         rng: RngKind::Torch,
         num_images: 1,
+        long_prompt: false,
         init: None,
     }
 }
@@ -114,5 +115,47 @@ fn sdxl_matches_diffusers_pngs() {
         let (max, mean) = crate::generate::png_diff(&got[0], &want);
         println!("{}: max {max}/255, mean {mean:.4}/255", case["png"]);
         assert!(max <= 2 && mean <= 0.1, "{}: max {max}, mean {mean}", case["png"]);
+    }
+}
+
+/// Long prompts (opt-in): 75-token chunks encoded separately and concatenated; the first chunk is
+/// exactly the truncated encoding, the negative prompt is padded to as many chunks, SDXL's
+/// pooled text comes from the first chunk. Default: truncation, as diffusers.
+#[test]
+fn long_prompts_are_chunked_when_asked() {
+    let device = Device::flex();
+    let long = ["a very long prompt that keeps going"; 20].join(" "); // 140 tokens: 2 chunks
+    for model in ["tiny-sd15", "tiny-sdxl"] {
+        let sd = StableDiffusion::load(fixture(model), &device).expect("load");
+        let mut req = request(&long, "short negative");
+        let (cut, cut_added) = conditioning(&sd, &req, true, &device).expect("truncated");
+        req.long_prompt = true;
+        let (full, full_added) = conditioning(&sd, &req, true, &device).expect("chunked");
+        let [b, n, c] = full.dims();
+        assert_eq!((b, n), (2, 154), "{model}");
+        assert_eq!(cut.dims(), [2, 77, c], "{model}");
+        let first: Vec<f32> = full
+            .clone()
+            .slice([0..2, 0..77, 0..c])
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32");
+        let want: Vec<f32> = cut.into_data().try_to_vec::<f32>().expect("f32");
+        assert_eq!(first, want, "{model}: the first chunk is the truncated encoding");
+        let second: f32 = full.slice([1..2, 77..154, 0..c]).abs().sum().into_scalar();
+        assert!(second > 0.0);
+        if let (Some(a), Some(b)) = (full_added, cut_added) {
+            let (a, b): (Vec<f32>, Vec<f32>) = (
+                a.text_embeds.into_data().try_to_vec::<f32>().expect("f32"),
+                b.text_embeds.into_data().try_to_vec::<f32>().expect("f32"),
+            );
+            assert_eq!(a, b, "{model}: pooled text from the first chunk");
+        }
+        // And it generates.
+        req.steps = 2;
+        assert_eq!(
+            generate(&sd, &req, &device, &mut |_, _| true).expect("generate").len(),
+            1
+        );
     }
 }

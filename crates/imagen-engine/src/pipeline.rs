@@ -39,6 +39,9 @@ pub struct GenerateRequest {
     pub rng: RngKind,
     pub num_images: usize,
     pub init: Option<InitImage>,
+    /// Prompts over 75 tokens: encode 75-token chunks separately and concatenate them (the
+    /// A1111/ComfyUI convention) instead of truncating as diffusers does.
+    pub long_prompt: bool,
 }
 
 /// Called after each step with (step, total); return `false` to cancel.
@@ -180,17 +183,38 @@ pub fn conditioning(
     device: &Device,
 ) -> Result<(Tensor<3>, Option<AddedCond>)> {
     let b = req.num_images;
-    let ids = |tok: &ClipTokenizer, text: &str| -> Result<(Tensor<2, Int>, usize)> {
-        let ids: Vec<i64> = tok.encode(text)?.into_iter().map(i64::from).collect();
-        let n = ids.len();
-        // CLIP pools at the first end-of-text token.
-        let eos = ids.iter().position(|&t| t == EOS as i64).unwrap_or(n.saturating_sub(1));
-        Ok((Tensor::from_data(TensorData::new(ids, [1, n]), device), eos))
+    // Chunks per text: 1 (truncate, as diffusers) unless long prompts are asked for; the prompt
+    // and the negative prompt get the same count so their contexts stack.
+    let chunks = if req.long_prompt {
+        sd.tokenizer
+            .num_chunks(&req.prompt)?
+            .max(sd.tokenizer.num_chunks(&req.negative_prompt)?)
+    } else {
+        1
+    };
+    // Token ids of every chunk, with each chunk's first end-of-text position (CLIP pools there).
+    let ids = |tok: &ClipTokenizer, text: &str| -> Result<Vec<(Tensor<2, Int>, usize)>> {
+        tok.encode_chunks(text, chunks)?
+            .into_iter()
+            .map(|ids| {
+                let n = ids.len();
+                let eos = ids.iter().position(|&t| t == EOS).unwrap_or(n.saturating_sub(1));
+                let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+                Ok((Tensor::from_data(TensorData::new(ids, [1, n]), device), eos))
+            })
+            .collect()
     };
     let repeat2 = |t: Tensor<2>| Tensor::cat(vec![t; b], 0);
     let repeat3 = |t: Tensor<3>| Tensor::cat(vec![t; b], 0);
     let Some((tok2, te2)) = &sd.text_encoder_2 else {
-        let encode = |text: &str| -> Result<Tensor<3>> { Ok(sd.text_encoder.forward(ids(&sd.tokenizer, text)?.0, 0)) };
+        // [1, 77 × chunks, hidden]
+        let encode = |text: &str| -> Result<Tensor<3>> {
+            let parts = ids(&sd.tokenizer, text)?
+                .into_iter()
+                .map(|(ids, _)| sd.text_encoder.forward(ids, 0))
+                .collect();
+            Ok(Tensor::cat(parts, 1))
+        };
         let cond = repeat3(encode(&req.prompt)?);
         let context = if cfg {
             Tensor::cat(vec![repeat3(encode(&req.negative_prompt)?), cond], 0)
@@ -199,15 +223,19 @@ pub fn conditioning(
         };
         return Ok((context, None));
     };
-    // SDXL: both encoders' penultimate states side by side; pooled text from the second.
+    // SDXL: both encoders' penultimate states side by side; pooled text from the second
+    // (of the first chunk).
     let encode = |text: &str| -> Result<(Tensor<3>, Tensor<2>)> {
-        let (h1, _) = sd
-            .text_encoder
-            .penultimate_and_projected(ids(&sd.tokenizer, text)?.0, &[]);
-        let (ids2, eos2) = ids(tok2, text)?;
-        let (h2, pooled) = te2.penultimate_and_projected(ids2, &[eos2]);
-        let pooled = pooled.ok_or_else(|| Error::BadInput("text_encoder_2 has no text_projection".into()))?;
-        Ok((Tensor::cat(vec![h1, h2], 2), pooled))
+        let mut parts = Vec::with_capacity(chunks);
+        let mut first_pooled = None;
+        for ((ids1, _), (ids2, eos2)) in ids(&sd.tokenizer, text)?.into_iter().zip(ids(tok2, text)?) {
+            let (h1, _) = sd.text_encoder.penultimate_and_projected(ids1, &[]);
+            let (h2, pooled) = te2.penultimate_and_projected(ids2, &[eos2]);
+            first_pooled = first_pooled.or(pooled);
+            parts.push(Tensor::cat(vec![h1, h2], 2));
+        }
+        let pooled = first_pooled.ok_or_else(|| Error::BadInput("text_encoder_2 has no text_projection".into()))?;
+        Ok((Tensor::cat(parts, 1), pooled))
     };
     let (ctx, pooled) = encode(&req.prompt)?;
     let (mut context, mut text) = (repeat3(ctx), repeat2(pooled));

@@ -125,6 +125,35 @@ impl ClipTokenizer {
         self.eos
     }
 
+    /// How many `max_len − 2`-token chunks `text` takes (at least 1).
+    pub fn num_chunks(&self, text: &str) -> Result<usize> {
+        let n = self.inner.encode(text, false).map_err(tok_err)?.get_ids().len();
+        Ok(n.div_ceil(self.max_len.saturating_sub(2).max(1)).max(1))
+    }
+
+    /// Long prompts the A1111/ComfyUI way: the tokens cut into chunks of `max_len − 2`, each
+    /// wrapped as `[bos, chunk…, eos, pad…]`, then empty chunks up to `chunks` (so a prompt and
+    /// its negative line up). With `chunks` = 1 this is [`encode`](Self::encode).
+    pub fn encode_chunks(&self, text: &str, chunks: usize) -> Result<Vec<Vec<u32>>> {
+        if chunks <= 1 {
+            return Ok(vec![self.encode(text)?]);
+        }
+        let enc = self.inner.encode(text, false).map_err(tok_err)?;
+        let per = self.max_len.saturating_sub(2).max(1);
+        let body = enc.get_ids();
+        Ok((0..chunks)
+            .map(|c| {
+                let part = body.get(c * per..((c + 1) * per).min(body.len())).unwrap_or(&[]);
+                let mut ids = Vec::with_capacity(self.max_len);
+                ids.push(self.bos);
+                ids.extend_from_slice(part);
+                ids.push(self.eos);
+                ids.resize(self.max_len, self.pad);
+                ids
+            })
+            .collect())
+    }
+
     /// `[bos, tokens…, eos, pad…]`, exactly `max_len` ids; long prompts are cut to fit.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, false).map_err(tok_err)?;

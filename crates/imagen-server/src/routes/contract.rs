@@ -43,6 +43,7 @@ pub struct GenerationBody {
     strength: Option<f64>,
     variation_strength: Option<f64>,
     mask: Option<String>,
+    long_prompt: Option<bool>,
 }
 
 impl GenerationBody {
@@ -99,6 +100,7 @@ impl GenerationBody {
             image,
             strength: self.strength.or(self.variation_strength),
             mask,
+            long_prompt: self.long_prompt.unwrap_or(false),
         })
     }
 }

@@ -40,6 +40,8 @@ pub struct Params {
     pub strength: Option<f64>,
     /// White = repaint (image-to-image only).
     pub mask: Option<GrayImage>,
+    /// Encode prompts over 75 tokens in chunks instead of truncating.
+    pub long_prompt: bool,
 }
 
 fn bad(field: &str, message: String) -> ApiError {
@@ -234,6 +236,7 @@ impl Params {
                 rng,
                 num_images,
                 init,
+                long_prompt: self.long_prompt,
             },
             output,
             response_format,
