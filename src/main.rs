@@ -13,6 +13,7 @@ use imagen_engine::pipeline::variations;
 use imagen_engine::rng::RngKind;
 use imagen_engine::scheduler::SamplerKind;
 use imagen_engine::{GenerateRequest, InitImage, generate};
+use imagen_models::lora::LoraFile;
 use imagen_models::{StableDiffusion, device};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -97,6 +98,9 @@ struct GenerateArgs {
     /// cpu, or wgpu for the GPU.
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// Merge a LoRA file (kohya or diffusers/PEFT names) at a scale (default 1); repeatable.
+    #[arg(long = "lora", value_name = "PATH[:SCALE]")]
+    loras: Vec<String>,
     /// Encode prompts over 75 tokens in 75-token chunks (A1111/ComfyUI) instead of truncating.
     #[arg(long)]
     long_prompt: bool,
@@ -163,7 +167,24 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         _ => None,
     };
     let device = device::by_name(&a.backend)?;
-    let sd = StableDiffusion::load(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
+    let loras = a
+        .loras
+        .iter()
+        .map(|spec| {
+            // PATH:SCALE, or just PATH (scale 1).
+            let (path, scale) = match spec.rsplit_once(':').map(|(p, s)| (p, s.parse::<f32>())) {
+                Some((p, Ok(s))) => (p, s),
+                _ => (spec.as_str(), 1.0),
+            };
+            let file = LoraFile::open(Path::new(path)).with_context(|| format!("loading LoRA {path}"))?;
+            Ok((file, scale))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut sd = StableDiffusion::load(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
+    if !loras.is_empty() {
+        let refs: Vec<(&LoraFile, f32)> = loras.iter().map(|(f, s)| (f, *s)).collect();
+        sd = sd.with_loras(&refs, &device)?;
+    }
     let native = sd.unet_config.sample_size * sd.vae_config.scale_factor();
     let (dw, dh) = source
         .as_ref()

@@ -158,3 +158,41 @@ fn help_documents_every_flag() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
+
+#[test]
+fn lora_flag_gives_diffusers_fused_image() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("lora.png");
+    let model = fixture("tiny-sd15");
+    let lora = format!("{}:0.5", fixture("loras/tiny-kohya.safetensors").display());
+    let o = imagen(&[
+        "generate",
+        "--model",
+        model.to_str().expect("utf8"),
+        "--prompt",
+        "a photograph of an astronaut riding a horse",
+        "--steps",
+        "5",
+        "--seed",
+        "21",
+        "--scheduler",
+        "euler",
+        "--lora",
+        &lora,
+        "--output",
+        out.to_str().expect("utf8"),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = image::open(&out).expect("png").to_rgb8();
+    let want = image::open(fixture("golden/generate/tiny-sd15-lora-0.5.png"))
+        .expect("golden")
+        .to_rgb8();
+    let max = got
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max();
+    assert!(max.is_some_and(|m| m <= 2), "max difference {max:?}");
+}

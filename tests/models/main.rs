@@ -4,6 +4,7 @@
 mod common;
 mod generate;
 mod loader;
+mod lora;
 mod parity;
 mod sdxl;
 mod tokenizer;

@@ -127,7 +127,8 @@ fn image_to_image_variations_and_formats() {
         .iter()
         .filter_map(|m| m["id"].as_str())
         .collect();
-    assert_eq!(ids, ["tiny-sd15", "tiny-sd2", "tiny-sdxl"]);
+    assert_eq!(ids, ["tiny-sd15", "tiny-sd2", "tiny-sdxl", "kohya", "peft"]);
+    assert_eq!(list["data"][3]["object"], "lora");
     let xl = s.get("/v1/models/tiny-sdxl", Some(&key)).json();
     assert_eq!(
         (xl["family"].as_str(), xl["default_guidance_scale"].as_f64()),
@@ -231,4 +232,39 @@ fn image_urls_are_fetched_only_when_allowed() {
         &json!({"prompt": PROMPT, "image": missing, "steps": 2}),
     )
     .assert_error(400, "bad_request");
+}
+
+#[test]
+fn loras_per_request_leave_the_base_model_untouched() {
+    let env = Env::new();
+    let key = env.key("pro", &[]);
+    let s = env.serve();
+    let base = json!({"prompt": PROMPT, "model": "tiny-sd15", "steps": 5, "seed": 21, "scheduler": "euler",
+                      "response_format": "b64_json"});
+    let image = |body: &Value| {
+        let r = s.post("/v1/text-to-image", &key, body);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        use base64::Engine as _;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(r.json()["images"][0]["b64_json"].as_str().expect("b64"))
+            .expect("base64");
+        image::load_from_memory(&png).expect("png").to_rgb8()
+    };
+    let before = image(&base);
+    for (name, scale, golden_png) in [
+        ("kohya", 0.5, "tiny-sd15-lora-0.5.png"),
+        ("peft", 1.0, "tiny-sd15-lora-1.0.png"),
+    ] {
+        let mut body = base.clone();
+        body["loras"] = json!([{"name": name, "scale": scale}]);
+        let (max, mean) = png_diff(&image(&body), &golden(golden_png));
+        assert!(max <= 2 && mean <= 0.1, "{name}: max {max} mean {mean}");
+    }
+    assert_eq!(image(&base), before, "the base output is unchanged after LoRA requests");
+    let mut bad = base.clone();
+    bad["loras"] = json!([{"name": "nope"}]);
+    s.post("/v1/text-to-image", &key, &bad).assert_error(400, "bad_request");
+    bad["loras"] = json!([{"name": "kohya"}]);
+    bad["model"] = json!("tiny-sdxl");
+    s.post("/v1/text-to-image", &key, &bad).assert_error(400, "bad_request");
 }

@@ -40,6 +40,14 @@ impl Env {
         for m in ["tiny-sd15", "tiny-sd2", "tiny-sdxl"] {
             copy_dir(&fixture(m), &models.join(m));
         }
+        // A LoRA in `loras/`, another at the top level, side by side with the model folders.
+        std::fs::create_dir_all(models.join("loras")).expect("loras");
+        std::fs::copy(
+            fixture("loras/tiny-kohya.safetensors"),
+            models.join("loras/kohya.safetensors"),
+        )
+        .expect("lora");
+        std::fs::copy(fixture("loras/tiny-peft.safetensors"), models.join("peft.safetensors")).expect("lora");
         let data = tmp.path().join("data");
         let config = (!toml.is_empty()).then(|| {
             let p = tmp.path().join("imagen.toml");

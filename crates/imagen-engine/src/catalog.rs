@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use imagen_models::DiffusersFolder;
+use imagen_models::lora::LoraFile;
 use serde::Serialize;
 
 use crate::error::Result;
@@ -65,10 +66,21 @@ impl ModelInfo {
     }
 }
 
+/// A LoRA file in the models directory (top level or `loras/`); its id is the file stem.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoraInfo {
+    pub id: String,
+    #[serde(skip)]
+    pub path: PathBuf,
+    /// `sdxl` when it patches a second text encoder, else `sd` (SD 1.x / 2.x).
+    pub base_family: String,
+}
+
 /// A models directory's contents.
 pub struct Scan {
     /// Every sub-folder that opens as a supported model, sorted by id.
     pub models: Vec<ModelInfo>,
+    pub loras: Vec<LoraInfo>,
     /// The ones that did not, with the reason (for the operator's log).
     pub skipped: Vec<(PathBuf, String)>,
 }
@@ -76,9 +88,34 @@ pub struct Scan {
 pub fn scan(dir: &Path) -> std::io::Result<Scan> {
     let mut models = Vec::new();
     let mut skipped = Vec::new();
+    let mut loras = Vec::new();
+    let lora_dir = dir.join("loras");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    if lora_dir.is_dir() {
+        files.extend(std::fs::read_dir(&lora_dir)?.filter_map(|e| e.ok().map(|e| e.path())));
+    }
+    for path in files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+    {
+        let id = path.file_stem().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        match LoraFile::probe(path) {
+            Some(xl) => loras.push(LoraInfo {
+                id,
+                path: path.clone(),
+                base_family: if xl { "sdxl" } else { "sd" }.into(),
+            }),
+            None => skipped.push((
+                path.clone(),
+                "not a LoRA file (single-file checkpoints are not supported yet)".into(),
+            )),
+        }
+    }
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if !path.is_dir() {
+        if !path.is_dir() || path == lora_dir {
             continue;
         }
         let Some(id) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
@@ -90,5 +127,6 @@ pub fn scan(dir: &Path) -> std::io::Result<Scan> {
         }
     }
     models.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(Scan { models, skipped })
+    loras.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Scan { models, loras, skipped })
 }

@@ -11,8 +11,9 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use burn::tensor::Device;
 use image::RgbImage;
 use imagen_models::StableDiffusion;
+use imagen_models::lora::LoraFile;
 
-use crate::catalog::ModelInfo;
+use crate::catalog::{LoraInfo, ModelInfo};
 use crate::error::{Error, Result};
 use crate::pipeline::{GenerateRequest, generate_seeded};
 
@@ -32,6 +33,8 @@ pub enum JobEvent {
 pub struct Job {
     /// A model id from the catalog.
     pub model: String,
+    /// LoRA ids from the catalog and their scales, merged for this job only.
+    pub loras: Vec<(String, f32)>,
     pub request: GenerateRequest,
     /// Called on the engine thread; keep it cheap (send on a channel, update a cell).
     pub events: Box<dyn FnMut(JobEvent) + Send>,
@@ -55,6 +58,7 @@ pub struct Engine {
 
 pub struct EngineConfig {
     pub models: Vec<ModelInfo>,
+    pub loras: Vec<LoraInfo>,
     /// `cpu` or `wgpu` (see `imagen_models::device`).
     pub backend: String,
     /// Jobs waiting beyond the one running.
@@ -74,6 +78,8 @@ impl Engine {
         let capacity = config.queue_capacity.max(1);
         let state = EngineThread {
             models: config.models.into_iter().map(|m| (m.id.clone(), m)).collect(),
+            lora_paths: config.loras.into_iter().map(|l| (l.id, l.path)).collect(),
+            lora_files: HashMap::new(),
             loaded: Vec::new(),
             device,
             max_loaded: config.max_loaded.max(1),
@@ -122,6 +128,9 @@ impl Engine {
 
 struct EngineThread {
     models: HashMap<String, ModelInfo>,
+    lora_paths: HashMap<String, std::path::PathBuf>,
+    /// Parsed LoRA files, kept once read (they are small next to a model).
+    lora_files: HashMap<String, Arc<LoraFile>>,
     /// Most recently used last.
     loaded: Vec<(String, Arc<StableDiffusion>)>,
     device: Device,
@@ -147,7 +156,20 @@ impl EngineThread {
     }
 
     fn run_job(&mut self, job: &mut Job) -> Result<Vec<Generated>> {
-        let sd = self.model(&job.model)?;
+        let mut sd = self.model(&job.model)?;
+        if !job.loras.is_empty() {
+            let files = job
+                .loras
+                .iter()
+                .map(|(id, scale)| Ok((self.lora(id)?, *scale)))
+                .collect::<Result<Vec<_>>>()?;
+            let refs: Vec<(&LoraFile, f32)> = files.iter().map(|(f, s)| (f.as_ref(), *s)).collect();
+            // A patched copy for this job; the loaded model stays as it is.
+            sd = Arc::new(
+                sd.with_loras(&refs, &self.device)
+                    .map_err(|e| Error::BadInput(format!("LoRA: {e}")))?,
+            );
+        }
         let events = &mut job.events;
         let mut progress = |step: usize, total: usize| {
             events(JobEvent::Progress { step, total });
@@ -158,6 +180,19 @@ impl EngineThread {
             .into_iter()
             .map(|(image, seed)| Generated { image, seed })
             .collect())
+    }
+
+    fn lora(&mut self, id: &str) -> Result<Arc<LoraFile>> {
+        if let Some(f) = self.lora_files.get(id) {
+            return Ok(f.clone());
+        }
+        let path = self
+            .lora_paths
+            .get(id)
+            .ok_or_else(|| Error::BadInput(format!("unknown LoRA {id:?}")))?;
+        let file = Arc::new(LoraFile::open(path).map_err(|e| Error::BadInput(format!("LoRA {id:?}: {e}")))?);
+        self.lora_files.insert(id.to_owned(), file.clone());
+        Ok(file)
     }
 
     /// The loaded model, loading it (and dropping the least recently used) when needed.

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::clip::{self, ClipTextConfig, ClipTextModel};
 use crate::config::read_json;
 use crate::error::{Error, Result};
+use crate::lora::{self, LoraFile, Target};
 use crate::tokenizer::ClipTokenizer;
 use crate::unet_2d::{self, UNet2DConditionConfig, UNet2DConditionModel};
 use crate::vae::{self, AutoencoderKL, AutoencoderKLConfig};
@@ -169,7 +170,9 @@ impl DiffusersFolder {
     }
 }
 
-/// Every component of a Stable Diffusion 1.x/2.x/XL pipeline, loaded and ready.
+/// Every component of a Stable Diffusion 1.x/2.x/XL pipeline, loaded and ready. Cloning is
+/// cheap: the weights are shared.
+#[derive(Clone)]
 pub struct StableDiffusion {
     pub folder: DiffusersFolder,
     pub tokenizer: ClipTokenizer,
@@ -205,6 +208,25 @@ impl StableDiffusion {
             vae_config,
             folder,
         })
+    }
+
+    /// A copy with `loras` (file, scale) merged into the UNet and text encoder(s); `self` is
+    /// unchanged, and unpatched weights are shared with it.
+    pub fn with_loras(&self, loras: &[(&LoraFile, f32)], device: &Device) -> Result<Self> {
+        let mut out = self.clone();
+        out.unet = lora::merge(out.unet, Target::Unet, loras, &unet_2d::checkpoint_keys, device)?;
+        out.text_encoder = lora::merge(
+            out.text_encoder,
+            Target::TextEncoder(0),
+            loras,
+            &clip::checkpoint_keys,
+            device,
+        )?;
+        if let Some((tok, te)) = out.text_encoder_2.take() {
+            let te = lora::merge(te, Target::TextEncoder(1), loras, &clip::checkpoint_keys, device)?;
+            out.text_encoder_2 = Some((tok, te));
+        }
+        Ok(out)
     }
 
     /// Parameters across the three networks (for reporting).

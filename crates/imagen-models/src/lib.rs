@@ -14,6 +14,7 @@ pub mod device;
 pub mod error;
 pub mod folder;
 pub mod layers;
+pub mod lora;
 pub mod tokenizer;
 pub mod unet_2d;
 pub mod vae;

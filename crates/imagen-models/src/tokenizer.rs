@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 const BOS: &str = "<|startoftext|>";
 const EOS: &str = "<|endoftext|>";
 
+#[derive(Clone)]
 pub struct ClipTokenizer {
     inner: Tokenizer,
     bos: u32,

@@ -278,7 +278,7 @@ fn strip_unit_dims(s: &[usize]) -> &[usize] {
     &s[..end]
 }
 
-fn transpose_2d(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose_2d(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; v.len()];
     for r in 0..rows {
         for c in 0..cols {

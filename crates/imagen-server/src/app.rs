@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use imagen_engine::catalog::{ModelInfo, scan};
+use imagen_engine::catalog::{LoraInfo, ModelInfo, scan};
 use imagen_engine::worker::{Engine, EngineConfig};
 
 use crate::config::Config;
@@ -19,6 +19,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub engine: Engine,
     pub models: Vec<ModelInfo>,
+    pub loras: Vec<LoraInfo>,
     /// Signs image URLs.
     pub secret: String,
     /// Base of image URLs (`public_url`, or the bound address).
@@ -70,6 +71,7 @@ pub async fn start(mut config: Config) -> Result<(tokio::net::TcpListener, Arc<A
         .or_else(|| found.models.first().map(|m| m.id.clone()));
     let engine = Engine::spawn(EngineConfig {
         models: found.models.clone(),
+        loras: found.loras.clone(),
         backend: config.backend.clone(),
         queue_capacity: config.limits.queue_capacity,
         max_loaded: config.limits.max_loaded_models,
@@ -82,6 +84,7 @@ pub async fn start(mut config: Config) -> Result<(tokio::net::TcpListener, Arc<A
         store,
         engine,
         models: found.models,
+        loras: found.loras,
         secret,
         progress: Mutex::new(HashMap::new()),
         webhooks,

@@ -31,6 +31,7 @@ pub enum ResponseFormat {
 pub struct Submission {
     pub key_id: String,
     pub model: String,
+    pub loras: Vec<(String, f32)>,
     pub request: GenerateRequest,
     pub output: OutputFormat,
     pub response_format: ResponseFormat,
@@ -58,6 +59,7 @@ pub fn submit(state: &Arc<AppState>, sub: Submission) -> Result<(Value, Option<o
         "status": "processing",
         "created_at": rfc3339(created),
         "model": sub.model,
+        "loras": sub.loras.iter().map(|(n, s)| json!({"name": n, "scale": s})).collect::<Vec<_>>(),
         "prompt": sub.request.prompt,
         "images": [],
         "response_format": match sub.response_format { ResponseFormat::Url => "url", ResponseFormat::B64Json => "b64_json" },
@@ -98,6 +100,7 @@ pub fn submit(state: &Arc<AppState>, sub: Submission) -> Result<(Value, Option<o
     };
     let job = Job {
         model: sub.model,
+        loras: sub.loras,
         request: sub.request,
         events: Box::new(events),
     };

@@ -44,6 +44,15 @@ pub struct GenerationBody {
     variation_strength: Option<f64>,
     mask: Option<String>,
     long_prompt: Option<bool>,
+    loras: Option<Vec<LoraSpec>>,
+}
+
+/// `{"name": <LoRA id from GET /v1/models>, "scale": 1.0}`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSpec {
+    name: String,
+    scale: Option<f32>,
 }
 
 impl GenerationBody {
@@ -101,6 +110,12 @@ impl GenerationBody {
             strength: self.strength.or(self.variation_strength),
             mask,
             long_prompt: self.long_prompt.unwrap_or(false),
+            loras: self
+                .loras
+                .unwrap_or_default()
+                .into_iter()
+                .map(|l| (l.name, l.scale.unwrap_or(1.0)))
+                .collect(),
         })
     }
 }

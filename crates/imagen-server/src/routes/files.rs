@@ -30,12 +30,18 @@ pub async fn list_models(State(state): State<Arc<AppState>>, Extension(caller): 
     if !keys::allows(&caller.0, "models", None) {
         return ApiError::new(Code::Forbidden, "this API key may not list models").into_response();
     }
-    let data: Vec<Value> = state
+    let mut data: Vec<Value> = state
         .models
         .iter()
         .filter(|m| keys::allows(&caller.0, "models", Some(&m.id)))
         .map(describe)
         .collect();
+    // LoRAs: pass them per request as `loras: [{"name": id, "scale": s}]`.
+    data.extend(state.loras.iter().map(|l| {
+        let mut v = serde_json::to_value(l).unwrap_or_else(|_| json!({}));
+        v["object"] = "lora".into();
+        v
+    }));
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 

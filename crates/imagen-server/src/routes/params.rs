@@ -42,7 +42,12 @@ pub struct Params {
     pub mask: Option<GrayImage>,
     /// Encode prompts over 75 tokens in chunks instead of truncating.
     pub long_prompt: bool,
+    /// (LoRA id, scale) merged for this request only.
+    pub loras: Vec<(String, f32)>,
 }
+
+/// At most this many LoRAs per request.
+const MAX_LORAS: usize = 8;
 
 fn bad(field: &str, message: String) -> ApiError {
     ApiError::bad_request(message).with_details(json!({ "field": field }))
@@ -76,6 +81,37 @@ impl Params {
                 Code::Forbidden,
                 format!("this API key may not use {endpoint} with model {:?}", model.id),
             ));
+        }
+        if self.loras.len() > MAX_LORAS {
+            return Err(limit(
+                "loras",
+                format!("at most {MAX_LORAS} LoRAs per request"),
+                MAX_LORAS,
+            ));
+        }
+        for (name, scale) in &self.loras {
+            let Some(info) = state.loras.iter().find(|l| &l.id == name) else {
+                let known: Vec<&str> = state.loras.iter().map(|l| l.id.as_str()).collect();
+                return Err(bad(
+                    "loras",
+                    format!("unknown LoRA {name:?} (available: {})", known.join(", ")),
+                ));
+            };
+            if (info.base_family == "sdxl") != (model.family == "sdxl") {
+                return Err(bad(
+                    "loras",
+                    format!(
+                        "LoRA {name:?} is for {} models, {:?} is {}",
+                        info.base_family, model.id, model.family
+                    ),
+                ));
+            }
+            if !scale.is_finite() || scale.abs() > 4.0 {
+                return Err(bad(
+                    "loras",
+                    format!("LoRA scale must be between -4 and 4 (got {scale})"),
+                ));
+            }
         }
         let prompt = self.prompt.unwrap_or_default();
         if endpoint != "variations" && prompt.trim().is_empty() {
@@ -224,6 +260,7 @@ impl Params {
         Ok(Submission {
             key_id: key.id.clone(),
             model: model.id.clone(),
+            loras: self.loras,
             request: GenerateRequest {
                 prompt,
                 negative_prompt: negative,
