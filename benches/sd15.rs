@@ -1,7 +1,11 @@
-//! Full-size SD 1.5 UNet and VAE decoder with random weights (same FLOPs as the real model; no
-//! download), timed on one backend. The PyTorch side is `tools/reference/bench_torch.py`.
+//! Full-size SD 1.5 UNet and VAE decoder, and the SDXL UNet, with random weights (same FLOPs as
+//! the real models; no download), timed on one backend. The PyTorch side is
+//! `tools/reference/bench_torch.py`.
 //!
-//!     cargo bench --bench sd15 -- [--runs 3] [--backend cpu|wgpu] [--only unet|vae-decode]
+//!     cargo bench --bench sd15 -- [--runs 3] [--backend cpu|wgpu] [--only unet|vae-decode|sdxl-unet]
+//!
+//! `sdxl-unet` (not run unless asked: ~10 GiB of weights) is one step at 1024² without CFG
+//! (128×128 latents, batch 1).
 //!
 //! Prints one JSON line per component: median and every run in seconds.
 
@@ -9,7 +13,7 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use imagen_models::device;
-use imagen_models::unet_2d::UNet2DConditionConfig;
+use imagen_models::unet_2d::{AddedCond, UNet2DConditionConfig};
 use imagen_models::vae::AutoencoderKLConfig;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -55,6 +59,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let context = Tensor::<3>::random([2, 77, 768], Distribution::Normal(0.0, 1.0), &device);
         let r = time(runs, || unet.forward(latents.clone(), &[981.0], &context));
         report("unet", &backend, "2x4x64x64", r);
+    }
+    if only.as_deref() == Some("sdxl-unet") {
+        let unet = UNet2DConditionConfig::sdxl().init(&device);
+        let latents = Tensor::<4>::random([1, 4, 128, 128], Distribution::Normal(0.0, 1.0), &device);
+        let context = Tensor::<3>::random([1, 77, 2048], Distribution::Normal(0.0, 1.0), &device);
+        let cond = AddedCond {
+            text_embeds: Tensor::random([1, 1280], Distribution::Normal(0.0, 1.0), &device),
+            time_ids: vec![[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]],
+        };
+        let r = time(runs, || {
+            unet.forward_with(latents.clone(), &[981.0], &context, Some(&cond), None)
+        });
+        report("sdxl-unet", &backend, "1x4x128x128", r);
     }
     if want("vae-decode") {
         let vae = AutoencoderKLConfig::sd().init(&device);

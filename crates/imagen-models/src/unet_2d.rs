@@ -138,6 +138,28 @@ impl UNet2DConditionConfig {
             .with_sample_size(96)
     }
 
+    /// SDXL base (`stabilityai/stable-diffusion-xl-base-1.0`).
+    pub fn sdxl() -> Self {
+        let mut c = Self::default()
+            .with_cross_attention_dim(2048)
+            .with_attention_head_dim(vec![5, 10, 20])
+            .with_linear_projection(true)
+            .with_sample_size(128);
+        c.upcast_attention = false;
+        c.block_out_channels = vec![320, 640, 1280];
+        c.down_block_types = ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+            .map(String::from)
+            .to_vec();
+        c.up_block_types = ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
+            .map(String::from)
+            .to_vec();
+        c.transformer_layers_per_block = OneOrMany::Many(vec![1, 2, 10]);
+        c.addition_embed_type = Some("text_time".into());
+        c.addition_time_embed_dim = Some(256);
+        c.projection_class_embeddings_input_dim = Some(2816);
+        c
+    }
+
     pub fn with_cross_attention_dim(mut self, dim: usize) -> Self {
         self.cross_attention_dim = OneOrMany::One(dim);
         self
