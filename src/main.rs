@@ -46,9 +46,14 @@ enum Command {
 
 #[derive(clap::Args)]
 struct GenerateArgs {
-    /// The diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+    /// The diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/),
+    /// or a single-file SD 1.x checkpoint (.safetensors, LDM layout) with --config.
     #[arg(long)]
     model: PathBuf,
+    /// For a single-file --model: a diffusers folder of the same architecture whose configs,
+    /// tokenizer and scheduler to use (its weights are not read).
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// What to draw. Optional with --variations-of.
     #[arg(long, default_value = "")]
     prompt: String,
@@ -180,7 +185,18 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             Ok((file, scale))
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut sd = StableDiffusion::load(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
+    let mut sd = if a.model.is_file() {
+        let Some(config) = &a.config else {
+            bail!(
+                "{} is a single file: pass --config <diffusers folder of the same architecture>",
+                a.model.display()
+            );
+        };
+        StableDiffusion::load_single_file(&a.model, config, &device)
+    } else {
+        StableDiffusion::load(&a.model, &device)
+    }
+    .with_context(|| format!("loading {}", a.model.display()))?;
     if !loras.is_empty() {
         let refs: Vec<(&LoraFile, f32)> = loras.iter().map(|(f, s)| (f, *s)).collect();
         sd = sd.with_loras(&refs, &device)?;

@@ -196,3 +196,30 @@ fn lora_flag_gives_diffusers_fused_image() {
         .max();
     assert!(max.is_some_and(|m| m <= 2), "max difference {max:?}");
 }
+
+#[test]
+fn single_file_model_needs_and_uses_a_config_folder() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("single.png");
+    let file = fixture("single-file/tiny-sd15.safetensors");
+    let config = fixture("tiny-sd15");
+    let mut args = generate_args(file.to_str().expect("utf8"), out.to_str().expect("utf8"));
+    let o = imagen(&args);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--config"));
+    args.extend(["--config", config.to_str().expect("utf8"), "--scheduler", "euler"]);
+    args.extend(["--negative-prompt", "blurry, low quality"]);
+    let o = imagen(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = image::open(&out).expect("png").to_rgb8();
+    let want = image::open(fixture("golden/generate/tiny-sd15-euler-txt2img.png"))
+        .expect("golden")
+        .to_rgb8();
+    let max = got
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max();
+    assert!(max.is_some_and(|m| m <= 2), "max difference {max:?}");
+}

@@ -12,6 +12,7 @@ use crate::clip::{self, ClipTextConfig, ClipTextModel};
 use crate::config::read_json;
 use crate::error::{Error, Result};
 use crate::lora::{self, LoraFile, Target};
+use crate::single_file::{self, Arch};
 use crate::tokenizer::ClipTokenizer;
 use crate::unet_2d::{self, UNet2DConditionConfig, UNet2DConditionModel};
 use crate::vae::{self, AutoencoderKL, AutoencoderKLConfig};
@@ -204,6 +205,51 @@ impl StableDiffusion {
             text_encoder_2,
             unet: folder.load_unet_with(&unet_config, device)?,
             vae: folder.load_vae_with(&vae_config, device)?,
+            unet_config,
+            vae_config,
+            folder,
+        })
+    }
+
+    /// A single-file checkpoint (original LDM layout, as A1111/CivitAI ship them), with the
+    /// configs, tokenizer and scheduler of `config`, a diffusers folder of the same architecture
+    /// (its weights are not read). SD 1.x files only for now: SD 2.x and SDXL files keep their
+    /// text encoders in OpenCLIP's layout (fused q/k/v), which the loader does not split yet.
+    pub fn load_single_file(file: &Path, config: &Path, device: &Device) -> Result<Self> {
+        let folder = DiffusersFolder::open(config)?;
+        let weights = Weights::open(&[file.to_owned()])?;
+        match single_file::detect(&weights)? {
+            Arch::Sd1 if !folder.is_xl() => {}
+            arch => {
+                return Err(Error::Folder(format!(
+                    "{}: single-file {arch:?} checkpoints are not supported yet (SD 1.x only); convert it to a \
+                     diffusers folder",
+                    file.display()
+                )));
+            }
+        }
+        let (unet_config, vae_config) = (folder.unet_config()?, folder.vae_config()?);
+        let te_config = folder.text_encoder_config()?;
+        let unet_keys = |p: &str| -> Vec<String> {
+            unet_2d::checkpoint_keys(p)
+                .iter()
+                .map(|k| format!("model.diffusion_model.{}", single_file::unet_key(k, &unet_config)))
+                .collect()
+        };
+        let vae_keys = |p: &str| -> Vec<String> {
+            vae::checkpoint_keys(p)
+                .iter()
+                .take(1)
+                .map(|k| format!("first_stage_model.{}", single_file::vae_key(k, &vae_config)))
+                .collect()
+        };
+        let te_keys = |p: &str| vec![format!("cond_stage_model.transformer.text_model.{p}")];
+        Ok(StableDiffusion {
+            tokenizer: folder.tokenizer()?,
+            text_encoder: load_module(te_config.init(device), &weights, "text_encoder", &te_keys, device)?,
+            text_encoder_2: None,
+            unet: load_module(unet_config.init(device), &weights, "unet", &unet_keys, device)?,
+            vae: load_module(vae_config.init(device), &weights, "vae", &vae_keys, device)?,
             unet_config,
             vae_config,
             folder,

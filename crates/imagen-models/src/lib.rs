@@ -15,6 +15,7 @@ pub mod error;
 pub mod folder;
 pub mod layers;
 pub mod lora;
+pub mod single_file;
 pub mod tokenizer;
 pub mod unet_2d;
 pub mod vae;
