@@ -127,8 +127,24 @@ fn image_to_image_variations_and_formats() {
         .iter()
         .filter_map(|m| m["id"].as_str())
         .collect();
-    assert_eq!(ids, ["tiny-sd15", "tiny-sd2", "tiny-sdxl", "kohya", "peft"]);
-    assert_eq!(list["data"][3]["object"], "lora");
+    assert_eq!(ids, ["single", "tiny-sd15", "tiny-sd2", "tiny-sdxl", "kohya", "peft"]);
+    assert_eq!(list["data"][4]["object"], "lora");
+    assert_eq!(
+        (list["data"][0]["format"].as_str(), list["data"][0]["family"].as_str()),
+        (Some("single-file"), Some("sd15"))
+    );
+    assert_eq!(list["data"][1]["format"], "diffusers");
+    // The single file serves the same image as the folder it was converted from.
+    let one = |model: &str| {
+        let r = s.post(
+            "/v1/text-to-image",
+            &key,
+            &json!({"prompt": PROMPT, "model": model, "steps": 3, "seed": 5}),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        s.get(r.json()["images"][0]["url"].as_str().expect("url"), None).body
+    };
+    assert_eq!(one("single"), one("tiny-sd15"));
     let xl = s.get("/v1/models/tiny-sdxl", Some(&key)).json();
     assert_eq!(
         (xl["family"].as_str(), xl["default_guidance_scale"].as_f64()),

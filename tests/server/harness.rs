@@ -48,6 +48,13 @@ impl Env {
         )
         .expect("lora");
         std::fs::copy(fixture("loras/tiny-peft.safetensors"), models.join("peft.safetensors")).expect("lora");
+        // A single-file checkpoint with its sidecar naming the config folder.
+        std::fs::copy(
+            fixture("single-file/tiny-sd15.safetensors"),
+            models.join("single.safetensors"),
+        )
+        .expect("ckpt");
+        std::fs::write(models.join("single.json"), r#"{"config": "tiny-sd15"}"#).expect("sidecar");
         let data = tmp.path().join("data");
         let config = (!toml.is_empty()).then(|| {
             let p = tmp.path().join("imagen.toml");

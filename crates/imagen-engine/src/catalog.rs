@@ -14,8 +14,14 @@ use crate::scheduler::{SamplerKind, SchedulerConfig};
 pub struct ModelInfo {
     /// The folder's name.
     pub id: String,
+    /// The diffusers folder (for a single-file checkpoint: the folder its configs come from).
     #[serde(skip)]
     pub path: PathBuf,
+    /// A single-file checkpoint's weights.
+    #[serde(skip)]
+    pub single_file: Option<PathBuf>,
+    /// `diffusers` (a folder) or `single-file`.
+    pub format: String,
     /// `sd15` (OpenAI CLIP text encoder, quick-GELU), `sd21` (OpenCLIP text encoder, GELU,
     /// v-prediction), `sd21-base` (OpenCLIP, ε-prediction), `sdxl` (two text encoders).
     pub family: String,
@@ -56,6 +62,8 @@ impl ModelInfo {
         Ok(ModelInfo {
             id: id.to_owned(),
             path: path.to_owned(),
+            single_file: None,
+            format: "diffusers".into(),
             family: family.into(),
             native_size: unet.sample_size * vae.scale_factor(),
             prediction_type: sched.prediction_type.clone(),
@@ -74,6 +82,32 @@ pub struct LoraInfo {
     pub path: PathBuf,
     /// `sdxl` when it patches a second text encoder, else `sd` (SD 1.x / 2.x).
     pub base_family: String,
+}
+
+/// A single-file checkpoint `ID.safetensors` with its sidecar `ID.json`:
+/// `{"config": "<model id in this directory, or a path>"}`, the diffusers folder of the same
+/// architecture whose configs, tokenizer and scheduler it uses.
+fn single_file(dir: &Path, file: &Path, id: &str) -> std::result::Result<ModelInfo, String> {
+    let sidecar = file.with_extension("json");
+    let text = std::fs::read_to_string(&sidecar).map_err(|_| {
+        format!(
+            "a single-file checkpoint needs {} naming its config folder: {{\"config\": \"<model id or path>\"}}",
+            sidecar.display()
+        )
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", sidecar.display()))?;
+    let config = v["config"]
+        .as_str()
+        .ok_or_else(|| format!("{}: no \"config\"", sidecar.display()))?;
+    let config = if dir.join(config).is_dir() {
+        dir.join(config)
+    } else {
+        PathBuf::from(config)
+    };
+    let mut info = ModelInfo::describe(id, &config).map_err(|e| e.to_string())?;
+    info.single_file = Some(file.to_owned());
+    info.format = "single-file".into();
+    Ok(info)
 }
 
 /// A models directory's contents.
@@ -107,10 +141,10 @@ pub fn scan(dir: &Path) -> std::io::Result<Scan> {
                 path: path.clone(),
                 base_family: if xl { "sdxl" } else { "sd" }.into(),
             }),
-            None => skipped.push((
-                path.clone(),
-                "not a LoRA file (single-file checkpoints are not supported yet)".into(),
-            )),
+            None => match single_file(dir, path, &id) {
+                Ok(info) => models.push(info),
+                Err(why) => skipped.push((path.clone(), why)),
+            },
         }
     }
     for entry in std::fs::read_dir(dir)? {

@@ -210,7 +210,10 @@ impl EngineThread {
         if self.loaded.len() >= self.max_loaded {
             self.loaded.remove(0);
         }
-        let sd = Arc::new(StableDiffusion::load(&info.path, &self.device)?);
+        let sd = Arc::new(match &info.single_file {
+            Some(file) => StableDiffusion::load_single_file(file, &info.path, &self.device)?,
+            None => StableDiffusion::load(&info.path, &self.device)?,
+        });
         self.loaded.push((id.to_owned(), sd.clone()));
         self.ready.store(true, Ordering::SeqCst);
         Ok(sd)
