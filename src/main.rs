@@ -47,13 +47,17 @@ enum Command {
 #[derive(clap::Args)]
 struct GenerateArgs {
     /// The diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/),
-    /// or a single-file SD 1.x checkpoint (.safetensors, LDM layout) with --config.
+    /// or a single-file SD 1.x / 2.x / XL checkpoint (.safetensors, LDM/SGM layout) with --config.
     #[arg(long)]
     model: PathBuf,
     /// For a single-file --model: a diffusers folder of the same architecture whose configs,
     /// tokenizer and scheduler to use (its weights are not read).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Override the scheduler config's prediction type: epsilon or v_prediction (e.g. a single
+    /// file from a v-prediction model with an epsilon config folder).
+    #[arg(long)]
+    prediction_type: Option<String>,
     /// What to draw. Optional with --variations-of.
     #[arg(long, default_value = "")]
     prompt: String,
@@ -197,6 +201,12 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         StableDiffusion::load(&a.model, &device)
     }
     .with_context(|| format!("loading {}", a.model.display()))?;
+    if let Some(p) = &a.prediction_type {
+        if !matches!(p.as_str(), "epsilon" | "v_prediction") {
+            bail!("--prediction-type must be epsilon or v_prediction (got {p:?})");
+        }
+        sd.prediction_type = Some(p.clone());
+    }
     if !loras.is_empty() {
         let refs: Vec<(&LoraFile, f32)> = loras.iter().map(|(f, s)| (f, *s)).collect();
         sd = sd.with_loras(&refs, &device)?;

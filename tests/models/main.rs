@@ -7,4 +7,5 @@ mod loader;
 mod lora;
 mod parity;
 mod sdxl;
+mod single_file;
 mod tokenizer;

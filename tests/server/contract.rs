@@ -127,13 +127,42 @@ fn image_to_image_variations_and_formats() {
         .iter()
         .filter_map(|m| m["id"].as_str())
         .collect();
-    assert_eq!(ids, ["single", "tiny-sd15", "tiny-sd2", "tiny-sdxl", "kohya", "peft"]);
-    assert_eq!(list["data"][4]["object"], "lora");
+    assert_eq!(
+        ids,
+        [
+            "single",
+            "single-v",
+            "single-xl",
+            "tiny-sd15",
+            "tiny-sd2",
+            "tiny-sdxl",
+            "kohya",
+            "peft"
+        ]
+    );
+    assert_eq!(list["data"][6]["object"], "lora");
+    assert_eq!(
+        (list["data"][2]["family"].as_str(), list["data"][2]["format"].as_str()),
+        (Some("sdxl"), Some("single-file"))
+    );
+    assert_eq!(list["data"][1]["prediction_type"], "v_prediction");
+    // The sidecar's v-prediction: diffusers' image with the scheduler's prediction_type replaced.
+    let r = s.post(
+        "/v1/text-to-image",
+        &key,
+        &json!({"prompt": PROMPT, "model": "single-v", "steps": 4, "seed": 4, "scheduler": "euler"}),
+    );
+    let png = s.get(r.json()["images"][0]["url"].as_str().expect("url"), None).body;
+    let (max, mean) = png_diff(
+        &image::load_from_memory(&png).expect("png").to_rgb8(),
+        &golden("tiny-sd15-vpred-override.png"),
+    );
+    assert!(max <= 2 && mean <= 0.1, "v override: max {max} mean {mean}");
     assert_eq!(
         (list["data"][0]["format"].as_str(), list["data"][0]["family"].as_str()),
         (Some("single-file"), Some("sd15"))
     );
-    assert_eq!(list["data"][1]["format"], "diffusers");
+    assert_eq!(list["data"][3]["format"], "diffusers");
     // The single file serves the same image as the folder it was converted from.
     let one = |model: &str| {
         let r = s.post(
@@ -150,20 +179,23 @@ fn image_to_image_variations_and_formats() {
         (xl["family"].as_str(), xl["default_guidance_scale"].as_f64()),
         (Some("sdxl"), Some(5.0))
     );
-    // SDXL through the API: diffusers' StableDiffusionXLPipeline image.
-    let r = s.post(
-        "/v1/text-to-image",
-        &key,
-        &json!({"prompt": PROMPT, "model": "tiny-sdxl", "steps": 5, "seed": 42, "width": 80, "height": 48,
-                "negative_prompt": "blurry, low quality", "response_format": "b64_json"}),
-    );
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(r.json()["images"][0]["b64_json"].as_str().expect("b64"))
-        .expect("base64");
-    let got = image::load_from_memory(&png).expect("png").to_rgb8();
-    let (max, mean) = png_diff(&got, &golden("tiny-sdxl-txt2img-neg.png"));
-    assert!(max <= 2 && mean <= 0.1, "sdxl: max {max} mean {mean}");
+    // SDXL through the API, from the folder and from the single file: diffusers'
+    // StableDiffusionXLPipeline image.
+    for model in ["tiny-sdxl", "single-xl"] {
+        let r = s.post(
+            "/v1/text-to-image",
+            &key,
+            &json!({"prompt": PROMPT, "model": model, "steps": 5, "seed": 42, "width": 80, "height": 48,
+                    "negative_prompt": "blurry, low quality", "response_format": "b64_json"}),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(r.json()["images"][0]["b64_json"].as_str().expect("b64"))
+            .expect("base64");
+        let got = image::load_from_memory(&png).expect("png").to_rgb8();
+        let (max, mean) = png_diff(&got, &golden("tiny-sdxl-txt2img-neg.png"));
+        assert!(max <= 2 && mean <= 0.1, "{model}: max {max} mean {mean}");
+    }
     let sd2 = s.get("/v1/models/tiny-sd2", Some(&key)).json();
     assert_eq!(sd2["family"], "sd21");
     assert_eq!(sd2["default_scheduler"], "ddim");

@@ -55,6 +55,22 @@ impl Env {
         )
         .expect("ckpt");
         std::fs::write(models.join("single.json"), r#"{"config": "tiny-sd15"}"#).expect("sidecar");
+        std::fs::copy(
+            fixture("single-file/tiny-sdxl.safetensors"),
+            models.join("single-xl.safetensors"),
+        )
+        .expect("ckpt");
+        std::fs::write(models.join("single-xl.json"), r#"{"config": "tiny-sdxl"}"#).expect("sidecar");
+        std::fs::copy(
+            fixture("single-file/tiny-sd15.safetensors"),
+            models.join("single-v.safetensors"),
+        )
+        .expect("ckpt");
+        std::fs::write(
+            models.join("single-v.json"),
+            r#"{"config": "tiny-sd15", "prediction_type": "v_prediction"}"#,
+        )
+        .expect("sidecar");
         let data = tmp.path().join("data");
         let config = (!toml.is_empty()).then(|| {
             let p = tmp.path().join("imagen.toml");

@@ -20,6 +20,9 @@ pub struct ModelInfo {
     /// A single-file checkpoint's weights.
     #[serde(skip)]
     pub single_file: Option<PathBuf>,
+    /// The sidecar's `prediction_type`, overriding the config folder's scheduler.
+    #[serde(skip)]
+    pub prediction_override: Option<String>,
     /// `diffusers` (a folder) or `single-file`.
     pub format: String,
     /// `sd15` (OpenAI CLIP text encoder, quick-GELU), `sd21` (OpenCLIP text encoder, GELU,
@@ -63,6 +66,7 @@ impl ModelInfo {
             id: id.to_owned(),
             path: path.to_owned(),
             single_file: None,
+            prediction_override: None,
             format: "diffusers".into(),
             family: family.into(),
             native_size: unet.sample_size * vae.scale_factor(),
@@ -85,8 +89,9 @@ pub struct LoraInfo {
 }
 
 /// A single-file checkpoint `ID.safetensors` with its sidecar `ID.json`:
-/// `{"config": "<model id in this directory, or a path>"}`, the diffusers folder of the same
-/// architecture whose configs, tokenizer and scheduler it uses.
+/// `{"config": "<model id in this directory, or a path>", "prediction_type": "v_prediction"?}`:
+/// the diffusers folder of the same architecture whose configs, tokenizer and scheduler it uses,
+/// and optionally the prediction type when it differs from that folder's.
 fn single_file(dir: &Path, file: &Path, id: &str) -> std::result::Result<ModelInfo, String> {
     let sidecar = file.with_extension("json");
     let text = std::fs::read_to_string(&sidecar).map_err(|_| {
@@ -106,6 +111,16 @@ fn single_file(dir: &Path, file: &Path, id: &str) -> std::result::Result<ModelIn
     };
     let mut info = ModelInfo::describe(id, &config).map_err(|e| e.to_string())?;
     info.single_file = Some(file.to_owned());
+    if let Some(p) = v["prediction_type"].as_str() {
+        if !matches!(p, "epsilon" | "v_prediction") {
+            return Err(format!(
+                "{}: prediction_type {p:?} (epsilon or v_prediction)",
+                sidecar.display()
+            ));
+        }
+        info.prediction_type = p.to_owned();
+        info.prediction_override = Some(p.to_owned());
+    }
     info.format = "single-file".into();
     Ok(info)
 }

@@ -49,7 +49,10 @@ pub type Progress<'a> = &'a mut dyn FnMut(usize, usize) -> bool;
 
 /// The sampler a request gets: the one it names, else the model folder's own.
 pub fn sampler_for(sd: &StableDiffusion, req: &GenerateRequest) -> Result<Sampler> {
-    let config: SchedulerConfig = sd.folder.component_config("scheduler")?;
+    let mut config: SchedulerConfig = sd.folder.component_config("scheduler")?;
+    if let Some(p) = &sd.prediction_type {
+        config.prediction_type = p.clone();
+    }
     let kind = match req.scheduler {
         Some(k) => k,
         None => SamplerKind::from_config(&config)?,

@@ -210,10 +210,12 @@ impl EngineThread {
         if self.loaded.len() >= self.max_loaded {
             self.loaded.remove(0);
         }
-        let sd = Arc::new(match &info.single_file {
+        let mut sd = match &info.single_file {
             Some(file) => StableDiffusion::load_single_file(file, &info.path, &self.device)?,
             None => StableDiffusion::load(&info.path, &self.device)?,
-        });
+        };
+        sd.prediction_type = info.prediction_override.clone();
+        let sd = Arc::new(sd);
         self.loaded.push((id.to_owned(), sd.clone()));
         self.ready.store(true, Ordering::SeqCst);
         Ok(sd)

@@ -184,6 +184,9 @@ pub struct StableDiffusion {
     pub vae: AutoencoderKL,
     pub unet_config: UNet2DConditionConfig,
     pub vae_config: AutoencoderKLConfig,
+    /// Overrides the scheduler config's `prediction_type` (a single file converted from a
+    /// v-prediction model, with a config folder that says epsilon).
+    pub prediction_type: Option<String>,
 }
 
 impl StableDiffusion {
@@ -208,28 +211,32 @@ impl StableDiffusion {
             unet_config,
             vae_config,
             folder,
+            prediction_type: None,
         })
     }
 
     /// A single-file checkpoint (original LDM layout, as A1111/CivitAI ship them), with the
     /// configs, tokenizer and scheduler of `config`, a diffusers folder of the same architecture
-    /// (its weights are not read). SD 1.x files only for now: SD 2.x and SDXL files keep their
-    /// text encoders in OpenCLIP's layout (fused q/k/v), which the loader does not split yet.
+    /// (its weights are not read). SD 1.x, 2.x (OpenCLIP text tower) and SDXL (SGM
+    /// `conditioner.embedders`) files; the architecture is read from the keys and must match.
     pub fn load_single_file(file: &Path, config: &Path, device: &Device) -> Result<Self> {
         let folder = DiffusersFolder::open(config)?;
         let weights = Weights::open(&[file.to_owned()])?;
-        match single_file::detect(&weights)? {
-            Arch::Sd1 if !folder.is_xl() => {}
-            arch => {
-                return Err(Error::Folder(format!(
-                    "{}: single-file {arch:?} checkpoints are not supported yet (SD 1.x only); convert it to a \
-                     diffusers folder",
-                    file.display()
-                )));
-            }
+        let arch = single_file::detect(&weights)?;
+        let te_config = folder.text_encoder_config()?;
+        let folder_arch = match (folder.is_xl(), te_config.hidden_act.as_str()) {
+            (true, _) => Arch::Sdxl,
+            (false, "quick_gelu") => Arch::Sd1,
+            _ => Arch::Sd2,
+        };
+        if arch != folder_arch {
+            return Err(Error::Folder(format!(
+                "{} is a single-file {arch:?} checkpoint but {} is a {folder_arch:?} folder",
+                file.display(),
+                config.display()
+            )));
         }
         let (unet_config, vae_config) = (folder.unet_config()?, folder.vae_config()?);
-        let te_config = folder.text_encoder_config()?;
         let unet_keys = |p: &str| -> Vec<String> {
             unet_2d::checkpoint_keys(p)
                 .iter()
@@ -243,16 +250,57 @@ impl StableDiffusion {
                 .map(|k| format!("first_stage_model.{}", single_file::vae_key(k, &vae_config)))
                 .collect()
         };
-        let te_keys = |p: &str| vec![format!("cond_stage_model.transformer.text_model.{p}")];
+        // Hugging Face CLIP (SD 1.x, SDXL's first) or OpenCLIP (SD 2.x, SDXL's second) layouts.
+        let hf = |prefix: &'static str| move |p: &str| vec![format!("{prefix}text_model.{p}")];
+        let oc = |prefix: &'static str| move |p: &str| vec![format!("{prefix}{}", single_file::open_clip_key(p))];
+        let text_encoder = match arch {
+            Arch::Sd1 => load_module(
+                te_config.init(device),
+                &weights,
+                "text_encoder",
+                &hf("cond_stage_model.transformer."),
+                device,
+            )?,
+            Arch::Sd2 => load_module(
+                te_config.init(device),
+                &weights,
+                "text_encoder",
+                &oc("cond_stage_model.model."),
+                device,
+            )?,
+            Arch::Sdxl => load_module(
+                te_config.init(device),
+                &weights,
+                "text_encoder",
+                &hf("conditioner.embedders.0.transformer."),
+                device,
+            )?,
+        };
+        let text_encoder_2 = if arch == Arch::Sdxl {
+            let c = folder.clip_config("text_encoder_2")?;
+            Some((
+                ClipTokenizer::from_dir(&folder.root.join("tokenizer_2"))?,
+                load_module(
+                    c.init(device),
+                    &weights,
+                    "text_encoder_2",
+                    &oc("conditioner.embedders.1.model."),
+                    device,
+                )?,
+            ))
+        } else {
+            None
+        };
         Ok(StableDiffusion {
             tokenizer: folder.tokenizer()?,
-            text_encoder: load_module(te_config.init(device), &weights, "text_encoder", &te_keys, device)?,
-            text_encoder_2: None,
+            text_encoder,
+            text_encoder_2,
             unet: load_module(unet_config.init(device), &weights, "unet", &unet_keys, device)?,
             vae: load_module(vae_config.init(device), &weights, "vae", &vae_keys, device)?,
             unet_config,
             vae_config,
             folder,
+            prediction_type: None,
         })
     }
 

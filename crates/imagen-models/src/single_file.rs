@@ -114,6 +114,42 @@ pub fn unet_key(key: &str, c: &UNet2DConditionConfig) -> String {
     key.to_owned()
 }
 
+/// Hugging Face CLIP text-model path (without `text_model.`) → OpenCLIP text-tower key, with
+/// the loader's views for the fused q/k/v (`#rows=k/3`) and `text_projection` (`#T`).
+pub fn open_clip_key(key: &str) -> String {
+    for (hf, oc) in [
+        ("embeddings.token_embedding.weight", "token_embedding.weight"),
+        ("embeddings.position_embedding.weight", "positional_embedding"),
+        ("final_layer_norm.", "ln_final."),
+        ("text_projection.weight", "text_projection#T"),
+    ] {
+        if let Some(rest) = key.strip_prefix(hf) {
+            return format!("{oc}{rest}");
+        }
+    }
+    let Some((i, rest)) = indexed(key, "encoder.layers.") else {
+        return key.to_owned();
+    };
+    let block = format!("transformer.resblocks.{i}.");
+    for (n, p) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
+        if let Some(kind) = rest.strip_prefix(&format!("self_attn.{p}.")) {
+            return format!("{block}attn.in_proj_{kind}#rows={n}/3");
+        }
+    }
+    for (hf, oc) in [
+        ("self_attn.out_proj.", "attn.out_proj."),
+        ("layer_norm1.", "ln_1."),
+        ("layer_norm2.", "ln_2."),
+        ("mlp.fc1.", "mlp.c_fc."),
+        ("mlp.fc2.", "mlp.c_proj."),
+    ] {
+        if let Some(r) = rest.strip_prefix(hf) {
+            return format!("{block}{oc}{r}");
+        }
+    }
+    format!("{block}{rest}")
+}
+
 /// diffusers VAE key → LDM key (without `first_stage_model.`).
 pub fn vae_key(key: &str, c: &AutoencoderKLConfig) -> String {
     let n = c.block_out_channels.len();
@@ -192,6 +228,15 @@ mod tests {
         ] {
             assert_eq!(unet_key(hf, &u), ldm, "{hf}");
         }
+        assert_eq!(
+            open_clip_key("encoder.layers.3.self_attn.k_proj.bias"),
+            "transformer.resblocks.3.attn.in_proj_bias#rows=1/3"
+        );
+        assert_eq!(
+            open_clip_key("encoder.layers.0.mlp.fc2.weight"),
+            "transformer.resblocks.0.mlp.c_proj.weight"
+        );
+        assert_eq!(open_clip_key("text_projection.weight"), "text_projection#T");
         let v = AutoencoderKLConfig::sd();
         for (hf, ldm) in [
             (

@@ -237,7 +237,7 @@ impl Loader<'_> {
         parts.push(leaf);
         let module_path = parts.join(".");
         let candidates = (self.keys)(&module_path);
-        let Some(key) = candidates.iter().find(|k| self.weights.contains(k)) else {
+        let Some(key) = candidates.iter().find(|k| self.weights.contains(View::parse(k).0)) else {
             return Err(Error::MissingTensor {
                 component: self.component,
                 key: candidates.into_iter().next().unwrap_or(module_path),
@@ -250,7 +250,9 @@ impl Loader<'_> {
         } else {
             expected.to_vec()
         };
-        let found = self.weights.shape(key).unwrap_or_default().to_vec();
+        let (base, view) = View::parse(key);
+        let stored = self.weights.shape(base).unwrap_or_default().to_vec();
+        let found = view.shape(&stored);
         if strip_unit_dims(&found) != strip_unit_dims(&want) {
             return Err(Error::ShapeMismatch {
                 component: self.component,
@@ -259,12 +261,61 @@ impl Loader<'_> {
                 found,
             });
         }
-        let mut values = self.weights.read_f32(self.component, key)?;
+        let mut values = view.apply(self.weights.read_f32(self.component, base)?, &stored);
         if transpose {
             values = transpose_2d(&values, want[0], want[1]);
         }
         let data = TensorData::new(values, expected.to_vec());
         Ok(Tensor::from_data(data, self.device))
+    }
+}
+
+/// A checkpoint key may name a view of a stored tensor: `name#rows=k/n` is the k-th of n equal
+/// row blocks (OpenCLIP's fused q/k/v `in_proj`), `name#T` a 2-D tensor stored transposed
+/// (OpenCLIP's `text_projection`, applied as x·P).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum View {
+    Whole,
+    Rows(usize, usize),
+    Transposed,
+}
+
+impl View {
+    pub(crate) fn parse(key: &str) -> (&str, View) {
+        let Some((base, view)) = key.split_once('#') else {
+            return (key, View::Whole);
+        };
+        let parsed = match view {
+            "T" => Some(View::Transposed),
+            v => v
+                .strip_prefix("rows=")
+                .and_then(|r| r.split_once('/'))
+                .and_then(|(k, n)| Some(View::Rows(k.parse().ok()?, n.parse().ok()?)))
+                .filter(|v| matches!(v, View::Rows(k, n) if k < n)),
+        };
+        match parsed {
+            Some(v) => (base, v),
+            None => (key, View::Whole),
+        }
+    }
+
+    fn shape(self, stored: &[usize]) -> Vec<usize> {
+        match (self, stored) {
+            (View::Rows(_, n), [rows, rest @ ..]) => std::iter::once(rows / n).chain(rest.iter().copied()).collect(),
+            (View::Transposed, [a, b]) => vec![*b, *a],
+            _ => stored.to_vec(),
+        }
+    }
+
+    fn apply(self, values: Vec<f32>, stored: &[usize]) -> Vec<f32> {
+        match (self, stored) {
+            (View::Rows(k, n), [rows, ..]) => {
+                let block = values.len() / rows.max(&1) * (rows / n);
+                values[k * block..(k + 1) * block].to_vec()
+            }
+            (View::Transposed, [a, b]) => transpose_2d(&values, *a, *b),
+            _ => values,
+        }
     }
 }
 
