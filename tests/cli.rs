@@ -223,3 +223,37 @@ fn single_file_model_needs_and_uses_a_config_folder() {
         .max();
     assert!(max.is_some_and(|m| m <= 2), "max difference {max:?}");
 }
+
+#[test]
+fn sdxl_single_file_through_the_cli() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("xl.png");
+    let (file, config) = (fixture("single-file/tiny-sdxl.safetensors"), fixture("tiny-sdxl"));
+    let mut args = generate_args(file.to_str().expect("utf8"), out.to_str().expect("utf8"));
+    for a in args.iter_mut() {
+        if *a == "1234" {
+            *a = "42"; // the golden's seed
+        }
+    }
+    args.extend([
+        "--config",
+        config.to_str().expect("utf8"),
+        "--guidance",
+        "5",
+        "--width",
+        "64",
+    ]);
+    let o = imagen(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = image::open(&out).expect("png").to_rgb8();
+    let want = image::open(fixture("golden/generate/tiny-sdxl-txt2img.png"))
+        .expect("golden")
+        .to_rgb8();
+    let max = got
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max();
+    assert!(max.is_some_and(|m| m <= 2), "max difference {max:?}");
+}
