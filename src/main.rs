@@ -1,6 +1,7 @@
 //! `imagen`: the command line. `generate` makes images; `inspect` checks a model folder;
 //! `serve` runs the HTTP API; `keys` manages its API keys.
 
+mod bench;
 mod serve;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,8 @@ enum Command {
     /// Create, list and revoke the server's API keys.
     #[command(subcommand)]
     Keys(serve::KeysCommand),
+    /// Time one component of a full-size architecture with random weights (GFLOP/s, peak RSS).
+    Bench(Box<bench::BenchArgs>),
 }
 
 #[derive(clap::Args)]
@@ -133,6 +136,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => run_generate(*args),
         Command::Serve(args) => serve::serve(*args),
         Command::Keys(cmd) => serve::keys(cmd),
+        Command::Bench(args) => bench::run(*args),
         Command::Inspect { model, backend } => {
             let device = device::by_name(&backend)?;
             let t = Instant::now();

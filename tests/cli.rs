@@ -257,3 +257,26 @@ fn sdxl_single_file_through_the_cli() {
         .max();
     assert!(max.is_some_and(|m| m <= 2), "max difference {max:?}");
 }
+
+#[test]
+fn bench_prints_one_json_line() {
+    let o = imagen(&[
+        "bench",
+        "--arch",
+        "sd15",
+        "--component",
+        "text-encoder",
+        "--batch",
+        "1",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON line");
+    // CLIP ViT-L, 1 × 77 tokens, as PyTorch's FlopCounterMode counts it (half of batch 2).
+    assert_eq!(v["gflop"].as_f64(), Some(13.29850368));
+    assert!(v["median_s"].as_f64().is_some_and(|s| s > 0.0));
+    assert_eq!(v["runs_s"].as_array().map(Vec::len), Some(1));
+    assert!(v["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0));
+}

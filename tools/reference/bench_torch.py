@@ -49,13 +49,98 @@ def bench(fn, runs):
     return statistics.median(times), times
 
 
+SD21_UNET = dict(cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
+                 sample_size=96)
+
+
+def clip_configs(arch):
+    from transformers import CLIPTextConfig
+
+    vit_l = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                 projection_dim=768)
+    h14 = dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23,
+               hidden_act="gelu", projection_dim=512)
+    big_g = dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+                 hidden_act="gelu", projection_dim=1280)
+    return [CLIPTextConfig(**c) for c in {"sd15": [vit_l], "sd21": [h14], "sdxl": [vit_l, big_g]}[arch]]
+
+
+def component_bench(a):
+    """Same flags and JSON keys as `imagen bench`."""
+    import resource
+
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    b, l = a.batch, a.latent
+    unet_cfg = {"sd15": SD15_UNET, "sd21": SD21_UNET, "sdxl": SDXL_UNET}[a.arch]
+    texts = clip_configs(a.arch)
+    ctx_dim = sum(c.hidden_size for c in texts)
+    xl = a.arch == "sdxl"
+
+    def build(device):
+        with torch.device(device):
+            m = {}
+            if a.component in ("unet", "pipeline"):
+                m["unet"] = UNet2DConditionModel(**unet_cfg).eval()
+            if a.component in ("vae-decode", "pipeline"):
+                m["vae"] = AutoencoderKL(**SD15_VAE).eval()
+            if a.component in ("text-encoder", "pipeline"):
+                m["text"] = [(CLIPTextModelWithProjection if i == 1 else CLIPTextModel)(c).eval()
+                             for i, c in enumerate(texts)]
+            return m
+
+    def work(m, device):
+        lat = torch.randn(b, 4, l, l, device=device)
+        ctx = torch.randn(b, 77, ctx_dim, device=device)
+        ids = torch.randint(0, 49407, (b, 77), device=device)
+        t = torch.tensor([981.0] * b, device=device)
+        added = {"text_embeds": torch.randn(b, 1280, device=device),
+                 "time_ids": torch.tensor([[l * 8.0, l * 8.0, 0, 0, l * 8.0, l * 8.0]] * b, device=device)}
+        kw = {"added_cond_kwargs": added} if xl else {}
+
+        def run():
+            if a.component == "unet":
+                return m["unet"](lat, t, encoder_hidden_states=ctx, **kw).sample
+            if a.component == "vae-decode":
+                return m["vae"].decode(lat).sample
+            if a.component == "text-encoder":
+                return [te(ids)[0] for te in m["text"]]
+            for te in m["text"]:
+                te(ids)
+            x = lat
+            for _ in range(a.steps):
+                x = m["unet"](x, t, encoder_hidden_states=ctx, **kw).sample
+            return m["vae"].decode(x).sample
+        return run
+
+    with torch.inference_mode():
+        counter = FlopCounterMode(display=False)
+        with counter:
+            work(build("meta"), "meta")()
+        gflop = counter.get_total_flops() / 1e9
+        med, runs = bench(work(build("cpu"), "cpu"), a.runs)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"tool": f"torch-{torch.__version__}-cpu-{a.threads}t", "arch": a.arch, "component": a.component,
+                      "median_s": med, "runs_s": runs, "gflop": gflop, "gflop_per_s": gflop / med,
+                      "peak_rss_bytes": rss}))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only")
+    ap.add_argument("--only", help="legacy fixed benchmarks: unet | vae-decode | sdxl-unet")
+    ap.add_argument("--arch", default="sd15")
+    ap.add_argument("--component")
+    ap.add_argument("--latent", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.component:
+        torch.manual_seed(0)
+        return component_bench(a)
     torch.manual_seed(0)
     meta = {"backend": f"torch-{torch.__version__}-cpu-{a.threads}t"}
     with torch.inference_mode():

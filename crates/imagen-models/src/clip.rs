@@ -62,6 +62,20 @@ impl ClipTextConfig {
         }
     }
 
+    /// SDXL's second encoder: OpenCLIP ViT-bigG/14 with its projection.
+    pub fn open_clip_big_g() -> Self {
+        ClipTextConfig {
+            hidden_size: 1280,
+            intermediate_size: 5120,
+            num_hidden_layers: 32,
+            num_attention_heads: 20,
+            hidden_act: "gelu".into(),
+            projection_dim: 1280,
+            architectures: vec!["CLIPTextModelWithProjection".into()],
+            ..Self::default()
+        }
+    }
+
     /// SD 2.x: OpenCLIP ViT-H/14 with its last layer dropped (diffusers ships 23 layers).
     pub fn open_clip_h14_sd2() -> Self {
         ClipTextConfig {

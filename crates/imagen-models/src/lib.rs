@@ -12,6 +12,7 @@ pub mod clip;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod flops;
 pub mod folder;
 pub mod layers;
 pub mod lora;

@@ -1,0 +1,179 @@
+//! `imagen bench`: one component of a full-size architecture with random weights made in
+//! process (same FLOPs as the real model, nothing to download), timed on a backend. The PyTorch
+//! side is `tools/reference/bench_torch.py` (same flags); `tools/bench_compare.py` runs both.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use burn::tensor::{Device, Distribution, Int, Tensor};
+use imagen_models::clip::ClipTextConfig;
+use imagen_models::device;
+use imagen_models::flops;
+use imagen_models::unet_2d::{AddedCond, UNet2DConditionConfig};
+use imagen_models::vae::AutoencoderKLConfig;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// sd15, sd21 or sdxl.
+    #[arg(long, default_value = "sd15")]
+    arch: String,
+    /// unet, vae-decode, text-encoder or pipeline (text encoder + steps × UNet + VAE decode).
+    #[arg(long, default_value = "unet")]
+    component: String,
+    /// Latent side (64 = 512² images for SD 1.5).
+    #[arg(long, default_value_t = 64)]
+    latent: usize,
+    /// Batch of the UNet / text encoder / VAE (2 = one classifier-free-guidance step).
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// UNet evaluations in `pipeline`.
+    #[arg(long, default_value_t = 1)]
+    steps: usize,
+    /// Timed runs after one warm-up run; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// cpu or wgpu.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// One JSON line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Arch {
+    unet: UNet2DConditionConfig,
+    vae: AutoencoderKLConfig,
+    text: Vec<ClipTextConfig>,
+}
+
+fn arch(name: &str) -> Result<Arch> {
+    Ok(match name {
+        "sd15" => Arch {
+            unet: UNet2DConditionConfig::sd15(),
+            vae: AutoencoderKLConfig::sd(),
+            text: vec![ClipTextConfig::vit_l14()],
+        },
+        "sd21" => Arch {
+            unet: UNet2DConditionConfig::sd21(),
+            vae: AutoencoderKLConfig::sd(),
+            text: vec![ClipTextConfig::open_clip_h14_sd2()],
+        },
+        "sdxl" => Arch {
+            unet: UNet2DConditionConfig::sdxl(),
+            vae: AutoencoderKLConfig::sd(),
+            text: vec![ClipTextConfig::vit_l14(), ClipTextConfig::open_clip_big_g()],
+        },
+        other => bail!("unknown --arch {other:?} (sd15, sd21, sdxl)"),
+    })
+}
+
+/// Peak resident set size of this process so far (Linux `VmHWM`).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let arch = arch(&a.arch)?;
+    let device: Device = device::by_name(&a.backend)?;
+    let (b, l) = (a.batch, a.latent);
+    let ctx: usize = arch.text.iter().map(|t| t.hidden_size).sum();
+    let xl = arch.text.len() == 2;
+    let randn = |dims: [usize; 4]| Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+
+    let unet = || arch.unet.init(&device);
+    let text_models = || arch.text.iter().map(|c| c.init(&device)).collect::<Vec<_>>();
+    let cond = AddedCond {
+        text_embeds: Tensor::random([b, 1280], Distribution::Normal(0.0, 1.0), &device),
+        time_ids: vec![[(l * 8) as f32, (l * 8) as f32, 0.0, 0.0, (l * 8) as f32, (l * 8) as f32]; b],
+    };
+    let context = Tensor::<3>::random([b, 77, ctx], Distribution::Normal(0.0, 1.0), &device);
+    let ids = Tensor::<2, Int>::random([b, 77], Distribution::Uniform(0.0, 49407.0), &device);
+    let unet_gflop = flops::unet(&arch.unet, b, l, l, 77);
+    let text_gflop: u64 = arch.text.iter().map(|c| flops::clip(c, b, 77)).sum();
+    let vae_gflop = flops::vae_decode(&arch.vae, b, l, l);
+
+    // Each closure does one run and returns a small tensor read back to force the work.
+    let (shape, gflop, mut work): (String, u64, Box<dyn FnMut() -> Tensor<2>>) = match a.component.as_str() {
+        "unet" => {
+            let (net, lat) = (unet(), randn([b, 4, l, l]));
+            let f = move || {
+                let out = net.forward_with(lat.clone(), &[981.0], &context, xl.then_some(&cond), None);
+                out.sum().reshape([1, 1])
+            };
+            (format!("{b}x4x{l}x{l}"), unet_gflop, Box::new(f))
+        }
+        "vae-decode" => {
+            let (vae, z) = (arch.vae.init(&device), randn([b, 4, l, l]));
+            let f = move || vae.decode(z.clone()).sum().reshape([1, 1]);
+            (format!("{b}x4x{l}x{l}->{}x{}", l * 8, l * 8), vae_gflop, Box::new(f))
+        }
+        "text-encoder" => {
+            let tes = text_models();
+            let f = move || {
+                let outs: Vec<Tensor<2>> = tes
+                    .iter()
+                    .map(|t| t.forward(ids.clone(), 0).sum().reshape([1, 1]))
+                    .collect();
+                Tensor::cat(outs, 1)
+            };
+            (format!("{b}x77"), text_gflop, Box::new(f))
+        }
+        "pipeline" => {
+            let (tes, net, vae, lat) = (text_models(), unet(), arch.vae.init(&device), randn([b, 4, l, l]));
+            let steps = a.steps;
+            let f = move || {
+                let _ctx: Vec<Tensor<2>> = tes
+                    .iter()
+                    .map(|t| t.forward(ids.clone(), 0).sum().reshape([1, 1]))
+                    .collect();
+                let mut x = lat.clone();
+                for _ in 0..steps {
+                    x = net.forward_with(x, &[981.0], &context, xl.then_some(&cond), None);
+                }
+                vae.decode(x).sum().reshape([1, 1])
+            };
+            let g = text_gflop + a.steps as u64 * unet_gflop + vae_gflop;
+            (format!("{b}x4x{l}x{l}, {} steps", a.steps), g, Box::new(f))
+        }
+        other => bail!("unknown --component {other:?} (unet, vae-decode, text-encoder, pipeline)"),
+    };
+
+    // Warm-up (also materialises the lazily initialised random weights).
+    let _ = work().into_data();
+    let mut runs: Vec<f64> = (0..a.runs.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            let _ = work().into_data();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    let runs_s = runs.clone();
+    runs.sort_by(f64::total_cmp);
+    let median = runs[runs.len() / 2];
+    let gflop = gflop as f64 / 1e9;
+    let rss = peak_rss_bytes();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "tool": "imagen", "arch": a.arch, "component": a.component, "backend": a.backend,
+                "shape": shape, "median_s": median, "runs_s": runs_s, "gflop": gflop,
+                "gflop_per_s": gflop / median, "peak_rss_bytes": rss,
+            })
+        );
+    } else {
+        println!(
+            "{} {} [{shape}] on {}: median {median:.3} s over {} runs, {gflop:.1} GFLOP, {:.1} GFLOP/s, peak RSS {}",
+            a.arch,
+            a.component,
+            a.backend,
+            runs_s.len(),
+            gflop / median,
+            rss.map_or("n/a".into(), |r| format!("{:.2} GiB", r as f64 / (1u64 << 30) as f64))
+        );
+    }
+    Ok(())
+}
