@@ -94,7 +94,16 @@ pub fn generate(
     progress: Progress,
 ) -> Result<Vec<RgbImage>> {
     let latents = denoise(sd, req, device, progress)?;
-    let images = sd.vae.decode(latents / sd.vae_config.scaling_factor as f32);
+    let z = latents / sd.vae_config.scaling_factor as f32;
+    // Images over twice the VAE's native size (e.g. 1024² and up for SD 1.5) are decoded in
+    // tiles, as diffusers' `enable_vae_tiling` does: bounded memory, seams blended away.
+    let tile = sd.vae_config.sample_size / sd.vae_config.scale_factor();
+    let [_, _, h, w] = z.dims();
+    let images = if tile > 0 && (h > 2 * tile || w > 2 * tile) {
+        sd.vae.decode_tiled(z, tile, 0.25)
+    } else {
+        sd.vae.decode(z)
+    };
     tensor_to_images(images)
 }
 

@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::tensor::activation::silu;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
 
 use crate::attention::Attention;
@@ -310,6 +310,87 @@ impl AutoencoderKL {
         }
         dec.conv_out.forward(silu(dec.conv_norm_out.forward(x)))
     }
+
+    /// diffusers' `tiled_decode`, for images too large to decode at once: latent tiles of
+    /// `tile` (the VAE's `sample_size / 8`) stepping by `tile·(1 − overlap)`, each decoded alone,
+    /// each blended into its upper and left neighbours (already blended, as diffusers does in
+    /// place) over `8·tile·overlap` pixels, then cropped and stitched.
+    ///
+    /// z: `[b, c, h, w]` → `[b, out, 8h, 8w]`
+    pub fn decode_tiled(&self, z: Tensor<4>, tile: usize, overlap: f64) -> Tensor<4> {
+        let [b, c, h, w] = z.dims();
+        let scale = 1usize << self.decoder.up_blocks.len().saturating_sub(1);
+        let step = ((tile as f64 * (1.0 - overlap)) as usize).max(1);
+        let tile_px = tile * scale;
+        let blend = (tile_px as f64 * overlap) as usize;
+        let limit = tile_px - blend;
+        let mut rows: Vec<Vec<Tensor<4>>> = (0..h)
+            .step_by(step)
+            .map(|i| {
+                (0..w)
+                    .step_by(step)
+                    .map(|j| {
+                        self.decode(
+                            z.clone()
+                                .slice([0..b, 0..c, i..(i + tile).min(h), j..(j + tile).min(w)]),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        for i in 0..rows.len() {
+            for j in 0..rows[i].len() {
+                let mut t = rows[i][j].clone();
+                if i > 0 {
+                    t = blend_edge(&rows[i - 1][j], t, blend, 2);
+                }
+                if j > 0 {
+                    t = blend_edge(&rows[i][j - 1], t, blend, 3);
+                }
+                rows[i][j] = t;
+            }
+        }
+        let stitched: Vec<Tensor<4>> = rows
+            .into_iter()
+            .map(|row| {
+                let parts = row
+                    .into_iter()
+                    .map(|t| {
+                        let [tb, tc, th, tw] = t.dims();
+                        t.slice([0..tb, 0..tc, 0..th.min(limit), 0..tw.min(limit)])
+                    })
+                    .collect();
+                Tensor::cat(parts, 3)
+            })
+            .collect();
+        Tensor::cat(stitched, 2)
+    }
+}
+
+/// diffusers' `blend_v` (dim 2) / `blend_h` (dim 3): the first `extent` rows/columns of `b`
+/// fade in from the last ones of `a`, weight `y / extent` on `b`.
+fn blend_edge(a: &Tensor<4>, b: Tensor<4>, extent: usize, dim: usize) -> Tensor<4> {
+    let (da, db) = (a.dims(), b.dims());
+    let extent = extent.min(da[dim]).min(db[dim]);
+    if extent == 0 {
+        return b;
+    }
+    let narrow = |t: Tensor<4>, from: usize, to: usize| {
+        let d = t.dims();
+        let mut r = [0..d[0], 0..d[1], 0..d[2], 0..d[3]];
+        r[dim] = from..to;
+        t.slice(r)
+    };
+    // weights [1, 1, extent, 1] or [1, 1, 1, extent]
+    let wb: Vec<f32> = (0..extent).map(|y| (y as f64 / extent as f64) as f32).collect();
+    let wa: Vec<f32> = (0..extent).map(|y| (1.0 - y as f64 / extent as f64) as f32).collect();
+    let shape = if dim == 2 { [1, 1, extent, 1] } else { [1, 1, 1, extent] };
+    let device = b.device();
+    let wb = Tensor::<4>::from_data(TensorData::new(wb, shape), &device);
+    let wa = Tensor::<4>::from_data(TensorData::new(wa, shape), &device);
+    let edge = narrow(a.clone(), da[dim] - extent, da[dim]) * wa + narrow(b.clone(), 0, extent) * wb;
+    let rest = narrow(b, extent, db[dim]);
+    Tensor::cat(vec![edge, rest], dim)
 }
 
 /// Module path → checkpoint keys: current diffusers names first, then the pre-0.14 attention
