@@ -163,3 +163,30 @@ fn mask_repaints_only_the_white_area() {
         Err(imagen_engine::Error::BadInput(_))
     ));
 }
+
+/// Above twice the VAE's native size the pipeline decodes in tiles (diffusers' tiled decode).
+#[test]
+fn large_images_decode_in_tiles() {
+    let device = Device::flex();
+    let sd = StableDiffusion::load(fixture("tiny-sd15"), &device).expect("load");
+    let req = GenerateRequest {
+        prompt: "a photograph of an astronaut riding a horse".into(),
+        negative_prompt: String::new(),
+        width: 192, // native 64: 3×
+        height: 136,
+        steps: 2,
+        guidance: 7.5,
+        scheduler: None,
+        seed: 2,
+        rng: RngKind::Torch,
+        num_images: 1,
+        long_prompt: false,
+        init: None,
+    };
+    let got = generate(&sd, &req, &device, &mut |_, _| true).expect("generate");
+    let z = denoise(&sd, &req, &device, &mut |_, _| true).expect("denoise") / sd.vae_config.scaling_factor as f32;
+    let want = imagen_engine::pipeline::tensor_to_images(sd.vae.decode_tiled(z.clone(), 8, 0.25)).expect("png");
+    assert_eq!(got[0], want[0]);
+    let untiled = imagen_engine::pipeline::tensor_to_images(sd.vae.decode(z)).expect("png");
+    assert_ne!(got[0], untiled[0], "the tiled path was taken");
+}
