@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use imagen_engine::pipeline::variations;
+use imagen_engine::pipeline::{denoise, tensor_to_images, variations};
 use imagen_engine::rng::RngKind;
 use imagen_engine::scheduler::SamplerKind;
 use imagen_engine::{GenerateRequest, InitImage, generate};
@@ -110,6 +110,10 @@ struct GenerateArgs {
     /// cpu, or wgpu for the GPU.
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// Decode with TAESD (a diffusers `AutoencoderTiny` folder, e.g. madebyollin/taesd) instead
+    /// of the model's VAE: much faster, slightly softer.
+    #[arg(long)]
+    taesd: Option<PathBuf>,
     /// Merge a LoRA file (kohya or diffusers/PEFT names) at a scale (default 1); repeatable.
     #[arg(long = "lora", value_name = "PATH[:SCALE]")]
     loras: Vec<String>,
@@ -180,6 +184,11 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         _ => None,
     };
     let device = device::by_name(&a.backend)?;
+    let taesd = a
+        .taesd
+        .as_deref()
+        .map(|dir| imagen_models::taesd::load(dir, &device).with_context(|| format!("loading TAESD {}", dir.display())))
+        .transpose()?;
     let loras = a
         .loras
         .iter()
@@ -264,8 +273,14 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         true
     };
     let started = Instant::now();
-    let images = match (&a.variations_of, source) {
-        (Some(_), Some(img)) => variations(&sd, &req, &img, a.strength, &device, &mut progress)?,
+    let images = match (&a.variations_of, source, &taesd) {
+        (Some(_), _, Some(_)) => bail!("--taesd does not combine with --variations-of yet"),
+        (Some(_), Some(img), None) => variations(&sd, &req, &img, a.strength, &device, &mut progress)?,
+        // TAESD decodes the UNet's latents directly (its scaling factor is 1).
+        (_, _, Some((config, decoder))) => {
+            let latents = denoise(&sd, &req, &device, &mut progress)?;
+            tensor_to_images(decoder.decode(latents / config.scaling_factor as f32))?
+        }
         _ => generate(&sd, &req, &device, &mut progress)?,
     };
     bar.finish_and_clear();

@@ -15,6 +15,19 @@ fn imagen(args: &[&str]) -> Output {
         .expect("run imagen")
 }
 
+/// The PNG at `out` is the golden within 2/255 per pixel.
+fn assert_matches_golden(out: &std::path::Path, golden: &str) {
+    let got = image::open(out).expect("png").to_rgb8();
+    let want = image::open(fixture(golden)).expect("golden").to_rgb8();
+    let max = got
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max();
+    assert!(max.is_some_and(|m| m <= 2), "{golden}: max difference {max:?}");
+}
+
 fn generate_args<'a>(model: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
         "generate",
@@ -44,17 +57,7 @@ fn generates_the_diffusers_image_with_every_scheduler() {
         let o = imagen(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), out_s);
-        let got = image::open(&out).expect("png").to_rgb8();
-        let want = image::open(fixture(&format!("golden/generate/tiny-sd15-{scheduler}-txt2img.png")))
-            .expect("golden")
-            .to_rgb8();
-        let max = got
-            .as_raw()
-            .iter()
-            .zip(want.as_raw())
-            .map(|(a, b)| a.abs_diff(*b))
-            .max();
-        assert!(max.is_some_and(|m| m <= 2), "{scheduler}: max difference {max:?}");
+        assert_matches_golden(&out, &format!("golden/generate/tiny-sd15-{scheduler}-txt2img.png"));
     }
 }
 
@@ -184,17 +187,7 @@ fn lora_flag_gives_diffusers_fused_image() {
         "--quiet",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let got = image::open(&out).expect("png").to_rgb8();
-    let want = image::open(fixture("golden/generate/tiny-sd15-lora-0.5.png"))
-        .expect("golden")
-        .to_rgb8();
-    let max = got
-        .as_raw()
-        .iter()
-        .zip(want.as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max();
-    assert!(max.is_some_and(|m| m <= 2), "max difference {max:?}");
+    assert_matches_golden(&out, "golden/generate/tiny-sd15-lora-0.5.png");
 }
 
 #[test]
@@ -211,17 +204,7 @@ fn single_file_model_needs_and_uses_a_config_folder() {
     args.extend(["--negative-prompt", "blurry, low quality"]);
     let o = imagen(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let got = image::open(&out).expect("png").to_rgb8();
-    let want = image::open(fixture("golden/generate/tiny-sd15-euler-txt2img.png"))
-        .expect("golden")
-        .to_rgb8();
-    let max = got
-        .as_raw()
-        .iter()
-        .zip(want.as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max();
-    assert!(max.is_some_and(|m| m <= 2), "max difference {max:?}");
+    assert_matches_golden(&out, "golden/generate/tiny-sd15-euler-txt2img.png");
 }
 
 #[test]
@@ -245,17 +228,7 @@ fn sdxl_single_file_through_the_cli() {
     ]);
     let o = imagen(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let got = image::open(&out).expect("png").to_rgb8();
-    let want = image::open(fixture("golden/generate/tiny-sdxl-txt2img.png"))
-        .expect("golden")
-        .to_rgb8();
-    let max = got
-        .as_raw()
-        .iter()
-        .zip(want.as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max();
-    assert!(max.is_some_and(|m| m <= 2), "max difference {max:?}");
+    assert_matches_golden(&out, "golden/generate/tiny-sdxl-txt2img.png");
 }
 
 #[test]
@@ -279,4 +252,33 @@ fn bench_prints_one_json_line() {
     assert!(v["median_s"].as_f64().is_some_and(|s| s > 0.0));
     assert_eq!(v["runs_s"].as_array().map(Vec::len), Some(1));
     assert!(v["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0));
+}
+
+#[test]
+fn taesd_decodes_instead_of_the_vae() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (fast, full) = (tmp.path().join("taesd.png"), tmp.path().join("vae.png"));
+    let model = fixture("tiny-sd15");
+    let taesd = fixture("tiny-taesd");
+    let mut args = generate_args(model.to_str().expect("utf8"), fast.to_str().expect("utf8"));
+    args.extend([
+        "--taesd",
+        taesd.to_str().expect("utf8"),
+        "--width",
+        "80",
+        "--height",
+        "48",
+    ]);
+    let o = imagen(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = image::open(&fast).expect("png").to_rgb8();
+    assert_eq!(got.dimensions(), (80, 48));
+    let mut args = generate_args(model.to_str().expect("utf8"), full.to_str().expect("utf8"));
+    args.extend(["--width", "80", "--height", "48"]);
+    assert!(imagen(&args).status.success());
+    assert_ne!(
+        got,
+        image::open(&full).expect("png").to_rgb8(),
+        "a different decoder ran"
+    );
 }

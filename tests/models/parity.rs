@@ -169,3 +169,12 @@ fn tiled_vae_decode_matches_diffusers() {
     assert_close(&g, "tiled", vae.decode_tiled(z.clone(), 4, 0.25), TOL);
     assert_close(&g, "untiled", vae.decode(z), TOL);
 }
+
+/// TAESD's decoder (diffusers `AutoencoderTiny`) against diffusers (`make_taesd_fixture.py`).
+#[test]
+fn taesd_decoder_matches_diffusers() {
+    let device = Device::flex();
+    let (_, decoder) = imagen_models::taesd::load(&fixture("tiny-taesd"), &device).expect("load taesd");
+    let g = Golden::open("tiny-taesd");
+    assert_close(&g, "image", decoder.decode(g.tensor("latents", &device)), TOL);
+}

@@ -17,6 +17,7 @@ pub mod folder;
 pub mod layers;
 pub mod lora;
 pub mod single_file;
+pub mod taesd;
 pub mod tokenizer;
 pub mod unet_2d;
 pub mod vae;
