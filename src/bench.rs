@@ -95,10 +95,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let text_gflop: u64 = arch.text.iter().map(|c| flops::clip(c, b, 77)).sum();
     let vae_gflop = flops::vae_decode(&arch.vae, b, l, l);
 
-    // Each closure does one run and returns a small tensor read back to force the work.
+    // Each closure does one run and returns a small tensor read back to force the work; the
+    // parameter count (f32, so 4 bytes each) is the memory target's "bytes of the weights".
+    use burn::module::Module;
+    let params: usize;
     let (shape, gflop, mut work): (String, u64, Box<dyn FnMut() -> Tensor<2>>) = match a.component.as_str() {
         "unet" => {
             let (net, lat) = (unet(), randn([b, 4, l, l]));
+            params = net.num_params();
             let f = move || {
                 let out = net.forward_with(lat.clone(), &[981.0], &context, xl.then_some(&cond), None);
                 out.sum().reshape([1, 1])
@@ -107,11 +111,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         "vae-decode" => {
             let (vae, z) = (arch.vae.init(&device), randn([b, 4, l, l]));
+            params = vae.num_params();
             let f = move || vae.decode(z.clone()).sum().reshape([1, 1]);
             (format!("{b}x4x{l}x{l}->{}x{}", l * 8, l * 8), vae_gflop, Box::new(f))
         }
         "text-encoder" => {
             let tes = text_models();
+            params = tes.iter().map(|t| t.num_params()).sum();
             let f = move || {
                 let outs: Vec<Tensor<2>> = tes
                     .iter()
@@ -123,6 +129,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         "pipeline" => {
             let (tes, net, vae, lat) = (text_models(), unet(), arch.vae.init(&device), randn([b, 4, l, l]));
+            params = tes.iter().map(|t| t.num_params()).sum::<usize>() + net.num_params() + vae.num_params();
             let steps = a.steps;
             let f = move || {
                 let _ctx: Vec<Tensor<2>> = tes
@@ -161,7 +168,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             serde_json::json!({
                 "tool": "imagen", "arch": a.arch, "component": a.component, "backend": a.backend,
                 "shape": shape, "median_s": median, "runs_s": runs_s, "gflop": gflop,
-                "gflop_per_s": gflop / median, "peak_rss_bytes": rss,
+                "gflop_per_s": gflop / median, "peak_rss_bytes": rss, "weights_bytes": params * 4,
             })
         );
     } else {
