@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Env, b64, fixture, golden, png_diff};
+use crate::harness::{Env, assert_golden, b64, first_b64_image, fixture};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
 
@@ -52,8 +52,7 @@ fn text_to_image_matches_diffusers_and_links_work() {
     assert_eq!(png.status, 200);
     assert_eq!(png.header("content-type"), Some("image/png"));
     let got = image::load_from_memory(&png.body).expect("png").to_rgb8();
-    let (max, mean) = png_diff(&got, &golden("tiny-sd15-dpmpp_2m_karras-txt2img.png"));
-    assert!(max <= 2 && mean <= 0.1, "max {max} mean {mean}");
+    assert_golden(&got, "tiny-sd15-dpmpp_2m_karras-txt2img.png");
     // A tampered signature is refused.
     s.get(&url.replace("sig=", "sig=0"), None)
         .assert_error(403, "forbidden");
@@ -89,13 +88,8 @@ fn image_to_image_variations_and_formats() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let v = r.json();
     check_generation(&v, "tiny-sd2");
-    let data = v["images"][0]["b64_json"].as_str().expect("b64_json");
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(data).expect("base64");
-    let got = image::load_from_memory(&bytes).expect("png").to_rgb8();
     // The size defaults to the input image's (80x48).
-    let (max, mean) = png_diff(&got, &golden("tiny-sd2-euler_a-img2img.png"));
-    assert!(max <= 2 && mean <= 0.1, "max {max} mean {mean}");
+    assert_golden(&first_b64_image(&v), "tiny-sd2-euler_a-img2img.png");
 
     // Variations: one seed per image, consecutive; JPEG output.
     let r = s.post(
@@ -153,11 +147,10 @@ fn image_to_image_variations_and_formats() {
         &json!({"prompt": PROMPT, "model": "single-v", "steps": 4, "seed": 4, "scheduler": "euler"}),
     );
     let png = s.get(r.json()["images"][0]["url"].as_str().expect("url"), None).body;
-    let (max, mean) = png_diff(
+    assert_golden(
         &image::load_from_memory(&png).expect("png").to_rgb8(),
-        &golden("tiny-sd15-vpred-override.png"),
+        "tiny-sd15-vpred-override.png",
     );
-    assert!(max <= 2 && mean <= 0.1, "v override: max {max} mean {mean}");
     assert_eq!(
         (list["data"][0]["format"].as_str(), list["data"][0]["family"].as_str()),
         (Some("single-file"), Some("sd15"))
@@ -189,12 +182,7 @@ fn image_to_image_variations_and_formats() {
                     "negative_prompt": "blurry, low quality", "response_format": "b64_json"}),
         );
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(r.json()["images"][0]["b64_json"].as_str().expect("b64"))
-            .expect("base64");
-        let got = image::load_from_memory(&png).expect("png").to_rgb8();
-        let (max, mean) = png_diff(&got, &golden("tiny-sdxl-txt2img-neg.png"));
-        assert!(max <= 2 && mean <= 0.1, "{model}: max {max} mean {mean}");
+        assert_golden(&first_b64_image(&r.json()), "tiny-sdxl-txt2img-neg.png");
     }
     let sd2 = s.get("/v1/models/tiny-sd2", Some(&key)).json();
     assert_eq!(sd2["family"], "sd21");
@@ -292,11 +280,7 @@ fn loras_per_request_leave_the_base_model_untouched() {
     let image = |body: &Value| {
         let r = s.post("/v1/text-to-image", &key, body);
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        use base64::Engine as _;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(r.json()["images"][0]["b64_json"].as_str().expect("b64"))
-            .expect("base64");
-        image::load_from_memory(&png).expect("png").to_rgb8()
+        first_b64_image(&r.json())
     };
     let before = image(&base);
     for (name, scale, golden_png) in [
@@ -305,8 +289,7 @@ fn loras_per_request_leave_the_base_model_untouched() {
     ] {
         let mut body = base.clone();
         body["loras"] = json!([{"name": name, "scale": scale}]);
-        let (max, mean) = png_diff(&image(&body), &golden(golden_png));
-        assert!(max <= 2 && mean <= 0.1, "{name}: max {max} mean {mean}");
+        assert_golden(&image(&body), golden_png);
     }
     assert_eq!(image(&base), before, "the base output is unchanged after LoRA requests");
     let mut bad = base.clone();

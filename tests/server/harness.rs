@@ -297,6 +297,20 @@ pub fn golden(name: &str) -> image::RgbImage {
         .to_rgb8()
 }
 
+/// The first image of a `response_format: "b64_json"` answer.
+pub fn first_b64_image(v: &Value) -> image::RgbImage {
+    use base64::Engine as _;
+    let data = v["images"][0]["b64_json"].as_str().expect("b64_json");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(data).expect("base64");
+    image::load_from_memory(&bytes).expect("png").to_rgb8()
+}
+
+/// Within the generation tests' bound of diffusers' PNG: max ≤ 2/255, mean ≤ 0.1/255.
+pub fn assert_golden(got: &image::RgbImage, name: &str) {
+    let (max, mean) = png_diff(got, &golden(name));
+    assert!(max <= 2 && mean <= 0.1, "{name}: max {max} mean {mean}");
+}
+
 pub fn b64(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)

@@ -162,17 +162,14 @@ pub fn scan(dir: &Path) -> std::io::Result<Scan> {
             },
         }
     }
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if !path.is_dir() || path == lora_dir {
-            continue;
-        }
+    // Diffusers folders: the directories among the entries listed above.
+    for path in files.iter().filter(|p| p.is_dir() && **p != lora_dir) {
         let Some(id) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
             continue;
         };
-        match ModelInfo::describe(&id, &path) {
+        match ModelInfo::describe(&id, path) {
             Ok(info) => models.push(info),
-            Err(e) => skipped.push((path, e.to_string())),
+            Err(e) => skipped.push((path.clone(), e.to_string())),
         }
     }
     models.sort_by(|a, b| a.id.cmp(&b.id));

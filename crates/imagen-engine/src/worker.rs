@@ -53,7 +53,6 @@ pub struct Engine {
     tx: SyncSender<Job>,
     ready: Arc<AtomicBool>,
     queued: Arc<AtomicUsize>,
-    capacity: usize,
 }
 
 pub struct EngineConfig {
@@ -75,7 +74,6 @@ impl Engine {
         let (tx, rx) = sync_channel(config.queue_capacity.max(1));
         let ready = Arc::new(AtomicBool::new(false));
         let queued = Arc::new(AtomicUsize::new(0));
-        let capacity = config.queue_capacity.max(1);
         let state = EngineThread {
             models: config.models.into_iter().map(|m| (m.id.clone(), m)).collect(),
             lora_paths: config.loras.into_iter().map(|l| (l.id, l.path)).collect(),
@@ -91,12 +89,7 @@ impl Engine {
             .name("imagen-engine".into())
             .spawn(move || state.run(rx, preload))
             .map_err(|e| Error::Internal(format!("cannot start the engine thread: {e}")))?;
-        Ok(Engine {
-            tx,
-            ready,
-            queued,
-            capacity,
-        })
+        Ok(Engine { tx, ready, queued })
     }
 
     /// Queue a job; fails at once when the queue is full.
@@ -119,10 +112,6 @@ impl Engine {
     /// Jobs accepted and not yet finished.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::SeqCst)
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
     }
 }
 

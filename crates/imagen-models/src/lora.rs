@@ -257,13 +257,8 @@ impl Patcher<'_> {
         if leaf != "weight" || !(linear || container == "Struct:Conv2d") {
             return None;
         }
-        let parts: Vec<&str> = self
-            .path
-            .iter()
-            .filter(|(_, c)| !c.starts_with("Enum:"))
-            .map(|(n, _)| n.as_str())
-            .collect();
-        let names = (self.keys)(&parts.join("."))
+        let path = crate::weights::module_path(&self.path[..self.path.len() - 1], leaf);
+        let names = (self.keys)(&path)
             .into_iter()
             .filter_map(|k| k.strip_suffix(".weight").map(str::to_owned))
             .collect();

@@ -228,14 +228,7 @@ impl Loader<'_> {
             "beta" if is_norm => "bias",
             other => other,
         };
-        // Enum variants (e.g. `Projection::Linear`) are not part of the checkpoint's names.
-        let mut parts: Vec<&str> = self.path[..self.path.len().saturating_sub(1)]
-            .iter()
-            .filter(|(_, container)| !container.starts_with("Enum:"))
-            .map(|(n, _)| n.as_str())
-            .collect();
-        parts.push(leaf);
-        let module_path = parts.join(".");
+        let module_path = module_path(&self.path[..self.path.len().saturating_sub(1)], leaf);
         let candidates = (self.keys)(&module_path);
         let Some(key) = candidates.iter().find(|k| self.weights.contains(View::parse(k).0)) else {
             return Err(Error::MissingTensor {
@@ -268,6 +261,18 @@ impl Loader<'_> {
         let data = TensorData::new(values, expected.to_vec());
         Ok(Tensor::from_data(data, self.device))
     }
+}
+
+/// The dotted module path of a parameter from a `ModuleMapper`'s (field, container) stack.
+/// Enum variants (e.g. `Projection::Linear`) are not part of the checkpoint's names.
+pub(crate) fn module_path(stack: &[(String, String)], leaf: &str) -> String {
+    let mut parts: Vec<&str> = stack
+        .iter()
+        .filter(|(_, container)| !container.starts_with("Enum:"))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    parts.push(leaf);
+    parts.join(".")
 }
 
 /// A checkpoint key may name a view of a stored tensor: `name#rows=k/n` is the k-th of n equal

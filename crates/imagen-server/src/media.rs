@@ -37,10 +37,6 @@ impl OutputFormat {
         }
     }
 
-    pub fn from_ext(ext: &str) -> Option<Self> {
-        Self::parse(ext)
-    }
-
     pub fn mime(self) -> &'static str {
         match self {
             OutputFormat::Png => "image/png",

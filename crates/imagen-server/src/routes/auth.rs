@@ -71,7 +71,8 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
     resp
 }
 
-fn lookup(state: &AppState, headers: &HeaderMap) -> Result<KeyRecord, ApiError> {
+/// The caller's key from `Authorization: Bearer …` (401 when missing, malformed or revoked).
+pub(super) fn lookup(state: &AppState, headers: &HeaderMap) -> Result<KeyRecord, ApiError> {
     let unauthorized = |m: &str| ApiError::new(Code::Unauthorized, m);
     let value = headers
         .get(axum::http::header::AUTHORIZATION)

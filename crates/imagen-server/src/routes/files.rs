@@ -85,16 +85,7 @@ pub async fn image(
     let (id2, owner_check) = (id.clone(), !signed);
     let result = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
         if owner_check {
-            let token = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .ok_or_else(|| ApiError::new(Code::Unauthorized, "a signed link or an API key is required"))?;
-            let key = st
-                .store
-                .key_by_hash(&keys::hash(token.trim()))?
-                .filter(|k| !k.revoked)
-                .ok_or_else(|| ApiError::new(Code::Unauthorized, "invalid or revoked API key"))?;
+            let key = super::auth::lookup(&st, &headers)?;
             let job = st.store.job(&id2)?;
             if job.is_none_or(|j| j.key_id != key.id) {
                 return Err(ApiError::not_found("no such image"));
@@ -104,7 +95,7 @@ pub async fn image(
         let valid = id2.starts_with("gen_")
             && id2[4..].bytes().all(|b| b.is_ascii_hexdigit())
             && file.split_once('.').is_some_and(|(n, e)| {
-                !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && OutputFormat::from_ext(e).is_some()
+                !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && OutputFormat::parse(e).is_some()
             });
         if !valid {
             return Err(ApiError::not_found("no such image"));
@@ -114,7 +105,7 @@ pub async fn image(
     })
     .await;
     let ext = path.rsplit('.').next().unwrap_or("png");
-    let mime = OutputFormat::from_ext(ext).map_or("application/octet-stream", OutputFormat::mime);
+    let mime = OutputFormat::parse(ext).map_or("application/octet-stream", OutputFormat::mime);
     match result {
         Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, mime)], bytes).into_response(),
         Ok(Err(e)) => e.into_response(),
