@@ -8,6 +8,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
+use crate::cpu;
 use crate::layers::{conv2d, group_norm, linear};
 
 /// Multi-head attention. Self-attention when `context` is `None`.
@@ -54,6 +55,9 @@ impl Attention {
 
 /// q: `[b, n, h·d]`, k/v: `[b, m, h·d]` → `[b, n, h·d]`, softmax scale `1/√d`.
 pub fn multi_head_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, causal: bool) -> Tensor<3> {
+    if let Some(out) = cpu::attention(&q, &k, &v, heads, causal) {
+        return out;
+    }
     let [b, n, inner] = q.dims();
     let m = k.dims()[1];
     let d = inner / heads;
@@ -173,11 +177,11 @@ impl Transformer2DModel {
     pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let residual = x.clone();
-        let x = self.norm.forward(x);
+        let x = cpu::group_norm(&self.norm, x, false);
         // [b, c, h, w] -> [b, h·w, c]
         let to_seq = |t: Tensor<4>| t.reshape([b, c, h * w]).swap_dims(1, 2);
         let mut seq = match &self.proj_in {
-            Projection::Conv(conv) => to_seq(conv.forward(x)),
+            Projection::Conv(conv) => to_seq(cpu::conv2d(conv, x)),
             Projection::Linear(lin) => lin.forward(to_seq(x)),
         };
         for block in &self.transformer_blocks {
@@ -186,7 +190,7 @@ impl Transformer2DModel {
         // [b, h·w, c] -> [b, c, h, w]
         let to_img = |t: Tensor<3>| t.swap_dims(1, 2).reshape([b, c, h, w]);
         let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(to_img(seq)),
+            Projection::Conv(conv) => cpu::conv2d(conv, to_img(seq)),
             Projection::Linear(lin) => to_img(lin.forward(seq)),
         };
         out + residual

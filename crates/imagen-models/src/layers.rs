@@ -7,6 +7,8 @@ use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::cpu;
+
 pub(crate) fn conv2d(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, d: &Device) -> Conv2d {
     Conv2dConfig::new([cin, cout], [k, k])
         .with_stride([stride, stride])
@@ -49,15 +51,15 @@ impl ResnetBlock2D {
     /// x: `[b, cin, h, w]`, temb: `[b, temb_channels]` (already through SiLU is NOT expected:
     /// the block applies it, as diffusers does) → `[b, cout, h, w]`
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let mut h = cpu::conv2d(&self.conv1, cpu::group_norm(&self.norm1, x.clone(), true));
         if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb) {
             let [b, c] = [h.dims()[0], h.dims()[1]];
             // [b, cout] -> [b, cout, 1, 1]
             h = h + proj.forward(silu(t.clone())).reshape([b, c, 1, 1]);
         }
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = cpu::conv2d(&self.conv2, cpu::group_norm(&self.norm2, h, true));
         let shortcut = match &self.conv_shortcut {
-            Some(c) => c.forward(x),
+            Some(c) => cpu::conv2d(c, x),
             None => x,
         };
         shortcut + h
@@ -86,7 +88,7 @@ impl Downsample2D {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv.forward(x)
+        cpu::conv2d(&self.conv, x)
     }
 }
 
@@ -107,7 +109,7 @@ impl Upsample2D {
     pub fn forward(&self, x: Tensor<4>, size: Option<[usize; 2]>) -> Tensor<4> {
         let [_, _, h, w] = x.dims();
         let [oh, ow] = size.unwrap_or([2 * h, 2 * w]);
-        self.conv.forward(upsample_nearest(x, oh, ow))
+        cpu::conv2d(&self.conv, upsample_nearest(x, oh, ow))
     }
 }
 

@@ -11,6 +11,7 @@ use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 
 use crate::config::{read_json, unsupported};
+use crate::cpu;
 use crate::error::Result;
 use crate::layers::{conv2d, upsample_nearest};
 use crate::weights::{Weights, load_module};
@@ -148,17 +149,20 @@ impl TinyDecoder {
     /// Latents as the UNet produces them (TAESD's scaling factor is 1): `[b, 4, h, w]` →
     /// image in `[-1, 1]`, `[b, 3, 8h, 8w]`.
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
-        let mut x = relu(self.conv_in.forward((z / 3.0).tanh() * 3.0));
+        let mut x = relu(cpu::conv2d(&self.conv_in, (z / 3.0).tanh() * 3.0));
         for stage in &self.stages {
             for b in &stage.blocks {
-                let h = b.conv3.forward(relu(b.conv2.forward(relu(b.conv1.forward(x.clone())))));
+                let h = cpu::conv2d(
+                    &b.conv3,
+                    relu(cpu::conv2d(&b.conv2, relu(cpu::conv2d(&b.conv1, x.clone())))),
+                );
                 x = relu(h + x);
             }
             if stage.upsample {
                 let [_, _, h, w] = x.dims();
                 x = upsample_nearest(x, 2 * h, 2 * w);
             }
-            x = stage.conv.forward(x);
+            x = cpu::conv2d(&stage.conv, x);
         }
         x * 2.0 - 1.0
     }

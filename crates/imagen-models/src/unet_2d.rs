@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::attention::{Transformer2DConfig, Transformer2DModel};
 use crate::config::{OneOrMany, unsupported};
+use crate::cpu;
 use crate::error::Result;
 use crate::layers::{Downsample2D, ResnetBlock2D, Upsample2D, conv2d, group_norm, linear};
 
@@ -485,7 +486,7 @@ impl UNet2DConditionModel {
             temb = temb + add.linear_2.forward(silu(add.linear_1.forward(x)));
         }
 
-        let mut x = self.conv_in.forward(sample);
+        let mut x = cpu::conv2d(&self.conv_in, sample);
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
             for (i, resnet) in block.resnets.iter().enumerate() {
@@ -528,7 +529,7 @@ impl UNet2DConditionModel {
             }
         }
 
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        cpu::conv2d(&self.conv_out, cpu::group_norm(&self.conv_norm_out, x, true))
     }
 
     /// diffusers `get_timestep_embedding` of each value, computed in f32 on the host:

@@ -3,12 +3,12 @@
 use burn::module::Module;
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
 
 use crate::attention::Attention;
 use crate::config::unsupported;
+use crate::cpu;
 use crate::error::Result;
 use crate::layers::{Downsample2D, ResnetBlock2D, Upsample2D, conv2d, group_norm};
 
@@ -190,9 +190,7 @@ impl SpatialAttention {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         // [b, c, h, w] -> [b, h·w, c]
-        let seq = self
-            .group_norm
-            .forward(x.clone())
+        let seq = cpu::group_norm(&self.group_norm, x.clone(), false)
             .reshape([b, c, h * w])
             .swap_dims(1, 2);
         let out = self.attention.forward(seq, None);
@@ -268,7 +266,7 @@ impl AutoencoderKL {
     /// image in `[-1, 1]`: `[b, 3, h, w]` → distribution over unscaled latents.
     pub fn encode(&self, image: Tensor<4>) -> LatentDistribution {
         let e = &self.encoder;
-        let mut x = e.conv_in.forward(image);
+        let mut x = cpu::conv2d(&e.conv_in, image);
         for block in &e.down_blocks {
             for r in &block.resnets {
                 x = r.forward(x, None);
@@ -278,9 +276,9 @@ impl AutoencoderKL {
             }
         }
         x = e.mid_block.forward(x);
-        x = e.conv_out.forward(silu(e.conv_norm_out.forward(x)));
+        x = cpu::conv2d(&e.conv_out, cpu::group_norm(&e.conv_norm_out, x, true));
         if let Some(q) = &self.quant_conv {
-            x = q.forward(x);
+            x = cpu::conv2d(q, x);
         }
         let [b, c2, h, w] = x.dims();
         let c = c2 / 2;
@@ -296,10 +294,10 @@ impl AutoencoderKL {
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
         let dec = &self.decoder;
         let z = match &self.post_quant_conv {
-            Some(p) => p.forward(z),
+            Some(p) => cpu::conv2d(p, z),
             None => z,
         };
-        let mut x = dec.mid_block.forward(dec.conv_in.forward(z));
+        let mut x = dec.mid_block.forward(cpu::conv2d(&dec.conv_in, z));
         for block in &dec.up_blocks {
             for r in &block.resnets {
                 x = r.forward(x, None);
@@ -308,7 +306,7 @@ impl AutoencoderKL {
                 x = up.forward(x, None);
             }
         }
-        dec.conv_out.forward(silu(dec.conv_norm_out.forward(x)))
+        cpu::conv2d(&dec.conv_out, cpu::group_norm(&dec.conv_norm_out, x, true))
     }
 
     /// diffusers' `tiled_decode`, for images too large to decode at once: latent tiles of

@@ -1,0 +1,238 @@
+//! 2-D convolution, stride 1, as a sum of shifted GEMMs over a zero-padded input.
+//!
+//! With the input padded to `[cin, hp, wp]` and the output computed on the padded width
+//! (`[cout, ho, wp]`, the last `wp − wo` columns of each row discarded), tap `(i, j)` of the
+//! kernel is one GEMM `W[:, :, i, j] · Xpad[:, shifted by i·wp + j]`: the shifted input is a
+//! plain strided matrix, so no im2col buffer is ever built (9× the input for a 3×3 kernel).
+
+use rayon::prelude::*;
+
+use super::gemm::{Mat, MatMut, gemm};
+use super::scratch;
+
+/// Geometry of one stride-1 convolution.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Conv {
+    pub batch: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    /// (top, left, bottom, right)
+    pub pad: [usize; 4],
+}
+
+impl Conv {
+    pub fn out_hw(&self) -> (usize, usize) {
+        let [t, l, b, r] = self.pad;
+        (self.h + t + b + 1 - self.kh, self.w + l + r + 1 - self.kw)
+    }
+}
+
+/// x: `[batch, cin, h, w]`, weight: `[cout, cin, kh, kw]`, bias: `[cout]` → `[batch, cout, ho, wo]`.
+pub(crate) fn conv2d(c: Conv, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let (ho, wo) = c.out_hw();
+    let [t, l, b, r] = c.pad;
+    let (hp, wp) = (c.h + t + b, c.w + l + r);
+    assert_eq!(x.len(), c.batch * c.cin * c.h * c.w);
+    assert_eq!(weight.len(), c.cout * c.cin * c.kh * c.kw);
+    let taps = c.kh * c.kw;
+    let direct = taps == 1 && c.pad == [0; 4];
+    // Channel stride of the padded input: the last tap reads kw − 1 elements past hp·wp.
+    let cstride = hp * wp + c.kw - 1;
+    let n = ho * wp; // GEMM columns: output rows on the padded width
+    let mut out = vec![0f32; c.batch * c.cout * ho * wo];
+    let mut xpad = if direct {
+        Vec::new()
+    } else {
+        scratch::take(0, c.cin * cstride)
+    };
+    let mut wide = if wp == wo {
+        Vec::new()
+    } else {
+        scratch::take(1, c.cout * n)
+    };
+    for bi in 0..c.batch {
+        let xb = &x[bi * c.cin * c.h * c.w..][..c.cin * c.h * c.w];
+        let input: &[f32] = if direct {
+            xb
+        } else {
+            pad_into(&mut xpad, xb, c.cin, c.h, c.w, c.pad, cstride);
+            &xpad
+        };
+        let ob = &mut out[bi * c.cout * ho * wo..][..c.cout * ho * wo];
+        let dst: &mut [f32] = if wp == wo { ob } else { &mut wide };
+        // Start from the bias so every tap accumulates.
+        match bias {
+            Some(bias) => dst.par_chunks_mut(n).zip(bias).for_each(|(row, &v)| row.fill(v)),
+            None => dst.fill(0.0),
+        }
+        let dst_view = MatMut {
+            ptr: dst.as_mut_ptr(),
+            rs: n as isize,
+            cs: 1,
+        };
+        for i in 0..c.kh {
+            for j in 0..c.kw {
+                let lhs = Mat {
+                    ptr: weight[i * c.kw + j..].as_ptr(),
+                    rs: (c.cin * taps) as isize,
+                    cs: taps as isize,
+                };
+                let offset = i * wp + j;
+                let rhs = Mat {
+                    ptr: input[offset..].as_ptr(),
+                    rs: if direct { (c.h * c.w) as isize } else { cstride as isize },
+                    cs: 1,
+                };
+                debug_assert!(direct || offset + (c.cin - 1) * cstride + n <= input.len());
+                // SAFETY: rows of `rhs` are cin channel planes of `input` (cstride apart, the
+                // furthest read is hp·wp + kw − 2 < cstride into the last one), `lhs` walks the
+                // weight tensor with its own strides, `dst` is cout × n; all distinct buffers.
+                unsafe { gemm(c.cout, n, c.cin, dst_view, true, lhs, rhs, 1.0, true) };
+            }
+        }
+        if wp != wo {
+            // [cout, ho, wp] -> [cout, ho, wo]
+            ob.par_chunks_mut(wo)
+                .zip(wide.par_chunks(wp))
+                .for_each(|(o, w)| o.copy_from_slice(&w[..wo]));
+        }
+    }
+    scratch::give(0, xpad);
+    scratch::give(1, wide);
+    out
+}
+
+/// Writes `x` (`[cin, h, w]`) into `dst` as `[cin, hp, wp]` planes `cstride` apart, zeros around.
+fn pad_into(dst: &mut [f32], x: &[f32], cin: usize, h: usize, w: usize, pad: [usize; 4], cstride: usize) {
+    let [t, l, _, r] = pad;
+    let wp = w + l + r;
+    dst[..cin * cstride]
+        .par_chunks_mut(cstride)
+        .zip(x.par_chunks(h * w))
+        .for_each(|(plane, src)| {
+            plane[..t * wp].fill(0.0);
+            for (y, row) in src.chunks(w).enumerate() {
+                let d = &mut plane[(t + y) * wp..][..wp];
+                d[..l].fill(0.0);
+                d[l..l + w].copy_from_slice(row);
+                d[l + w..].fill(0.0);
+            }
+            // bottom rows and the slack past hp·wp
+            plane[(t + h) * wp..].fill(0.0);
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct 6-loop convolution.
+    fn naive(c: Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let (ho, wo) = c.out_hw();
+        let [t, l, _, _] = c.pad;
+        let mut out = vec![0f32; c.batch * c.cout * ho * wo];
+        for b in 0..c.batch {
+            for o in 0..c.cout {
+                for y in 0..ho {
+                    for xx in 0..wo {
+                        let mut acc = bias.map_or(0.0, |b| b[o] as f64);
+                        for ci in 0..c.cin {
+                            for i in 0..c.kh {
+                                for j in 0..c.kw {
+                                    let (sy, sx) = ((y + i) as isize - t as isize, (xx + j) as isize - l as isize);
+                                    if sy < 0 || sx < 0 || sy >= c.h as isize || sx >= c.w as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((b * c.cin + ci) * c.h + sy as usize) * c.w + sx as usize];
+                                    let wv = w[((o * c.cin + ci) * c.kh + i) * c.kw + j];
+                                    acc += (xv * wv) as f64;
+                                }
+                            }
+                        }
+                        out[((b * c.cout + o) * ho + y) * wo + xx] = acc as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn matches_naive_for_odd_geometries() {
+        let cases = [
+            Conv {
+                batch: 2,
+                cin: 3,
+                cout: 5,
+                h: 7,
+                w: 9,
+                kh: 3,
+                kw: 3,
+                pad: [1, 1, 1, 1],
+            },
+            Conv {
+                batch: 1,
+                cin: 4,
+                cout: 2,
+                h: 5,
+                w: 6,
+                kh: 1,
+                kw: 1,
+                pad: [0; 4],
+            },
+            Conv {
+                batch: 1,
+                cin: 2,
+                cout: 3,
+                h: 6,
+                w: 5,
+                kh: 3,
+                kw: 3,
+                pad: [0; 4],
+            },
+            Conv {
+                batch: 2,
+                cin: 3,
+                cout: 4,
+                h: 4,
+                w: 7,
+                kh: 3,
+                kw: 2,
+                pad: [0, 1, 2, 0],
+            },
+            Conv {
+                batch: 1,
+                cin: 17,
+                cout: 33,
+                h: 12,
+                w: 10,
+                kh: 3,
+                kw: 3,
+                pad: [1, 1, 1, 1],
+            },
+        ];
+        for (k, c) in cases.into_iter().enumerate() {
+            let x = data(c.batch * c.cin * c.h * c.w, k as u32);
+            let w = data(c.cout * c.cin * c.kh * c.kw, 7 + k as u32);
+            let bias = data(c.cout, 99);
+            for bias in [None, Some(&bias[..])] {
+                let got = conv2d(c, &x, &w, bias);
+                let want = naive(c, &x, &w, bias);
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() < 1e-4, "{c:?}: {g} vs {w}");
+                }
+            }
+        }
+    }
+}

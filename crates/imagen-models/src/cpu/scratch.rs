@@ -1,0 +1,23 @@
+//! Per-thread scratch buffers reused across calls: the padded conv input and the wide conv
+//! output are tens of MB, and a fresh allocation of that size is a fresh `mmap` whose pages the
+//! kernel zeroes on first touch (that showed up as ~10% of a UNet step in `perf`).
+
+use std::cell::RefCell;
+
+const SLOTS: usize = 2;
+
+thread_local! {
+    static BUFFERS: RefCell<[Vec<f32>; SLOTS]> = const { RefCell::new([Vec::new(), Vec::new()]) };
+}
+
+/// A buffer of exactly `len` elements (contents unspecified: callers overwrite what they read).
+pub(crate) fn take(slot: usize, len: usize) -> Vec<f32> {
+    let mut v = BUFFERS.with(|b| std::mem::take(&mut b.borrow_mut()[slot]));
+    v.resize(len, 0.0);
+    v
+}
+
+/// Returns a buffer to its slot for the next call on this thread.
+pub(crate) fn give(slot: usize, v: Vec<f32>) {
+    BUFFERS.with(|b| b.borrow_mut()[slot] = v);
+}
