@@ -17,7 +17,9 @@ pub struct BenchArgs {
     /// sd15, sd21 or sdxl.
     #[arg(long, default_value = "sd15")]
     arch: String,
-    /// unet, vae-decode, text-encoder or pipeline (text encoder + steps × UNet + VAE decode).
+    /// unet, vae-decode, text-encoder or pipeline (text encoder + steps × UNet + VAE decode);
+    /// single ops at the UNet's first level: conv (3×3), attention (self, 8 heads), group-norm
+    /// (+ SiLU), linear (c → 8c, the feed-forward's first projection).
     #[arg(long, default_value = "unet")]
     component: String,
     /// Latent side (64 = 512² images for SD 1.5).
@@ -26,6 +28,9 @@ pub struct BenchArgs {
     /// Batch of the UNet / text encoder / VAE (2 = one classifier-free-guidance step).
     #[arg(long, default_value_t = 2)]
     batch: usize,
+    /// Channels of the single-op components (default: the UNet's first level, 320).
+    #[arg(long)]
+    channels: Option<usize>,
     /// UNet evaluations in `pipeline`.
     #[arg(long, default_value_t = 1)]
     steps: usize,
@@ -38,6 +43,12 @@ pub struct BenchArgs {
     /// One JSON line instead of text.
     #[arg(long)]
     json: bool,
+    /// burn's stock CPU ops instead of imagen's CPU kernels (same as IMAGEN_CPU_KERNELS=0).
+    #[arg(long)]
+    stock: bool,
+    /// Also report the time spent in each of imagen's CPU kernels (per timed run, averaged).
+    #[arg(long)]
+    profile: bool,
 }
 
 struct Arch {
@@ -67,6 +78,52 @@ fn arch(name: &str) -> Result<Arch> {
     })
 }
 
+/// One op with `c` channels at `l²` positions: what the CPU kernels
+/// replace, timed alone. Returns the run and its FLOPs.
+fn op(name: &str, c: usize, b: usize, l: usize, device: &Device) -> (Box<dyn FnMut() -> Tensor<2>>, u64) {
+    use burn::nn::conv::Conv2dConfig;
+    use burn::nn::{GroupNormConfig, PaddingConfig2d};
+    let x = Tensor::<4>::random([b, c, l, l], Distribution::Normal(0.0, 1.0), device);
+    let n = (b * l * l) as u64;
+    match name {
+        "conv" => {
+            let conv = Conv2dConfig::new([c, c], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device);
+            let f = move || imagen_models::cpu::conv2d(&conv, x.clone()).sum().reshape([1, 1]);
+            (Box::new(f), 2 * n * (c * c * 9) as u64)
+        }
+        "linear" => {
+            // the feed-forward's first projection (GEGLU): c -> 8c over every position
+            let lin = burn::nn::LinearConfig::new(c, 8 * c).init(device);
+            let seq = Tensor::<3>::random([b, l * l, c], Distribution::Normal(0.0, 1.0), device);
+            let f = move || imagen_models::cpu::linear(&lin, seq.clone()).sum().reshape([1, 1]);
+            (Box::new(f), 2 * n * (c * 8 * c) as u64)
+        }
+        "attention" => {
+            let heads = 8;
+            // a projection's output: [b, l², c], contiguous
+            let seq = Tensor::<3>::random([b, l * l, c], Distribution::Normal(0.0, 1.0), device);
+            let f = move || {
+                let out =
+                    imagen_models::attention::multi_head_attention(seq.clone(), seq.clone(), seq.clone(), heads, false);
+                out.sum().reshape([1, 1])
+            };
+            // q·kᵀ and p·v: 2 · 2 · n · l² · c
+            (Box::new(f), 4 * n * (l * l * c) as u64)
+        }
+        _ => {
+            let norm = GroupNormConfig::new(32, c).with_epsilon(1e-5).init(device);
+            let f = move || {
+                imagen_models::cpu::group_norm(&norm, x.clone(), true)
+                    .sum()
+                    .reshape([1, 1])
+            };
+            (Box::new(f), 0)
+        }
+    }
+}
+
 /// Peak resident set size of this process so far (Linux `VmHWM`).
 fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -77,6 +134,9 @@ fn peak_rss_bytes() -> Option<u64> {
 
 pub fn run(a: BenchArgs) -> Result<()> {
     let arch = arch(&a.arch)?;
+    if a.stock {
+        imagen_models::cpu::set_enabled(false);
+    }
     let device: Device = device::by_name(&a.backend)?;
     let (b, l) = (a.batch, a.latent);
     let ctx: usize = arch.text.iter().map(|t| t.hidden_size).sum();
@@ -145,11 +205,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let g = text_gflop + a.steps as u64 * unet_gflop + vae_gflop;
             (format!("{b}x4x{l}x{l}, {} steps", a.steps), g, Box::new(f))
         }
-        other => bail!("unknown --component {other:?} (unet, vae-decode, text-encoder, pipeline)"),
+        "conv" | "attention" | "group-norm" | "linear" => {
+            let c = a.channels.unwrap_or(arch.unet.block_out_channels[0]);
+            let (run, g) = op(&a.component, c, b, l, &device);
+            params = 0;
+            (format!("{b}x{c}x{l}x{l}"), g, run)
+        }
+        other => bail!(
+            "unknown --component {other:?} (unet, vae-decode, text-encoder, pipeline, conv, attention, group-norm, linear)"
+        ),
     };
 
     // Warm-up (also materialises the lazily initialised random weights).
     let _ = work().into_data();
+    use imagen_models::cpu::profile;
+    profile::set_enabled(a.profile);
     let mut runs: Vec<f64> = (0..a.runs.max(1))
         .map(|_| {
             let t = Instant::now();
@@ -162,6 +232,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let median = runs[runs.len() / 2];
     let gflop = gflop as f64 / 1e9;
     let rss = peak_rss_bytes();
+    let n = runs_s.len() as f64;
+    let kernels: serde_json::Map<String, serde_json::Value> = profile::totals()
+        .into_iter()
+        .filter(|_| a.profile)
+        .map(|(k, s, calls)| {
+            (
+                k.to_string(),
+                serde_json::json!({"s": s / n, "calls": calls as f64 / n}),
+            )
+        })
+        .collect();
     if a.json {
         println!(
             "{}",
@@ -169,6 +250,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "tool": "imagen", "arch": a.arch, "component": a.component, "backend": a.backend,
                 "shape": shape, "median_s": median, "runs_s": runs_s, "gflop": gflop,
                 "gflop_per_s": gflop / median, "peak_rss_bytes": rss, "weights_bytes": params * 4,
+                "kernels": a.profile.then_some(&kernels),
             })
         );
     } else {
@@ -181,6 +263,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             gflop / median,
             rss.map_or("n/a".into(), |r| format!("{:.2} GiB", r as f64 / (1u64 << 30) as f64))
         );
+        for (k, v) in &kernels {
+            println!("  {k}: {v}");
+        }
     }
     Ok(())
 }

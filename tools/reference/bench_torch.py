@@ -78,9 +78,17 @@ def component_bench(a):
     ctx_dim = sum(c.hidden_size for c in texts)
     xl = a.arch == "sdxl"
 
+    c = a.channels or 320  # default: the UNet's first level (all three archs)
+
     def build(device):
         with torch.device(device):
             m = {}
+            if a.component == "conv":
+                m["conv"] = torch.nn.Conv2d(c, c, 3, padding=1)
+            if a.component == "linear":
+                m["linear"] = torch.nn.Linear(c, 8 * c)
+            if a.component == "group-norm":
+                m["norm"] = torch.nn.GroupNorm(32, c, eps=1e-5)
             if a.component in ("unet", "pipeline"):
                 m["unet"] = UNet2DConditionModel(**unet_cfg).eval()
             if a.component in ("vae-decode", "pipeline"):
@@ -99,7 +107,20 @@ def component_bench(a):
                  "time_ids": torch.tensor([[l * 8.0, l * 8.0, 0, 0, l * 8.0, l * 8.0]] * b, device=device)}
         kw = {"added_cond_kwargs": added} if xl else {}
 
+        img = torch.randn(b, c, l, l, device=device)
+        seq = torch.randn(b, l * l, c, device=device)  # a projection's output: contiguous
+
         def run():
+            if a.component == "conv":
+                return m["conv"](img)
+            if a.component == "linear":
+                return m["linear"](seq)
+            if a.component == "group-norm":
+                return torch.nn.functional.silu(m["norm"](img))
+            if a.component == "attention":
+                # [b, l², 8·d] -> [b, 8, l², d], as diffusers' AttnProcessor2_0
+                h = seq.reshape(b, l * l, 8, c // 8).transpose(1, 2)
+                return torch.nn.functional.scaled_dot_product_attention(h, h, h).transpose(1, 2).reshape(b, l * l, c)
             if a.component == "unet":
                 return m["unet"](lat, t, encoder_hidden_states=ctx, **kw).sample
             if a.component == "vae-decode":
@@ -136,6 +157,7 @@ def main():
     ap.add_argument("--latent", type=int, default=64)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--channels", type=int, help="channels of the single-op components (default 320)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.component:

@@ -3,7 +3,6 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
@@ -45,11 +44,11 @@ impl Attention {
     /// x: `[b, n, query_dim]`, context: `[b, m, context_dim]` → `[b, n, query_dim]`
     pub fn forward(&self, x: Tensor<3>, context: Option<&Tensor<3>>) -> Tensor<3> {
         let ctx = context.cloned().unwrap_or_else(|| x.clone());
-        let q = self.to_q.forward(x);
-        let k = self.to_k.forward(ctx.clone());
-        let v = self.to_v.forward(ctx);
+        let q = cpu::linear(&self.to_q, x);
+        let k = cpu::linear(&self.to_k, ctx.clone());
+        let v = cpu::linear(&self.to_v, ctx);
         let out = multi_head_attention(q, k, v, self.heads, false);
-        self.to_out.forward(out)
+        cpu::linear(&self.to_out, out)
     }
 }
 
@@ -90,14 +89,12 @@ impl FeedForward {
 
     /// x: `[b, n, dim]` → `[b, n, dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = self.geglu.forward(x);
-        let [b, n, two_inner] = h.dims();
-        let inner = two_inner / 2;
-        let hidden = h.clone().slice([0..b, 0..n, 0..inner]);
-        let gate = h.slice([0..b, 0..n, inner..two_inner]);
-        self.out.forward(hidden * gelu(gate))
+        cpu::linear(&self.out, cpu::geglu(cpu::linear(&self.geglu, x)))
     }
 }
+
+/// diffusers' `BasicTransformerBlock` norms use PyTorch's default epsilon.
+const LN_EPS: f64 = 1e-5;
 
 /// Self-attention, cross-attention and feed-forward, each pre-norm with a residual.
 #[derive(Module, Debug)]
@@ -112,7 +109,7 @@ pub struct BasicTransformerBlock {
 
 impl BasicTransformerBlock {
     pub fn new(dim: usize, context_dim: usize, heads: usize, head_dim: usize, d: &Device) -> Self {
-        let ln = || LayerNormConfig::new(dim).with_epsilon(1e-5).init(d);
+        let ln = || LayerNormConfig::new(dim).with_epsilon(LN_EPS).init(d);
         BasicTransformerBlock {
             norm1: ln(),
             attn1: Attention::new(dim, dim, heads, head_dim, false, d),
@@ -125,9 +122,10 @@ impl BasicTransformerBlock {
 
     /// x: `[b, n, dim]`, context: `[b, m, context_dim]` → `[b, n, dim]`
     pub fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
-        let x = self.attn1.forward(self.norm1.forward(x.clone()), None) + x;
-        let x = self.attn2.forward(self.norm2.forward(x.clone()), Some(context)) + x;
-        self.ff.forward(self.norm3.forward(x.clone())) + x
+        let ln = |n: &LayerNorm, x: &Tensor<3>| cpu::layer_norm(n, x.clone(), LN_EPS);
+        let x = self.attn1.forward(ln(&self.norm1, &x), None) + x;
+        let x = self.attn2.forward(ln(&self.norm2, &x), Some(context)) + x;
+        self.ff.forward(ln(&self.norm3, &x)) + x
     }
 }
 
@@ -182,7 +180,7 @@ impl Transformer2DModel {
         let to_seq = |t: Tensor<4>| t.reshape([b, c, h * w]).swap_dims(1, 2);
         let mut seq = match &self.proj_in {
             Projection::Conv(conv) => to_seq(cpu::conv2d(conv, x)),
-            Projection::Linear(lin) => lin.forward(to_seq(x)),
+            Projection::Linear(lin) => cpu::linear(lin, to_seq(x)),
         };
         for block in &self.transformer_blocks {
             seq = block.forward(seq, context);
@@ -191,7 +189,7 @@ impl Transformer2DModel {
         let to_img = |t: Tensor<3>| t.swap_dims(1, 2).reshape([b, c, h, w]);
         let out = match &self.proj_out {
             Projection::Conv(conv) => cpu::conv2d(conv, to_img(seq)),
-            Projection::Linear(lin) => to_img(lin.forward(seq)),
+            Projection::Linear(lin) => to_img(cpu::linear(lin, seq)),
         };
         out + residual
     }

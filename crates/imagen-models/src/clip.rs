@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::attention::multi_head_attention;
 use crate::config::unsupported;
+use crate::cpu;
 use crate::error::Result;
 use crate::layers::linear;
 
@@ -211,20 +212,20 @@ impl ClipTextModel {
             let a = &layer.self_attn;
             let h = layer.layer_norm1.forward(x.clone());
             let h = multi_head_attention(
-                a.q_proj.forward(h.clone()),
-                a.k_proj.forward(h.clone()),
-                a.v_proj.forward(h),
+                cpu::linear(&a.q_proj, h.clone()),
+                cpu::linear(&a.k_proj, h.clone()),
+                cpu::linear(&a.v_proj, h),
                 self.heads,
                 true,
             );
-            x = x + a.out_proj.forward(h);
-            let h = layer.mlp.fc1.forward(layer.layer_norm2.forward(x.clone()));
+            x = x + cpu::linear(&a.out_proj, h);
+            let h = cpu::linear(&layer.mlp.fc1, layer.layer_norm2.forward(x.clone()));
             let h = if self.quick_gelu {
                 h.clone() * sigmoid(h * 1.702)
             } else {
                 gelu(h)
             };
-            x = x + layer.mlp.fc2.forward(h);
+            x = x + cpu::linear(&layer.mlp.fc2, h);
         }
         x
     }

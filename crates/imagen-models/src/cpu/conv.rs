@@ -7,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use super::conv_avx512;
 use super::gemm::{Mat, MatMut, gemm};
 use super::scratch;
 
@@ -43,6 +44,9 @@ pub(crate) fn conv2d(c: Conv, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -
     // Channel stride of the padded input: the last tap reads kw − 1 elements past hp·wp.
     let cstride = hp * wp + c.kw - 1;
     let n = ho * wp; // GEMM columns: output rows on the padded width
+    if !direct && conv_avx512::available() && avx512_allowed() {
+        return conv2d_avx512(c, x, weight, bias);
+    }
     let mut out = vec![0f32; c.batch * c.cout * ho * wo];
     let mut xpad = if direct {
         Vec::new()
@@ -100,6 +104,78 @@ pub(crate) fn conv2d(c: Conv, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -
                 .zip(wide.par_chunks(wp))
                 .for_each(|(o, w)| o.copy_from_slice(&w[..wo]));
         }
+    }
+    scratch::give(0, xpad);
+    scratch::give(1, wide);
+    out
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Lets the tests run the GEMM route on machines that have AVX-512.
+    static ENABLE_AVX512: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+fn avx512_allowed() -> bool {
+    #[cfg(test)]
+    {
+        ENABLE_AVX512.with(|e| e.get())
+    }
+    #[cfg(not(test))]
+    {
+        true
+    }
+}
+
+/// The same computation with the AVX-512 direct kernel: output on the padded width rounded up
+/// to whole register tiles, then compacted.
+fn conv2d_avx512(c: Conv, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let (ho, wo) = c.out_hw();
+    let [t, l, b, r] = c.pad;
+    let (hp, wp) = (c.h + t + b, c.w + l + r);
+    let cstride = hp * wp + c.kw - 1;
+    let n = ho * wp;
+    let n_pad = n.next_multiple_of(conv_avx512::NR);
+    let offsets: Vec<usize> = (0..c.kh).flat_map(|i| (0..c.kw).map(move |j| i * wp + j)).collect();
+    let mut out = vec![0f32; c.batch * c.cout * ho * wo];
+    // The last tile of the last channel reads up to n_pad − n past its plane.
+    let mut xpad = scratch::take(0, c.cin * cstride + (n_pad - n));
+    let mut wide = scratch::take(1, c.cout * n_pad);
+    xpad[c.cin * cstride..].fill(0.0);
+    for bi in 0..c.batch {
+        let xb = &x[bi * c.cin * c.h * c.w..][..c.cin * c.h * c.w];
+        pad_into(&mut xpad, xb, c.cin, c.h, c.w, c.pad, cstride);
+        let dst = MatMut {
+            ptr: wide.as_mut_ptr(),
+            rs: n_pad as isize,
+            cs: 1,
+        };
+        // SAFETY: reads reach (cin − 1)·cstride + n_pad + max(offsets) ≤ xpad.len() (the max
+        // offset is (kh − 1)·wp + kw − 1 and n + that ≤ cstride); weight is cout·cin·taps;
+        // `wide` is cout rows of n_pad.
+        unsafe {
+            conv_avx512::conv(
+                xpad.as_ptr(),
+                cstride,
+                c.cin,
+                &offsets,
+                weight.as_ptr(),
+                bias,
+                c.cout,
+                n,
+                dst,
+                c.kw,
+            )
+        };
+        let ob = &mut out[bi * c.cout * ho * wo..][..c.cout * ho * wo];
+        // [cout, n_pad] (rows of wp) -> [cout, ho, wo]
+        ob.par_chunks_mut(ho * wo)
+            .zip(wide.par_chunks(n_pad))
+            .for_each(|(o, w)| {
+                for (orow, wrow) in o.chunks_mut(wo).zip(w.chunks(wp)) {
+                    orow.copy_from_slice(&wrow[..wo]);
+                }
+            });
     }
     scratch::give(0, xpad);
     scratch::give(1, wide);
@@ -227,6 +303,15 @@ mod tests {
             let bias = data(c.cout, 99);
             for bias in [None, Some(&bias[..])] {
                 let got = conv2d(c, &x, &w, bias);
+                if conv_avx512::available() && c.kh * c.kw > 1 {
+                    // conv2d took the AVX-512 kernel: check the GEMM route too
+                    let saved = ENABLE_AVX512.with(|e| e.replace(false));
+                    let via_gemm = conv2d(c, &x, &w, bias);
+                    ENABLE_AVX512.with(|e| e.set(saved));
+                    for (g, v) in got.iter().zip(&via_gemm) {
+                        assert!((g - v).abs() < 1e-4);
+                    }
+                }
                 let want = naive(c, &x, &w, bias);
                 assert_eq!(got.len(), want.len());
                 for (g, w) in got.iter().zip(&want) {

@@ -8,15 +8,19 @@
 
 mod attention;
 mod conv;
+mod conv_avx512;
+mod elementwise;
 mod gemm;
+mod linear;
 mod norm;
+pub mod profile;
 mod scratch;
 mod simd;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, PaddingConfig2d};
+use burn::nn::{GroupNorm, LayerNorm, Linear, PaddingConfig2d};
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::{Flex, FlexTensor};
 
@@ -93,6 +97,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         pad,
     };
     let (ho, wo) = c.out_hw();
+    let _t = profile::Timer::new(profile::Op::Conv);
     let out = conv::conv2d(c, slice(&xs), slice(&ws), bias.as_ref().map(slice));
     tensor(out, [batch, cout, ho, wo])
 }
@@ -114,6 +119,7 @@ pub fn group_norm(norm: &GroupNorm, x: Tensor<4>, silu: bool) -> Tensor<4> {
         return fallback(x);
     };
     let [b, c, h, w] = x.dims();
+    let _t = profile::Timer::new(profile::Op::GroupNorm);
     let out = norm::group_norm(
         slice(&xs),
         b,
@@ -142,6 +148,58 @@ pub fn attention(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usize, caus
         d: inner / heads,
         causal,
     };
+    let _t = profile::Timer::new(profile::Op::Attention);
     let out = attention::attention(a, slice(&qs), slice(&ks), slice(&vs));
     Some(tensor(out, [batch, n, inner]))
+}
+
+/// `lin.forward(x)` as one GEMM over all leading dims on the CPU.
+/// x: `[.., in]` → `[.., out]`
+pub fn linear<const D: usize>(lin: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let weight = lin.weight.val();
+    let bias = lin.bias.as_ref().map(|b| b.val());
+    let bias_host = match &bias {
+        Some(b) => host(b).map(Some),
+        None => Some(None),
+    };
+    let (Some(xs), Some(ws), Some(bias)) = (host(&x), host(&weight), bias_host) else {
+        return lin.forward(x);
+    };
+    let [d_in, d_out] = weight.dims();
+    let mut shape = x.dims();
+    let rows = shape[..D - 1].iter().product();
+    let _t = profile::Timer::new(profile::Op::Linear);
+    let out = linear::linear(slice(&xs), rows, d_in, d_out, slice(&ws), bias.as_ref().map(slice));
+    shape[D - 1] = d_out;
+    tensor(out, shape)
+}
+
+/// `ln.forward(x)`; burn keeps `LayerNorm`'s epsilon private, so the caller passes the one it
+/// built the module with. x: `[.., dim]` → same shape
+pub fn layer_norm<const D: usize>(ln: &LayerNorm, x: Tensor<D>, eps: f64) -> Tensor<D> {
+    let gamma = ln.gamma.val();
+    let beta = match &ln.beta {
+        Some(b) => host(&b.val()).map(Some),
+        None => Some(None),
+    };
+    let (Some(xs), Some(gs), Some(beta)) = (host(&x), host(&gamma), beta) else {
+        return ln.forward(x);
+    };
+    let shape = x.dims();
+    let _t = profile::Timer::new(profile::Op::Other);
+    let out = elementwise::layer_norm(slice(&xs), shape[D - 1], slice(&gs), beta.as_ref().map(slice), eps);
+    tensor(out, shape)
+}
+
+/// GEGLU: h `[b, n, 2·inner]` (hidden ‖ gate) → `hidden · gelu(gate)`, `[b, n, inner]`.
+pub fn geglu(h: Tensor<3>) -> Tensor<3> {
+    let [b, n, two_inner] = h.dims();
+    let inner = two_inner / 2;
+    let Some(hs) = host(&h) else {
+        let hidden = h.clone().slice([0..b, 0..n, 0..inner]);
+        let gate = h.slice([0..b, 0..n, inner..two_inner]);
+        return hidden * burn::tensor::activation::gelu(gate);
+    };
+    let _t = profile::Timer::new(profile::Op::Other);
+    tensor(elementwise::geglu(slice(&hs), inner), [b, n, inner])
 }

@@ -8,13 +8,13 @@ macro_rules! multiversion {
         $(#[$m])*
         $vis fn $name($($a: $t),*) $(-> $r)? {
             #[inline(always)]
-            fn inner($($a: $t),*) $(-> $r)? $body
+            fn __mv_body($($a: $t),*) $(-> $r)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-                fn v4($($a: $t),*) $(-> $r)? { inner($($a),*) }
+                fn v4($($a: $t),*) $(-> $r)? { __mv_body($($a),*) }
                 #[target_feature(enable = "avx2,fma")]
-                fn v3($($a: $t),*) $(-> $r)? { inner($($a),*) }
+                fn v3($($a: $t),*) $(-> $r)? { __mv_body($($a),*) }
                 if std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vl")
                     && std::arch::is_x86_feature_detected!("avx512bw")
@@ -28,7 +28,7 @@ macro_rules! multiversion {
                     return unsafe { v3($($a),*) };
                 }
             }
-            inner($($a),*)
+            __mv_body($($a),*)
         }
     };
 }
@@ -38,15 +38,20 @@ pub(crate) use multiversion;
 /// (or two AVX2 ones) without needing fast-math reassociation.
 pub(crate) const LANES: usize = 16;
 
-/// `e^x` in f32, the Cephes polynomial (as in `avx_mathfun`): ~1 ulp on the range softmax and
-/// SiLU use; inputs below −88.4 give 0, so `-inf` masks work.
+/// `e^x` in f32, the Cephes polynomial (as in `avx_mathfun`): ~1 ulp. Inputs are clamped to
+/// [−87.3, 88.3] (so `-inf` gives ~1e−38, not 0: callers mask explicitly). Branch-free and
+/// without float→int casts (Rust's saturating cast does not vectorise).
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-88.376_26, 88.376_26);
-    let fx = (x * LOG2E + 0.5).floor();
+    // 1.5·2²³: adding it rounds to an integer, which then sits in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    let x = if x < -87.3 { -87.3 } else { x };
+    let x = if x > 88.3 { 88.3 } else { x };
+    let t = x * LOG2E + MAGIC;
+    let fx = t - MAGIC; // round(x·log2 e) ∈ [−126, 127]
     let r = x - fx * C1 - fx * C2;
     let z = r * r;
     let mut y = 1.987_569_1e-4_f32;
@@ -56,8 +61,8 @@ pub(crate) fn exp(x: f32) -> f32 {
     y = y * r + 1.666_666_5e-1;
     y = y * r + 0.5;
     let y = y * z + r + 1.0;
-    // 2^fx through the exponent bits; fx ∈ [−127, 128): −127 gives 0 (flush), fine here.
-    let pow2 = f32::from_bits((((fx as i32) + 127).max(0) as u32) << 23);
+    // 2^fx: fx + 127 as the exponent field.
+    let pow2 = f32::from_bits((t.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127)) << 23);
     y * pow2
 }
 
@@ -68,7 +73,8 @@ pub(crate) fn max(xs: &[f32]) -> f32 {
     let mut chunks = xs.chunks_exact(LANES);
     for c in &mut chunks {
         for i in 0..LANES {
-            acc[i] = acc[i].max(c[i]);
+            // a plain compare (not f32::max, whose NaN rules cost a blend per lane)
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
         }
     }
     let mut m = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
@@ -122,7 +128,7 @@ mod tests {
             x += 0.0137;
         }
         assert!(worst < 3e-7, "worst relative error {worst}");
-        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert!(exp(f32::NEG_INFINITY) < 1e-37);
         assert_eq!(exp(0.0), 1.0);
     }
 

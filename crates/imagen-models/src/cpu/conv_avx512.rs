@@ -1,0 +1,170 @@
+//! Stride-1 convolution straight from the padded input with AVX-512: no packing at all.
+//!
+//! A register tile is 4 output channels × 96 consecutive positions of the padded-width output
+//! (24 zmm accumulators). For each input channel and kernel tap it loads 6 vectors of the input
+//! shifted by the tap's offset and broadcasts 4 weights: 24 FMAs per 10 loads. Weights are read
+//! in place (`[cout, cin, kh, kw]` is sequential in (cin, tap) for a fixed output channel), so a
+//! 3×3 conv needs neither im2col nor a packed copy of its weights.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use super::gemm::MatMut;
+
+/// Output channels per register tile.
+pub(crate) const MR: usize = 4;
+/// Positions per register tile (6 vectors of 16).
+pub(crate) const NR: usize = 96;
+/// Register tiles of positions per task, and output channels per task.
+const TILES_PER_TASK: usize = 4;
+const CHANNELS_PER_TASK: usize = 64;
+
+/// Whether this CPU can run [`conv`].
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `dst[o, p] = bias[o] + Σ_c Σ_t w[o, c, t] · x[c·cstride + p + offsets[t]]` for `o < cout`,
+/// `p < n` rounded up to [`NR`]. `dst` has row stride `dst_rs ≥ n.next_multiple_of(NR)`.
+///
+/// # Safety
+/// `x` must be readable for `(cin − 1)·cstride + n.next_multiple_of(NR) + max(offsets)`
+/// elements; `w` holds `cout·cin·offsets.len()`; `dst` is writable for `cout` rows.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn conv(
+    x: *const f32,
+    cstride: usize,
+    cin: usize,
+    offsets: &[usize],
+    w: *const f32,
+    bias: Option<&[f32]>,
+    cout: usize,
+    n: usize,
+    dst: MatMut,
+    kw: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[derive(Clone, Copy)]
+        struct In(*const f32);
+        // SAFETY: read-only pointers shared by the tasks.
+        unsafe impl Send for In {}
+        unsafe impl Sync for In {}
+        impl In {
+            // a method, so closures capture the whole (Sync) wrapper, not its raw field
+            fn at(self, offset: usize) -> *const f32 {
+                self.0.wrapping_add(offset)
+            }
+        }
+        let (x, w) = (In(x), In(w));
+        let tiles = n.div_ceil(NR);
+        let chunks = tiles.div_ceil(TILES_PER_TASK);
+        let groups = cout.div_ceil(CHANNELS_PER_TASK);
+        (0..chunks * groups).into_par_iter().for_each(|task| {
+            let (chunk, group) = (task % chunks, task / chunks);
+            let o_end = ((group + 1) * CHANNELS_PER_TASK).min(cout);
+            let t_end = ((chunk + 1) * TILES_PER_TASK).min(tiles);
+            let mut o = group * CHANNELS_PER_TASK;
+            while o < o_end {
+                let rows = MR.min(o_end - o);
+                for t in chunk * TILES_PER_TASK..t_end {
+                    let p = t * NR;
+                    let b = bias.map(|b| &b[o..o + rows]);
+                    let wo = w.at(o * cin * offsets.len());
+                    let d = dst.at(o * dst.rs as usize + p).ptr;
+                    let xp = x.at(p);
+                    // SAFETY: the caller's bounds; tasks write disjoint (rows × NR) blocks.
+                    unsafe {
+                        match rows {
+                            4 => tile::<4>(xp, cstride, cin, offsets, wo, b, d, dst.rs, kw),
+                            3 => tile::<3>(xp, cstride, cin, offsets, wo, b, d, dst.rs, kw),
+                            2 => tile::<2>(xp, cstride, cin, offsets, wo, b, d, dst.rs, kw),
+                            _ => tile::<1>(xp, cstride, cin, offsets, wo, b, d, dst.rs, kw),
+                        }
+                    }
+                }
+                o += rows;
+            }
+        });
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, cstride, cin, offsets, w, bias, cout, n, dst, kw);
+        unreachable!("available() is false off x86-64");
+    }
+}
+
+/// One `R × NR` register tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+#[allow(clippy::needless_range_loop)] // R × 6 register tile: indices are the point
+unsafe fn tile<const R: usize>(
+    x: *const f32,
+    cstride: usize,
+    cin: usize,
+    offsets: &[usize],
+    w: *const f32,
+    bias: Option<&[f32]>,
+    dst: *mut f32,
+    dst_rs: isize,
+    kw: usize,
+) {
+    let taps = offsets.len();
+    let wstride = cin * taps; // between output channels
+    let mut acc = [[_mm512_setzero_ps(); 6]; R];
+    if let Some(b) = bias {
+        for r in 0..R {
+            acc[r] = [_mm512_set1_ps(b[r]); 6];
+        }
+    }
+    // SAFETY (whole body): in bounds by `conv`'s contract.
+    unsafe {
+        for c in 0..cin {
+            let xc = x.add(c * cstride);
+            // The next channel's plane is cstride away, beyond what the hardware prefetcher
+            // follows: fetch its rows (taps with j = 0 start them) while this one computes.
+            if c + 1 < cin {
+                for &off in offsets.iter().step_by(kw) {
+                    let next = xc.add(cstride + off);
+                    for line in 0..7 {
+                        _mm_prefetch::<_MM_HINT_T0>(next.add(16 * line) as *const i8);
+                    }
+                }
+            }
+            let wc = w.add(c * taps);
+            for (t, &off) in offsets.iter().enumerate() {
+                let xp = xc.add(off);
+                let xv = [
+                    _mm512_loadu_ps(xp),
+                    _mm512_loadu_ps(xp.add(16)),
+                    _mm512_loadu_ps(xp.add(32)),
+                    _mm512_loadu_ps(xp.add(48)),
+                    _mm512_loadu_ps(xp.add(64)),
+                    _mm512_loadu_ps(xp.add(80)),
+                ];
+                for r in 0..R {
+                    let wv = _mm512_set1_ps(*wc.add(r * wstride + t));
+                    for v in 0..6 {
+                        acc[r][v] = _mm512_fmadd_ps(wv, xv[v], acc[r][v]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            let d = dst.offset(r as isize * dst_rs);
+            for v in 0..6 {
+                _mm512_storeu_ps(d.add(16 * v), acc[r][v]);
+            }
+        }
+    }
+}
