@@ -41,78 +41,85 @@ pub(crate) fn attention(a: Attn, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
     };
     let tiles = a.n.div_ceil(TILE);
     let scale = 1.0 / (a.d as f32).sqrt();
+    // Per (batch, head): kᵀ as [d, m] and v as [m, dp] (dp = d rounded up to a vector, zeros
+    // after d). In those layouts the GEMMs below read both in place instead of repacking them
+    // for every tile of queries (which cost as much as the products at d = 40).
+    let dp = a.d.next_multiple_of(16);
+    let (kt_len, v_len) = (a.d * a.m, a.m * dp);
+    let mut kt = vec![0f32; a.batch * a.heads * kt_len];
+    let mut vp = vec![0f32; a.batch * a.heads * v_len];
+    kt.par_chunks_mut(kt_len)
+        .zip(vp.par_chunks_mut(v_len))
+        .enumerate()
+        .for_each(|(bh, (kt, vp))| {
+            let (b, h) = (bh / a.heads, bh % a.heads);
+            for j in 0..a.m {
+                let src = (b * a.m + j) * inner + h * a.d;
+                // [m, h·d] -> [d, m] for this head
+                for (c, &x) in k[src..src + a.d].iter().enumerate() {
+                    kt[c * a.m + j] = x;
+                }
+                vp[j * dp..j * dp + a.d].copy_from_slice(&v[src..src + a.d]);
+            }
+        });
     (0..a.batch * a.heads * tiles).into_par_iter().for_each_init(
-        || vec![0f32; TILE * a.m],
-        |scores, task| {
+        || (vec![0f32; TILE * a.m], vec![0f32; TILE * dp]),
+        |(scores, o_tile), task| {
             let (bh, tile) = (task / tiles, task % tiles);
             let (b, h) = (bh / a.heads, bh % a.heads);
             let r0 = tile * TILE;
             let rows = TILE.min(a.n - r0);
             let q_off = (b * a.n + r0) * inner + h * a.d;
-            let kv_off = b * a.m * inner + h * a.d;
+            let (kt, vp) = (&kt[bh * kt_len..][..kt_len], &vp[bh * v_len..][..v_len]);
             let s = MatMut {
                 ptr: scores.as_mut_ptr(),
                 rs: a.m as isize,
                 cs: 1,
             };
-            // S[rows × m] = scale · q[rows × d] · kᵀ[d × m]
-            // SAFETY: q rows r0.. of head h, k's m rows of head h (read as columns), S is this
-            // task's own buffer of TILE·m.
-            unsafe {
-                gemm(
-                    rows,
-                    a.m,
-                    a.d,
-                    s,
-                    false,
-                    Mat {
-                        ptr: q[q_off..].as_ptr(),
-                        rs: inner as isize,
-                        cs: 1,
-                    },
-                    Mat {
-                        ptr: k[kv_off..].as_ptr(),
-                        rs: 1,
-                        cs: inner as isize,
-                    },
-                    scale,
-                    false,
-                )
+            let q_rows = Mat {
+                ptr: q[q_off..].as_ptr(),
+                rs: inner as isize,
+                cs: 1,
             };
+            let k_cols = Mat {
+                ptr: kt.as_ptr(),
+                rs: a.m as isize,
+                cs: 1,
+            };
+            // S[rows × m] = scale · q[rows × d] · kᵀ[d × m]
+            // SAFETY: q rows r0.. of head h, this head's kᵀ, and this task's own S.
+            unsafe { gemm(rows, a.m, a.d, s, false, q_rows, k_cols, scale, false) };
             let mut inv_sums = [0f32; TILE];
             for (i, row) in scores.chunks_mut(a.m).take(rows).enumerate() {
                 let valid = if a.causal { (r0 + i + 1).min(a.m) } else { a.m };
                 inv_sums[i] = softmax_unnormalised(row, valid);
             }
-            let dst = out_view.at(q_off);
-            // out[rows × d] = S[rows × m] · v[m × d]
-            // SAFETY: each task writes its own rows × head-h columns of `out`; no other task
-            // addresses them. v rows are head h's columns of v.
-            unsafe {
-                gemm(
-                    rows,
-                    a.d,
-                    a.m,
-                    dst,
-                    false,
-                    Mat {
-                        ptr: scores.as_ptr(),
-                        rs: a.m as isize,
-                        cs: 1,
-                    },
-                    Mat {
-                        ptr: v[kv_off..].as_ptr(),
-                        rs: inner as isize,
-                        cs: 1,
-                    },
-                    1.0,
-                    false,
-                )
+            // o[rows × dp] = S[rows × m] · v[m × dp]
+            let o = MatMut {
+                ptr: o_tile.as_mut_ptr(),
+                rs: dp as isize,
+                cs: 1,
             };
+            let p = Mat {
+                ptr: scores.as_ptr(),
+                rs: a.m as isize,
+                cs: 1,
+            };
+            let v_rows = Mat {
+                ptr: vp.as_ptr(),
+                rs: dp as isize,
+                cs: 1,
+            };
+            // SAFETY: S and o are this task's buffers, vp is this head's (m × dp).
+            unsafe { gemm(rows, dp, a.m, o, false, p, v_rows, 1.0, false) };
+            let dst = out_view.at(q_off);
             for (i, inv) in inv_sums.iter().take(rows).enumerate() {
-                // SAFETY: as above, this task's own rows.
+                // SAFETY: each task writes its own rows × head-h columns of `out`; no other
+                // task addresses them.
                 let row = unsafe { std::slice::from_raw_parts_mut(dst.ptr.add(i * inner), a.d) };
-                row.iter_mut().for_each(|x| *x *= inv);
+                for (x, &y) in row.iter_mut().zip(&o_tile[i * dp..]) {
+                    *x = y * inv;
+                }
             }
         },
     );
@@ -125,10 +132,21 @@ multiversion! {
         let (live, masked) = row.split_at_mut(valid);
         masked.fill(0.0);
         let max = simd::max(live);
-        for x in live.iter_mut() {
-            *x = simd::exp(*x - max);
+        // exp and its sum in one pass, 16 partial sums
+        let mut acc = [0f32; simd::LANES];
+        let mut chunks = live.chunks_exact_mut(simd::LANES);
+        for c in &mut chunks {
+            for i in 0..simd::LANES {
+                c[i] = simd::exp(c[i] - max);
+                acc[i] += c[i];
+            }
         }
-        (1.0 / simd::sum(live)) as f32
+        let mut total: f64 = acc.iter().map(|&a| a as f64).sum();
+        for x in chunks.into_remainder() {
+            *x = simd::exp(*x - max);
+            total += *x as f64;
+        }
+        (1.0 / total) as f32
     }
 }
 

@@ -1,8 +1,9 @@
 //! Stride-1 convolution straight from the padded input with AVX-512: no packing at all.
 //!
-//! A register tile is 4 output channels × 96 consecutive positions of the padded-width output
-//! (24 zmm accumulators). For each input channel and kernel tap it loads 6 vectors of the input
-//! shifted by the tap's offset and broadcasts 4 weights: 24 FMAs per 10 loads. Weights are read
+//! A register tile is 6 output channels × 64 consecutive positions of the padded-width output
+//! (24 zmm accumulators). For each input channel and kernel tap it loads 4 vectors of the input
+//! shifted by the tap's offset and broadcasts 6 weights: 24 FMAs per 10 loads (6×4 measured a
+//! little ahead of 4×6, whose input loads are mostly cache-line splits). Weights are read
 //! in place (`[cout, cin, kh, kw]` is sequential in (cin, tap) for a fixed output channel), so a
 //! 3×3 conv needs neither im2col nor a packed copy of its weights.
 
@@ -14,9 +15,11 @@ use rayon::prelude::*;
 use super::gemm::MatMut;
 
 /// Output channels per register tile.
-pub(crate) const MR: usize = 4;
-/// Positions per register tile (6 vectors of 16).
-pub(crate) const NR: usize = 96;
+pub(crate) const MR: usize = 6;
+/// Vectors of 16 positions per register tile.
+const NV: usize = 4;
+/// Positions per register tile.
+pub(crate) const NR: usize = 16 * NV;
 /// Register tiles of positions per task, and output channels per task.
 const TILES_PER_TASK: usize = 4;
 const CHANNELS_PER_TASK: usize = 64;
@@ -85,6 +88,8 @@ pub(crate) unsafe fn conv(
                     // SAFETY: the caller's bounds; tasks write disjoint (rows × NR) blocks.
                     unsafe {
                         match rows {
+                            6 => tile::<6>(xp, cstride, cin, offsets, wo, b, d, dst.rs, kw),
+                            5 => tile::<5>(xp, cstride, cin, offsets, wo, b, d, dst.rs, kw),
                             4 => tile::<4>(xp, cstride, cin, offsets, wo, b, d, dst.rs, kw),
                             3 => tile::<3>(xp, cstride, cin, offsets, wo, b, d, dst.rs, kw),
                             2 => tile::<2>(xp, cstride, cin, offsets, wo, b, d, dst.rs, kw),
@@ -121,10 +126,10 @@ unsafe fn tile<const R: usize>(
 ) {
     let taps = offsets.len();
     let wstride = cin * taps; // between output channels
-    let mut acc = [[_mm512_setzero_ps(); 6]; R];
+    let mut acc = [[_mm512_setzero_ps(); NV]; R];
     if let Some(b) = bias {
         for r in 0..R {
-            acc[r] = [_mm512_set1_ps(b[r]); 6];
+            acc[r] = [_mm512_set1_ps(b[r]); NV];
         }
     }
     // SAFETY (whole body): in bounds by `conv`'s contract.
@@ -136,7 +141,7 @@ unsafe fn tile<const R: usize>(
             if c + 1 < cin {
                 for &off in offsets.iter().step_by(kw) {
                     let next = xc.add(cstride + off);
-                    for line in 0..7 {
+                    for line in 0..NR / 16 + 1 {
                         _mm_prefetch::<_MM_HINT_T0>(next.add(16 * line) as *const i8);
                     }
                 }
@@ -144,17 +149,13 @@ unsafe fn tile<const R: usize>(
             let wc = w.add(c * taps);
             for (t, &off) in offsets.iter().enumerate() {
                 let xp = xc.add(off);
-                let xv = [
-                    _mm512_loadu_ps(xp),
-                    _mm512_loadu_ps(xp.add(16)),
-                    _mm512_loadu_ps(xp.add(32)),
-                    _mm512_loadu_ps(xp.add(48)),
-                    _mm512_loadu_ps(xp.add(64)),
-                    _mm512_loadu_ps(xp.add(80)),
-                ];
+                let mut xv = [_mm512_setzero_ps(); NV];
+                for (v, xv) in xv.iter_mut().enumerate() {
+                    *xv = _mm512_loadu_ps(xp.add(16 * v));
+                }
                 for r in 0..R {
                     let wv = _mm512_set1_ps(*wc.add(r * wstride + t));
-                    for v in 0..6 {
+                    for v in 0..NV {
                         acc[r][v] = _mm512_fmadd_ps(wv, xv[v], acc[r][v]);
                     }
                 }
@@ -162,7 +163,7 @@ unsafe fn tile<const R: usize>(
         }
         for r in 0..R {
             let d = dst.offset(r as isize * dst_rs);
-            for v in 0..6 {
+            for v in 0..NV {
                 _mm512_storeu_ps(d.add(16 * v), acc[r][v]);
             }
         }

@@ -50,17 +50,19 @@ pub(crate) fn exp(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     let x = if x < -87.3 { -87.3 } else { x };
     let x = if x > 88.3 { 88.3 } else { x };
-    let t = x * LOG2E + MAGIC;
+    let t = x.mul_add(LOG2E, MAGIC);
     let fx = t - MAGIC; // round(x·log2 e) ∈ [−126, 127]
-    let r = x - fx * C1 - fx * C2;
+    // mul_add: one FMA each where the caller is compiled with FMA (the AVX2/AVX-512 versions
+    // from `multiversion!`); libm's exact fmaf on the baseline fallback.
+    let r = (-fx).mul_add(C2, (-fx).mul_add(C1, x));
     let z = r * r;
     let mut y = 1.987_569_1e-4_f32;
-    y = y * r + 1.398_199_9e-3;
-    y = y * r + 8.333_452e-3;
-    y = y * r + 4.166_579_6e-2;
-    y = y * r + 1.666_666_5e-1;
-    y = y * r + 0.5;
-    let y = y * z + r + 1.0;
+    y = y.mul_add(r, 1.398_199_9e-3);
+    y = y.mul_add(r, 8.333_452e-3);
+    y = y.mul_add(r, 4.166_579_6e-2);
+    y = y.mul_add(r, 1.666_666_5e-1);
+    y = y.mul_add(r, 0.5);
+    let y = y.mul_add(z, r) + 1.0;
     // 2^fx: fx + 127 as the exponent field.
     let pow2 = f32::from_bits((t.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127)) << 23);
     y * pow2
