@@ -59,6 +59,21 @@ multiversion! {
     }
 }
 
+/// x: rows of `w` (any leading shape) → each row doubled in place and written twice:
+/// `[.., h, w]` → `[.., 2h, 2w]`.
+pub(crate) fn upsample_2x(x: &[f32], w: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len() * 4];
+    out.par_chunks_mut(4 * w).zip(x.par_chunks(w)).for_each(|(dst, src)| {
+        let (top, bottom) = dst.split_at_mut(2 * w);
+        for (pair, &v) in top.chunks_exact_mut(2).zip(src) {
+            pair[0] = v;
+            pair[1] = v;
+        }
+        bottom.copy_from_slice(top);
+    });
+    out
+}
+
 /// erf in f32: Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e−7), the form PyTorch's vectorised
 /// CPU `erf` uses, with the series below 0.25; both computed and one selected, so it vectorises.
 #[inline(always)]
@@ -83,6 +98,19 @@ fn erf(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upsample() {
+        let x: Vec<f32> = (0..2 * 3 * 4).map(|i| i as f32).collect(); // [2, 3, 4]
+        let y = upsample_2x(&x, 4); // [2, 6, 8]
+        for b in 0..2 {
+            for r in 0..6 {
+                for c in 0..8 {
+                    assert_eq!(y[(b * 6 + r) * 8 + c], x[(b * 3 + r / 2) * 4 + c / 2]);
+                }
+            }
+        }
+    }
 
     #[test]
     fn erf_accuracy() {

@@ -203,3 +203,12 @@ pub fn geglu(h: Tensor<3>) -> Tensor<3> {
     let _t = profile::Timer::new(profile::Op::Other);
     tensor(elementwise::geglu(slice(&hs), inner), [b, n, inner])
 }
+
+/// Nearest-neighbour 2× upsampling on the CPU; `None` when the kernels don't apply.
+/// x: `[b, c, h, w]` → `[b, c, 2h, 2w]`
+pub fn upsample_2x(x: &Tensor<4>) -> Option<Tensor<4>> {
+    let xs = host(x)?;
+    let [b, c, h, w] = x.dims();
+    let _t = profile::Timer::new(profile::Op::Other);
+    Some(tensor(elementwise::upsample_2x(slice(&xs), w), [b, c, 2 * h, 2 * w]))
+}

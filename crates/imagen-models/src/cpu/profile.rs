@@ -10,11 +10,11 @@ pub enum Op {
     Linear,
     Attention,
     GroupNorm,
-    /// layer norm, GEGLU
+    /// layer norm, GEGLU, 2× upsampling
     Other,
 }
 
-pub const NAMES: [&str; 5] = ["conv", "linear", "attention", "group-norm", "layer-norm+geglu"];
+pub const NAMES: [&str; 5] = ["conv", "linear", "attention", "group-norm", "layer-norm+geglu+upsample"];
 
 static ON: AtomicBool = AtomicBool::new(false);
 static NANOS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
