@@ -3,7 +3,7 @@
 print both and the ratio (PyTorch time / imagen time; above 1 means imagen is faster).
 
     python tools/bench_compare.py --arch sd15 --component unet --latent 64 --batch 2 --runs 3 [--threads 2]
-        [--imagen target/release/imagen] [--python .venv/bin/python] [--backend cpu]
+        [--imagen target/release/imagen] [--python .venv/bin/python] [--backend cpu] [--channels C]
 """
 
 import argparse
@@ -21,9 +21,10 @@ def main():
                  ("--runs", "3"), ("--threads", "2"), ("--backend", "cpu"),
                  ("--imagen", str(ROOT / "target" / "release" / "imagen")), ("--python", sys.executable)]:
         ap.add_argument(f, default=d)
+    ap.add_argument("--channels", help="channels of the single-op components (conv, attention, ...)")
     a = ap.parse_args()
     common = ["--arch", a.arch, "--component", a.component, "--latent", a.latent, "--batch", a.batch,
-              "--steps", a.steps, "--runs", a.runs]
+              "--steps", a.steps, "--runs", a.runs] + (["--channels", a.channels] if a.channels else [])
     ours = json.loads(subprocess.run([a.imagen, "bench", *common, "--backend", a.backend, "--json"], check=True,
                                      capture_output=True, text=True).stdout.strip().splitlines()[-1])
     torch = json.loads(subprocess.run([a.python, str(ROOT / "tools/reference/bench_torch.py"), *common, "--threads",

@@ -3,7 +3,6 @@
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::{Device, Int, Tensor};
 use serde::Deserialize;
 
@@ -137,6 +136,7 @@ impl ClipTextConfig {
             text_projection: self.with_projection().then(|| linear(h, self.projection_dim, false, d)),
             heads: self.num_attention_heads,
             quick_gelu: self.hidden_act == "quick_gelu",
+            layer_norm_eps: self.layer_norm_eps,
         }
     }
 }
@@ -183,6 +183,8 @@ pub struct ClipTextModel {
     pub text_projection: Option<Linear>,
     pub heads: usize,
     pub quick_gelu: bool,
+    /// the layer norms' epsilon (burn keeps `LayerNorm`'s own private)
+    pub layer_norm_eps: f64,
 }
 
 impl ClipTextModel {
@@ -210,7 +212,7 @@ impl ClipTextModel {
     fn run_layers(&self, mut x: Tensor<3>, start: usize, end: usize) -> Tensor<3> {
         for layer in self.encoder.layers.iter().take(end).skip(start) {
             let a = &layer.self_attn;
-            let h = layer.layer_norm1.forward(x.clone());
+            let h = cpu::layer_norm(&layer.layer_norm1, x.clone(), self.layer_norm_eps);
             let h = multi_head_attention(
                 cpu::linear(&a.q_proj, h.clone()),
                 cpu::linear(&a.k_proj, h.clone()),
@@ -219,12 +221,11 @@ impl ClipTextModel {
                 true,
             );
             x = x + cpu::linear(&a.out_proj, h);
-            let h = cpu::linear(&layer.mlp.fc1, layer.layer_norm2.forward(x.clone()));
-            let h = if self.quick_gelu {
-                h.clone() * sigmoid(h * 1.702)
-            } else {
-                gelu(h)
-            };
+            let h = cpu::linear(
+                &layer.mlp.fc1,
+                cpu::layer_norm(&layer.layer_norm2, x.clone(), self.layer_norm_eps),
+            );
+            let h = cpu::gelu(h, self.quick_gelu);
             x = x + cpu::linear(&layer.mlp.fc2, h);
         }
         x

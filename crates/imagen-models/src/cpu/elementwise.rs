@@ -74,6 +74,29 @@ pub(crate) fn upsample_2x(x: &[f32], w: usize) -> Vec<f32> {
     out
 }
 
+/// GELU over a slice: `x·σ(1.702x)` when `quick` (CLIP's), else `x/2·(1 + erf(x/√2))`.
+pub(crate) fn gelu(x: &[f32], quick: bool) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(d, s)| gelu_chunk(d, s, quick));
+    out
+}
+
+multiversion! {
+    fn gelu_chunk(dst: &mut [f32], src: &[f32], quick: bool) {
+        if quick {
+            for (d, &x) in dst.iter_mut().zip(src) {
+                *d = x / (1.0 + simd::exp(-1.702 * x));
+            }
+        } else {
+            for (d, &x) in dst.iter_mut().zip(src) {
+                *d = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+            }
+        }
+    }
+}
+
 /// erf in f32: Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e−7), the form PyTorch's vectorised
 /// CPU `erf` uses, with the series below 0.25; both computed and one selected, so it vectorises.
 #[inline(always)]
@@ -98,6 +121,20 @@ fn erf(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gelu_forms() {
+        let x: Vec<f32> = (0..400).map(|i| i as f32 / 40.0 - 5.0).collect();
+        let quick = gelu(&x, true);
+        let exact = gelu(&x, false);
+        for (i, &v) in x.iter().enumerate() {
+            let v = v as f64;
+            let q = v / (1.0 + (-1.702 * v).exp());
+            assert!((quick[i] as f64 - q).abs() < 1e-6, "{v}");
+            let e = 0.5 * v * (1.0 + erf((v / std::f64::consts::SQRT_2) as f32) as f64);
+            assert!((exact[i] as f64 - e).abs() < 1e-6, "{v}");
+        }
+    }
 
     #[test]
     fn upsample() {

@@ -191,6 +191,19 @@ pub fn layer_norm<const D: usize>(ln: &LayerNorm, x: Tensor<D>, eps: f64) -> Ten
     tensor(out, shape)
 }
 
+/// GELU (`quick`: CLIP's `x·σ(1.702x)`, else the exact erf form) on the CPU in one pass.
+pub fn gelu<const D: usize>(x: Tensor<D>, quick: bool) -> Tensor<D> {
+    let Some(xs) = host(&x) else {
+        return if quick {
+            x.clone() * burn::tensor::activation::sigmoid(x * 1.702)
+        } else {
+            burn::tensor::activation::gelu(x)
+        };
+    };
+    let _t = profile::Timer::new(profile::Op::Other);
+    tensor(elementwise::gelu(slice(&xs), quick), x.dims())
+}
+
 /// GEGLU: h `[b, n, 2·inner]` (hidden ‖ gate) → `hidden · gelu(gate)`, `[b, n, inner]`.
 pub fn geglu(h: Tensor<3>) -> Tensor<3> {
     let [b, n, two_inner] = h.dims();

@@ -17,7 +17,14 @@ pub(crate) fn take(slot: usize, len: usize) -> Vec<f32> {
     v
 }
 
+/// Kept between calls only up to this size (64 MiB): a server must not hold the few hundred
+/// MB a 512² VAE layer needs for the rest of its life, and at that size the page faults are
+/// small next to the convolution anyway.
+const KEEP_MAX: usize = 16 << 20;
+
 /// Returns a buffer to its slot for the next call on this thread.
 pub(crate) fn give(slot: usize, v: Vec<f32>) {
-    BUFFERS.with(|b| b.borrow_mut()[slot] = v);
+    if v.capacity() <= KEEP_MAX {
+        BUFFERS.with(|b| b.borrow_mut()[slot] = v);
+    }
 }
