@@ -78,6 +78,12 @@ fn arch(name: &str) -> Result<Arch> {
     })
 }
 
+/// One element of an op's output: reading it back waits for the op (on any backend) without
+/// timing a reduction over the whole output, which the PyTorch side does not do either.
+fn first<const D: usize>(t: Tensor<D>) -> Tensor<2> {
+    t.flatten::<1>(0, D - 1).slice([0..1]).reshape([1, 1])
+}
+
 /// One op with `c` channels at `l²` positions: what the CPU kernels
 /// replace, timed alone. Returns the run and its FLOPs.
 fn op(name: &str, c: usize, b: usize, l: usize, device: &Device) -> (Box<dyn FnMut() -> Tensor<2>>, u64) {
@@ -90,14 +96,14 @@ fn op(name: &str, c: usize, b: usize, l: usize, device: &Device) -> (Box<dyn FnM
             let conv = Conv2dConfig::new([c, c], [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                 .init(device);
-            let f = move || imagen_models::cpu::conv2d(&conv, x.clone()).sum().reshape([1, 1]);
+            let f = move || first(imagen_models::cpu::conv2d(&conv, x.clone()));
             (Box::new(f), 2 * n * (c * c * 9) as u64)
         }
         "linear" => {
             // the feed-forward's first projection (GEGLU): c -> 8c over every position
             let lin = burn::nn::LinearConfig::new(c, 8 * c).init(device);
             let seq = Tensor::<3>::random([b, l * l, c], Distribution::Normal(0.0, 1.0), device);
-            let f = move || imagen_models::cpu::linear(&lin, seq.clone()).sum().reshape([1, 1]);
+            let f = move || first(imagen_models::cpu::linear(&lin, seq.clone()));
             (Box::new(f), 2 * n * (c * 8 * c) as u64)
         }
         "attention" => {
@@ -107,18 +113,14 @@ fn op(name: &str, c: usize, b: usize, l: usize, device: &Device) -> (Box<dyn FnM
             let f = move || {
                 let out =
                     imagen_models::attention::multi_head_attention(seq.clone(), seq.clone(), seq.clone(), heads, false);
-                out.sum().reshape([1, 1])
+                first(out)
             };
             // q·kᵀ and p·v: 2 · 2 · n · l² · c
             (Box::new(f), 4 * n * (l * l * c) as u64)
         }
         _ => {
             let norm = GroupNormConfig::new(32, c).with_epsilon(1e-5).init(device);
-            let f = move || {
-                imagen_models::cpu::group_norm(&norm, x.clone(), true)
-                    .sum()
-                    .reshape([1, 1])
-            };
+            let f = move || first(imagen_models::cpu::group_norm(&norm, x.clone(), true));
             (Box::new(f), 0)
         }
     }

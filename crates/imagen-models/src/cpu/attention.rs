@@ -8,6 +8,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{Mat, MatMut, gemm};
+use super::scratch;
 use super::simd::{self, multiversion};
 
 const TILE: usize = 64;
@@ -33,7 +34,7 @@ pub(crate) fn attention(a: Attn, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
     assert_eq!(q.len(), a.batch * a.n * inner);
     assert_eq!(k.len(), a.batch * a.m * inner);
     assert_eq!(v.len(), a.batch * a.m * inner);
-    let mut out = vec![0f32; q.len()];
+    let mut out = scratch::output(q.len());
     let out_view = MatMut {
         ptr: out.as_mut_ptr(),
         rs: inner as isize,
@@ -46,8 +47,8 @@ pub(crate) fn attention(a: Attn, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
     // for every tile of queries (which cost as much as the products at d = 40).
     let dp = a.d.next_multiple_of(16);
     let (kt_len, v_len) = (a.d * a.m, a.m * dp);
-    let mut kt = vec![0f32; a.batch * a.heads * kt_len];
-    let mut vp = vec![0f32; a.batch * a.heads * v_len];
+    let mut kt = scratch::output(a.batch * a.heads * kt_len);
+    let mut vp = scratch::output(a.batch * a.heads * v_len);
     kt.par_chunks_mut(kt_len)
         .zip(vp.par_chunks_mut(v_len))
         .enumerate()

@@ -47,7 +47,7 @@ pub(crate) fn conv2d(c: Conv, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -
     if !direct && conv_avx512::available() && avx512_allowed() {
         return conv2d_avx512(c, x, weight, bias);
     }
-    let mut out = vec![0f32; c.batch * c.cout * ho * wo];
+    let mut out = scratch::output(c.batch * c.cout * ho * wo);
     let mut xpad = if direct {
         Vec::new()
     } else {
@@ -137,7 +137,7 @@ fn conv2d_avx512(c: Conv, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Ve
     let n = ho * wp;
     let n_pad = n.next_multiple_of(conv_avx512::NR);
     let offsets: Vec<usize> = (0..c.kh).flat_map(|i| (0..c.kw).map(move |j| i * wp + j)).collect();
-    let mut out = vec![0f32; c.batch * c.cout * ho * wo];
+    let mut out = scratch::output(c.batch * c.cout * ho * wo);
     // The last tile of the last channel reads up to n_pad − n past its plane.
     let mut xpad = scratch::take(0, c.cin * cstride + (n_pad - n));
     let mut wide = scratch::take(1, c.cout * n_pad);

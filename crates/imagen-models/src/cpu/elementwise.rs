@@ -3,11 +3,12 @@
 
 use rayon::prelude::*;
 
+use super::scratch;
 use super::simd::{self, multiversion};
 
 /// x: `[rows, dim]` → `(x − mean) / √(var + eps) · γ + β` per row.
 pub(crate) fn layer_norm(x: &[f32], dim: usize, gamma: &[f32], beta: Option<&[f32]>, eps: f64) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
+    let mut out = scratch::output(x.len());
     out.par_chunks_mut(dim * 64)
         .zip(x.par_chunks(dim * 64))
         .for_each(|(dst, src)| layer_norm_rows(dst, src, dim, gamma, beta, eps));
@@ -40,7 +41,7 @@ multiversion! {
 /// h: `[rows, 2·inner]` (hidden ‖ gate) → `hidden · gelu(gate)`, `[rows, inner]`, exact (erf) GELU.
 pub(crate) fn geglu(h: &[f32], inner: usize) -> Vec<f32> {
     let rows = h.len() / (2 * inner);
-    let mut out = vec![0f32; rows * inner];
+    let mut out = scratch::output(rows * inner);
     out.par_chunks_mut(inner * 16)
         .zip(h.par_chunks(2 * inner * 16))
         .for_each(|(dst, src)| geglu_rows(dst, src, inner));
@@ -62,7 +63,7 @@ multiversion! {
 /// x: rows of `w` (any leading shape) → each row doubled in place and written twice:
 /// `[.., h, w]` → `[.., 2h, 2w]`.
 pub(crate) fn upsample_2x(x: &[f32], w: usize) -> Vec<f32> {
-    let mut out = vec![0f32; x.len() * 4];
+    let mut out = scratch::output(x.len() * 4);
     out.par_chunks_mut(4 * w).zip(x.par_chunks(w)).for_each(|(dst, src)| {
         let (top, bottom) = dst.split_at_mut(2 * w);
         for (pair, &v) in top.chunks_exact_mut(2).zip(src) {
@@ -76,7 +77,7 @@ pub(crate) fn upsample_2x(x: &[f32], w: usize) -> Vec<f32> {
 
 /// GELU over a slice: `x·σ(1.702x)` when `quick` (CLIP's), else `x/2·(1 + erf(x/√2))`.
 pub(crate) fn gelu(x: &[f32], quick: bool) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
+    let mut out = scratch::output(x.len());
     out.par_chunks_mut(1 << 14)
         .zip(x.par_chunks(1 << 14))
         .for_each(|(d, s)| gelu_chunk(d, s, quick));

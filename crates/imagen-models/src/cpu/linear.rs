@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{Mat, MatMut, gemm};
+use super::scratch;
 
 /// x: `[rows, d_in]`, weight: `[d_in, d_out]` (burn's layout), bias: `[d_out]` → `[rows, d_out]`.
 pub(crate) fn linear(
@@ -15,7 +16,7 @@ pub(crate) fn linear(
 ) -> Vec<f32> {
     assert_eq!(x.len(), rows * d_in);
     assert_eq!(weight.len(), d_in * d_out);
-    let mut out = vec![0f32; rows * d_out];
+    let mut out = scratch::output(rows * d_out);
     if let Some(bias) = bias {
         out.par_chunks_mut(d_out).for_each(|row| row.copy_from_slice(bias));
     }

@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::scratch;
 use super::simd::{self, multiversion};
 
 /// x: `[batch, channels, spatial]` → same shape; `(x − mean_g) / √(var_g + eps) · γ_c + β_c`
@@ -22,7 +23,7 @@ pub(crate) fn group_norm(
     assert_eq!(channels % groups, 0);
     let per = channels / groups;
     let group_len = per * spatial;
-    let mut out = vec![0f32; x.len()];
+    let mut out = scratch::output(x.len());
     out.par_chunks_mut(group_len)
         .zip(x.par_chunks(group_len))
         .enumerate()

@@ -28,3 +28,21 @@ pub(crate) fn give(slot: usize, v: Vec<f32>) {
         BUFFERS.with(|b| b.borrow_mut()[slot] = v);
     }
 }
+
+/// A zeroed output buffer. Large ones are marked for transparent huge pages first (Linux, where
+/// THP is usually in `madvise` mode): an 84 MB GEGLU output is then ~40 page faults instead of
+/// ~20 000, which `perf` showed as ~15% of a linear layer.
+pub(crate) fn output(len: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    #[cfg(target_os = "linux")]
+    if len * 4 >= 4 << 20 {
+        let start = (v.as_ptr() as usize).next_multiple_of(4096);
+        let end = (v.as_ptr() as usize + len * 4) & !4095;
+        if end > start {
+            // SAFETY: advice only, on pages inside this allocation; failure is harmless.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    v.resize(len, 0.0);
+    v
+}
