@@ -81,7 +81,7 @@ fn arch(name: &str) -> Result<Arch> {
 /// One element of an op's output: reading it back waits for the op (on any backend) without
 /// timing a reduction over the whole output, which the PyTorch side does not do either.
 fn first<const D: usize>(t: Tensor<D>) -> Tensor<2> {
-    t.flatten::<1>(0, D - 1).slice([0..1]).reshape([1, 1])
+    t.flatten::<1>(0, D - 1).narrow(0, 0, 1).reshape([1, 1])
 }
 
 /// One op with `c` channels at `l²` positions: what the CPU kernels
