@@ -139,6 +139,9 @@ impl EngineThread {
             (job.events)(JobEvent::Started);
             let result = catch_unwind(AssertUnwindSafe(|| self.run_job(&mut job)))
                 .unwrap_or_else(|panic| Err(Error::Internal(panic_message(&panic))));
+            // The conv kernels' per-thread scratch can be hundreds of MB after a large decode:
+            // an idle server should not hold it.
+            imagen_models::cpu::release_scratch();
             self.queued.fetch_sub(1, Ordering::SeqCst);
             (job.events)(JobEvent::Finished(result));
         }

@@ -225,3 +225,8 @@ pub fn upsample_2x(x: &Tensor<4>) -> Option<Tensor<4>> {
     let _t = profile::Timer::new(profile::Op::Other);
     Some(tensor(elementwise::upsample_2x(slice(&xs), w), [b, c, 2 * h, 2 * w]))
 }
+
+/// Frees the calling thread's kernel scratch buffers (a 512² VAE layer leaves ~0.5 GB there).
+pub fn release_scratch() {
+    scratch::release();
+}
