@@ -18,6 +18,16 @@ pub(crate) struct MatMut {
     pub cs: isize,
 }
 
+impl Mat {
+    /// The same view starting `offset` elements further.
+    pub fn at(self, offset: usize) -> Mat {
+        Mat {
+            ptr: self.ptr.wrapping_add(offset),
+            ..self
+        }
+    }
+}
+
 impl MatMut {
     /// The same view starting `offset` elements further.
     pub fn at(self, offset: usize) -> MatMut {

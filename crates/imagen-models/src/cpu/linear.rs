@@ -5,6 +5,9 @@ use rayon::prelude::*;
 use super::gemm::{Mat, MatMut, gemm};
 use super::scratch;
 
+/// Below this many rows the columns are split across threads by hand.
+const SMALL_ROWS: usize = 1024;
+
 /// x: `[rows, d_in]`, weight: `[d_in, d_out]` (burn's layout), bias: `[d_out]` → `[rows, d_out]`.
 pub(crate) fn linear(
     x: &[f32],
@@ -35,8 +38,34 @@ pub(crate) fn linear(
         rs: d_out as isize,
         cs: 1,
     };
-    // SAFETY: three distinct row-major buffers of exactly these sizes.
-    unsafe { gemm(rows, d_out, d_in, dst, bias.is_some(), lhs, rhs, 1.0, true) };
+    if rows >= SMALL_ROWS {
+        // SAFETY: three distinct row-major buffers of exactly these sizes.
+        unsafe { gemm(rows, d_out, d_in, dst, bias.is_some(), lhs, rhs, 1.0, true) };
+        return out;
+    }
+    // Few rows (CLIP's 77 per prompt): split the output columns between the threads ourselves,
+    // each a single-threaded GEMM; gemm's own split is poor for this shape.
+    let block = d_out
+        .div_ceil(rayon::current_num_threads())
+        .next_multiple_of(64)
+        .min(d_out);
+    (0..d_out.div_ceil(block)).into_par_iter().for_each(|j| {
+        let (c0, cols) = (j * block, block.min(d_out - j * block));
+        // SAFETY: columns c0..c0 + cols of W and of the output; tasks write disjoint columns.
+        unsafe {
+            gemm(
+                rows,
+                cols,
+                d_in,
+                dst.at(c0),
+                bias.is_some(),
+                lhs,
+                rhs.at(c0),
+                1.0,
+                false,
+            )
+        };
+    });
     out
 }
 
@@ -44,7 +73,13 @@ pub(crate) fn linear(
 mod tests {
     #[test]
     fn matches_definition() {
-        let (rows, di, dout) = (37, 19, 23);
+        // d_out 300: several column blocks on the few-rows path
+        for (rows, di, dout) in [(37, 19, 23), (37, 19, 300), (1030, 7, 9)] {
+            check(rows, di, dout);
+        }
+    }
+
+    fn check(rows: usize, di: usize, dout: usize) {
         let x: Vec<f32> = (0..rows * di).map(|i| (i % 13) as f32 / 7.0 - 1.0).collect();
         let w: Vec<f32> = (0..di * dout).map(|i| (i % 11) as f32 / 5.0 - 1.0).collect();
         let b: Vec<f32> = (0..dout).map(|i| i as f32 / 3.0).collect();
