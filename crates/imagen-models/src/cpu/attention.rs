@@ -35,11 +35,7 @@ pub(crate) fn attention(a: Attn, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
     assert_eq!(k.len(), a.batch * a.m * inner);
     assert_eq!(v.len(), a.batch * a.m * inner);
     let mut out = scratch::output(q.len());
-    let out_view = MatMut {
-        ptr: out.as_mut_ptr(),
-        rs: inner as isize,
-        cs: 1,
-    };
+    let out_view = MatMut::rows(&mut out, inner);
     let tiles = a.n.div_ceil(TILE);
     let scale = 1.0 / (a.d as f32).sqrt();
     // Per (batch, head): kᵀ as [d, m] and v as [m, dp] (dp = d rounded up to a vector, zeros
@@ -72,21 +68,8 @@ pub(crate) fn attention(a: Attn, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
             let rows = TILE.min(a.n - r0);
             let q_off = (b * a.n + r0) * inner + h * a.d;
             let (kt, vp) = (&kt[bh * kt_len..][..kt_len], &vp[bh * v_len..][..v_len]);
-            let s = MatMut {
-                ptr: scores.as_mut_ptr(),
-                rs: a.m as isize,
-                cs: 1,
-            };
-            let q_rows = Mat {
-                ptr: q[q_off..].as_ptr(),
-                rs: inner as isize,
-                cs: 1,
-            };
-            let k_cols = Mat {
-                ptr: kt.as_ptr(),
-                rs: a.m as isize,
-                cs: 1,
-            };
+            let s = MatMut::rows(scores, a.m);
+            let (q_rows, k_cols) = (Mat::rows(&q[q_off..], inner), Mat::rows(kt, a.m));
             // S[rows × m] = scale · q[rows × d] · kᵀ[d × m]
             // SAFETY: q rows r0.. of head h, this head's kᵀ, and this task's own S.
             unsafe { gemm(rows, a.m, a.d, s, false, q_rows, k_cols, scale, false) };
@@ -96,21 +79,8 @@ pub(crate) fn attention(a: Attn, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
                 inv_sums[i] = softmax_unnormalised(row, valid);
             }
             // o[rows × dp] = S[rows × m] · v[m × dp]
-            let o = MatMut {
-                ptr: o_tile.as_mut_ptr(),
-                rs: dp as isize,
-                cs: 1,
-            };
-            let p = Mat {
-                ptr: scores.as_ptr(),
-                rs: a.m as isize,
-                cs: 1,
-            };
-            let v_rows = Mat {
-                ptr: vp.as_ptr(),
-                rs: dp as isize,
-                cs: 1,
-            };
+            let o = MatMut::rows(o_tile, dp);
+            let (p, v_rows) = (Mat::rows(scores, a.m), Mat::rows(vp, dp));
             // SAFETY: S and o are this task's buffers, vp is this head's (m × dp).
             unsafe { gemm(rows, dp, a.m, o, false, p, v_rows, 1.0, false) };
             let dst = out_view.at(q_off);

@@ -26,23 +26,33 @@ pub(crate) struct Conv {
 }
 
 impl Conv {
-    pub fn out_hw(&self) -> (usize, usize) {
+    /// Padded input size `(hp, wp)`.
+    pub fn padded_hw(&self) -> (usize, usize) {
         let [t, l, b, r] = self.pad;
-        (self.h + t + b + 1 - self.kh, self.w + l + r + 1 - self.kw)
+        (self.h + t + b, self.w + l + r)
+    }
+
+    pub fn out_hw(&self) -> (usize, usize) {
+        let (hp, wp) = self.padded_hw();
+        (hp + 1 - self.kh, wp + 1 - self.kw)
+    }
+
+    /// Channel stride of the padded input: the last tap reads kw − 1 elements past hp·wp.
+    pub fn cstride(&self) -> usize {
+        let (hp, wp) = self.padded_hw();
+        hp * wp + self.kw - 1
     }
 }
 
 /// x: `[batch, cin, h, w]`, weight: `[cout, cin, kh, kw]`, bias: `[cout]` → `[batch, cout, ho, wo]`.
 pub(crate) fn conv2d(c: Conv, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (ho, wo) = c.out_hw();
-    let [t, l, b, r] = c.pad;
-    let (hp, wp) = (c.h + t + b, c.w + l + r);
+    let (_, wp) = c.padded_hw();
     assert_eq!(x.len(), c.batch * c.cin * c.h * c.w);
     assert_eq!(weight.len(), c.cout * c.cin * c.kh * c.kw);
     let taps = c.kh * c.kw;
     let direct = taps == 1 && c.pad == [0; 4];
-    // Channel stride of the padded input: the last tap reads kw − 1 elements past hp·wp.
-    let cstride = hp * wp + c.kw - 1;
+    let cstride = c.cstride();
     let n = ho * wp; // GEMM columns: output rows on the padded width
     if !direct && conv_avx512::available() && avx512_allowed() {
         return conv2d_avx512(c, x, weight, bias);
@@ -73,11 +83,7 @@ pub(crate) fn conv2d(c: Conv, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -
             Some(bias) => dst.par_chunks_mut(n).zip(bias).for_each(|(row, &v)| row.fill(v)),
             None => dst.fill(0.0),
         }
-        let dst_view = MatMut {
-            ptr: dst.as_mut_ptr(),
-            rs: n as isize,
-            cs: 1,
-        };
+        let dst_view = MatMut::rows(dst, n);
         for i in 0..c.kh {
             for j in 0..c.kw {
                 let lhs = Mat {
@@ -99,10 +105,7 @@ pub(crate) fn conv2d(c: Conv, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -
             }
         }
         if wp != wo {
-            // [cout, ho, wp] -> [cout, ho, wo]
-            ob.par_chunks_mut(wo)
-                .zip(wide.par_chunks(wp))
-                .for_each(|(o, w)| o.copy_from_slice(&w[..wo]));
+            compact(ob, &wide, n, c);
         }
     }
     scratch::give(0, xpad);
@@ -131,9 +134,8 @@ fn avx512_allowed() -> bool {
 /// to whole register tiles, then compacted.
 fn conv2d_avx512(c: Conv, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (ho, wo) = c.out_hw();
-    let [t, l, b, r] = c.pad;
-    let (hp, wp) = (c.h + t + b, c.w + l + r);
-    let cstride = hp * wp + c.kw - 1;
+    let (_, wp) = c.padded_hw();
+    let cstride = c.cstride();
     let n = ho * wp;
     let n_pad = n.next_multiple_of(conv_avx512::NR);
     let offsets: Vec<usize> = (0..c.kh).flat_map(|i| (0..c.kw).map(move |j| i * wp + j)).collect();
@@ -145,21 +147,16 @@ fn conv2d_avx512(c: Conv, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Ve
     for bi in 0..c.batch {
         let xb = &x[bi * c.cin * c.h * c.w..][..c.cin * c.h * c.w];
         pad_into(&mut xpad, xb, c.cin, c.h, c.w, c.pad, cstride);
-        let dst = MatMut {
-            ptr: wide.as_mut_ptr(),
-            rs: n_pad as isize,
-            cs: 1,
-        };
+        let dst = MatMut::rows(&mut wide, n_pad);
         // SAFETY: reads reach (cin − 1)·cstride + n_pad + max(offsets) ≤ xpad.len() (the max
         // offset is (kh − 1)·wp + kw − 1 and n + that ≤ cstride); weight is cout·cin·taps;
         // `wide` is cout rows of n_pad.
         unsafe {
             conv_avx512::conv(
-                xpad.as_ptr(),
-                cstride,
+                Mat::rows(&xpad, cstride),
                 c.cin,
                 &offsets,
-                weight.as_ptr(),
+                Mat::rows(weight, c.cin * c.kh * c.kw),
                 bias,
                 c.cout,
                 n,
@@ -167,19 +164,25 @@ fn conv2d_avx512(c: Conv, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Ve
                 c.kw,
             )
         };
-        let ob = &mut out[bi * c.cout * ho * wo..][..c.cout * ho * wo];
-        // [cout, n_pad] (rows of wp) -> [cout, ho, wo]
-        ob.par_chunks_mut(ho * wo)
-            .zip(wide.par_chunks(n_pad))
-            .for_each(|(o, w)| {
-                for (orow, wrow) in o.chunks_mut(wo).zip(w.chunks(wp)) {
-                    orow.copy_from_slice(&wrow[..wo]);
-                }
-            });
+        compact(&mut out[bi * c.cout * ho * wo..][..c.cout * ho * wo], &wide, n_pad, c);
     }
     scratch::give(0, xpad);
     scratch::give(1, wide);
     out
+}
+
+/// `[cout, ho, wp]` output rows on the padded width (each channel `stride` apart in `wide`)
+/// → `[cout, ho, wo]` in `out`.
+fn compact(out: &mut [f32], wide: &[f32], stride: usize, c: Conv) {
+    let (ho, wo) = c.out_hw();
+    let (_, wp) = c.padded_hw();
+    out.par_chunks_mut(ho * wo)
+        .zip(wide.par_chunks(stride))
+        .for_each(|(o, w)| {
+            for (orow, wrow) in o.chunks_mut(wo).zip(w.chunks(wp)) {
+                orow.copy_from_slice(&wrow[..wo]);
+            }
+        });
 }
 
 /// Writes `x` (`[cin, h, w]`) into `dst` as `[cin, hp, wp]` planes `cstride` apart, zeros around.

@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::gemm::MatMut;
+use super::gemm::{Mat, MatMut};
 
 /// Output channels per register tile.
 pub(crate) const MR: usize = 6;
@@ -36,19 +36,19 @@ pub(crate) fn available() -> bool {
     }
 }
 
-/// `dst[o, p] = bias[o] + Σ_c Σ_t w[o, c, t] · x[c·cstride + p + offsets[t]]` for `o < cout`,
-/// `p < n` rounded up to [`NR`]. `dst` has row stride `dst_rs ≥ n.next_multiple_of(NR)`.
+/// `dst[o, p] = bias[o] + Σ_c Σ_t w[o, c·taps + t] · x[c, p + offsets[t]]` for `o < cout`,
+/// `p < n` rounded up to [`NR`]: `x` rows are the padded input planes, `w` rows the output
+/// channels' weights (`cin·taps` each). `dst` has row stride `≥ n.next_multiple_of(NR)`.
 ///
 /// # Safety
-/// `x` must be readable for `(cin − 1)·cstride + n.next_multiple_of(NR) + max(offsets)`
-/// elements; `w` holds `cout·cin·offsets.len()`; `dst` is writable for `cout` rows.
+/// `x` must be readable for `(cin − 1)·x.rs + n.next_multiple_of(NR) + max(offsets)`
+/// elements; `w` for `cout` rows of `cin·offsets.len()`; `dst` is writable for `cout` rows.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn conv(
-    x: *const f32,
-    cstride: usize,
+    x: Mat,
     cin: usize,
     offsets: &[usize],
-    w: *const f32,
+    w: Mat,
     bias: Option<&[f32]>,
     cout: usize,
     n: usize,
@@ -57,18 +57,6 @@ pub(crate) unsafe fn conv(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        #[derive(Clone, Copy)]
-        struct In(*const f32);
-        // SAFETY: read-only pointers shared by the tasks.
-        unsafe impl Send for In {}
-        unsafe impl Sync for In {}
-        impl In {
-            // a method, so closures capture the whole (Sync) wrapper, not its raw field
-            fn at(self, offset: usize) -> *const f32 {
-                self.0.wrapping_add(offset)
-            }
-        }
-        let (x, w) = (In(x), In(w));
         let tiles = n.div_ceil(NR);
         let chunks = tiles.div_ceil(TILES_PER_TASK);
         let groups = cout.div_ceil(CHANNELS_PER_TASK);
@@ -82,18 +70,17 @@ pub(crate) unsafe fn conv(
                 for t in chunk * TILES_PER_TASK..t_end {
                     let p = t * NR;
                     let b = bias.map(|b| &b[o..o + rows]);
-                    let wo = w.at(o * cin * offsets.len());
-                    let d = dst.at(o * dst.rs as usize + p).ptr;
-                    let xp = x.at(p);
+                    let (xp, wo) = (x.at(p), w.at(o * w.rs as usize));
+                    let d = dst.at(o * dst.rs as usize + p);
                     // SAFETY: the caller's bounds; tasks write disjoint (rows × NR) blocks.
                     unsafe {
                         match rows {
-                            6 => tile::<6>(xp, cstride, cin, offsets, wo, b, d, dst.rs, kw),
-                            5 => tile::<5>(xp, cstride, cin, offsets, wo, b, d, dst.rs, kw),
-                            4 => tile::<4>(xp, cstride, cin, offsets, wo, b, d, dst.rs, kw),
-                            3 => tile::<3>(xp, cstride, cin, offsets, wo, b, d, dst.rs, kw),
-                            2 => tile::<2>(xp, cstride, cin, offsets, wo, b, d, dst.rs, kw),
-                            _ => tile::<1>(xp, cstride, cin, offsets, wo, b, d, dst.rs, kw),
+                            6 => tile::<6>(xp, cin, offsets, wo, b, d, kw),
+                            5 => tile::<5>(xp, cin, offsets, wo, b, d, kw),
+                            4 => tile::<4>(xp, cin, offsets, wo, b, d, kw),
+                            3 => tile::<3>(xp, cin, offsets, wo, b, d, kw),
+                            2 => tile::<2>(xp, cin, offsets, wo, b, d, kw),
+                            _ => tile::<1>(xp, cin, offsets, wo, b, d, kw),
                         }
                     }
                 }
@@ -103,29 +90,27 @@ pub(crate) unsafe fn conv(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, cstride, cin, offsets, w, bias, cout, n, dst, kw);
+        let _ = (x, cin, offsets, w, bias, cout, n, dst, kw);
         unreachable!("available() is false off x86-64");
     }
 }
 
-/// One `R × NR` register tile.
+/// One `R × NR` register tile (views as in [`conv`], moved to the tile's first row/position).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-#[allow(clippy::needless_range_loop)] // R × 6 register tile: indices are the point
+#[allow(clippy::needless_range_loop)] // R × NV register tile: indices are the point
 unsafe fn tile<const R: usize>(
-    x: *const f32,
-    cstride: usize,
+    x: Mat,
     cin: usize,
     offsets: &[usize],
-    w: *const f32,
+    w: Mat,
     bias: Option<&[f32]>,
-    dst: *mut f32,
-    dst_rs: isize,
+    dst: MatMut,
     kw: usize,
 ) {
     let taps = offsets.len();
-    let wstride = cin * taps; // between output channels
+    let (cstride, wstride) = (x.rs as usize, w.rs as usize);
+    let (x, w) = (x.ptr, w.ptr);
     let mut acc = [[_mm512_setzero_ps(); NV]; R];
     if let Some(b) = bias {
         for r in 0..R {
@@ -162,7 +147,7 @@ unsafe fn tile<const R: usize>(
             }
         }
         for r in 0..R {
-            let d = dst.offset(r as isize * dst_rs);
+            let d = dst.ptr.offset(r as isize * dst.rs);
             for v in 0..NV {
                 _mm512_storeu_ps(d.add(16 * v), acc[r][v]);
             }

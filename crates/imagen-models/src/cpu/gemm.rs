@@ -19,6 +19,15 @@ pub(crate) struct MatMut {
 }
 
 impl Mat {
+    /// A row-major view (`cs = 1`) with row stride `rs`.
+    pub fn rows(data: &[f32], rs: usize) -> Mat {
+        Mat {
+            ptr: data.as_ptr(),
+            rs: rs as isize,
+            cs: 1,
+        }
+    }
+
     /// The same view starting `offset` elements further.
     pub fn at(self, offset: usize) -> Mat {
         Mat {
@@ -29,6 +38,15 @@ impl Mat {
 }
 
 impl MatMut {
+    /// A row-major view (`cs = 1`) with row stride `rs`.
+    pub fn rows(data: &mut [f32], rs: usize) -> MatMut {
+        MatMut {
+            ptr: data.as_mut_ptr(),
+            rs: rs as isize,
+            cs: 1,
+        }
+    }
+
     /// The same view starting `offset` elements further.
     pub fn at(self, offset: usize) -> MatMut {
         MatMut {

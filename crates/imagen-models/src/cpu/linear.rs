@@ -23,21 +23,11 @@ pub(crate) fn linear(
     if let Some(bias) = bias {
         out.par_chunks_mut(d_out).for_each(|row| row.copy_from_slice(bias));
     }
-    let dst = MatMut {
-        ptr: out.as_mut_ptr(),
-        rs: d_out as isize,
-        cs: 1,
-    };
-    let lhs = Mat {
-        ptr: x.as_ptr(),
-        rs: d_in as isize,
-        cs: 1,
-    };
-    let rhs = Mat {
-        ptr: weight.as_ptr(),
-        rs: d_out as isize,
-        cs: 1,
-    };
+    let (dst, lhs, rhs) = (
+        MatMut::rows(&mut out, d_out),
+        Mat::rows(x, d_in),
+        Mat::rows(weight, d_out),
+    );
     if rows >= SMALL_ROWS {
         // SAFETY: three distinct row-major buffers of exactly these sizes.
         unsafe { gemm(rows, d_out, d_in, dst, bias.is_some(), lhs, rhs, 1.0, true) };

@@ -3,8 +3,8 @@
 //!
 //! Each entry point takes and returns ordinary burn tensors and falls back to burn's op for
 //! anything it does not cover (other devices, other dtypes, strides, groups), so model code
-//! calls them unconditionally. `IMAGEN_CPU_KERNELS=0` (or [`set_enabled`]) turns them off,
-//! which the parity tests and `imagen bench` use to compare against burn's path.
+//! calls them unconditionally. `IMAGEN_CPU_KERNELS=0` (or [`set_enabled`], as `imagen bench
+//! --stock` does) turns them off, to compare against burn's path.
 
 mod attention;
 mod conv;
@@ -19,6 +19,7 @@ mod simd;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, Linear, PaddingConfig2d};
 use burn::tensor::{DType, Tensor, TensorData};
@@ -54,6 +55,15 @@ fn host<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
     Some(if p.is_contiguous() { p } else { p.to_contiguous() })
 }
 
+/// An optional parameter (bias, γ, β): `Some(None)` when absent, `None` when present but not
+/// usable by the kernels (so the caller falls back).
+fn host_param(p: &Option<Param<Tensor<1>>>) -> Option<Option<FlexTensor>> {
+    match p {
+        Some(p) => host(&p.val()).map(Some),
+        None => Some(None),
+    }
+}
+
 fn slice(t: &FlexTensor) -> &[f32] {
     // `host` made it contiguous and checked the dtype.
     t.as_slice::<f32>().expect("contiguous f32")
@@ -63,7 +73,8 @@ fn tensor<const D: usize>(data: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
     Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(data, shape)))
 }
 
-/// `conv.forward(x)`; stride-1 ungrouped convolutions run as shifted GEMMs on the CPU.
+/// `conv.forward(x)`; stride-1 ungrouped convolutions run on imagen's kernels (the AVX-512
+/// direct kernel, else shifted GEMMs), the rest on burn.
 /// x: `[b, cin, h, w]` → `[b, cout, ho, wo]`
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let fast = conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1;
@@ -73,16 +84,9 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         PaddingConfig2d::Same => None,
     };
     let weight = conv.weight.val();
-    let parts = (fast, pad, host(&x), host(&weight));
-    let (true, Some(pad), Some(xs), Some(ws)) = parts else {
+    let parts = (fast, pad, host(&x), host(&weight), host_param(&conv.bias));
+    let (true, Some(pad), Some(xs), Some(ws), Some(bias)) = parts else {
         return conv.forward(x);
-    };
-    let bias = match &conv.bias {
-        Some(b) => match host(&b.val()) {
-            Some(b) => Some(b),
-            None => return conv.forward(x),
-        },
-        None => None,
     };
     let [batch, cin, h, w] = x.dims();
     let [cout, _, kh, kw] = weight.dims();
@@ -109,13 +113,7 @@ pub fn group_norm(norm: &GroupNorm, x: Tensor<4>, silu: bool) -> Tensor<4> {
         let y = norm.forward(x);
         if silu { burn::tensor::activation::silu(y) } else { y }
     };
-    let affine = |p: &Option<burn::module::Param<Tensor<1>>>| p.as_ref().map(|p| host(&p.val()));
-    let (gamma, beta) = (affine(&norm.gamma), affine(&norm.beta));
-    let (Some(xs), Some(gamma), Some(beta)) = (
-        host(&x),
-        gamma.map_or(Some(None), |g| g.map(Some)),
-        beta.map_or(Some(None), |b| b.map(Some)),
-    ) else {
+    let (Some(xs), Some(gamma), Some(beta)) = (host(&x), host_param(&norm.gamma), host_param(&norm.beta)) else {
         return fallback(x);
     };
     let [b, c, h, w] = x.dims();
@@ -157,12 +155,7 @@ pub fn attention(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usize, caus
 /// x: `[.., in]` → `[.., out]`
 pub fn linear<const D: usize>(lin: &Linear, x: Tensor<D>) -> Tensor<D> {
     let weight = lin.weight.val();
-    let bias = lin.bias.as_ref().map(|b| b.val());
-    let bias_host = match &bias {
-        Some(b) => host(b).map(Some),
-        None => Some(None),
-    };
-    let (Some(xs), Some(ws), Some(bias)) = (host(&x), host(&weight), bias_host) else {
+    let (Some(xs), Some(ws), Some(bias)) = (host(&x), host(&weight), host_param(&lin.bias)) else {
         return lin.forward(x);
     };
     let [d_in, d_out] = weight.dims();
@@ -177,12 +170,7 @@ pub fn linear<const D: usize>(lin: &Linear, x: Tensor<D>) -> Tensor<D> {
 /// `ln.forward(x)`; burn keeps `LayerNorm`'s epsilon private, so the caller passes the one it
 /// built the module with. x: `[.., dim]` → same shape
 pub fn layer_norm<const D: usize>(ln: &LayerNorm, x: Tensor<D>, eps: f64) -> Tensor<D> {
-    let gamma = ln.gamma.val();
-    let beta = match &ln.beta {
-        Some(b) => host(&b.val()).map(Some),
-        None => Some(None),
-    };
-    let (Some(xs), Some(gs), Some(beta)) = (host(&x), host(&gamma), beta) else {
+    let (Some(xs), Some(gs), Some(beta)) = (host(&x), host(&ln.gamma.val()), host_param(&ln.beta)) else {
         return ln.forward(x);
     };
     let shape = x.dims();

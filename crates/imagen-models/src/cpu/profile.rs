@@ -1,5 +1,5 @@
 //! Wall time spent inside each CPU kernel, for `imagen bench --profile`: what is left of a step
-//! outside them is burn's own ops (layer norm, GELU, element-wise, copies).
+//! outside them is burn's own ops (residual adds, concatenations, copies, time embedding).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -10,31 +10,26 @@ pub enum Op {
     Linear,
     Attention,
     GroupNorm,
-    /// layer norm, GEGLU, 2× upsampling
+    /// layer norm, GEGLU, GELU, 2× upsampling
     Other,
 }
 
+/// Report names, in [`Op`]'s order.
 pub const NAMES: [&str; 5] = ["conv", "linear", "attention", "group-norm", "layer-norm+geglu+upsample"];
+const N: usize = NAMES.len();
 
 static ON: AtomicBool = AtomicBool::new(false);
-static NANOS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
-static CALLS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+static NANOS: [AtomicU64; N] = [const { AtomicU64::new(0) }; N];
+static CALLS: [AtomicU64; N] = [const { AtomicU64::new(0) }; N];
 
-/// Starts (or stops) accounting; totals are kept until [`reset`].
+/// Starts (or stops) accounting; totals accumulate for the process.
 pub fn set_enabled(on: bool) {
     ON.store(on, Ordering::Relaxed);
 }
 
-pub fn reset() {
-    for i in 0..5 {
-        NANOS[i].store(0, Ordering::Relaxed);
-        CALLS[i].store(0, Ordering::Relaxed);
-    }
-}
-
-/// `(name, seconds, calls)` per kernel since the last reset.
+/// `(name, seconds, calls)` per kernel since accounting started.
 pub fn totals() -> Vec<(&'static str, f64, u64)> {
-    (0..5)
+    (0..N)
         .map(|i| {
             (
                 NAMES[i],
