@@ -40,6 +40,9 @@ pub struct BenchArgs {
     /// cpu or wgpu.
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// f32, or f16 (GPU backends): the precision weights and activations are computed in.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
     /// One JSON line instead of text.
     #[arg(long)]
     json: bool,
@@ -139,7 +142,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.stock {
         imagen_models::cpu::set_enabled(false);
     }
-    let device: Device = device::by_name(&a.backend)?;
+    let device: Device = device::open(&a.backend, &a.dtype)?;
+    let dtype_bytes = if a.dtype == "f16" { 2 } else { 4 };
     let (b, l) = (a.batch, a.latent);
     let ctx: usize = arch.text.iter().map(|t| t.hidden_size).sum();
     let xl = arch.text.len() == 2;
@@ -158,7 +162,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let vae_gflop = flops::vae_decode(&arch.vae, b, l, l);
 
     // Each closure does one run and returns a small tensor read back to force the work; the
-    // parameter count (f32, so 4 bytes each) is the memory target's "bytes of the weights".
+    // parameter count times the dtype's size is the memory target's "bytes of the weights".
     use burn::module::Module;
     let params: usize;
     let (shape, gflop, mut work): (String, u64, Box<dyn FnMut() -> Tensor<2>>) = match a.component.as_str() {
@@ -234,6 +238,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let median = runs[runs.len() / 2];
     let gflop = gflop as f64 / 1e9;
     let rss = peak_rss_bytes();
+    // GPU pools keep their pages once taken, so what they reserve after the runs is their peak.
+    let device_bytes = device.memory_pool_usage().map(|u| u.bytes_reserved);
     let n = runs_s.len() as f64;
     let kernels: serde_json::Map<String, serde_json::Value> = profile::totals()
         .into_iter()
@@ -249,18 +255,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({
-                "tool": "imagen", "arch": a.arch, "component": a.component, "backend": a.backend,
+                "tool": "imagen", "arch": a.arch, "component": a.component, "backend": a.backend, "dtype": a.dtype,
                 "shape": shape, "median_s": median, "runs_s": runs_s, "gflop": gflop,
-                "gflop_per_s": gflop / median, "peak_rss_bytes": rss, "weights_bytes": params * 4,
+                "gflop_per_s": gflop / median, "peak_rss_bytes": rss, "weights_bytes": params * dtype_bytes,
+                "device_reserved_bytes": device_bytes,
                 "kernels": a.profile.then_some(&kernels),
             })
         );
     } else {
         println!(
-            "{} {} [{shape}] on {}: median {median:.3} s over {} runs, {gflop:.1} GFLOP, {:.1} GFLOP/s, peak RSS {}",
+            "{} {} [{shape}] on {} ({}): median {median:.3} s over {} runs, {gflop:.1} GFLOP, {:.1} GFLOP/s, peak RSS {}",
             a.arch,
             a.component,
             a.backend,
+            a.dtype,
             runs_s.len(),
             gflop / median,
             rss.map_or("n/a".into(), |r| format!("{:.2} GiB", r as f64 / (1u64 << 30) as f64))

@@ -110,6 +110,9 @@ struct GenerateArgs {
     /// cpu, or wgpu for the GPU.
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// f32, or f16 (GPU backends: half the memory, faster on most cards).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
     /// Decode with TAESD (a diffusers `AutoencoderTiny` folder, e.g. madebyollin/taesd) instead
     /// of the model's VAE: much faster, slightly softer.
     #[arg(long)]
@@ -183,7 +186,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         (Some(p), _) | (_, Some(p)) => Some(read_png(p)?),
         _ => None,
     };
-    let device = device::by_name(&a.backend)?;
+    let device = device::open(&a.backend, &a.dtype)?;
     let taesd = a
         .taesd
         .as_deref()

@@ -26,6 +26,9 @@ pub struct ServeArgs {
     /// cpu, or wgpu for the GPU.
     #[arg(long)]
     backend: Option<String>,
+    /// f32, or f16 (GPU backends: half the memory, faster on most cards).
+    #[arg(long)]
+    dtype: Option<String>,
     /// Model for requests that name none (default: the first by id).
     #[arg(long)]
     default_model: Option<String>,
@@ -76,6 +79,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     }
     if let Some(v) = a.backend {
         config.backend = v;
+    }
+    if let Some(v) = a.dtype {
+        config.dtype = v;
     }
     if let Some(v) = a.default_model {
         config.default_model = Some(v);

@@ -4,6 +4,10 @@ print both and the ratio (PyTorch time / imagen time; above 1 means imagen is fa
 
     python tools/bench_compare.py --arch sd15 --component unet --latent 64 --batch 2 --runs 3 [--threads 2]
         [--imagen target/release/imagen] [--python .venv/bin/python] [--backend cpu] [--channels C]
+        [--dtype f32|f16]
+
+With a GPU backend (`--backend wgpu`) PyTorch runs on CUDA (`--device cuda`), in the same dtype
+(f16 = PyTorch fp16, whose attention is `scaled_dot_product_attention` through diffusers).
 """
 
 import argparse
@@ -15,20 +19,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def last_json(cmd):
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-4000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def main():
     ap = argparse.ArgumentParser()
     for f, d in [("--arch", "sd15"), ("--component", "unet"), ("--latent", "64"), ("--batch", "2"), ("--steps", "1"),
-                 ("--runs", "3"), ("--threads", "2"), ("--backend", "cpu"),
+                 ("--runs", "3"), ("--threads", "2"), ("--backend", "cpu"), ("--dtype", "f32"),
                  ("--imagen", str(ROOT / "target" / "release" / "imagen")), ("--python", sys.executable)]:
         ap.add_argument(f, default=d)
     ap.add_argument("--channels", help="channels of the single-op components (conv, attention, ...)")
     a = ap.parse_args()
     common = ["--arch", a.arch, "--component", a.component, "--latent", a.latent, "--batch", a.batch,
               "--steps", a.steps, "--runs", a.runs] + (["--channels", a.channels] if a.channels else [])
-    ours = json.loads(subprocess.run([a.imagen, "bench", *common, "--backend", a.backend, "--json"], check=True,
-                                     capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    torch = json.loads(subprocess.run([a.python, str(ROOT / "tools/reference/bench_torch.py"), *common, "--threads",
-                                       a.threads], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    ours = last_json([a.imagen, "bench", *common, "--backend", a.backend, "--dtype", a.dtype, "--json"])
+    device = "cpu" if a.backend == "cpu" else "cuda"
+    torch = last_json([a.python, str(ROOT / "tools/reference/bench_torch.py"), *common, "--threads", a.threads,
+                       "--device", device, "--dtype", {"f32": "fp32", "f16": "fp16"}[a.dtype]])
     for r in (ours, torch):
         print(json.dumps(r))
     gib = 1 << 30

@@ -39,12 +39,14 @@ SDXL_UNET = dict(
 )
 
 
-def bench(fn, runs):
+def bench(fn, runs, sync=lambda: None):
     fn()  # warm-up
+    sync()
     times = []
     for _ in range(runs):
         t = time.perf_counter()
         fn()
+        sync()  # CUDA work is asynchronous: wait for it before reading the clock
         times.append(time.perf_counter() - t)
     return statistics.median(times), times
 
@@ -80,6 +82,8 @@ def component_bench(a):
 
     c = a.channels or 320  # default: the UNet's first level (all three archs)
 
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[a.dtype]
+
     def build(device):
         with torch.device(device):
             m = {}
@@ -96,19 +100,22 @@ def component_bench(a):
             if a.component in ("text-encoder", "pipeline"):
                 m["text"] = [(CLIPTextModelWithProjection if i == 1 else CLIPTextModel)(c).eval()
                              for i, c in enumerate(texts)]
+            for k, v in m.items():
+                m[k] = [t.to(dtype) for t in v] if isinstance(v, list) else v.to(dtype)
             return m
 
     def work(m, device):
-        lat = torch.randn(b, 4, l, l, device=device)
-        ctx = torch.randn(b, 77, ctx_dim, device=device)
+        lat = torch.randn(b, 4, l, l, device=device, dtype=dtype)
+        ctx = torch.randn(b, 77, ctx_dim, device=device, dtype=dtype)
         ids = torch.randint(0, 49407, (b, 77), device=device)
         t = torch.tensor([981.0] * b, device=device)
-        added = {"text_embeds": torch.randn(b, 1280, device=device),
-                 "time_ids": torch.tensor([[l * 8.0, l * 8.0, 0, 0, l * 8.0, l * 8.0]] * b, device=device)}
+        added = {"text_embeds": torch.randn(b, 1280, device=device, dtype=dtype),
+                 "time_ids": torch.tensor([[l * 8.0, l * 8.0, 0, 0, l * 8.0, l * 8.0]] * b, device=device,
+                                          dtype=dtype)}
         kw = {"added_cond_kwargs": added} if xl else {}
 
-        img = torch.randn(b, c, l, l, device=device)
-        seq = torch.randn(b, l * l, c, device=device)  # a projection's output: contiguous
+        img = torch.randn(b, c, l, l, device=device, dtype=dtype)
+        seq = torch.randn(b, l * l, c, device=device, dtype=dtype)  # a projection's output: contiguous
 
         def run():
             if a.component == "conv":
@@ -140,11 +147,15 @@ def component_bench(a):
         with counter:
             work(build("meta"), "meta")()
         gflop = counter.get_total_flops() / 1e9
-        med, runs = bench(work(build("cpu"), "cpu"), a.runs)
+        cuda = a.device == "cuda"
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        med, runs = bench(work(build(a.device), a.device), a.runs, sync)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"tool": f"torch-{torch.__version__}-cpu-{a.threads}t", "arch": a.arch, "component": a.component,
-                      "median_s": med, "runs_s": runs, "gflop": gflop, "gflop_per_s": gflop / med,
-                      "peak_rss_bytes": rss}))
+    where = torch.cuda.get_device_name() if cuda else f"cpu-{a.threads}t"
+    extra = {"peak_device_bytes": torch.cuda.max_memory_allocated()} if cuda else {}
+    print(json.dumps({"tool": f"torch-{torch.__version__}-{where}", "arch": a.arch, "component": a.component,
+                      "dtype": a.dtype, "median_s": med, "runs_s": runs, "gflop": gflop, "gflop_per_s": gflop / med,
+                      "peak_rss_bytes": rss, **extra}))
 
 
 def main():
@@ -158,6 +169,8 @@ def main():
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--channels", type=int, help="channels of the single-op components (default 320)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", default="fp32", help="fp32 or fp16")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.component:

@@ -60,6 +60,8 @@ pub struct EngineConfig {
     pub loras: Vec<LoraInfo>,
     /// `cpu` or `wgpu` (see `imagen_models::device`).
     pub backend: String,
+    /// `f32`, or `f16` on a GPU backend (see `imagen_models::device::open`).
+    pub dtype: String,
     /// Jobs waiting beyond the one running.
     pub queue_capacity: usize,
     /// Models kept loaded at once (least recently used is dropped first).
@@ -70,7 +72,7 @@ pub struct EngineConfig {
 
 impl Engine {
     pub fn spawn(config: EngineConfig) -> Result<Self> {
-        let device = imagen_models::device::by_name(&config.backend)?;
+        let device = imagen_models::device::open(&config.backend, &config.dtype)?;
         let (tx, rx) = sync_channel(config.queue_capacity.max(1));
         let ready = Arc::new(AtomicBool::new(false));
         let queued = Arc::new(AtomicUsize::new(0));

@@ -1,6 +1,6 @@
 //! Picking a compute device by name, at run time.
 
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 
 use crate::error::{Error, Result};
 
@@ -24,5 +24,74 @@ pub fn by_name(name: &str) -> Result<Device> {
             "unknown backend {other:?} (this build has: {})",
             available().join(", ")
         ))),
+    }
+}
+
+/// Compute precisions by the names the CLI and API use.
+pub const DTYPES: &[&str] = &["f32", "f16"];
+
+/// [`by_name`], with floats computed in `dtype` (`f32` or `f16`). f16 is for GPUs: the device's
+/// default float type is set before any tensor exists, so weights, activations and every tensor
+/// the models make on the way share it. Refused where the device has no f16 arithmetic (burn's
+/// CPU backend converts f16 to and from f32 around most ops, which is slower than f32 itself).
+///
+/// burn keeps these settings per physical device for the life of the process: the first call
+/// for a device decides, and a later call asking for another precision on it is an error.
+pub fn open(name: &str, dtype: &str) -> Result<Device> {
+    let mut device = by_name(name)?;
+    let want = match dtype {
+        "f32" => FloatDType::F32,
+        "f16" if name != "cpu" => FloatDType::F16,
+        "f16" => {
+            return Err(Error::Backend(
+                "f16 is for GPUs: the cpu backend computes in f32".into(),
+            ));
+        }
+        other => {
+            return Err(Error::Backend(format!(
+                "unknown dtype {other:?} (one of {})",
+                DTYPES.join(", ")
+            )));
+        }
+    };
+    if !device.supports_dtype(want) {
+        return Err(Error::Backend(format!("{name}: this device has no {dtype} arithmetic")));
+    }
+    // Read-then-configure must not interleave between threads (two engines, parallel tests).
+    static CONFIGURE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = CONFIGURE.lock().unwrap_or_else(|e| e.into_inner());
+    if device.settings().float_dtype == want {
+        // Nothing to change (and configuring again would fail once tensors exist).
+        return Ok(device);
+    }
+    device
+        .configure(want)
+        .map_err(|e| Error::Backend(format!("{name}: cannot compute in {dtype}: {e:?}")))?;
+    Ok(device)
+}
+
+/// The float type a device computes in, by the names of [`DTYPES`].
+pub fn dtype_name(device: &Device) -> &'static str {
+    match device.settings().float_dtype {
+        FloatDType::F16 => "f16",
+        FloatDType::BF16 => "bf16",
+        FloatDType::F64 => "f64",
+        _ => "f32",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtypes_are_checked_by_name() {
+        let cpu = open("cpu", "f32").expect("cpu f32");
+        assert_eq!(dtype_name(&cpu), "f32");
+        let e = open("cpu", "f16").expect_err("f16 is GPU-only").to_string();
+        assert!(e.contains("f16"), "{e}");
+        let e = open("cpu", "f8").expect_err("unknown dtype").to_string();
+        assert!(e.contains("unknown dtype") && e.contains("f32, f16"), "{e}");
+        assert!(open("tpu", "f32").is_err());
     }
 }

@@ -73,6 +73,7 @@ pub async fn start(mut config: Config) -> Result<(tokio::net::TcpListener, Arc<A
         models: found.models.clone(),
         loras: found.loras.clone(),
         backend: config.backend.clone(),
+        dtype: config.dtype.clone(),
         queue_capacity: config.limits.queue_capacity,
         max_loaded: config.limits.max_loaded_models,
         preload,

@@ -22,6 +22,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// `cpu` or `wgpu`.
     pub backend: String,
+    /// `f32`, or `f16` on a GPU backend: the precision the models compute in.
+    pub dtype: String,
     /// Model used when a request names none; default: the first by id.
     pub default_model: Option<String>,
     pub limits: Limits,
@@ -81,6 +83,7 @@ impl Default for Config {
             data_dir: "data".into(),
             public_url: None,
             backend: "cpu".into(),
+            dtype: "f32".into(),
             default_model: None,
             limits: Limits::default(),
             webhooks: Webhooks::default(),
@@ -143,7 +146,7 @@ impl Config {
     }
 
     /// `IMAGEN_BIND`, `IMAGEN_MODELS_DIR`, `IMAGEN_DATA_DIR`, `IMAGEN_PUBLIC_URL`,
-    /// `IMAGEN_BACKEND`, `IMAGEN_DEFAULT_MODEL`, `IMAGEN_ALLOW_URL_FETCH`.
+    /// `IMAGEN_BACKEND`, `IMAGEN_DTYPE`, `IMAGEN_DEFAULT_MODEL`, `IMAGEN_ALLOW_URL_FETCH`.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(v) = var("IMAGEN_BIND") {
             self.bind = v
@@ -161,6 +164,9 @@ impl Config {
         }
         if let Some(v) = var("IMAGEN_BACKEND") {
             self.backend = v;
+        }
+        if let Some(v) = var("IMAGEN_DTYPE") {
+            self.dtype = v;
         }
         if let Some(v) = var("IMAGEN_DEFAULT_MODEL") {
             self.default_model = Some(v);

@@ -1,0 +1,128 @@
+//! The wgpu backend computing in f16 (`--dtype f16`), against diffusers' f32 goldens.
+//!
+//! Its own test binary: burn keeps a device's float type for the life of the process, and the
+//! other tests use the same wgpu device in f32. On Mesa's lavapipe in CI; without a wgpu adapter
+//! these tests pass with a note, unless IMAGEN_REQUIRE_WGPU=1.
+#![cfg(feature = "wgpu")]
+
+#[path = "models/common.rs"]
+mod common;
+
+use burn::tensor::Device;
+use common::{Golden, fixture, rel_error};
+use imagen_engine::rng::RngKind;
+use imagen_engine::scheduler::SamplerKind;
+use imagen_engine::{GenerateRequest, generate};
+use imagen_models::{DiffusersFolder, StableDiffusion};
+
+/// f16 has an 11-bit significand (≈ 5e-4 per rounding); through a few dozen layers of a tiny
+/// random network that compounds to a few 1e-3 relative to the output's scale.
+const TOL: f32 = 2e-2;
+
+fn f16_device() -> Option<Device> {
+    let require = std::env::var("IMAGEN_REQUIRE_WGPU").is_ok_and(|v| v == "1");
+    match std::panic::catch_unwind(|| imagen_models::device::open("wgpu", "f16")) {
+        Ok(Ok(d)) => {
+            assert_eq!(imagen_models::device::dtype_name(&d), "f16");
+            Some(d)
+        }
+        Ok(Err(e)) if !require => {
+            eprintln!("wgpu f16 not available here ({e}): not checked");
+            None
+        }
+        Err(_) if !require => {
+            eprintln!("no wgpu adapter: f16 not checked");
+            None
+        }
+        Ok(Err(e)) => panic!("IMAGEN_REQUIRE_WGPU=1 but wgpu f16 is unavailable: {e}"),
+        Err(_) => panic!("IMAGEN_REQUIRE_WGPU=1 but no wgpu adapter"),
+    }
+}
+
+fn check<const D: usize>(g: &Golden, key: &str, got: burn::tensor::Tensor<D>) {
+    assert_eq!(got.dtype(), burn::tensor::DType::F16, "{key}: computed in f16");
+    let (shape, want) = g.f32_values(key);
+    assert_eq!(got.dims().to_vec(), shape, "{key}: shape");
+    let err = rel_error(got, &want);
+    println!("{key}: f16 max relative error {err:.3e} (tolerance {TOL:.0e})");
+    assert!(err <= TOL, "{key}: f16 max relative error {err:.3e} > {TOL:.0e}");
+}
+
+/// Every component of the tiny SD 1.5 model, weights and activations in f16.
+#[test]
+fn components_in_f16_match_diffusers() {
+    let Some(device) = f16_device() else { return };
+    let folder = DiffusersFolder::open(fixture("tiny-sd15")).expect("open folder");
+    let g = Golden::open("tiny-sd15");
+
+    let te = folder.load_text_encoder(&device).expect("text encoder");
+    check(&g, "text_hidden", te.forward(g.ids("text_ids", &device), 0));
+
+    let unet = folder.load_unet(&device).expect("unet");
+    for case in ["unet", "unet_odd"] {
+        let (_, t) = g.f32_values(&format!("{case}_timesteps"));
+        let out = unet.forward(
+            g.tensor(&format!("{case}_latents"), &device),
+            &t,
+            &g.tensor(&format!("{case}_context"), &device),
+        );
+        check(&g, &format!("{case}_out"), out);
+    }
+
+    let vae = folder.load_vae(&device).expect("vae");
+    let dist = vae.encode(g.tensor("vae_image", &device));
+    check(&g, "vae_enc_mean", dist.mean);
+    check(&g, "vae_dec_image", vae.decode(g.tensor("vae_dec_latents", &device)));
+}
+
+/// A whole text-to-image generation in f16 against diffusers' f32 PNG for the same seed.
+#[test]
+fn generation_in_f16_matches_diffusers_png() {
+    let Some(device) = f16_device() else { return };
+    let sd = StableDiffusion::load(fixture("tiny-sd15"), &device).expect("load");
+    let req = GenerateRequest {
+        prompt: "a photograph of an astronaut riding a horse".into(),
+        negative_prompt: String::new(),
+        width: 64,
+        height: 64,
+        steps: 0,
+        guidance: 0.0,
+        scheduler: None,
+        seed: 0,
+        rng: RngKind::Torch,
+        num_images: 1,
+        long_prompt: false,
+        init: None,
+    };
+    let text = std::fs::read_to_string(fixture("golden/generate/cases.json")).expect("cases");
+    let cases: Vec<serde_json::Value> = serde_json::from_str(&text).expect("json");
+    let case = cases
+        .iter()
+        .find(|c| c["model"] == "tiny-sd15" && c["kind"] == "txt2img" && c["scheduler"] == "euler")
+        .expect("an Euler txt2img case");
+    let req = GenerateRequest {
+        steps: case["steps"].as_u64().expect("steps") as usize,
+        guidance: case["guidance"].as_f64().expect("guidance"),
+        scheduler: Some(SamplerKind::parse("euler").expect("euler")),
+        seed: case["seed"].as_u64().expect("seed"),
+        prompt: case["prompt"].as_str().expect("prompt").into(),
+        negative_prompt: case["negative_prompt"].as_str().unwrap_or("").into(),
+        width: case["width"].as_u64().expect("w") as usize,
+        height: case["height"].as_u64().expect("h") as usize,
+        ..req
+    };
+    let got = generate(&sd, &req, &device, &mut |_, _| true).expect("generate");
+    let want = image::open(fixture("golden/generate").join(case["png"].as_str().expect("png")))
+        .expect("png")
+        .to_rgb8();
+    let d: Vec<u8> = got[0]
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .collect();
+    let max = d.iter().copied().max().unwrap_or(0);
+    let mean = d.iter().map(|&x| x as f64).sum::<f64>() / d.len() as f64;
+    println!("f16 vs diffusers f32: max {max}/255, mean {mean:.3}/255");
+    assert!(max <= 8 && mean <= 1.0, "f16 image: max {max}/255, mean {mean:.3}/255");
+}
