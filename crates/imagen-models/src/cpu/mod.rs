@@ -86,8 +86,13 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let weight = conv.weight.val();
     let parts = (fast, pad, host(&x), host(&weight), host_param(&conv.bias));
     let (true, Some(pad), Some(xs), Some(ws), Some(bias)) = parts else {
-        return match (fast, pad) {
-            (true, Some([0, 0, 0, 0])) if weight.dims()[2..] == [1, 1] => pointwise_conv2d(conv, weight, x),
+        // On GPUs 1×1 convolutions always run as a matmul (burn's conv autotune can land on its
+        // direct kernel for them, a matmul never does); larger ones with IMAGEN_GPU_CONV=im2col.
+        let pointwise = weight.dims()[2..] == [1, 1] && pad == Some([0; 4]);
+        return match pad {
+            Some(pad) if fast && crate::gpu::on_gpu(&x) && (pointwise || crate::gpu::conv_im2col()) => {
+                crate::gpu::conv2d_im2col(conv, x, pad)
+            }
             _ => conv.forward(x),
         };
     };
@@ -107,23 +112,6 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let _t = profile::Timer::new(profile::Op::Conv);
     let out = conv::conv2d(c, slice(&xs), slice(&ws), bias.as_ref().map(slice));
     tensor(out, [batch, cout, ho, wo])
-}
-
-/// A 1×1 convolution (stride 1, no padding) as one batched matmul, on any backend: burn's GPU
-/// conv autotune can land on its direct kernel for these, a matmul never does.
-/// x: `[b, cin, h, w]` → `[b, cout, h, w]`
-fn pointwise_conv2d(conv: &Conv2d, weight: Tensor<4>, x: Tensor<4>) -> Tensor<4> {
-    let [b, cin, h, w] = x.dims();
-    let cout = weight.dims()[0];
-    // [cout, cin, 1, 1] -> [1, cout, cin] · [b, cin, h·w] -> [b, cout, h·w]
-    let y = weight.reshape([1, cout, cin]).matmul(x.reshape([b, cin, h * w]));
-    let y = match &conv.bias {
-        // [cout] -> [1, cout, 1]
-        Some(bias) => y + bias.val().reshape([1, cout, 1]),
-        None => y,
-    };
-    // [b, cout, h·w] -> [b, cout, h, w]
-    y.reshape([b, cout, h, w])
 }
 
 /// `norm.forward(x)`, followed by SiLU when `silu`, in one pass on the CPU.
