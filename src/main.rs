@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use imagen_engine::pipeline::{denoise, tensor_to_images, variations};
+use imagen_engine::pipeline::{denoise_with, tensor_to_images, variations};
 use imagen_engine::rng::RngKind;
 use imagen_engine::scheduler::SamplerKind;
 use imagen_engine::{GenerateRequest, InitImage, generate};
@@ -117,6 +117,12 @@ struct GenerateArgs {
     /// of the model's VAE: much faster, slightly softer.
     #[arg(long)]
     taesd: Option<PathBuf>,
+    /// With --taesd: write a TAESD preview of the latents every --preview-every steps to
+    /// DIR/step-NNN.png (step-NNN-I.png for several images).
+    #[arg(long, value_name = "DIR")]
+    preview_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    preview_every: usize,
     /// Merge a LoRA file (kohya or diffusers/PEFT names) at a scale (default 1); repeatable.
     #[arg(long = "lora", value_name = "PATH[:SCALE]")]
     loras: Vec<String>,
@@ -179,6 +185,9 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let Some(rng) = RngKind::parse(&a.rng) else {
         bail!("unknown --rng {:?} (torch or philox)", a.rng);
     };
+    if a.preview_dir.is_some() && a.taesd.is_none() {
+        bail!("--preview-dir needs --taesd (previews are decoded with TAESD)");
+    }
     if !(0.0..=1.0).contains(&a.strength) {
         bail!("--strength must be between 0 and 1 (got {})", a.strength);
     }
@@ -281,8 +290,23 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         (Some(_), Some(img), None) => variations(&sd, &req, &img, a.strength, &device, &mut progress)?,
         // TAESD decodes the UNet's latents directly (its scaling factor is 1).
         (_, _, Some((config, decoder))) => {
-            let latents = denoise(&sd, &req, &device, &mut progress)?;
-            tensor_to_images(decoder.decode(latents / config.scaling_factor as f32))?
+            let scale = config.scaling_factor as f32;
+            let mut failed: Option<anyhow::Error> = None;
+            let mut preview = |step: usize, latents: &burn::tensor::Tensor<4>| {
+                let Some(dir) = &a.preview_dir else { return };
+                if failed.is_some() || !step.is_multiple_of(a.preview_every.max(1)) {
+                    return;
+                }
+                let saved = tensor_to_images(decoder.decode(latents.clone() / scale))
+                    .map_err(anyhow::Error::from)
+                    .and_then(|images| save_previews(dir, step, &images));
+                failed = saved.err();
+            };
+            let latents = denoise_with(&sd, &req, &device, &mut progress, &mut preview)?;
+            if let Some(e) = failed {
+                return Err(e.context("writing a step preview"));
+            }
+            tensor_to_images(decoder.decode(latents / scale))?
         }
         _ => generate(&sd, &req, &device, &mut progress)?,
     };
@@ -298,6 +322,22 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     }
     for p in paths {
         println!("{}", p.display());
+    }
+    Ok(())
+}
+
+/// `DIR/step-NNN.png`, or `DIR/step-NNN-I.png` for several images.
+fn save_previews(dir: &Path, step: usize, images: &[image::RgbImage]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (i, img) in images.iter().enumerate() {
+        let name = if images.len() == 1 {
+            format!("step-{step:03}.png")
+        } else {
+            format!("step-{step:03}-{i}.png")
+        };
+        let path = dir.join(name);
+        img.save(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }

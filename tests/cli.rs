@@ -254,6 +254,46 @@ fn bench_prints_one_json_line() {
     assert!(v["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0));
 }
 
+/// Step previews: one TAESD-decoded PNG per step; the last is the final image, bit for bit.
+#[test]
+fn taesd_previews_every_step() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (out, dir) = (tmp.path().join("final.png"), tmp.path().join("previews"));
+    let model = fixture("tiny-sd15");
+    let taesd = fixture("tiny-taesd");
+    let mut args = generate_args(model.to_str().expect("utf8"), out.to_str().expect("utf8"));
+    args.extend([
+        "--taesd",
+        taesd.to_str().expect("utf8"),
+        "--preview-dir",
+        dir.to_str().expect("utf8"),
+    ]);
+    let steps = args.iter().position(|&a| a == "--steps").expect("--steps") + 1;
+    args[steps] = "3";
+    // Euler: one UNet step per requested step (PNDM, the fixture's default, adds a warm-up one).
+    args.extend(["--scheduler", "euler"]);
+    let o = imagen(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("preview dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["step-001.png", "step-002.png", "step-003.png"]);
+    let last = image::open(dir.join("step-003.png")).expect("png").to_rgb8();
+    let first = image::open(dir.join("step-001.png")).expect("png").to_rgb8();
+    let fin = image::open(&out).expect("png").to_rgb8();
+    assert_eq!(last, fin, "the last preview is the final image");
+    assert_ne!(first, fin, "previews follow the denoising");
+
+    // Without TAESD there is nothing to preview with: a clear error, not a silent no-op.
+    let mut args = generate_args(model.to_str().expect("utf8"), out.to_str().expect("utf8"));
+    args.extend(["--preview-dir", dir.to_str().expect("utf8")]);
+    let o = imagen(&args);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--preview-dir needs --taesd"));
+}
+
 #[test]
 fn taesd_decodes_instead_of_the_vae() {
     let tmp = tempfile::tempdir().expect("tmp");

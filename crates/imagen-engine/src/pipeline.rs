@@ -47,6 +47,9 @@ pub struct GenerateRequest {
 /// Called after each step with (step, total); return `false` to cancel.
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize) -> bool;
 
+/// Called after each step with (step, the latents so far `[b, c, h/8, w/8]`): step previews.
+pub type StepLatents<'a> = &'a mut dyn FnMut(usize, &Tensor<4>);
+
 /// The sampler a request gets: the one it names, else the model folder's own.
 pub fn sampler_for(sd: &StableDiffusion, req: &GenerateRequest) -> Result<Sampler> {
     let mut config: SchedulerConfig = sd.folder.component_config("scheduler")?;
@@ -109,6 +112,17 @@ pub fn generate(
 
 /// The denoising loop alone: the final latents `[b, c, h/8, w/8]` (VAE-scaled), before decoding.
 pub fn denoise(sd: &StableDiffusion, req: &GenerateRequest, device: &Device, progress: Progress) -> Result<Tensor<4>> {
+    denoise_with(sd, req, device, progress, &mut |_, _| {})
+}
+
+/// [`denoise`], handing the latents to `on_step` after every step (before `progress`).
+pub fn denoise_with(
+    sd: &StableDiffusion,
+    req: &GenerateRequest,
+    device: &Device,
+    progress: Progress,
+    on_step: StepLatents,
+) -> Result<Tensor<4>> {
     validate(req)?;
     let mut sampler = sampler_for(sd, req)?;
     let mut rng = req.rng.generator(req.seed);
@@ -178,6 +192,7 @@ pub fn denoise(sd: &StableDiffusion, req: &GenerateRequest, device: &Device, pro
             };
             latents = latents * m.clone() + known * (m.clone().neg() + 1.0);
         }
+        on_step(i - first + 1, &latents);
         if !progress(i - first + 1, total) {
             return Err(Error::Cancelled);
         }
