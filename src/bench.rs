@@ -143,7 +143,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         imagen_models::cpu::set_enabled(false);
     }
     let device: Device = device::open(&a.backend, &a.dtype)?;
-    let dtype_bytes = if a.dtype == "f16" { 2 } else { 4 };
+    let dtype_bytes = burn::tensor::DType::from(device.settings().float_dtype).size();
     let (b, l) = (a.batch, a.latent);
     let ctx: usize = arch.text.iter().map(|t| t.hidden_size).sum();
     let xl = arch.text.len() == 2;

@@ -121,6 +121,7 @@ struct GenerateArgs {
     /// DIR/step-NNN.png (step-NNN-I.png for several images).
     #[arg(long, value_name = "DIR")]
     preview_dir: Option<PathBuf>,
+    /// Steps between previews (1 = every step).
     #[arg(long, default_value_t = 1)]
     preview_every: usize,
     /// Merge a LoRA file (kohya or diffusers/PEFT names) at a scale (default 1); repeatable.
@@ -185,8 +186,14 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let Some(rng) = RngKind::parse(&a.rng) else {
         bail!("unknown --rng {:?} (torch or philox)", a.rng);
     };
-    if a.preview_dir.is_some() && a.taesd.is_none() {
-        bail!("--preview-dir needs --taesd (previews are decoded with TAESD)");
+    if let Some(dir) = &a.preview_dir {
+        if a.taesd.is_none() {
+            bail!("--preview-dir needs --taesd (previews are decoded with TAESD)");
+        }
+        if a.preview_every == 0 {
+            bail!("--preview-every must be at least 1");
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     if !(0.0..=1.0).contains(&a.strength) {
         bail!("--strength must be between 0 and 1 (got {})", a.strength);
@@ -294,12 +301,12 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             let mut failed: Option<anyhow::Error> = None;
             let mut preview = |step: usize, latents: &burn::tensor::Tensor<4>| {
                 let Some(dir) = &a.preview_dir else { return };
-                if failed.is_some() || !step.is_multiple_of(a.preview_every.max(1)) {
+                if failed.is_some() || !step.is_multiple_of(a.preview_every) {
                     return;
                 }
                 let saved = tensor_to_images(decoder.decode(latents.clone() / scale))
                     .map_err(anyhow::Error::from)
-                    .and_then(|images| save_previews(dir, step, &images));
+                    .and_then(|images| save_images(&images, &dir.join(format!("step-{step:03}.png"))));
                 failed = saved.err();
             };
             let latents = denoise_with(&sd, &req, &device, &mut progress, &mut preview)?;
@@ -312,11 +319,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     };
     bar.finish_and_clear();
 
-    let paths = output_paths(&a.output, images.len());
-    for (img, path) in images.iter().zip(&paths) {
-        img.save(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
+    let paths = save_images(&images, &a.output)?;
     if !a.quiet {
         eprintln!("seed {seed}, {:.1?}", started.elapsed());
     }
@@ -326,20 +329,14 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// `DIR/step-NNN.png`, or `DIR/step-NNN-I.png` for several images.
-fn save_previews(dir: &Path, step: usize, images: &[image::RgbImage]) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    for (i, img) in images.iter().enumerate() {
-        let name = if images.len() == 1 {
-            format!("step-{step:03}.png")
-        } else {
-            format!("step-{step:03}-{i}.png")
-        };
-        let path = dir.join(name);
-        img.save(&path)
+/// Writes the images as [`output_paths`] names them; returns the paths.
+fn save_images(images: &[image::RgbImage], output: &Path) -> Result<Vec<PathBuf>> {
+    let paths = output_paths(output, images.len());
+    for (img, path) in images.iter().zip(&paths) {
+        img.save(path)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(())
+    Ok(paths)
 }
 
 /// `out.png` for one image; `out-0.png`, `out-1.png`, … for several.

@@ -292,6 +292,10 @@ fn taesd_previews_every_step() {
     let o = imagen(&args);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--preview-dir needs --taesd"));
+    args.extend(["--taesd", taesd.to_str().expect("utf8"), "--preview-every", "0"]);
+    let o = imagen(&args);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--preview-every must be at least 1"));
 }
 
 #[test]

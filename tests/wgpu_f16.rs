@@ -9,10 +9,8 @@
 mod common;
 
 use burn::tensor::Device;
-use common::{Golden, fixture, rel_error};
-use imagen_engine::rng::RngKind;
-use imagen_engine::scheduler::SamplerKind;
-use imagen_engine::{GenerateRequest, generate};
+use common::{Golden, case_request, cases, fixture, load_png, png_diff, rel_error, unet_outputs};
+use imagen_engine::generate;
 use imagen_models::{DiffusersFolder, StableDiffusion};
 
 /// f16 has an 11-bit significand (≈ 5e-4 per rounding); through a few dozen layers of a tiny
@@ -59,14 +57,8 @@ fn components_in_f16_match_diffusers() {
     check(&g, "text_hidden", te.forward(g.ids("text_ids", &device), 0));
 
     let unet = folder.load_unet(&device).expect("unet");
-    for case in ["unet", "unet_odd"] {
-        let (_, t) = g.f32_values(&format!("{case}_timesteps"));
-        let out = unet.forward(
-            g.tensor(&format!("{case}_latents"), &device),
-            &t,
-            &g.tensor(&format!("{case}_context"), &device),
-        );
-        check(&g, &format!("{case}_out"), out);
+    for (key, out) in unet_outputs(&g, &unet, &device) {
+        check(&g, &key, out);
     }
 
     let vae = folder.load_vae(&device).expect("vae");
@@ -80,49 +72,14 @@ fn components_in_f16_match_diffusers() {
 fn generation_in_f16_matches_diffusers_png() {
     let Some(device) = f16_device() else { return };
     let sd = StableDiffusion::load(fixture("tiny-sd15"), &device).expect("load");
-    let req = GenerateRequest {
-        prompt: "a photograph of an astronaut riding a horse".into(),
-        negative_prompt: String::new(),
-        width: 64,
-        height: 64,
-        steps: 0,
-        guidance: 0.0,
-        scheduler: None,
-        seed: 0,
-        rng: RngKind::Torch,
-        num_images: 1,
-        long_prompt: false,
-        init: None,
-    };
-    let text = std::fs::read_to_string(fixture("golden/generate/cases.json")).expect("cases");
-    let cases: Vec<serde_json::Value> = serde_json::from_str(&text).expect("json");
+    let cases = cases("cases.json");
     let case = cases
         .iter()
         .find(|c| c["model"] == "tiny-sd15" && c["kind"] == "txt2img" && c["scheduler"] == "euler")
         .expect("an Euler txt2img case");
-    let req = GenerateRequest {
-        steps: case["steps"].as_u64().expect("steps") as usize,
-        guidance: case["guidance"].as_f64().expect("guidance"),
-        scheduler: Some(SamplerKind::parse("euler").expect("euler")),
-        seed: case["seed"].as_u64().expect("seed"),
-        prompt: case["prompt"].as_str().expect("prompt").into(),
-        negative_prompt: case["negative_prompt"].as_str().unwrap_or("").into(),
-        width: case["width"].as_u64().expect("w") as usize,
-        height: case["height"].as_u64().expect("h") as usize,
-        ..req
-    };
-    let got = generate(&sd, &req, &device, &mut |_, _| true).expect("generate");
-    let want = image::open(fixture("golden/generate").join(case["png"].as_str().expect("png")))
-        .expect("png")
-        .to_rgb8();
-    let d: Vec<u8> = got[0]
-        .as_raw()
-        .iter()
-        .zip(want.as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .collect();
-    let max = d.iter().copied().max().unwrap_or(0);
-    let mean = d.iter().map(|&x| x as f64).sum::<f64>() / d.len() as f64;
+    let got = generate(&sd, &case_request(case), &device, &mut |_, _| true).expect("generate");
+    let want = load_png(case["png"].as_str().expect("png"));
+    let (max, mean) = png_diff(&got[0], &want);
     println!("f16 vs diffusers f32: max {max}/255, mean {mean:.3}/255");
     assert!(max <= 8 && mean <= 1.0, "f16 image: max {max}/255, mean {mean:.3}/255");
 }

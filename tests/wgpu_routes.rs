@@ -8,35 +8,16 @@
 #[path = "models/common.rs"]
 mod common;
 
-use burn::tensor::Device;
-use common::{Golden, assert_close, fixture};
+use common::{Golden, assert_close, fixture, unet_outputs, wgpu_device};
 use imagen_models::DiffusersFolder;
 
 const TOL: f32 = 1e-4;
-
-fn wgpu() -> Option<Device> {
-    let device = imagen_models::device::by_name("wgpu").expect("wgpu backend compiled in");
-    let probe = device.clone();
-    let ok = std::panic::catch_unwind(move || {
-        burn::tensor::Tensor::<1>::from_floats([1.0, 2.0], &probe)
-            .sum()
-            .into_scalar::<f32>()
-    })
-    .is_ok();
-    if !ok && std::env::var("IMAGEN_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
-        panic!("no wgpu adapter, and IMAGEN_REQUIRE_WGPU=1");
-    }
-    ok.then_some(device)
-}
 
 /// Text encoder (causal attention), UNet (3×3 and 1×1 convs, self- and cross-attention) and
 /// VAE (padded convs, single-head attention) with both routes on.
 #[test]
 fn im2col_convs_and_matmul_attention_match_diffusers() {
-    let Some(device) = wgpu() else {
-        eprintln!("no wgpu adapter: GPU routes not checked here");
-        return;
-    };
+    let Some(device) = wgpu_device() else { return };
     imagen_models::gpu::set_conv_im2col(true);
     imagen_models::gpu::set_attention_matmul(true);
     let folder = DiffusersFolder::open(fixture("tiny-sd15")).expect("open folder");
@@ -46,14 +27,8 @@ fn im2col_convs_and_matmul_attention_match_diffusers() {
     assert_close(&g, "text_hidden", te.forward(g.ids("text_ids", &device), 0), TOL);
 
     let unet = folder.load_unet(&device).expect("unet");
-    for case in ["unet", "unet_odd"] {
-        let (_, t) = g.f32_values(&format!("{case}_timesteps"));
-        let out = unet.forward(
-            g.tensor(&format!("{case}_latents"), &device),
-            &t,
-            &g.tensor(&format!("{case}_context"), &device),
-        );
-        assert_close(&g, &format!("{case}_out"), out, TOL);
+    for (key, out) in unet_outputs(&g, &unet, &device) {
+        assert_close(&g, &key, out, TOL);
     }
 
     let vae = folder.load_vae(&device).expect("vae");

@@ -5,8 +5,13 @@
 use std::path::PathBuf;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use imagen_engine::GenerateRequest;
+use imagen_engine::rng::RngKind;
+use imagen_engine::scheduler::SamplerKind;
+use imagen_models::unet_2d::UNet2DConditionModel;
 use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
+use serde_json::Value;
 
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -76,4 +81,87 @@ pub fn assert_close<const D: usize>(golden: &Golden, key: &str, got: Tensor<D>, 
     let err = rel_error(got, &want);
     println!("{key}: max relative error {err:.3e} (tolerance {tol:.0e})");
     assert!(err <= tol, "{key}: max relative error {err:.3e} > {tol:.0e}");
+}
+
+/// The UNet on the golden's two cases (`unet`, `unet_odd`): (golden key, output) pairs.
+pub fn unet_outputs(g: &Golden, unet: &UNet2DConditionModel, device: &Device) -> Vec<(String, Tensor<4>)> {
+    ["unet", "unet_odd"]
+        .into_iter()
+        .map(|case| {
+            let (_, t) = g.f32_values(&format!("{case}_timesteps"));
+            let out = unet.forward(
+                g.tensor(&format!("{case}_latents"), device),
+                &t,
+                &g.tensor(&format!("{case}_context"), device),
+            );
+            (format!("{case}_out"), out)
+        })
+        .collect()
+}
+
+/// The default wgpu adapter, if one works here (Mesa's lavapipe in CI). Without one: `None`
+/// with a note, or a panic when IMAGEN_REQUIRE_WGPU=1.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_device() -> Option<Device> {
+    let device = imagen_models::device::by_name("wgpu").expect("wgpu backend compiled in");
+    let probe = device.clone();
+    let ok = std::panic::catch_unwind(move || {
+        let t = Tensor::<1>::from_floats([1.0, 2.0], &probe);
+        t.sum().into_scalar::<f32>()
+    })
+    .is_ok();
+    if ok {
+        return Some(device);
+    }
+    if std::env::var("IMAGEN_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
+        panic!("no wgpu adapter, and IMAGEN_REQUIRE_WGPU=1");
+    }
+    eprintln!("no wgpu adapter available: wgpu parity not checked here");
+    None
+}
+
+/// A PNG of `tests/fixtures/golden/generate/`.
+pub fn load_png(name: &str) -> image::RgbImage {
+    image::open(fixture("golden/generate").join(name))
+        .expect("png")
+        .to_rgb8()
+}
+
+/// (max, mean) absolute difference in 8-bit levels.
+pub fn png_diff(a: &image::RgbImage, b: &image::RgbImage) -> (u8, f64) {
+    assert_eq!(a.dimensions(), b.dimensions());
+    let d: Vec<u8> = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).collect();
+    (
+        *d.iter().max().unwrap_or(&0),
+        d.iter().map(|&x| x as f64).sum::<f64>() / d.len() as f64,
+    )
+}
+
+/// The generation cases of a `cases*.json` file (`tools/reference/make_generation_fixtures.py`).
+pub fn cases(file: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(fixture("golden/generate").join(file)).expect("cases");
+    serde_json::from_str(&text).expect("json")
+}
+
+/// The request one case describes (one image, the torch generator, its sampler).
+pub fn case_request(case: &Value) -> GenerateRequest {
+    let kind = SamplerKind::parse(case["scheduler"].as_str().expect("scheduler")).expect("every golden scheduler");
+    GenerateRequest {
+        prompt: case["prompt"].as_str().expect("prompt").into(),
+        negative_prompt: case["negative_prompt"].as_str().unwrap_or("").into(),
+        width: case["width"].as_u64().expect("w") as usize,
+        height: case["height"].as_u64().expect("h") as usize,
+        steps: case["steps"].as_u64().expect("steps") as usize,
+        guidance: case["guidance"].as_f64().expect("guidance"),
+        scheduler: Some(kind),
+        seed: case["seed"].as_u64().expect("seed"),
+        rng: RngKind::Torch,
+        num_images: 1,
+        long_prompt: false,
+        init: case["init"].as_str().map(|p| imagen_engine::InitImage {
+            image: load_png(p),
+            strength: case["strength"].as_f64().expect("strength"),
+            mask: None,
+        }),
+    }
 }

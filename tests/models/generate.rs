@@ -9,46 +9,12 @@ use imagen_engine::{GenerateRequest, InitImage, generate};
 use imagen_models::StableDiffusion;
 use serde_json::Value;
 
-use crate::common::fixture;
-
-pub fn load_png(name: &str) -> image::RgbImage {
-    image::open(fixture("golden/generate").join(name))
-        .expect("png")
-        .to_rgb8()
-}
-
-/// (max, mean) absolute difference in 8-bit levels.
-pub fn png_diff(a: &image::RgbImage, b: &image::RgbImage) -> (u8, f64) {
-    assert_eq!(a.dimensions(), b.dimensions());
-    let d: Vec<u8> = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).collect();
-    (
-        *d.iter().max().unwrap_or(&0),
-        d.iter().map(|&x| x as f64).sum::<f64>() / d.len() as f64,
-    )
-}
+use crate::common::{case_request, cases, fixture, load_png, png_diff};
 
 /// Generates one case of a `cases*.json` file and compares it with diffusers' PNG
 /// (max ≤ 2/255, mean ≤ 0.1/255).
 pub fn check_case(sd: &StableDiffusion, case: &Value, device: &Device) {
-    let kind = SamplerKind::parse(case["scheduler"].as_str().expect("scheduler")).expect("every golden scheduler");
-    let req = GenerateRequest {
-        prompt: case["prompt"].as_str().expect("prompt").into(),
-        negative_prompt: case["negative_prompt"].as_str().unwrap_or("").into(),
-        width: case["width"].as_u64().expect("w") as usize,
-        height: case["height"].as_u64().expect("h") as usize,
-        steps: case["steps"].as_u64().expect("steps") as usize,
-        guidance: case["guidance"].as_f64().expect("guidance"),
-        scheduler: Some(kind),
-        seed: case["seed"].as_u64().expect("seed"),
-        rng: RngKind::Torch,
-        num_images: 1,
-        long_prompt: false,
-        init: case["init"].as_str().map(|p| InitImage {
-            image: load_png(p),
-            strength: case["strength"].as_f64().expect("strength"),
-            mask: None,
-        }),
-    };
+    let req = case_request(case);
     let got = generate(sd, &req, device, &mut |_, _| true).unwrap_or_else(|e| panic!("{}: {e}", case["png"]));
     let want = load_png(case["png"].as_str().expect("png"));
     let (max, mean) = png_diff(&got[0], &want);
@@ -58,11 +24,6 @@ pub fn check_case(sd: &StableDiffusion, case: &Value, device: &Device) {
         "{}: max {max}/255, mean {mean:.4}/255",
         case["png"]
     );
-}
-
-pub fn cases(file: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(fixture("golden/generate").join(file)).expect("cases");
-    serde_json::from_str(&text).expect("json")
 }
 
 fn run_cases(model: &str, device: &Device) {

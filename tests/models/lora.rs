@@ -7,8 +7,8 @@ use imagen_engine::generate;
 use imagen_models::StableDiffusion;
 use imagen_models::lora::LoraFile;
 
-use crate::common::fixture;
-use crate::generate::{cases, check_case};
+use crate::common::{cases, fixture};
+use crate::generate::check_case;
 
 #[test]
 fn lora_matches_diffusers_fuse_lora_in_both_formats() {

@@ -6,7 +6,7 @@ use burn::tensor::Device;
 use imagen_models::DiffusersFolder;
 use imagen_models::clip::ClipTextModel;
 
-use crate::common::{Golden, assert_close, fixture};
+use crate::common::{Golden, assert_close, fixture, unet_outputs};
 
 const TOL: f32 = 1e-4;
 
@@ -39,14 +39,8 @@ fn unet(name: &str, device: &Device) {
         .and_then(|f| f.load_unet(device))
         .expect("load unet");
     let g = Golden::open(name);
-    for case in ["unet", "unet_odd"] {
-        let (_, t) = g.f32_values(&format!("{case}_timesteps"));
-        let out = unet.forward(
-            g.tensor(&format!("{case}_latents"), device),
-            &t,
-            &g.tensor(&format!("{case}_context"), device),
-        );
-        assert_close(&g, &format!("{case}_out"), out, TOL);
+    for (key, out) in unet_outputs(&g, &unet, device) {
+        assert_close(&g, &key, out, TOL);
     }
 }
 
@@ -119,23 +113,7 @@ mod cpu {
 mod wgpu {
     use super::*;
 
-    fn wgpu() -> Option<Device> {
-        let device = imagen_models::device::by_name("wgpu").expect("wgpu backend compiled in");
-        let probe = device.clone();
-        let ok = std::panic::catch_unwind(move || {
-            let t = burn::tensor::Tensor::<1>::from_floats([1.0, 2.0], &probe);
-            t.sum().into_scalar::<f32>()
-        })
-        .is_ok();
-        if ok {
-            return Some(device);
-        }
-        if std::env::var("IMAGEN_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
-            panic!("no wgpu adapter, and IMAGEN_REQUIRE_WGPU=1");
-        }
-        eprintln!("no wgpu adapter available: wgpu parity not checked here");
-        None
-    }
+    use crate::common::wgpu_device as wgpu;
 
     #[test]
     fn sd15_unet_and_vae() {

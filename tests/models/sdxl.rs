@@ -5,12 +5,12 @@
 use burn::tensor::{Device, Tensor};
 use imagen_engine::pipeline::conditioning;
 use imagen_engine::rng::RngKind;
-use imagen_engine::scheduler::SamplerKind;
 use imagen_engine::{GenerateRequest, generate};
 use imagen_models::StableDiffusion;
 use imagen_models::unet_2d::AddedCond;
 
-use crate::common::{Golden, assert_close, fixture};
+use crate::common::{Golden, assert_close, cases, fixture};
+use crate::generate::check_case;
 
 const TOL: f32 = 1e-4;
 
@@ -91,30 +91,10 @@ fn sdxl_components_match_diffusers() {
 fn sdxl_matches_diffusers_pngs() {
     let device = Device::flex();
     let sd = StableDiffusion::load(fixture("tiny-sdxl"), &device).expect("load");
-    let text = std::fs::read_to_string(fixture("golden/generate/cases-sdxl.json")).expect("cases");
-    let cases: Vec<serde_json::Value> = serde_json::from_str(&text).expect("json");
+    let cases = cases("cases-sdxl.json");
     assert!(cases.len() >= 3);
     for case in &cases {
-        let mut req = request(
-            case["prompt"].as_str().expect("prompt"),
-            case["negative_prompt"].as_str().unwrap_or(""),
-        );
-        req.width = case["width"].as_u64().expect("w") as usize;
-        req.height = case["height"].as_u64().expect("h") as usize;
-        req.steps = case["steps"].as_u64().expect("steps") as usize;
-        req.guidance = case["guidance"].as_f64().expect("guidance");
-        req.seed = case["seed"].as_u64().expect("seed");
-        req.scheduler = Some(SamplerKind::parse(case["scheduler"].as_str().expect("s")).expect("kind"));
-        req.init = case["init"].as_str().map(|p| imagen_engine::InitImage {
-            image: crate::generate::load_png(p),
-            strength: case["strength"].as_f64().expect("strength"),
-            mask: None,
-        });
-        let got = generate(&sd, &req, &device, &mut |_, _| true).expect("generate");
-        let want = crate::generate::load_png(case["png"].as_str().expect("png"));
-        let (max, mean) = crate::generate::png_diff(&got[0], &want);
-        println!("{}: max {max}/255, mean {mean:.4}/255", case["png"]);
-        assert!(max <= 2 && mean <= 0.1, "{}: max {max}, mean {mean}", case["png"]);
+        check_case(&sd, case, &device);
     }
 }
 

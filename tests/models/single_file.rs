@@ -3,8 +3,8 @@
 use burn::tensor::Device;
 use imagen_models::StableDiffusion;
 
-use crate::common::fixture;
-use crate::generate::{cases, check_case};
+use crate::common::{cases, fixture};
+use crate::generate::check_case;
 use crate::lora::render;
 
 /// The tiny SD 1.5, SD 2 and SDXL weights saved as single files (LDM / SGM layouts, OpenCLIP text

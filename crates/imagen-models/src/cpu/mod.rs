@@ -86,8 +86,9 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let weight = conv.weight.val();
     let parts = (fast, pad, host(&x), host(&weight), host_param(&conv.bias));
     let (true, Some(pad), Some(xs), Some(ws), Some(bias)) = parts else {
-        // On GPUs 1×1 convolutions always run as a matmul (burn's conv autotune can land on its
-        // direct kernel for them, a matmul never does); larger ones with IMAGEN_GPU_CONV=im2col.
+        // On GPUs 1×1 convolutions always run as a matmul (without autotune burn runs every conv
+        // on its direct kernel, the heaviest in the H100 profile); larger ones with
+        // IMAGEN_GPU_CONV=im2col.
         let pointwise = weight.dims()[2..] == [1, 1] && pad == Some([0; 4]);
         return match pad {
             Some(pad) if fast && crate::gpu::on_gpu(&x) && (pointwise || crate::gpu::conv_im2col()) => {
