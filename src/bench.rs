@@ -222,17 +222,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ),
     };
 
-    // Warm-up (also materialises the lazily initialised random weights).
+    // Warm-up (also materialises the lazily initialised random weights). Reading the result
+    // back is not enough on wgpu: a read of one element of a conv's output returned before
+    // the conv had run (lavapipe: 48 µs for a 15 GFLOP conv), so each run ends in a device sync.
+    let sync = |device: &Device| device.sync().map_err(|e| anyhow::anyhow!("device sync: {e:?}"));
     let _ = work().into_data();
+    sync(&device)?;
     use imagen_models::cpu::profile;
     profile::set_enabled(a.profile);
-    let mut runs: Vec<f64> = (0..a.runs.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            let _ = work().into_data();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
+    let mut runs = Vec::new();
+    for _ in 0..a.runs.max(1) {
+        let t = Instant::now();
+        let _ = work().into_data();
+        sync(&device)?;
+        runs.push(t.elapsed().as_secs_f64());
+    }
     let runs_s = runs.clone();
     runs.sort_by(f64::total_cmp);
     let median = runs[runs.len() / 2];

@@ -1,5 +1,6 @@
-//! The alternative GPU routes (`IMAGEN_GPU_CONV=im2col`, `IMAGEN_GPU_ATTENTION=matmul`, see
-//! `imagen_models::gpu`) against diffusers' goldens on wgpu, f32, same bound as burn's own ops.
+//! The non-default GPU routes (`IMAGEN_GPU_CONV=burn`, `IMAGEN_GPU_ATTENTION=burn`: burn's own
+//! conv and attention, see `imagen_models::gpu`) against diffusers' goldens on wgpu, f32, same
+//! bound as the default routes; the default ones are what every other wgpu test runs.
 //!
 //! Its own test binary: the routes are process-wide switches. On Mesa's lavapipe in CI; without
 //! a wgpu adapter these tests pass with a note, unless IMAGEN_REQUIRE_WGPU=1.
@@ -16,10 +17,10 @@ const TOL: f32 = 1e-4;
 /// Text encoder (causal attention), UNet (3×3 and 1×1 convs, self- and cross-attention) and
 /// VAE (padded convs, single-head attention) with both routes on.
 #[test]
-fn im2col_convs_and_matmul_attention_match_diffusers() {
+fn burn_convs_and_attention_match_diffusers() {
     let Some(device) = wgpu_device() else { return };
-    imagen_models::gpu::set_conv_im2col(true);
-    imagen_models::gpu::set_attention_matmul(true);
+    imagen_models::gpu::set_conv_route(imagen_models::gpu::ConvRoute::Burn);
+    imagen_models::gpu::set_attention_route(imagen_models::gpu::AttentionRoute::Burn);
     let folder = DiffusersFolder::open(fixture("tiny-sd15")).expect("open folder");
     let g = Golden::open("tiny-sd15");
 

@@ -2,45 +2,104 @@
 //! them against burn's own ops side by side (BENCHMARKS.md: on an H100 burn's conv and attention
 //! kernels dominate a UNet step that is 27× slower than PyTorch's).
 //!
-//! - `IMAGEN_GPU_CONV=im2col`: stride-1 convolutions as one batched matmul over the `kh·kw`
-//!   shifted views of the padded input (burn's matmul instead of its conv kernels).
+//! - `IMAGEN_GPU_CONV=im2col`: convolutions as one batched matmul over the windows of the padded
+//!   input (burn's matmul, on tensor cores where the device has them, instead of its conv kernels).
+//! - `IMAGEN_GPU_CONV=burn`: burn's `conv2d` (1×1 convs still as a matmul).
+//! - `IMAGEN_GPU_CONV=gemm`: burn-cubecl's implicit-GEMM convolution on cooperative matrices
+//!   (tensor cores). Needs a device with them, which on wgpu means the SPIR-V route (`vulkan`
+//!   feature); elsewhere each conv falls back to `im2col`.
+//! - `IMAGEN_GPU_ATTENTION=burn`: burn's `attention`.
 //! - `IMAGEN_GPU_ATTENTION=matmul`: attention as `softmax(q·kᵀ/√d)·v` with two batched matmuls
 //!   (the score matrix exists in full: fine on a GPU for SD's sizes, and it is what PyTorch's
 //!   math path does).
+//! - `IMAGEN_GPU_ATTENTION=flash`: burn-cubecl's flash attention on cooperative matrices; falls
+//!   back to `matmul` where the device has none.
 //!
-//! Default: burn's ops for both, until a GPU measurement says otherwise. The CPU never takes
-//! these routes (it has its own kernels, [`crate::cpu`]).
+//! Default: `im2col` and `matmul`, by measurement (H100, SPIR-V, f16, BENCHMARKS.md): SD 1.5 UNet
+//! step 0.95 s with burn's ops, 0.163 s with these; `gemm` and `flash` were no faster. Group norm
+//! always takes [`group_norm`] here. The CPU never takes these routes (it has its own kernels,
+//! [`crate::cpu`]).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 
-/// 0 = not read yet, 1 = burn's op, 2 = the alternative.
+/// How convolutions run on GPU backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvRoute {
+    /// burn's `conv2d` (its direct kernel without autotune); 1×1 convs still go through matmul.
+    Burn = 1,
+    /// One batched matmul over the windows of the padded input (the default).
+    Im2col = 2,
+    /// burn-cubecl's implicit GEMM on tensor cores, else `Im2col`.
+    ImplicitGemm = 3,
+}
+
+/// How attention runs on GPU backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionRoute {
+    /// burn's `attention` (without autotune: separate kernels, scores materialised).
+    Burn = 1,
+    /// Two batched matmuls and a softmax (the default).
+    Matmul = 2,
+    /// burn-cubecl's flash attention on tensor cores, else `Matmul`.
+    Flash = 3,
+}
+
+/// 0 = not read from the environment yet, else the route's discriminant.
 static CONV: AtomicU8 = AtomicU8::new(0);
 static ATTENTION: AtomicU8 = AtomicU8::new(0);
 
-fn route(cell: &AtomicU8, var: &str, alternative: &str) -> bool {
+/// The route named by `var` (one of `names`, in discriminant order), else `default`.
+fn route(cell: &AtomicU8, var: &str, names: [&str; 3], default: u8) -> u8 {
     match cell.load(Ordering::Relaxed) {
-        1 => false,
-        2 => true,
-        _ => {
-            let on = std::env::var(var).is_ok_and(|v| v == alternative);
-            cell.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-            on
+        0 => {
+            let v = std::env::var(var).unwrap_or_default();
+            let r = names.iter().position(|n| *n == v).map_or(default, |i| i as u8 + 1);
+            cell.store(r, Ordering::Relaxed);
+            r
         }
+        r => r,
     }
 }
 
-/// Convolutions as im2col + matmul on GPU backends (for the whole process).
-pub fn set_conv_im2col(on: bool) {
-    CONV.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+/// The convolution route for the whole process (else from `IMAGEN_GPU_CONV`).
+pub fn set_conv_route(r: ConvRoute) {
+    CONV.store(r as u8, Ordering::Relaxed);
 }
 
-/// Attention as two matmuls on GPU backends (for the whole process).
-pub fn set_attention_matmul(on: bool) {
-    ATTENTION.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+/// The attention route for the whole process (else from `IMAGEN_GPU_ATTENTION`).
+pub fn set_attention_route(r: AttentionRoute) {
+    ATTENTION.store(r as u8, Ordering::Relaxed);
+}
+
+pub fn conv_route() -> ConvRoute {
+    match route(
+        &CONV,
+        "IMAGEN_GPU_CONV",
+        ["burn", "im2col", "gemm"],
+        ConvRoute::Im2col as u8,
+    ) {
+        2 => ConvRoute::Im2col,
+        3 => ConvRoute::ImplicitGemm,
+        _ => ConvRoute::Burn,
+    }
+}
+
+pub fn attention_route() -> AttentionRoute {
+    match route(
+        &ATTENTION,
+        "IMAGEN_GPU_ATTENTION",
+        ["burn", "matmul", "flash"],
+        AttentionRoute::Matmul as u8,
+    ) {
+        2 => AttentionRoute::Matmul,
+        3 => AttentionRoute::Flash,
+        _ => AttentionRoute::Burn,
+    }
 }
 
 /// Not on burn's CPU backend (which has [`crate::cpu`]'s kernels instead).
@@ -48,19 +107,40 @@ pub(crate) fn on_gpu<const D: usize>(t: &Tensor<D>) -> bool {
     t.device() != Device::flex()
 }
 
-pub(crate) fn conv_im2col() -> bool {
-    route(&CONV, "IMAGEN_GPU_CONV", "im2col")
-}
-
-pub(crate) fn attention_matmul() -> bool {
-    route(&ATTENTION, "IMAGEN_GPU_ATTENTION", "matmul")
-}
-
-/// A stride-1, ungrouped, undilated convolution as one batched matmul.
+/// An ungrouped, undilated conv on the chosen route; `None` = burn's own op.
 /// x: `[b, cin, h, w]`, padding `[top, left, bottom, right]` → `[b, cout, ho, wo]`
-pub(crate) fn conv2d_im2col(conv: &Conv2d, x: Tensor<4>, pad: [usize; 4]) -> Tensor<4> {
+pub(crate) fn conv2d(conv: &Conv2d, x: Tensor<4>, pad: [usize; 4]) -> Option<Tensor<4>> {
+    let pointwise = conv.weight.dims()[2..] == [1, 1] && pad == [0; 4] && conv.stride == [1, 1];
+    match conv_route() {
+        // Without autotune burn runs every conv on its direct kernel, the heaviest in the H100
+        // profile; a 1×1 conv is a plain matmul anyway.
+        ConvRoute::Burn if pointwise => Some(conv2d_im2col(conv, x, pad)),
+        ConvRoute::Burn => None,
+        ConvRoute::Im2col => Some(conv2d_im2col(conv, x, pad)),
+        ConvRoute::ImplicitGemm => Some(match cube::conv2d_implicit_gemm(conv, &x, pad) {
+            Some(y) => y,
+            None => conv2d_im2col(conv, x, pad),
+        }),
+    }
+}
+
+/// Attention on the chosen route; `None` = burn's own op.
+/// q: `[b, n, h·d]`, k/v: `[b, m, h·d]` → `[b, n, h·d]`
+pub(crate) fn attention(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usize, causal: bool) -> Option<Tensor<3>> {
+    let two_matmuls = || attention_two_matmuls(q.clone(), k.clone(), v.clone(), heads, causal);
+    match attention_route() {
+        AttentionRoute::Burn => None,
+        AttentionRoute::Matmul => Some(two_matmuls()),
+        AttentionRoute::Flash => Some(cube::flash_attention(q, k, v, heads, causal).unwrap_or_else(two_matmuls)),
+    }
+}
+
+/// An ungrouped, undilated convolution as one batched matmul.
+/// x: `[b, cin, h, w]`, padding `[top, left, bottom, right]` → `[b, cout, ho, wo]`
+fn conv2d_im2col(conv: &Conv2d, x: Tensor<4>, pad: [usize; 4]) -> Tensor<4> {
     let weight = conv.weight.val();
     let [cout, cin, kh, kw] = weight.dims();
+    let [sh, sw] = conv.stride;
     let [b, _, h, w] = x.dims();
     let [top, left, bottom, right] = pad;
     let x = if pad == [0; 4] {
@@ -68,19 +148,17 @@ pub(crate) fn conv2d_im2col(conv: &Conv2d, x: Tensor<4>, pad: [usize; 4]) -> Ten
     } else {
         x.pad((left, right, top, bottom), 0.0)
     };
-    let (ho, wo) = (h + top + bottom + 1 - kh, w + left + right + 1 - kw);
-    let cols = if kh * kw == 1 {
+    let (ho, wo) = ((h + top + bottom - kh) / sh + 1, (w + left + right - kw) / sw + 1);
+    let cols = if kh * kw == 1 && [sh, sw] == [1, 1] {
         // [b, cin, ho, wo] -> [b, cin, ho·wo]
         x.reshape([b, cin, ho * wo])
     } else {
-        // kh·kw views [b, cin, ho, wo], stacked -> [b, cin, kh·kw, ho, wo]: the order of
-        // the weight's [cin, kh, kw] flattening.
-        let views: Vec<Tensor<4>> = (0..kh)
-            .flat_map(|i| (0..kw).map(move |j| (i, j)))
-            .map(|(i, j)| x.clone().slice([0..b, 0..cin, i..i + ho, j..j + wo]))
-            .collect();
-        // [b, cin, kh·kw, ho, wo] -> [b, cin·kh·kw, ho·wo]
-        Tensor::stack::<5>(views, 2).reshape([b, cin * kh * kw, ho * wo])
+        // The windows as a strided view, no copy (two launches fewer per tap than slicing):
+        // [b, cin, hp, wp] -> [b, cin, ho, wp, kh] -> [b, cin, ho, wo, kh, kw]
+        let windows: Tensor<6> = x.unfold::<5, _>(2, kh, sh).unfold(3, kw, sw);
+        // [b, cin, ho, wo, kh, kw] -> [b, cin, kh, kw, ho, wo] -> [b, cin·kh·kw, ho·wo]: one copy,
+        // in the order of the weight's [cin, kh, kw] flattening.
+        windows.permute([0, 1, 4, 5, 2, 3]).reshape([b, cin * kh * kw, ho * wo])
     };
     // [cout, cin, kh, kw] -> [1, cout, cin·kh·kw] · [b, cin·kh·kw, ho·wo] -> [b, cout, ho·wo]
     let y = weight.reshape([1, cout, cin * kh * kw]).matmul(cols);
@@ -93,9 +171,56 @@ pub(crate) fn conv2d_im2col(conv: &Conv2d, x: Tensor<4>, pad: [usize; 4]) -> Ten
     y.reshape([b, cout, ho, wo])
 }
 
+/// Group norm, then SiLU when `silu`, with the statistics in f32 reduced in stages of at most
+/// 256 elements: burn's reduce gives each (batch, group) row to one cube, 64 rows of 40 960
+/// (UNet) to 1 M (VAE) elements, and took 39% of an H100 UNet step.
+/// x: `[b, c, h, w]` → same shape
+pub(crate) fn group_norm(norm: &GroupNorm, x: Tensor<4>, silu: bool) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    let g = norm.num_groups;
+    let dtype = x.dtype();
+    // [b, c, h, w] -> [b·g, c/g·h·w]
+    let x = x.reshape([b * g, c / g * h * w]);
+    let x = if dtype == DType::F32 {
+        x
+    } else {
+        x.cast(FloatDType::F32)
+    };
+    let mean = mean_rows(x.clone());
+    let centred = x - mean;
+    let var = mean_rows(centred.clone().square());
+    let y = centred / (var + norm.epsilon).sqrt();
+    let y = if dtype == DType::F32 { y } else { y.cast(dtype) };
+    // [b·g, c/g·h·w] -> [b, c, h, w]
+    let mut y = y.reshape([b, c, h, w]);
+    if let Some(gamma) = &norm.gamma {
+        // [c] -> [1, c, 1, 1]
+        y = y * gamma.val().reshape([1, c, 1, 1]);
+    }
+    if let Some(beta) = &norm.beta {
+        y = y + beta.val().reshape([1, c, 1, 1]);
+    }
+    if silu { burn::tensor::activation::silu(y) } else { y }
+}
+
+/// Mean over the last axis, `[r, n]` → `[r, 1]`, in stages of at most 256 elements (the mean
+/// of equal-sized chunks' means is the mean).
+fn mean_rows(mut t: Tensor<2>) -> Tensor<2> {
+    let [r, mut n] = t.dims();
+    while n > 256 {
+        let Some(m) = (16..=256).rev().find(|m| n % m == 0) else {
+            break;
+        };
+        // [r, n] -> [r·n/m, m] -> [r·n/m, 1] -> [r, n/m]
+        t = t.reshape([r * n / m, m]).mean_dim(1).reshape([r, n / m]);
+        n /= m;
+    }
+    t.mean_dim(1)
+}
+
 /// `softmax(q·kᵀ/√d)·v` per head, with two batched matmuls.
 /// q: `[b, n, h·d]`, k/v: `[b, m, h·d]` → `[b, n, h·d]`
-pub(crate) fn attention_two_matmuls(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, causal: bool) -> Tensor<3> {
+fn attention_two_matmuls(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, causal: bool) -> Tensor<3> {
     let [b, n, inner] = q.dims();
     let m = k.dims()[1];
     let d = inner / heads;
@@ -116,4 +241,107 @@ pub(crate) fn attention_two_matmuls(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, he
     }
     // [b, h, n, m] · [b, h, m, d] -> [b, h, n, d] -> [b, n, h, d] -> [b, n, h·d]
     softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, n, inner])
+}
+
+/// burn-cubecl's kernels called with a chosen strategy, on the raw cube tensors (not available
+/// with burn's fusion on, whose tensors are fusion handles).
+#[cfg(all(feature = "wgpu", not(feature = "gpu-autotune")))]
+mod cube {
+    use burn::nn::conv::Conv2d;
+    use burn::tensor::Tensor;
+    use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+    use burn_cubecl::Cube;
+    use burn_cubecl::kernel::attention::{AttentionStrategy, attention};
+    use burn_cubecl::kernel::conv::{ConvStrategy, conv_forward};
+    use burn_cubecl::tensor::CubeTensor;
+    use cubek::attention::forward::routines::blackbox_accelerated::BlackboxAcceleratedStrategy;
+
+    /// Says once per process why a route declined (so a GPU run shows it in its log).
+    fn declined(what: &str, why: String) {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| eprintln!("imagen: {what} declined, falling back: {why}"));
+    }
+
+    fn raw<const D: usize>(t: &Tensor<D>) -> Option<CubeTensor> {
+        t.clone().try_into_primitive::<Cube>().ok()
+    }
+
+    /// `None` where burn-cubecl declines (no cooperative matrices, or an unsupported shape).
+    pub(super) fn conv2d_implicit_gemm(conv: &Conv2d, x: &Tensor<4>, pad: [usize; 4]) -> Option<Tensor<4>> {
+        let [top, left, bottom, right] = pad;
+        // burn-cubecl takes symmetric padding only; SD's stride-1 convs are symmetric.
+        if top != bottom || left != right {
+            return None;
+        }
+        let bias = match &conv.bias {
+            Some(b) => Some(raw(&b.val())?),
+            None => None,
+        };
+        let options = ConvOptions::new([1, 1], [top, left], [1, 1], 1);
+        let y = conv_forward::<2>(
+            raw(x)?,
+            raw(&conv.weight.val())?,
+            bias,
+            options,
+            ConvStrategy::ImplicitGemm,
+        )
+        .ok()?;
+        Some(Tensor::from_primitive::<Cube>(y))
+    }
+
+    /// q: `[b, n, h·d]`, k/v: `[b, m, h·d]` → `[b, n, h·d]`; `None` where burn-cubecl declines.
+    pub(super) fn flash_attention(
+        q: &Tensor<3>,
+        k: &Tensor<3>,
+        v: &Tensor<3>,
+        heads: usize,
+        causal: bool,
+    ) -> Option<Tensor<3>> {
+        let [b, n, inner] = q.dims();
+        let m = k.dims()[1];
+        let d = inner / heads;
+        // [b, len, h·d] -> [b, len, h, d] -> [b, h, len, d]
+        let split = |t: &Tensor<3>, len: usize| raw(&t.clone().reshape([b, len, heads, d]).swap_dims(1, 2));
+        let options = AttentionModuleOptions {
+            is_causal: causal,
+            ..Default::default()
+        };
+        let planes = std::env::var("IMAGEN_GPU_FLASH_PLANES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4);
+        let strategy = AttentionStrategy::FlashBlackboxAccelerated(BlackboxAcceleratedStrategy {
+            num_planes: planes,
+            seq_q: 1,
+            seq_kv: 1,
+        });
+        let y = match attention(split(q, n)?, split(k, m)?, split(v, m)?, None, None, options, strategy) {
+            Ok(y) => y,
+            Err(e) => {
+                declined("flash attention", format!("{e:?}"));
+                return None;
+            }
+        };
+        // [b, h, n, d] -> [b, n, h, d] -> [b, n, h·d]
+        Some(
+            Tensor::<4>::from_primitive::<Cube>(y)
+                .swap_dims(1, 2)
+                .reshape([b, n, inner]),
+        )
+    }
+}
+
+/// Without the raw cube tensors (fusion on, or no GPU backend) these routes always decline.
+#[cfg(not(all(feature = "wgpu", not(feature = "gpu-autotune"))))]
+mod cube {
+    use burn::nn::conv::Conv2d;
+    use burn::tensor::Tensor;
+
+    pub(super) fn conv2d_implicit_gemm(_: &Conv2d, _: &Tensor<4>, _: [usize; 4]) -> Option<Tensor<4>> {
+        None
+    }
+
+    pub(super) fn flash_attention(_: &Tensor<3>, _: &Tensor<3>, _: &Tensor<3>, _: usize, _: bool) -> Option<Tensor<3>> {
+        None
+    }
 }

@@ -86,16 +86,14 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let weight = conv.weight.val();
     let parts = (fast, pad, host(&x), host(&weight), host_param(&conv.bias));
     let (true, Some(pad), Some(xs), Some(ws), Some(bias)) = parts else {
-        // On GPUs 1×1 convolutions always run as a matmul (without autotune burn runs every conv
-        // on its direct kernel, the heaviest in the H100 profile); larger ones with
-        // IMAGEN_GPU_CONV=im2col.
-        let pointwise = weight.dims()[2..] == [1, 1] && pad == Some([0; 4]);
-        return match pad {
-            Some(pad) if fast && crate::gpu::on_gpu(&x) && (pointwise || crate::gpu::conv_im2col()) => {
-                crate::gpu::conv2d_im2col(conv, x, pad)
+        // GPU backends: the route chosen in `gpu` (any stride).
+        let plain = conv.dilation == [1, 1] && conv.groups == 1;
+        if let Some(pad) = pad.filter(|_| plain && crate::gpu::on_gpu(&x)) {
+            if let Some(y) = crate::gpu::conv2d(conv, x.clone(), pad) {
+                return y;
             }
-            _ => conv.forward(x),
-        };
+        }
+        return conv.forward(x);
     };
     let [batch, cin, h, w] = x.dims();
     let [cout, _, kh, kw] = weight.dims();
@@ -123,6 +121,9 @@ pub fn group_norm(norm: &GroupNorm, x: Tensor<4>, silu: bool) -> Tensor<4> {
         if silu { burn::tensor::activation::silu(y) } else { y }
     };
     let (Some(xs), Some(gamma), Some(beta)) = (host(&x), host_param(&norm.gamma), host_param(&norm.beta)) else {
+        if crate::gpu::on_gpu(&x) {
+            return crate::gpu::group_norm(norm, x, silu);
+        }
         return fallback(x);
     };
     let [b, c, h, w] = x.dims();
