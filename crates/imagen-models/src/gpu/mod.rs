@@ -49,9 +49,19 @@ pub enum AttentionRoute {
     Flash = 3,
 }
 
+/// How group norm runs on GPU backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormRoute {
+    /// burn tensor ops with staged reductions ([`group_norm`]'s reference path).
+    Ops = 1,
+    /// imagen's two-launch kernel ([`kernels`]; the default where it can run).
+    Kernel = 2,
+}
+
 /// 0 = not read from the environment yet, else the route's discriminant.
 static CONV: AtomicU8 = AtomicU8::new(0);
 static ATTENTION: AtomicU8 = AtomicU8::new(0);
+static NORM: AtomicU8 = AtomicU8::new(0);
 
 /// The route named by `var` (one of `names`, in discriminant order), else `default`.
 fn route(cell: &AtomicU8, var: &str, names: [&str; 3], default: u8) -> u8 {
@@ -74,6 +84,18 @@ pub fn set_conv_route(r: ConvRoute) {
 /// The attention route for the whole process (else from `IMAGEN_GPU_ATTENTION`).
 pub fn set_attention_route(r: AttentionRoute) {
     ATTENTION.store(r as u8, Ordering::Relaxed);
+}
+
+/// The group-norm route for the whole process (else from `IMAGEN_GPU_NORM`: `ops` | `kernel`).
+pub fn set_norm_route(r: NormRoute) {
+    NORM.store(r as u8, Ordering::Relaxed);
+}
+
+pub fn norm_route() -> NormRoute {
+    match route(&NORM, "IMAGEN_GPU_NORM", ["ops", "kernel", ""], NormRoute::Kernel as u8) {
+        1 => NormRoute::Ops,
+        _ => NormRoute::Kernel,
+    }
 }
 
 pub fn conv_route() -> ConvRoute {
@@ -176,6 +198,12 @@ fn conv2d_im2col(conv: &Conv2d, x: Tensor<4>, pad: [usize; 4]) -> Tensor<4> {
 /// (UNet) to 1 M (VAE) elements, and took 39% of an H100 UNet step.
 /// x: `[b, c, h, w]` → same shape
 pub(crate) fn group_norm(norm: &GroupNorm, x: Tensor<4>, silu: bool) -> Tensor<4> {
+    if let (NormRoute::Kernel, Some(gamma), Some(beta)) = (norm_route(), &norm.gamma, &norm.beta) {
+        let g = norm.num_groups;
+        if let Some(y) = kernels::group_norm(x.clone(), gamma.val(), beta.val(), g, norm.epsilon, silu) {
+            return y;
+        }
+    }
     let [b, c, h, w] = x.dims();
     let g = norm.num_groups;
     let dtype = x.dtype();
@@ -328,6 +356,19 @@ mod cube {
                 .swap_dims(1, 2)
                 .reshape([b, n, inner]),
         )
+    }
+}
+
+#[cfg(all(feature = "wgpu", not(feature = "gpu-autotune")))]
+mod kernels;
+
+/// Without the raw cube tensors (fusion on, or no GPU backend) the kernels always decline.
+#[cfg(not(all(feature = "wgpu", not(feature = "gpu-autotune"))))]
+mod kernels {
+    use burn::tensor::Tensor;
+
+    pub(super) fn group_norm(_: Tensor<4>, _: Tensor<1>, _: Tensor<1>, _: usize, _: f64, _: bool) -> Option<Tensor<4>> {
+        None
     }
 }
 

@@ -1,0 +1,171 @@
+//! imagen's own GPU kernels, in CubeCL's Rust dialect so that one source serves both wgpu
+//! routes (compiled to WGSL on lavapipe and the default build, to SPIR-V with the `vulkan`
+//! feature). Only where burn's composed ops were measured to be the bottleneck (BENCHMARKS.md);
+//! each has its tensor-op reference in [`super`] and a parity test (`tests/wgpu_kernels.rs`).
+
+use burn::tensor::{DType, Shape, Tensor as BurnTensor};
+use burn_cubecl::Cube;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::ir::FloatKind;
+use cubecl::prelude::*;
+
+/// Threads per cube of the statistics kernel (a power of two: the tree reduction halves it).
+const STATS_THREADS: usize = 256;
+
+/// Mean and `1/√(var + ε)` of each row of `input` (`[rows, n]`, contiguous), in f32, one cube
+/// per row; two passes over the row (mean, then the centred squares) as PyTorch does, so f16
+/// inputs lose nothing to `E[x²] − E[x]²` cancellation. stats: `[rows, 2]`.
+#[cube(launch)]
+fn row_stats_kernel<F: Float>(
+    input: &Tensor<F>,
+    stats: &mut Tensor<f32>,
+    n: u32,
+    epsilon: f32,
+    #[comptime] threads: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let row = CUBE_POS as usize;
+    let len = n as usize;
+    let base = row * len;
+    let unit = UNIT_POS as usize;
+    let mut shared = Shared::<[f32]>::new_slice(threads);
+
+    let mut sum = 0.0f32;
+    let mut i = unit;
+    while i < len {
+        sum += f32::cast_from(input[base + i]);
+        i += threads;
+    }
+    shared[unit] = sum;
+    sync_cube();
+    tree_sum(&mut shared, unit, threads);
+    let mean = shared[0] / f32::cast_from(n);
+    sync_cube();
+
+    let mut squares = 0.0f32;
+    let mut j = unit;
+    while j < len {
+        let d = f32::cast_from(input[base + j]) - mean;
+        squares += d * d;
+        j += threads;
+    }
+    shared[unit] = squares;
+    sync_cube();
+    tree_sum(&mut shared, unit, threads);
+    if unit == 0 {
+        let var = shared[0] / f32::cast_from(n);
+        stats[row * 2] = mean;
+        stats[row * 2 + 1] = 1.0f32 / (var + epsilon).sqrt();
+    }
+}
+
+/// `shared[0] = Σ shared[0..threads]`, halving the active units each step (unrolled: the
+/// steps are known at compile time).
+#[cube]
+fn tree_sum(shared: &mut Shared<[f32]>, unit: usize, #[comptime] threads: usize) {
+    let steps = comptime!(threads.trailing_zeros());
+    #[unroll]
+    for s in 0..steps {
+        let half = comptime!(threads >> (s + 1));
+        if unit < half {
+            shared[unit] = shared[unit] + shared[unit + half];
+        }
+        sync_cube();
+    }
+}
+
+/// `(x − mean) · rstd · γ[c] + β[c]`, then SiLU when `silu`; one unit per element of the
+/// contiguous `[b, c, hw]` input, statistics per (batch, group) row of `stats`.
+#[cube(launch)]
+fn group_norm_apply_kernel<F: Float>(
+    input: &Tensor<F>,
+    stats: &Tensor<f32>,
+    gamma: &Tensor<F>,
+    beta: &Tensor<F>,
+    output: &mut Tensor<F>,
+    channels: u32,
+    hw: u32,
+    channels_per_group: u32,
+    #[comptime] silu: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= output.len() {
+        terminate!();
+    }
+    let plane = pos / hw as usize;
+    let c = plane % channels as usize;
+    let b = plane / channels as usize;
+    let groups = channels / channels_per_group;
+    let row = b * groups as usize + c / channels_per_group as usize;
+    let mean = stats[row * 2];
+    let rstd = stats[row * 2 + 1];
+    let mut y = (f32::cast_from(input[pos]) - mean) * rstd * f32::cast_from(gamma[c]) + f32::cast_from(beta[c]);
+    if silu {
+        y = y / (1.0f32 + (-y).exp());
+    }
+    output[pos] = F::cast_from(y);
+}
+
+fn raw<const D: usize>(t: BurnTensor<D>) -> Option<CubeTensor> {
+    t.try_into_primitive::<Cube>().ok()
+}
+
+/// Group norm (+ SiLU) in two launches. x: `[b, c, h, w]` → same shape; `None` where the
+/// tensors are not raw cube tensors (then the caller uses the tensor-op version).
+pub(crate) fn group_norm(
+    x: BurnTensor<4>,
+    gamma: BurnTensor<1>,
+    beta: BurnTensor<1>,
+    groups: usize,
+    epsilon: f64,
+    silu: bool,
+) -> Option<BurnTensor<4>> {
+    let [b, c, h, w] = x.dims();
+    let input = into_contiguous(raw(x)?);
+    let (gamma, beta) = (into_contiguous(raw(gamma)?), into_contiguous(raw(beta)?));
+    let client = input.client.clone();
+    let rows = b * groups;
+    let n = c / groups * h * w;
+    let dtype = input.dtype;
+    let elem = match dtype {
+        DType::F32 => ElemType::Float(FloatKind::F32),
+        DType::F16 => ElemType::Float(FloatKind::F16),
+        DType::BF16 => ElemType::Float(FloatKind::BF16),
+        _ => return None,
+    };
+    let stats = empty_device_dtype(client.clone(), input.device.clone(), Shape::new([rows, 2]), DType::F32);
+    row_stats_kernel::launch(
+        &client,
+        CubeCount::Static(rows as u32, 1, 1),
+        CubeDim::new_1d(STATS_THREADS as u32),
+        input.clone().into_tensor_arg(),
+        stats.clone().into_tensor_arg(),
+        n as u32,
+        epsilon as f32,
+        STATS_THREADS,
+        elem,
+    );
+    let output = empty_device_dtype(client.clone(), input.device.clone(), Shape::new([b, c, h, w]), dtype);
+    let total = b * c * h * w;
+    let cube_dim = CubeDim::new_1d(256);
+    let cube_count = cubecl::calculate_cube_count_elemwise(&client, total, cube_dim);
+    group_norm_apply_kernel::launch(
+        &client,
+        cube_count,
+        cube_dim,
+        input.into_tensor_arg(),
+        stats.into_tensor_arg(),
+        gamma.into_tensor_arg(),
+        beta.into_tensor_arg(),
+        output.clone().into_tensor_arg(),
+        c as u32,
+        (h * w) as u32,
+        (c / groups) as u32,
+        silu,
+        elem,
+    );
+    Some(BurnTensor::from_primitive::<Cube>(output))
+}
