@@ -1,7 +1,7 @@
-//! imagen's own GPU kernels (`imagen_models::gpu`, CubeCL) against their references: the fused
-//! group norm (+ SiLU) on wgpu against burn's tensor ops on the same device (the `ops` route)
-//! and against the CPU kernels (golden-tested against diffusers), on shapes that are not
-//! multiples of the kernel's 256 threads. The whole-model tests (`tests/models`, `wgpu_f16`)
+//! imagen's own GPU kernels (`imagen_models::gpu`, CubeCL) against their references: group norm
+//! (+ SiLU), layer norm and the attention softmax on wgpu, each against burn's tensor ops on the
+//! same device (`IMAGEN_GPU_KERNELS=0`) and against the CPU kernels (golden-tested against
+//! diffusers), on shapes that are not multiples of the kernels' thread counts. The whole-model tests (`tests/models`, `wgpu_f16`)
 //! run the kernel too, as the default route.
 //!
 //! Its own test binary: the routes are process-wide switches. On Mesa's lavapipe in CI; without
@@ -15,12 +15,18 @@ use burn::module::Param;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use common::wgpu_device;
-use imagen_models::gpu::{NormRoute, set_norm_route};
+use imagen_models::gpu::set_own_kernels;
 
 fn norm(groups: usize, c: usize, gamma: &[f32], beta: &[f32], device: &Device) -> GroupNorm {
     let mut n = GroupNormConfig::new(groups, c).with_epsilon(1e-5).init(device);
-    n.gamma = Some(Param::from_tensor(Tensor::from_data(TensorData::new(gamma.to_vec(), [c]), device)));
-    n.beta = Some(Param::from_tensor(Tensor::from_data(TensorData::new(beta.to_vec(), [c]), device)));
+    n.gamma = Some(Param::from_tensor(Tensor::from_data(
+        TensorData::new(gamma.to_vec(), [c]),
+        device,
+    )));
+    n.beta = Some(Param::from_tensor(Tensor::from_data(
+        TensorData::new(beta.to_vec(), [c]),
+        device,
+    )));
     n
 }
 
@@ -33,13 +39,21 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// Both tests flip the process-wide `set_own_kernels`: they take this lock to run one at a time.
+static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn group_norm_kernel_matches_ops_and_cpu() {
+    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let Some(device) = wgpu_device() else { return };
     let cpu = Device::flex();
     // [b, c, h, w], groups: a UNet-like shape with n = 1600 per group (not a multiple of 256),
     // a tiny one with n = 126 (fewer elements than threads), and an offset mean.
-    for (shape, groups, offset) in [([2, 64, 5, 5], 32, 0.0), ([1, 32, 40, 40], 32, 0.0), ([2, 4, 9, 7], 2, 3.0)] {
+    for (shape, groups, offset) in [
+        ([2, 64, 5, 5], 32, 0.0),
+        ([1, 32, 40, 40], 32, 0.0),
+        ([2, 4, 9, 7], 2, 3.0),
+    ] {
         let [_, c, _, _] = shape;
         let x: Tensor<4> = Tensor::random(shape, Distribution::Normal(offset, 2.0), &cpu);
         let gamma: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 / c as f32).collect();
@@ -47,16 +61,77 @@ fn group_norm_kernel_matches_ops_and_cpu() {
         let xs = values(x.clone());
         let on_gpu = || Tensor::<4>::from_data(TensorData::new(xs.clone(), shape), &device);
         for silu in [false, true] {
-            let want = values(imagen_models::cpu::group_norm(&norm(groups, c, &gamma, &beta, &cpu), x.clone(), silu));
+            let want = values(imagen_models::cpu::group_norm(
+                &norm(groups, c, &gamma, &beta, &cpu),
+                x.clone(),
+                silu,
+            ));
             let gpu_norm = norm(groups, c, &gamma, &beta, &device);
-            set_norm_route(NormRoute::Kernel);
+            set_own_kernels(true);
             let kernel = values(imagen_models::cpu::group_norm(&gpu_norm, on_gpu(), silu));
-            set_norm_route(NormRoute::Ops);
+            set_own_kernels(false);
             let ops = values(imagen_models::cpu::group_norm(&gpu_norm, on_gpu(), silu));
             let (dk, d_ops) = (max_abs_diff(&kernel, &want), max_abs_diff(&ops, &want));
             assert!(dk < 1e-4, "{shape:?} silu={silu}: kernel vs CPU max diff {dk}");
             assert!(d_ops < 1e-4, "{shape:?} silu={silu}: ops vs CPU max diff {d_ops}");
             assert!(kernel.iter().all(|v| v.is_finite()));
         }
+    }
+}
+
+#[test]
+fn layer_norm_and_softmax_kernels_match_ops_and_cpu() {
+    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(device) = wgpu_device() else { return };
+    let cpu = Device::flex();
+    // Layer norm: rows of 320 (the UNet's first level) and 77 (shorter than the 256 threads).
+    for shape in [[2, 33, 320], [3, 5, 77]] {
+        let c = shape[2];
+        let x: Tensor<3> = Tensor::random(shape, Distribution::Normal(1.0, 3.0), &cpu);
+        let xs = values(x.clone());
+        let ln = |d: &Device| {
+            let mut ln = burn::nn::LayerNormConfig::new(c).init(d);
+            let g: Vec<f32> = (0..c).map(|i| 1.0 + (i as f32 * 0.1).cos()).collect();
+            let b: Vec<f32> = (0..c).map(|i| (i as f32 * 0.2).sin()).collect();
+            ln.gamma = Param::from_tensor(Tensor::from_data(TensorData::new(g, [c]), d));
+            ln.beta = Some(Param::from_tensor(Tensor::from_data(TensorData::new(b, [c]), d)));
+            ln
+        };
+        let want = values(imagen_models::cpu::layer_norm(&ln(&cpu), x, 1e-5));
+        let gpu_ln = ln(&device);
+        let on_gpu = || Tensor::<3>::from_data(TensorData::new(xs.clone(), shape), &device);
+        set_own_kernels(true);
+        let kernel = values(imagen_models::cpu::layer_norm(&gpu_ln, on_gpu(), 1e-5));
+        set_own_kernels(false);
+        let ops = values(imagen_models::cpu::layer_norm(&gpu_ln, on_gpu(), 1e-5));
+        assert!(
+            max_abs_diff(&kernel, &want) < 1e-4,
+            "{shape:?}: layer norm kernel vs CPU"
+        );
+        assert!(max_abs_diff(&ops, &want) < 1e-4, "{shape:?}: layer norm ops vs CPU");
+    }
+    // Attention (the softmax kernel inside the two-matmul route): 300 keys (more than the
+    // threads, not a multiple), 77 keys, and causal 77×77 as CLIP's.
+    for (n, m, causal) in [(64, 300, false), (40, 77, false), (77, 77, true)] {
+        let (heads, inner) = (2, 16);
+        let q: Tensor<3> = Tensor::random([2, n, inner], Distribution::Normal(0.0, 2.0), &cpu);
+        let kv: Tensor<3> = Tensor::random([2, m, inner], Distribution::Normal(0.0, 2.0), &cpu);
+        let (qs, kvs) = (values(q.clone()), values(kv.clone()));
+        let mha = imagen_models::attention::multi_head_attention;
+        let want = values(mha(q, kv.clone(), kv, heads, causal));
+        let gq = || Tensor::<3>::from_data(TensorData::new(qs.clone(), [2, n, inner]), &device);
+        let gkv = || Tensor::<3>::from_data(TensorData::new(kvs.clone(), [2, m, inner]), &device);
+        set_own_kernels(true);
+        let kernel = values(mha(gq(), gkv(), gkv(), heads, causal));
+        set_own_kernels(false);
+        let ops = values(mha(gq(), gkv(), gkv(), heads, causal));
+        assert!(
+            max_abs_diff(&kernel, &want) < 1e-4,
+            "{n}x{m} causal={causal}: softmax kernel vs CPU"
+        );
+        assert!(
+            max_abs_diff(&ops, &want) < 1e-4,
+            "{n}x{m} causal={causal}: softmax ops vs CPU"
+        );
     }
 }

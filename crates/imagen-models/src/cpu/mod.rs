@@ -181,6 +181,9 @@ pub fn linear<const D: usize>(lin: &Linear, x: Tensor<D>) -> Tensor<D> {
 /// built the module with. x: `[.., dim]` → same shape
 pub fn layer_norm<const D: usize>(ln: &LayerNorm, x: Tensor<D>, eps: f64) -> Tensor<D> {
     let (Some(xs), Some(gs), Some(beta)) = (host(&x), host(&ln.gamma.val()), host_param(&ln.beta)) else {
+        if crate::gpu::on_gpu(&x) {
+            return crate::gpu::layer_norm(ln, x, eps);
+        }
         return ln.forward(x);
     };
     let shape = x.dims();

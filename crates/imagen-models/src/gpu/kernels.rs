@@ -76,6 +76,87 @@ fn tree_sum(shared: &mut Shared<[f32]>, unit: usize, #[comptime] threads: usize)
     }
 }
 
+/// `shared[0] = max shared[0..threads]`, as [`tree_sum`].
+#[cube]
+fn tree_max(shared: &mut Shared<[f32]>, unit: usize, #[comptime] threads: usize) {
+    let steps = comptime!(threads.trailing_zeros());
+    #[unroll]
+    for s in 0..steps {
+        let half = comptime!(threads >> (s + 1));
+        if unit < half {
+            shared[unit] = max(shared[unit], shared[unit + half]);
+        }
+        sync_cube();
+    }
+}
+
+/// `(x − mean) · rstd · γ[col] + β[col]` over rows of `n`: layer norm's apply step.
+#[cube(launch)]
+fn layer_norm_apply_kernel<F: Float>(
+    input: &Tensor<F>,
+    stats: &Tensor<f32>,
+    gamma: &Tensor<F>,
+    beta: &Tensor<F>,
+    output: &mut Tensor<F>,
+    n: u32,
+    #[define(F)] _dtype: ElemType,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= output.len() {
+        terminate!();
+    }
+    let row = pos / n as usize;
+    let col = pos % n as usize;
+    let y = (f32::cast_from(input[pos]) - stats[row * 2]) * stats[row * 2 + 1] * f32::cast_from(gamma[col])
+        + f32::cast_from(beta[col]);
+    output[pos] = F::cast_from(y);
+}
+
+/// Softmax of each row of `input` (`[rows, n]`, contiguous), one cube per row: max, sum of
+/// `exp(x − max)` and the normalised write, in f32 whatever `F` is.
+#[cube(launch)]
+fn softmax_rows_kernel<F: Float>(
+    input: &Tensor<F>,
+    output: &mut Tensor<F>,
+    n: u32,
+    #[comptime] threads: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let len = n as usize;
+    let base = CUBE_POS as usize * len;
+    let unit = UNIT_POS as usize;
+    let mut shared = Shared::<[f32]>::new_slice(threads);
+
+    let mut top = f32::new(-3.0e38);
+    let mut i = unit;
+    while i < len {
+        top = max(top, f32::cast_from(input[base + i]));
+        i += threads;
+    }
+    shared[unit] = top;
+    sync_cube();
+    tree_max(&mut shared, unit, threads);
+    let row_max = shared[0];
+    sync_cube();
+
+    let mut sum = 0.0f32;
+    let mut j = unit;
+    while j < len {
+        sum += (f32::cast_from(input[base + j]) - row_max).exp();
+        j += threads;
+    }
+    shared[unit] = sum;
+    sync_cube();
+    tree_sum(&mut shared, unit, threads);
+    let inv = 1.0f32 / shared[0];
+
+    let mut k = unit;
+    while k < len {
+        output[base + k] = F::cast_from((f32::cast_from(input[base + k]) - row_max).exp() * inv);
+        k += threads;
+    }
+}
+
 /// `(x − mean) · rstd · γ[c] + β[c]`, then SiLU when `silu`; one unit per element of the
 /// contiguous `[b, c, hw]` input, statistics per (batch, group) row of `stats`.
 #[cube(launch)]
@@ -113,6 +194,41 @@ fn raw<const D: usize>(t: BurnTensor<D>) -> Option<CubeTensor> {
     t.try_into_primitive::<Cube>().ok()
 }
 
+fn elem_type(dtype: DType) -> Option<ElemType> {
+    match dtype {
+        DType::F32 => Some(ElemType::Float(FloatKind::F32)),
+        DType::F16 => Some(ElemType::Float(FloatKind::F16)),
+        DType::BF16 => Some(ElemType::Float(FloatKind::BF16)),
+        _ => None,
+    }
+}
+
+/// `[rows, 2]` f32 (mean, 1/√(var + ε)) of the contiguous `input` read as `[rows, n]`.
+fn row_stats(input: &CubeTensor, rows: usize, n: usize, epsilon: f64, elem: ElemType) -> CubeTensor {
+    let client = input.client.clone();
+    let stats = empty_device_dtype(client.clone(), input.device.clone(), Shape::new([rows, 2]), DType::F32);
+    row_stats_kernel::launch(
+        &client,
+        CubeCount::Static(rows as u32, 1, 1),
+        CubeDim::new_1d(STATS_THREADS as u32),
+        input.clone().into_tensor_arg(),
+        stats.clone().into_tensor_arg(),
+        n as u32,
+        epsilon as f32,
+        STATS_THREADS,
+        elem,
+    );
+    stats
+}
+
+fn elementwise_count(input: &CubeTensor, total: usize) -> (CubeCount, CubeDim) {
+    let cube_dim = CubeDim::new_1d(256);
+    (
+        cubecl::calculate_cube_count_elemwise(&input.client, total, cube_dim),
+        cube_dim,
+    )
+}
+
 /// Group norm (+ SiLU) in two launches. x: `[b, c, h, w]` → same shape; `None` where the
 /// tensors are not raw cube tensors (then the caller uses the tensor-op version).
 pub(crate) fn group_norm(
@@ -127,31 +243,12 @@ pub(crate) fn group_norm(
     let input = into_contiguous(raw(x)?);
     let (gamma, beta) = (into_contiguous(raw(gamma)?), into_contiguous(raw(beta)?));
     let client = input.client.clone();
-    let rows = b * groups;
-    let n = c / groups * h * w;
+    let (rows, n) = (b * groups, c / groups * h * w);
     let dtype = input.dtype;
-    let elem = match dtype {
-        DType::F32 => ElemType::Float(FloatKind::F32),
-        DType::F16 => ElemType::Float(FloatKind::F16),
-        DType::BF16 => ElemType::Float(FloatKind::BF16),
-        _ => return None,
-    };
-    let stats = empty_device_dtype(client.clone(), input.device.clone(), Shape::new([rows, 2]), DType::F32);
-    row_stats_kernel::launch(
-        &client,
-        CubeCount::Static(rows as u32, 1, 1),
-        CubeDim::new_1d(STATS_THREADS as u32),
-        input.clone().into_tensor_arg(),
-        stats.clone().into_tensor_arg(),
-        n as u32,
-        epsilon as f32,
-        STATS_THREADS,
-        elem,
-    );
+    let elem = elem_type(dtype)?;
+    let stats = row_stats(&input, rows, n, epsilon, elem);
     let output = empty_device_dtype(client.clone(), input.device.clone(), Shape::new([b, c, h, w]), dtype);
-    let total = b * c * h * w;
-    let cube_dim = CubeDim::new_1d(256);
-    let cube_count = cubecl::calculate_cube_count_elemwise(&client, total, cube_dim);
+    let (cube_count, cube_dim) = elementwise_count(&input, b * c * h * w);
     group_norm_apply_kernel::launch(
         &client,
         cube_count,
@@ -165,6 +262,64 @@ pub(crate) fn group_norm(
         (h * w) as u32,
         (c / groups) as u32,
         silu,
+        elem,
+    );
+    Some(BurnTensor::from_primitive::<Cube>(output))
+}
+
+/// Layer norm over the last axis in two launches; `None` as [`group_norm`].
+pub(crate) fn layer_norm<const D: usize>(
+    x: BurnTensor<D>,
+    gamma: BurnTensor<1>,
+    beta: BurnTensor<1>,
+    epsilon: f64,
+) -> Option<BurnTensor<D>> {
+    let shape = x.dims();
+    let n = shape[D - 1];
+    let total: usize = shape.iter().product();
+    let input = into_contiguous(raw(x)?);
+    let (gamma, beta) = (into_contiguous(raw(gamma)?), into_contiguous(raw(beta)?));
+    let client = input.client.clone();
+    let dtype = input.dtype;
+    let elem = elem_type(dtype)?;
+    let stats = row_stats(&input, total / n, n, epsilon, elem);
+    let output = empty_device_dtype(client.clone(), input.device.clone(), Shape::new(shape), dtype);
+    let (cube_count, cube_dim) = elementwise_count(&input, total);
+    layer_norm_apply_kernel::launch(
+        &client,
+        cube_count,
+        cube_dim,
+        input.into_tensor_arg(),
+        stats.into_tensor_arg(),
+        gamma.into_tensor_arg(),
+        beta.into_tensor_arg(),
+        output.clone().into_tensor_arg(),
+        n as u32,
+        elem,
+    );
+    Some(BurnTensor::from_primitive::<Cube>(output))
+}
+
+/// Softmax over the last axis in one launch; `None` as [`group_norm`].
+pub(crate) fn softmax_last<const D: usize>(x: BurnTensor<D>) -> Option<BurnTensor<D>> {
+    let shape = x.dims();
+    let n = shape[D - 1];
+    let total: usize = shape.iter().product();
+    let input = into_contiguous(raw(x)?);
+    let client = input.client.clone();
+    let dtype = input.dtype;
+    let elem = elem_type(dtype)?;
+    let output = empty_device_dtype(client.clone(), input.device.clone(), Shape::new(shape), dtype);
+    // Short rows (CLIP's 77 keys, cross-attention's 77) waste fewer idle units with 128.
+    let threads = if n >= 256 { 256 } else { 128 };
+    softmax_rows_kernel::launch(
+        &client,
+        CubeCount::Static((total / n) as u32, 1, 1),
+        CubeDim::new_1d(threads as u32),
+        input.into_tensor_arg(),
+        output.clone().into_tensor_arg(),
+        n as u32,
+        threads,
         elem,
     );
     Some(BurnTensor::from_primitive::<Cube>(output))

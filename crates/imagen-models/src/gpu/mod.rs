@@ -17,13 +17,14 @@
 //!
 //! Default: `im2col` and `matmul`, by measurement (H100, SPIR-V, f16, BENCHMARKS.md): SD 1.5 UNet
 //! step 0.95 s with burn's ops, 0.163 s with these; `gemm` and `flash` were no faster. Group norm
-//! always takes [`group_norm`] here. The CPU never takes these routes (it has its own kernels,
+//! takes [`group_norm`] here, and group norm, layer norm and the attention softmax run on
+//! imagen's own kernels ([`kernels`]) unless `IMAGEN_GPU_KERNELS=0`. The CPU never takes these routes (it has its own kernels,
 //! [`crate::cpu`]).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, LayerNorm};
 use burn::tensor::activation::softmax;
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 
@@ -49,19 +50,10 @@ pub enum AttentionRoute {
     Flash = 3,
 }
 
-/// How group norm runs on GPU backends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NormRoute {
-    /// burn tensor ops with staged reductions ([`group_norm`]'s reference path).
-    Ops = 1,
-    /// imagen's two-launch kernel ([`kernels`]; the default where it can run).
-    Kernel = 2,
-}
-
 /// 0 = not read from the environment yet, else the route's discriminant.
 static CONV: AtomicU8 = AtomicU8::new(0);
 static ATTENTION: AtomicU8 = AtomicU8::new(0);
-static NORM: AtomicU8 = AtomicU8::new(0);
+static KERNELS: AtomicU8 = AtomicU8::new(0);
 
 /// The route named by `var` (one of `names`, in discriminant order), else `default`.
 fn route(cell: &AtomicU8, var: &str, names: [&str; 3], default: u8) -> u8 {
@@ -86,16 +78,15 @@ pub fn set_attention_route(r: AttentionRoute) {
     ATTENTION.store(r as u8, Ordering::Relaxed);
 }
 
-/// The group-norm route for the whole process (else from `IMAGEN_GPU_NORM`: `ops` | `kernel`).
-pub fn set_norm_route(r: NormRoute) {
-    NORM.store(r as u8, Ordering::Relaxed);
+/// imagen's own kernels ([`kernels`]: group norm, layer norm, softmax) on or off for the whole
+/// process (else from `IMAGEN_GPU_KERNELS`: `0` turns them off; on by default). Off, the same
+/// ops run as burn tensor ops: the kernels' reference.
+pub fn set_own_kernels(on: bool) {
+    KERNELS.store(if on { 2 } else { 1 }, Ordering::Relaxed);
 }
 
-pub fn norm_route() -> NormRoute {
-    match route(&NORM, "IMAGEN_GPU_NORM", ["ops", "kernel", ""], NormRoute::Kernel as u8) {
-        1 => NormRoute::Ops,
-        _ => NormRoute::Kernel,
-    }
+pub fn own_kernels() -> bool {
+    route(&KERNELS, "IMAGEN_GPU_KERNELS", ["0", "1", ""], 2) == 2
 }
 
 pub fn conv_route() -> ConvRoute {
@@ -198,7 +189,7 @@ fn conv2d_im2col(conv: &Conv2d, x: Tensor<4>, pad: [usize; 4]) -> Tensor<4> {
 /// (UNet) to 1 M (VAE) elements, and took 39% of an H100 UNet step.
 /// x: `[b, c, h, w]` → same shape
 pub(crate) fn group_norm(norm: &GroupNorm, x: Tensor<4>, silu: bool) -> Tensor<4> {
-    if let (NormRoute::Kernel, Some(gamma), Some(beta)) = (norm_route(), &norm.gamma, &norm.beta) {
+    if let (true, Some(gamma), Some(beta)) = (own_kernels(), &norm.gamma, &norm.beta) {
         let g = norm.num_groups;
         if let Some(y) = kernels::group_norm(x.clone(), gamma.val(), beta.val(), g, norm.epsilon, silu) {
             return y;
@@ -229,6 +220,16 @@ pub(crate) fn group_norm(norm: &GroupNorm, x: Tensor<4>, silu: bool) -> Tensor<4
         y = y + beta.val().reshape([1, c, 1, 1]);
     }
     if silu { burn::tensor::activation::silu(y) } else { y }
+}
+
+/// Layer norm over the last axis (`eps` as the CPU kernels take it).
+pub(crate) fn layer_norm<const D: usize>(ln: &LayerNorm, x: Tensor<D>, eps: f64) -> Tensor<D> {
+    if let (true, Some(beta)) = (own_kernels(), &ln.beta) {
+        if let Some(y) = kernels::layer_norm(x.clone(), ln.gamma.val(), beta.val(), eps) {
+            return y;
+        }
+    }
+    ln.forward(x)
 }
 
 /// Mean over the last axis, `[r, n]` → `[r, 1]`, in stages of at most 256 elements (the mean
@@ -268,7 +269,15 @@ fn attention_two_matmuls(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize,
         scores = scores + Tensor::<2>::from_data(TensorData::new(mask, [n, m]), &device).reshape([1, 1, n, m]);
     }
     // [b, h, n, m] · [b, h, m, d] -> [b, h, n, d] -> [b, n, h, d] -> [b, n, h·d]
-    softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, n, inner])
+    let probs = match own_kernels() {
+        true => kernels::softmax_last(scores.clone()),
+        false => None,
+    };
+    probs
+        .unwrap_or_else(|| softmax(scores, 3))
+        .matmul(v)
+        .swap_dims(1, 2)
+        .reshape([b, n, inner])
 }
 
 /// burn-cubecl's kernels called with a chosen strategy, on the raw cube tensors (not available
@@ -368,6 +377,14 @@ mod kernels {
     use burn::tensor::Tensor;
 
     pub(super) fn group_norm(_: Tensor<4>, _: Tensor<1>, _: Tensor<1>, _: usize, _: f64, _: bool) -> Option<Tensor<4>> {
+        None
+    }
+
+    pub(super) fn layer_norm<const D: usize>(_: Tensor<D>, _: Tensor<1>, _: Tensor<1>, _: f64) -> Option<Tensor<D>> {
+        None
+    }
+
+    pub(super) fn softmax_last<const D: usize>(_: Tensor<D>) -> Option<Tensor<D>> {
         None
     }
 }
