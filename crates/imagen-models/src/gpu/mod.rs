@@ -86,7 +86,14 @@ pub fn set_own_kernels(on: bool) {
 }
 
 pub fn own_kernels() -> bool {
-    route(&KERNELS, "IMAGEN_GPU_KERNELS", ["0", "1", ""], 2) == 2
+    match KERNELS.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("IMAGEN_GPU_KERNELS").map_or(true, |v| v != "0");
+            set_own_kernels(on);
+            on
+        }
+        r => r == 2,
+    }
 }
 
 pub fn conv_route() -> ConvRoute {
@@ -401,5 +408,26 @@ mod cube {
 
     pub(super) fn flash_attention(_: &Tensor<3>, _: &Tensor<3>, _: &Tensor<3>, _: usize, _: bool) -> Option<Tensor<3>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unset variables give the routes BENCHMARKS.md measured fastest (a lookup bug once
+    /// turned the kernels off by default without any test noticing).
+    #[test]
+    fn defaults_are_the_measured_routes() {
+        let unset = |v| std::env::var(v).is_err();
+        if unset("IMAGEN_GPU_KERNELS") {
+            assert!(own_kernels());
+        }
+        if unset("IMAGEN_GPU_CONV") {
+            assert_eq!(conv_route(), ConvRoute::Im2col);
+        }
+        if unset("IMAGEN_GPU_ATTENTION") {
+            assert_eq!(attention_route(), AttentionRoute::Matmul);
+        }
     }
 }
