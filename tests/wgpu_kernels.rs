@@ -111,8 +111,9 @@ fn layer_norm_and_softmax_kernels_match_ops_and_cpu() {
         assert!(max_abs_diff(&ops, &want) < 1e-4, "{shape:?}: layer norm ops vs CPU");
     }
     // Attention (the softmax kernel inside the two-matmul route): 300 keys (more than the
-    // threads, not a multiple), 77 keys, and causal 77×77 as CLIP's.
-    for (n, m, causal) in [(64, 300, false), (40, 77, false), (77, 77, true)] {
+    // threads, not a multiple), 77 keys, causal 77×77 as CLIP's, and many rows.
+    // 2·2·17 000 = 68 000 score rows: more cubes than one grid dimension holds.
+    for (n, m, causal) in [(64, 300, false), (40, 77, false), (77, 77, true), (17_000, 3, false)] {
         let (heads, inner) = (2, 16);
         let q: Tensor<3> = Tensor::random([2, n, inner], Distribution::Normal(0.0, 2.0), &cpu);
         let kv: Tensor<3> = Tensor::random([2, m, inner], Distribution::Normal(0.0, 2.0), &cpu);

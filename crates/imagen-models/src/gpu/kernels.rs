@@ -21,11 +21,16 @@ const STATS_THREADS: usize = 256;
 fn row_stats_kernel<F: Float>(
     input: &Tensor<F>,
     stats: &mut Tensor<f32>,
+    rows: u32,
     n: u32,
     epsilon: f32,
     #[comptime] threads: usize,
     #[define(F)] _dtype: ElemType,
 ) {
+    // Whole cubes past the last row (the grid is 2-D, see `row_cubes`) leave together.
+    if CUBE_POS >= rows as usize {
+        terminate!();
+    }
     let row = CUBE_POS as usize;
     let len = n as usize;
     let base = row * len;
@@ -118,10 +123,14 @@ fn layer_norm_apply_kernel<F: Float>(
 fn softmax_rows_kernel<F: Float>(
     input: &Tensor<F>,
     output: &mut Tensor<F>,
+    rows: u32,
     n: u32,
     #[comptime] threads: usize,
     #[define(F)] _dtype: ElemType,
 ) {
+    if CUBE_POS >= rows as usize {
+        terminate!();
+    }
     let len = n as usize;
     let base = CUBE_POS as usize * len;
     let unit = UNIT_POS as usize;
@@ -209,16 +218,25 @@ fn row_stats(input: &CubeTensor, rows: usize, n: usize, epsilon: f64, elem: Elem
     let stats = empty_device_dtype(client.clone(), input.device.clone(), Shape::new([rows, 2]), DType::F32);
     row_stats_kernel::launch(
         &client,
-        CubeCount::Static(rows as u32, 1, 1),
+        row_cubes(rows),
         CubeDim::new_1d(STATS_THREADS as u32),
         input.clone().into_tensor_arg(),
         stats.clone().into_tensor_arg(),
+        rows as u32,
         n as u32,
         epsilon as f32,
         STATS_THREADS,
         elem,
     );
     stats
+}
+
+/// One cube per row. A grid dimension holds at most 65 535 cubes (wgpu refused 65 536 rows of
+/// self-attention scores at 64² latents, batch 2), so larger counts spill into a second one.
+fn row_cubes(rows: usize) -> CubeCount {
+    const MAX: usize = 65_535;
+    let x = rows.clamp(1, MAX);
+    CubeCount::Static(x as u32, rows.div_ceil(x) as u32, 1)
 }
 
 fn elementwise_count(input: &CubeTensor, total: usize) -> (CubeCount, CubeDim) {
@@ -314,10 +332,11 @@ pub(crate) fn softmax_last<const D: usize>(x: BurnTensor<D>) -> Option<BurnTenso
     let threads = if n >= 256 { 256 } else { 128 };
     softmax_rows_kernel::launch(
         &client,
-        CubeCount::Static((total / n) as u32, 1, 1),
+        row_cubes(total / n),
         CubeDim::new_1d(threads as u32),
         input.into_tensor_arg(),
         output.clone().into_tensor_arg(),
+        (total / n) as u32,
         n as u32,
         threads,
         elem,
