@@ -57,10 +57,10 @@ pub fn multi_head_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usi
     if let Some(out) = cpu::attention(&q, &k, &v, heads, causal) {
         return out;
     }
-    if crate::gpu::on_gpu(&q) {
-        if let Some(out) = crate::gpu::attention(&q, &k, &v, heads, causal) {
-            return out;
-        }
+    if crate::gpu::on_gpu(&q)
+        && let Some(out) = crate::gpu::attention(&q, &k, &v, heads, causal)
+    {
+        return out;
     }
     let [b, n, inner] = q.dims();
     let m = k.dims()[1];

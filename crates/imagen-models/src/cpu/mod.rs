@@ -88,10 +88,10 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let (true, Some(pad), Some(xs), Some(ws), Some(bias)) = parts else {
         // GPU backends: the route chosen in `gpu` (any stride).
         let plain = conv.dilation == [1, 1] && conv.groups == 1;
-        if let Some(pad) = pad.filter(|_| plain && crate::gpu::on_gpu(&x)) {
-            if let Some(y) = crate::gpu::conv2d(conv, x.clone(), pad) {
-                return y;
-            }
+        if let Some(pad) = pad.filter(|_| plain && crate::gpu::on_gpu(&x))
+            && let Some(y) = crate::gpu::conv2d(conv, x.clone(), pad)
+        {
+            return y;
         }
         return conv.forward(x);
     };

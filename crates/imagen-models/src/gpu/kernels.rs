@@ -31,7 +31,7 @@ fn row_stats_kernel<F: Float>(
     if CUBE_POS >= rows as usize {
         terminate!();
     }
-    let row = CUBE_POS as usize;
+    let row = CUBE_POS;
     let len = n as usize;
     let base = row * len;
     let unit = UNIT_POS as usize;
@@ -75,7 +75,7 @@ fn tree_sum(shared: &mut Shared<[f32]>, unit: usize, #[comptime] threads: usize)
     for s in 0..steps {
         let half = comptime!(threads >> (s + 1));
         if unit < half {
-            shared[unit] = shared[unit] + shared[unit + half];
+            shared[unit] += shared[unit + half];
         }
         sync_cube();
     }
@@ -132,7 +132,7 @@ fn softmax_rows_kernel<F: Float>(
         terminate!();
     }
     let len = n as usize;
-    let base = CUBE_POS as usize * len;
+    let base = CUBE_POS * len;
     let unit = UNIT_POS as usize;
     let mut shared = Shared::<[f32]>::new_slice(threads);
 

@@ -231,10 +231,10 @@ pub(crate) fn group_norm(norm: &GroupNorm, x: Tensor<4>, silu: bool) -> Tensor<4
 
 /// Layer norm over the last axis (`eps` as the CPU kernels take it).
 pub(crate) fn layer_norm<const D: usize>(ln: &LayerNorm, x: Tensor<D>, eps: f64) -> Tensor<D> {
-    if let (true, Some(beta)) = (own_kernels(), &ln.beta) {
-        if let Some(y) = kernels::layer_norm(x.clone(), ln.gamma.val(), beta.val(), eps) {
-            return y;
-        }
+    if let (true, Some(beta)) = (own_kernels(), &ln.beta)
+        && let Some(y) = kernels::layer_norm(x.clone(), ln.gamma.val(), beta.val(), eps)
+    {
+        return y;
     }
     ln.forward(x)
 }
