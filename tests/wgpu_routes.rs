@@ -14,11 +14,15 @@ use imagen_models::DiffusersFolder;
 
 const TOL: f32 = 1e-4;
 
+/// Both tests set process-wide routes: they take this lock to run one at a time.
+static ROUTES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Text encoder (causal attention), UNet (3×3 and 1×1 convs, self- and cross-attention) and
 /// VAE (padded convs, single-head attention) with both routes on.
 #[test]
 fn burn_convs_and_attention_match_diffusers() {
     let Some(device) = wgpu_device() else { return };
+    let _one = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
     imagen_models::gpu::set_conv_route(imagen_models::gpu::ConvRoute::Burn);
     imagen_models::gpu::set_attention_route(imagen_models::gpu::AttentionRoute::Burn);
     let folder = DiffusersFolder::open(fixture("tiny-sd15")).expect("open folder");
@@ -32,6 +36,33 @@ fn burn_convs_and_attention_match_diffusers() {
         assert_close(&g, &key, out, TOL);
     }
 
+    let vae = folder.load_vae(&device).expect("vae");
+    let dist = vae.encode(g.tensor("vae_image", &device));
+    assert_close(&g, "vae_enc_mean", dist.mean, TOL);
+    assert_close(
+        &g,
+        "vae_dec_image",
+        vae.decode(g.tensor("vae_dec_latents", &device)),
+        TOL,
+    );
+}
+
+/// im2col convolutions built a few output rows at a time (the memory bound for large images),
+/// forced here with a tiny budget: same outputs as diffusers, stride-2 downsamplers included.
+#[test]
+fn banded_im2col_convs_match_diffusers() {
+    let Some(device) = wgpu_device() else { return };
+    let _one = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
+    imagen_models::gpu::set_conv_route(imagen_models::gpu::ConvRoute::Im2col);
+    imagen_models::gpu::set_attention_route(imagen_models::gpu::AttentionRoute::Matmul);
+    imagen_models::gpu::set_im2col_budget(4096);
+    let folder = DiffusersFolder::open(fixture("tiny-sd15")).expect("open folder");
+    let g = Golden::open("tiny-sd15");
+
+    let unet = folder.load_unet(&device).expect("unet");
+    for (key, out) in unet_outputs(&g, &unet, &device) {
+        assert_close(&g, &key, out, TOL);
+    }
     let vae = folder.load_vae(&device).expect("vae");
     let dist = vae.encode(g.tensor("vae_image", &device));
     assert_close(&g, "vae_enc_mean", dist.mean, TOL);

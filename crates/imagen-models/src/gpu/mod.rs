@@ -21,7 +21,7 @@
 //! imagen's own kernels ([`kernels`]) unless `IMAGEN_GPU_KERNELS=0`. The CPU never takes these routes (it has its own kernels,
 //! [`crate::cpu`]).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm};
@@ -155,20 +155,77 @@ pub(crate) fn attention(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usiz
     }
 }
 
-/// An ungrouped, undilated convolution as one batched matmul.
+/// Column matrices larger than this many bytes are built one band of output rows at a time.
+/// Unbanded, a 512² VAE decode held 3.7 GB of GPU memory on the H100 (burn's direct conv: 0.9 GB),
+/// and on Mesa's lavapipe a 256² decode failed outright: a 151 MB column matrix is over the
+/// 128 MiB storage-buffer binding Vulkan guarantees. 64 MiB: the UNet's f16 matrices (≤ 47 MB at
+/// 512²) stay whole; the VAE's 512² convs take 10 bands in f16. 0 = not read from the
+/// environment yet.
+static IM2COL_BUDGET: AtomicUsize = AtomicUsize::new(0);
+
+/// The im2col column-matrix budget in bytes, for the whole process (else from
+/// `IMAGEN_GPU_IM2COL_BYTES`, default 64 MiB).
+pub fn set_im2col_budget(bytes: usize) {
+    IM2COL_BUDGET.store(bytes.max(1), Ordering::Relaxed);
+}
+
+fn im2col_budget() -> usize {
+    match IM2COL_BUDGET.load(Ordering::Relaxed) {
+        0 => {
+            let v = std::env::var("IMAGEN_GPU_IM2COL_BYTES")
+                .ok()
+                .and_then(|v| v.parse().ok());
+            set_im2col_budget(v.unwrap_or(64 << 20));
+            IM2COL_BUDGET.load(Ordering::Relaxed)
+        }
+        v => v,
+    }
+}
+
+/// An ungrouped, undilated convolution as batched matmuls over the input's windows.
 /// x: `[b, cin, h, w]`, padding `[top, left, bottom, right]` → `[b, cout, ho, wo]`
 fn conv2d_im2col(conv: &Conv2d, x: Tensor<4>, pad: [usize; 4]) -> Tensor<4> {
-    let weight = conv.weight.val();
-    let [cout, cin, kh, kw] = weight.dims();
+    let [_, cin, kh, kw] = conv.weight.dims();
     let [sh, sw] = conv.stride;
     let [b, _, h, w] = x.dims();
     let [top, left, bottom, right] = pad;
-    let x = if pad == [0; 4] {
-        x
-    } else {
-        x.pad((left, right, top, bottom), 0.0)
+    let (hp, wp) = (h + top + bottom, w + left + right);
+    let (ho, wo) = ((hp - kh) / sh + 1, (wp - kw) / sw + 1);
+    // Bytes of the column matrix per output row.
+    let per_row = b * cin * kh * kw * wo * x.dtype().size();
+    let band = (im2col_budget() / per_row).max(1);
+    let padded = |x: Tensor<4>, top: usize, bottom: usize| match [top, left, bottom, right] {
+        [0, 0, 0, 0] => x,
+        _ => x.pad((left, right, top, bottom), 0.0),
     };
-    let (ho, wo) = ((h + top + bottom - kh) / sh + 1, (w + left + right - kw) / sw + 1);
+    if band >= ho {
+        return im2col_matmul(conv, padded(x, top, bottom), ho, wo);
+    }
+    let bands: Vec<Tensor<4>> = (0..ho)
+        .step_by(band)
+        .map(|r0| {
+            let rows = band.min(ho - r0);
+            // The padded rows [p0, p1) this band reads, taken from the unpadded input and
+            // padded per band (a whole padded copy of a large activation can itself exceed a
+            // device's buffer limit).
+            let (p0, p1) = (r0 * sh, (r0 + rows - 1) * sh + kh);
+            let (u0, u1) = (p0.saturating_sub(top).min(h), p1.saturating_sub(top).min(h));
+            let (band_top, band_bottom) = (top.saturating_sub(p0), p1.saturating_sub(top + h));
+            let xs = padded(x.clone().slice([0..b, 0..cin, u0..u1, 0..w]), band_top, band_bottom);
+            im2col_matmul(conv, xs, rows, wo)
+        })
+        .collect();
+    // [b, cout, rows, wo] per band -> [b, cout, ho, wo]
+    Tensor::cat(bands, 2)
+}
+
+/// One matmul over the windows of the already padded `x` (`[b, cin, hp, wp]`) giving `ho × wo`
+/// outputs. → `[b, cout, ho, wo]`
+fn im2col_matmul(conv: &Conv2d, x: Tensor<4>, ho: usize, wo: usize) -> Tensor<4> {
+    let weight = conv.weight.val();
+    let [cout, cin, kh, kw] = weight.dims();
+    let [sh, sw] = conv.stride;
+    let b = x.dims()[0];
     let cols = if kh * kw == 1 && [sh, sw] == [1, 1] {
         // [b, cin, ho, wo] -> [b, cin, ho·wo]
         x.reshape([b, cin, ho * wo])
