@@ -24,6 +24,22 @@ struct MappedFile {
 }
 
 impl MappedFile {
+    /// Drops the mapped pages of `len` bytes at `offset` from this process's resident set once
+    /// their values are copied out: they stay in the page cache, but without this a loading
+    /// model counted twice (a full-size SD 1.5 512² generation from an f32 folder peaked at
+    /// 7.24 GB RSS for 4.27 GB of weights). Re-reading the range faults it back in from the file.
+    fn release(&self, offset: usize, len: usize) {
+        #[cfg(unix)]
+        // SAFETY: the map is read-only and file-backed, and no reference into the range outlives
+        // `read_f32`'s copy, so dropping the pages loses nothing.
+        let _ = unsafe {
+            self.mmap
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+        };
+        #[cfg(not(unix))]
+        let _ = (offset, len);
+    }
+
     fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the file is opened read-only and only read through this map; as with every
@@ -160,6 +176,7 @@ impl Weights {
                 });
             }
         };
+        f.release(f.data_start + start, end - start);
         Ok(out)
     }
 }
