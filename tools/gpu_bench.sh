@@ -7,7 +7,8 @@
 # Needs a Vulkan loader + the NVIDIA ICD (e.g. VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/
 # nvidia_icd.json; CUBECL_WGPU_DEFAULT_DEVICE='DiscreteGpu(0)' keeps wgpu off any software
 # adapter), and a Python with torch + diffusers + transformers (PYTHON, default python3).
-# Build imagen with `cargo build --release` (or `--features gpu-autotune` for burn's autotune). Writes one JSON line per run to OUT_DIR/gpu_bench.jsonl and prints
+# Build imagen with `cargo build --release --features vulkan` on NVIDIA/AMD (SPIR-V, tensor cores;
+# BENCHMARKS.md). Writes one JSON line per run to OUT_DIR/gpu_bench.jsonl and prints
 # a table of the ratios (PyTorch time / imagen time: above 1 means imagen is faster).
 set -uo pipefail
 IMAGEN=${1:?imagen binary}
