@@ -9,6 +9,7 @@
 #[path = "models/common.rs"]
 mod common;
 
+use burn::tensor::Device;
 use common::{Golden, assert_close, fixture, unet_outputs, wgpu_device};
 use imagen_models::DiffusersFolder;
 
@@ -16,6 +17,19 @@ const TOL: f32 = 1e-4;
 
 /// Both tests set process-wide routes: they take this lock to run one at a time.
 static ROUTES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The tiny UNet (3×3, 1×1 and stride-2 convs, self- and cross-attention) and VAE (padded and
+/// asymmetric stride-2 convs, single-head attention) against diffusers' goldens.
+fn unet_and_vae_match(folder: &DiffusersFolder, g: &Golden, device: &Device) {
+    let unet = folder.load_unet(device).expect("unet");
+    for (key, out) in unet_outputs(g, &unet, device) {
+        assert_close(g, &key, out, TOL);
+    }
+    let vae = folder.load_vae(device).expect("vae");
+    let dist = vae.encode(g.tensor("vae_image", device));
+    assert_close(g, "vae_enc_mean", dist.mean, TOL);
+    assert_close(g, "vae_dec_image", vae.decode(g.tensor("vae_dec_latents", device)), TOL);
+}
 
 /// Text encoder (causal attention), UNet (3×3 and 1×1 convs, self- and cross-attention) and
 /// VAE (padded convs, single-head attention) with both routes on.
@@ -31,20 +45,7 @@ fn burn_convs_and_attention_match_diffusers() {
     let te = folder.load_text_encoder(&device).expect("text encoder");
     assert_close(&g, "text_hidden", te.forward(g.ids("text_ids", &device), 0), TOL);
 
-    let unet = folder.load_unet(&device).expect("unet");
-    for (key, out) in unet_outputs(&g, &unet, &device) {
-        assert_close(&g, &key, out, TOL);
-    }
-
-    let vae = folder.load_vae(&device).expect("vae");
-    let dist = vae.encode(g.tensor("vae_image", &device));
-    assert_close(&g, "vae_enc_mean", dist.mean, TOL);
-    assert_close(
-        &g,
-        "vae_dec_image",
-        vae.decode(g.tensor("vae_dec_latents", &device)),
-        TOL,
-    );
+    unet_and_vae_match(&folder, &g, &device);
 }
 
 /// im2col convolutions built a few output rows at a time (the memory bound for large images),
@@ -59,17 +60,5 @@ fn banded_im2col_convs_match_diffusers() {
     let folder = DiffusersFolder::open(fixture("tiny-sd15")).expect("open folder");
     let g = Golden::open("tiny-sd15");
 
-    let unet = folder.load_unet(&device).expect("unet");
-    for (key, out) in unet_outputs(&g, &unet, &device) {
-        assert_close(&g, &key, out, TOL);
-    }
-    let vae = folder.load_vae(&device).expect("vae");
-    let dist = vae.encode(g.tensor("vae_image", &device));
-    assert_close(&g, "vae_enc_mean", dist.mean, TOL);
-    assert_close(
-        &g,
-        "vae_dec_image",
-        vae.decode(g.tensor("vae_dec_latents", &device)),
-        TOL,
-    );
+    unet_and_vae_match(&folder, &g, &device);
 }

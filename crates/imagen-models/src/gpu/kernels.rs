@@ -247,6 +247,17 @@ fn elementwise_count(input: &CubeTensor, total: usize) -> (CubeCount, CubeDim) {
     )
 }
 
+/// What every launch below starts from: the contiguous raw input, its element type and an
+/// empty output of the same shape and dtype. `None` for tensors that are not raw cube tensors
+/// or not floats.
+fn prepare<const D: usize>(x: BurnTensor<D>) -> Option<(CubeTensor, ElemType, CubeTensor)> {
+    let shape = Shape::new(x.dims());
+    let input = into_contiguous(raw(x)?);
+    let elem = elem_type(input.dtype)?;
+    let output = empty_device_dtype(input.client.clone(), input.device.clone(), shape, input.dtype);
+    Some((input, elem, output))
+}
+
 /// Group norm (+ SiLU) in two launches. x: `[b, c, h, w]` → same shape; `None` where the
 /// tensors are not raw cube tensors (then the caller uses the tensor-op version).
 pub(crate) fn group_norm(
@@ -258,17 +269,12 @@ pub(crate) fn group_norm(
     silu: bool,
 ) -> Option<BurnTensor<4>> {
     let [b, c, h, w] = x.dims();
-    let input = into_contiguous(raw(x)?);
+    let (input, elem, output) = prepare(x)?;
     let (gamma, beta) = (into_contiguous(raw(gamma)?), into_contiguous(raw(beta)?));
-    let client = input.client.clone();
-    let (rows, n) = (b * groups, c / groups * h * w);
-    let dtype = input.dtype;
-    let elem = elem_type(dtype)?;
-    let stats = row_stats(&input, rows, n, epsilon, elem);
-    let output = empty_device_dtype(client.clone(), input.device.clone(), Shape::new([b, c, h, w]), dtype);
+    let stats = row_stats(&input, b * groups, c / groups * h * w, epsilon, elem);
     let (cube_count, cube_dim) = elementwise_count(&input, b * c * h * w);
     group_norm_apply_kernel::launch(
-        &client,
+        &input.client.clone(),
         cube_count,
         cube_dim,
         input.into_tensor_arg(),
@@ -295,16 +301,12 @@ pub(crate) fn layer_norm<const D: usize>(
     let shape = x.dims();
     let n = shape[D - 1];
     let total: usize = shape.iter().product();
-    let input = into_contiguous(raw(x)?);
+    let (input, elem, output) = prepare(x)?;
     let (gamma, beta) = (into_contiguous(raw(gamma)?), into_contiguous(raw(beta)?));
-    let client = input.client.clone();
-    let dtype = input.dtype;
-    let elem = elem_type(dtype)?;
     let stats = row_stats(&input, total / n, n, epsilon, elem);
-    let output = empty_device_dtype(client.clone(), input.device.clone(), Shape::new(shape), dtype);
     let (cube_count, cube_dim) = elementwise_count(&input, total);
     layer_norm_apply_kernel::launch(
-        &client,
+        &input.client.clone(),
         cube_count,
         cube_dim,
         input.into_tensor_arg(),
@@ -323,15 +325,11 @@ pub(crate) fn softmax_last<const D: usize>(x: BurnTensor<D>) -> Option<BurnTenso
     let shape = x.dims();
     let n = shape[D - 1];
     let total: usize = shape.iter().product();
-    let input = into_contiguous(raw(x)?);
-    let client = input.client.clone();
-    let dtype = input.dtype;
-    let elem = elem_type(dtype)?;
-    let output = empty_device_dtype(client.clone(), input.device.clone(), Shape::new(shape), dtype);
+    let (input, elem, output) = prepare(x)?;
     // Short rows (CLIP's 77 keys, cross-attention's 77) waste fewer idle units with 128.
     let threads = if n >= 256 { 256 } else { 128 };
     softmax_rows_kernel::launch(
-        &client,
+        &input.client.clone(),
         row_cubes(total / n),
         CubeDim::new_1d(threads as u32),
         input.into_tensor_arg(),

@@ -16,10 +16,10 @@
 //!   back to `matmul` where the device has none.
 //!
 //! Default: `im2col` and `matmul`, by measurement (H100, SPIR-V, f16, BENCHMARKS.md): SD 1.5 UNet
-//! step 0.95 s with burn's ops, 0.163 s with these; `gemm` and `flash` were no faster. Group norm
-//! takes [`group_norm`] here, and group norm, layer norm and the attention softmax run on
-//! imagen's own kernels ([`kernels`]) unless `IMAGEN_GPU_KERNELS=0`. The CPU never takes these routes (it has its own kernels,
-//! [`crate::cpu`]).
+//! step 0.95 s with burn's ops, 0.163 s with these; `gemm` and `flash` were no faster. Group
+//! norm, layer norm and the attention softmax run on imagen's own kernels ([`kernels`]) unless
+//! `IMAGEN_GPU_KERNELS=0`, which gives burn tensor ops (group norm with staged reductions, see
+//! [`group_norm`]). The CPU never takes these routes (it has its own kernels, [`crate::cpu`]).
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
@@ -248,9 +248,9 @@ fn im2col_matmul(conv: &Conv2d, x: Tensor<4>, ho: usize, wo: usize) -> Tensor<4>
     y.reshape([b, cout, ho, wo])
 }
 
-/// Group norm, then SiLU when `silu`, with the statistics in f32 reduced in stages of at most
-/// 256 elements: burn's reduce gives each (batch, group) row to one cube, 64 rows of 40 960
-/// (UNet) to 1 M (VAE) elements, and took 39% of an H100 UNet step.
+/// Group norm, then SiLU when `silu`: imagen's kernel, else tensor ops with the statistics in f32
+/// reduced in stages of at most 256 elements (burn's reduce gives each (batch, group) row to one
+/// cube, 64 rows of 40 960 (UNet) to 1 M (VAE) elements, and took 39% of an H100 UNet step).
 /// x: `[b, c, h, w]` → same shape
 pub(crate) fn group_norm(norm: &GroupNorm, x: Tensor<4>, silu: bool) -> Tensor<4> {
     if let (true, Some(gamma), Some(beta)) = (own_kernels(), &norm.gamma, &norm.beta) {
@@ -333,11 +333,9 @@ fn attention_two_matmuls(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize,
         scores = scores + Tensor::<2>::from_data(TensorData::new(mask, [n, m]), &device).reshape([1, 1, n, m]);
     }
     // [b, h, n, m] · [b, h, m, d] -> [b, h, n, d] -> [b, n, h, d] -> [b, n, h·d]
-    let probs = match own_kernels() {
-        true => kernels::softmax_last(scores.clone()),
-        false => None,
-    };
-    probs
+    own_kernels()
+        .then(|| kernels::softmax_last(scores.clone()))
+        .flatten()
         .unwrap_or_else(|| softmax(scores, 3))
         .matmul(v)
         .swap_dims(1, 2)
@@ -370,7 +368,8 @@ mod cube {
     /// `None` where burn-cubecl declines (no cooperative matrices, or an unsupported shape).
     pub(super) fn conv2d_implicit_gemm(conv: &Conv2d, x: &Tensor<4>, pad: [usize; 4]) -> Option<Tensor<4>> {
         let [top, left, bottom, right] = pad;
-        // burn-cubecl takes symmetric padding only; SD's stride-1 convs are symmetric.
+        // burn-cubecl takes symmetric padding only (the VAE encoder's (0, 1, 0, 1) downsampler
+        // goes to im2col).
         if top != bottom || left != right {
             return None;
         }
@@ -378,16 +377,16 @@ mod cube {
             Some(b) => Some(raw(&b.val())?),
             None => None,
         };
-        let options = ConvOptions::new([1, 1], [top, left], [1, 1], 1);
-        let y = conv_forward::<2>(
-            raw(x)?,
-            raw(&conv.weight.val())?,
-            bias,
-            options,
-            ConvStrategy::ImplicitGemm,
-        )
-        .ok()?;
-        Some(Tensor::from_primitive::<Cube>(y))
+        // conv.stride: this route takes the stride-2 downsamplers too.
+        let options = ConvOptions::new(conv.stride, [top, left], [1, 1], 1);
+        let weight = raw(&conv.weight.val())?;
+        match conv_forward::<2>(raw(x)?, weight, bias, options, ConvStrategy::ImplicitGemm) {
+            Ok(y) => Some(Tensor::from_primitive::<Cube>(y)),
+            Err(e) => {
+                declined("implicit-GEMM conv", format!("{e:?}"));
+                None
+            }
+        }
     }
 
     /// q: `[b, n, h·d]`, k/v: `[b, m, h·d]` → `[b, n, h·d]`; `None` where burn-cubecl declines.
