@@ -97,6 +97,17 @@ mod cpu {
         vae("tiny-sd2", &cpu());
     }
 
+    /// The Winograd route on every 3×3 convolution: it is chosen from 64×64 outputs up, which
+    /// the tiny models reach only in the VAE decoder's last level.
+    #[test]
+    fn winograd_route_everywhere() {
+        imagen_models::cpu::with_winograd_everywhere(|| {
+            unet("tiny-sd15", &cpu());
+            vae("tiny-sd15", &cpu());
+            unet("tiny-sd2", &cpu());
+        });
+    }
+
     /// `*.fp16.safetensors` variant files, converted to f32 on load; the goldens are diffusers'
     /// outputs with the same fp16 weights upcast.
     #[test]

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use super::conv_avx512;
 use super::gemm::{Mat, MatMut, gemm};
 use super::scratch;
+use super::winograd;
 
 /// Geometry of one stride-1 convolution.
 #[derive(Clone, Copy, Debug)]
@@ -54,6 +55,9 @@ pub(crate) fn conv2d(c: Conv, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -
     let direct = taps == 1 && c.pad == [0; 4];
     let cstride = c.cstride();
     let n = ho * wp; // GEMM columns: output rows on the padded width
+    if winograd::applies(&c) {
+        return winograd::conv2d(c, x, weight, bias);
+    }
     if !direct && conv_avx512::available() && avx512_allowed() {
         return conv2d_avx512(c, x, weight, bias);
     }
@@ -206,11 +210,11 @@ fn pad_into(dst: &mut [f32], x: &[f32], cin: usize, h: usize, w: usize, pad: [us
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Direct 6-loop convolution.
-    fn naive(c: Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    pub(in crate::cpu) fn naive(c: Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
         let (ho, wo) = c.out_hw();
         let [t, l, _, _] = c.pad;
         let mut out = vec![0f32; c.batch * c.cout * ho * wo];
@@ -240,7 +244,7 @@ mod tests {
         out
     }
 
-    fn data(n: usize, seed: u32) -> Vec<f32> {
+    pub(in crate::cpu) fn data(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0)
             .collect()

@@ -16,6 +16,7 @@ mod norm;
 pub mod profile;
 mod scratch;
 mod simd;
+mod winograd;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -73,8 +74,9 @@ fn tensor<const D: usize>(data: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
     Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(data, shape)))
 }
 
-/// `conv.forward(x)`; stride-1 ungrouped convolutions run on imagen's kernels (the AVX-512
-/// direct kernel, else shifted GEMMs), the rest on burn.
+/// `conv.forward(x)`; stride-1 ungrouped convolutions run on imagen's kernels (Winograd
+/// F(4×4, 3×3) for 3×3 ones from 64×64 outputs up, else the AVX-512 direct kernel, else shifted
+/// GEMMs), the rest on burn.
 /// x: `[b, cin, h, w]` → `[b, cout, ho, wo]`
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let fast = conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1;
@@ -227,7 +229,21 @@ pub fn upsample_2x(x: &Tensor<4>) -> Option<Tensor<4>> {
     Some(tensor(elementwise::upsample_2x(slice(&xs), w), [b, c, 2 * h, 2 * w]))
 }
 
-/// Frees the calling thread's kernel scratch buffers (a 512² VAE layer leaves ~0.5 GB there).
+/// Runs `f` with every 3×3 convolution called from this thread on the Winograd route, whatever
+/// its size. For tests: the tiny fixture models are below the sizes where the route is chosen.
+pub fn with_winograd_everywhere<R>(f: impl FnOnce() -> R) -> R {
+    winograd::everywhere(f)
+}
+
+/// Turns the Winograd route for large 3×3 convolutions on or off for the whole process (default
+/// on; `IMAGEN_CPU_WINOGRAD=0` turns it off), to compare with the direct kernel.
+pub fn set_winograd(on: bool) {
+    winograd::set_enabled(on);
+}
+
+/// Frees the kernel scratch buffers of the calling thread and of rayon's threads (a 512² VAE
+/// layer leaves ~0.5 GB there).
 pub fn release_scratch() {
     scratch::release();
+    rayon::broadcast(|_| scratch::release());
 }

@@ -4,10 +4,12 @@
 
 use std::cell::RefCell;
 
-const SLOTS: usize = 2;
+/// 0: padded conv input; 1: wide conv output or Winograd's transformed weights (calling
+/// thread); 2, 3: a Winograd block's transformed input and products (rayon's threads).
+const SLOTS: usize = 4;
 
 thread_local! {
-    static BUFFERS: RefCell<[Vec<f32>; SLOTS]> = const { RefCell::new([Vec::new(), Vec::new()]) };
+    static BUFFERS: RefCell<[Vec<f32>; SLOTS]> = const { RefCell::new([const { Vec::new() }; SLOTS]) };
 }
 
 /// A buffer of exactly `len` elements (contents unspecified: callers overwrite what they read).
@@ -25,7 +27,7 @@ pub(crate) fn give(slot: usize, v: Vec<f32>) {
 
 /// Frees this thread's buffers (the engine calls it after each job).
 pub(crate) fn release() {
-    BUFFERS.with(|b| *b.borrow_mut() = [Vec::new(), Vec::new()]);
+    BUFFERS.with(|b| *b.borrow_mut() = [const { Vec::new() }; SLOTS]);
 }
 
 /// A zeroed output buffer. Large ones are marked for transparent huge pages before their first
