@@ -75,8 +75,8 @@ fn tensor<const D: usize>(data: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
 }
 
 /// `conv.forward(x)`; stride-1 ungrouped convolutions run on imagen's kernels (Winograd
-/// F(4×4, 3×3) for 3×3 ones from 64×64 outputs up, else the AVX-512 direct kernel, else shifted
-/// GEMMs), the rest on burn.
+/// F(4×4, 3×3) for large 3×3 ones, im2col + one GEMM for 8×8 outputs, else the AVX-512 direct
+/// kernel, else shifted GEMMs; `conv.rs` picks), the rest on burn.
 /// x: `[b, cin, h, w]` → `[b, cout, ho, wo]`
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let fast = conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1;

@@ -4,9 +4,10 @@
 
 use std::cell::RefCell;
 
-/// 0: padded conv input; 1: wide conv output or Winograd's transformed weights (calling
-/// thread); 2, 3: a Winograd block's transformed input and products (rayon's threads).
-const SLOTS: usize = 4;
+/// 0: padded conv input; 1: wide conv output (calling thread); 2, 3: a Winograd block's
+/// transformed input and products (rayon's threads); 4, 5: Winograd's transformed weights and
+/// padded input (calling thread).
+const SLOTS: usize = 6;
 
 thread_local! {
     static BUFFERS: RefCell<[Vec<f32>; SLOTS]> = const { RefCell::new([const { Vec::new() }; SLOTS]) };
@@ -16,6 +17,18 @@ thread_local! {
 pub(crate) fn take(slot: usize, len: usize) -> Vec<f32> {
     let mut v = BUFFERS.with(|b| std::mem::take(&mut b.borrow_mut()[slot]));
     v.resize(len, 0.0);
+    v
+}
+
+/// A buffer of at least `len` elements (contents unspecified). Unlike [`take`] it never
+/// shortens the buffer, so a slot whose callers want different sizes is zero-filled only up to
+/// the largest size once, not again on every growth after a smaller call (Winograd's transformed
+/// weights range from 14 to 236 MB over a UNet step).
+pub(crate) fn take_at_least(slot: usize, len: usize) -> Vec<f32> {
+    let mut v = BUFFERS.with(|b| std::mem::take(&mut b.borrow_mut()[slot]));
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
     v
 }
 

@@ -29,26 +29,29 @@ use super::simd::{LANES, multiversion};
 /// V and M in L2 up to 512 channels and gives more blocks to share between threads).
 const NT: usize = 64;
 
-/// 0 = not decided yet, 1 = on, 2 = off.
-static ENABLED: AtomicU8 = AtomicU8::new(0);
+/// 0 = not decided yet, 1 = where it pays, 2 = off, 3 = every 3×3 convolution.
+static MODE: AtomicU8 = AtomicU8::new(0);
 
-/// Whether the Winograd route is used where it pays (default on; `IMAGEN_CPU_WINOGRAD=0` turns
-/// it off, to compare with the direct kernel).
-pub(crate) fn enabled() -> bool {
-    match ENABLED.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let on = std::env::var("IMAGEN_CPU_WINOGRAD").map_or(true, |v| v != "0");
-            set_enabled(on);
-            on
+/// `IMAGEN_CPU_WINOGRAD`: unset or `1` = where it pays, `0` = off (to compare with the direct
+/// kernel), `all` = every 3×3 convolution (to measure it where it is not chosen).
+fn mode() -> u8 {
+    match MODE.load(Ordering::Relaxed) {
+        0 => {
+            let m = match std::env::var("IMAGEN_CPU_WINOGRAD").as_deref() {
+                Ok("0") => 2,
+                Ok("all") => 3,
+                _ => 1,
+            };
+            MODE.store(m, Ordering::Relaxed);
+            m
         }
+        m => m,
     }
 }
 
-/// Turns the Winograd route on or off for the whole process.
+/// Turns the Winograd route on (where it pays) or off for the whole process.
 pub(crate) fn set_enabled(on: bool) {
-    ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+    MODE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
 }
 
 thread_local! {
@@ -65,13 +68,29 @@ pub(crate) fn everywhere<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Whether `c` takes this route: 3×3 kernels with at least 256 tiles (64×64 outputs) per image.
-/// Measured per shape with `imagen bench --component conv` (BENCHMARKS.md): 2.0–2.5× the direct
-/// kernel from 64×64 up, slower at 32×32 × 640 channels, where the transformed weights (4× the
-/// weights, rebuilt per call) cost more than the multiplies they save.
+/// Whether `c` takes this route: 3×3 kernels with at least one block of tiles per thread
+/// (blocks are the route's only parallelism). Measured on 2 threads with `imagen bench
+/// --component conv` (BENCHMARKS.md): 1.6–2.5× the direct kernel from 128 tiles (2 blocks) up,
+/// slower with one block (640 channels at 32², batch 1: 37.5 vs 25.4 ms; 1280 at 16², batch 2:
+/// 109 vs 60 ms), where one thread does all the work and rebuilds the transformed weights, 4× the
+/// size of the weights, for few tiles.
 pub(crate) fn applies(c: &Conv) -> bool {
+    if c.kh != 3 || c.kw != 3 {
+        return false;
+    }
+    match mode() {
+        2 => false,
+        3 => true,
+        _ => EVERYWHERE.with(|e| e.get()) || blocks(c) >= rayon::current_num_threads(),
+    }
+}
+
+/// Blocks of tiles `conv2d` runs `c` in.
+fn blocks(c: &Conv) -> usize {
     let (ho, wo) = c.out_hw();
-    c.kh == 3 && c.kw == 3 && enabled() && (ho.div_ceil(4) * wo.div_ceil(4) >= 256 || EVERYWHERE.with(|e| e.get()))
+    let (th, tw) = (ho.div_ceil(4), wo.div_ceil(4));
+    let geo = Geometry::new(th, tw);
+    (c.batch * th).div_ceil(geo.rb) * tw.div_ceil(geo.bw)
 }
 
 /// x: `[batch, cin, h, w]`, weight: `[cout, cin, 3, 3]`, bias: `[cout]` → `[batch, cout, ho, wo]`.
@@ -84,50 +103,55 @@ pub(crate) fn conv2d(c: Conv, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -
     let geo = Geometry::new(th, tw);
     let u = transform_weights(c.cout, c.cin, weight);
     let mut out = scratch::output(c.batch * c.cout * ho * wo);
-    let mut xpad = scratch::take(0, c.cin * geo.plane);
-    let (row_blocks, col_blocks) = (th.div_ceil(geo.rb), tw.div_ceil(geo.bw));
-    for bi in 0..c.batch {
-        let xb = &x[bi * c.cin * c.h * c.w..][..c.cin * c.h * c.w];
-        pad_phase_split(&mut xpad, xb, c, &geo);
-        let ob = MatMut::rows(&mut out[bi * c.cout * ho * wo..][..c.cout * ho * wo], wo);
-        let (xpad, u) = (&xpad[..], &u[..]);
-        (0..row_blocks * col_blocks).into_par_iter().for_each(|blk| {
-            let (ty0, tx0) = ((blk / col_blocks) * geo.rb, (blk % col_blocks) * geo.bw);
-            let block = Block {
-                ty0,
-                ty1: (ty0 + geo.rb).min(th),
-                tx0,
-                tx1: (tx0 + geo.bw).min(tw),
-            };
-            let mut v = scratch::take(2, 36 * c.cin * NT);
-            let mut m = scratch::take(3, 36 * c.cout * NT);
-            let mut tmp = vec![0f32; 24 * (geo.bw + 1)];
-            for ci in 0..c.cin {
-                let plane = &xpad[ci * geo.plane..][..geo.plane];
-                input_block(plane, geo, block, &mut tmp, &mut v, [ci * NT, c.cin * NT]);
+    let mut xpad = scratch::take_at_least(5, c.batch * c.cin * geo.plane);
+    pad_phase_split(&mut xpad, x, c, &geo);
+    // Blocks run over the tile rows of all images, so small images still give every thread work.
+    let rows = c.batch * th;
+    let (row_blocks, col_blocks) = (rows.div_ceil(geo.rb), tw.div_ceil(geo.bw));
+    let outp = MatMut::rows(&mut out, wo);
+    let (xp, up) = (&xpad[..], &u[..]);
+    (0..row_blocks * col_blocks).into_par_iter().for_each(|blk| {
+        let (r0, tx0) = ((blk / col_blocks) * geo.rb, (blk % col_blocks) * geo.bw);
+        let block = Block {
+            r0,
+            r1: (r0 + geo.rb).min(rows),
+            tx0,
+            tx1: (tx0 + geo.bw).min(tw),
+        };
+        let mut v = scratch::take_at_least(2, 36 * c.cin * NT);
+        let mut m = scratch::take_at_least(3, 36 * c.cout * NT);
+        let mut tmp = vec![0f32; 24 * (geo.bw + 1)];
+        for ci in 0..c.cin {
+            for r in block.r0..block.r1 {
+                let (bi, ty) = (r / th, r % th);
+                let rows6 = &xp[(bi * c.cin + ci) * geo.plane + 4 * ty * geo.rowlen..][..6 * geo.rowlen];
+                let voff = ci * NT + geo.tile_offset(block, r);
+                input_row(rows6, geo, [block.tx0, block.tx1], &mut tmp, &mut v, [voff, c.cin * NT]);
             }
-            for xi in 0..36 {
-                let vx = &v[xi * c.cin * NT..][..c.cin * NT];
-                let ux = &u[xi * c.cout * c.cin..][..c.cout * c.cin];
-                let mx = &mut m[xi * c.cout * NT..][..c.cout * NT];
-                block_gemm(c.cout, c.cin, ux, vx, mx);
-            }
-            // SAFETY: this block writes rows [4·ty0, 4·ty1) ∩ [0, ho) and columns
-            // [4·tx0, 4·tx1) ∩ [0, wo) of each output plane: disjoint from every other block.
-            unsafe { output_block(&m, c.cout, bias, &geo, block, ob, ho, wo) };
-            scratch::give(2, v);
-            scratch::give(3, m);
-        });
-    }
-    scratch::give(0, xpad);
-    scratch::give(1, u);
+        }
+        for xi in 0..36 {
+            let vx = &v[xi * c.cin * NT..][..c.cin * NT];
+            let ux = &up[xi * c.cout * c.cin..][..c.cout * c.cin];
+            let mx = &mut m[xi * c.cout * NT..][..c.cout * NT];
+            block_gemm(c.cout, c.cin, ux, vx, mx);
+        }
+        // SAFETY: `out` is [batch, cout, ho, wo]; this block writes, in each output plane of
+        // the images it covers, the rows of its tile rows and the columns of its tile columns:
+        // disjoint from every other block.
+        unsafe { output_block(&m, c.cout, bias, &geo, block, outp, [ho, wo]) };
+        scratch::give(2, v);
+        scratch::give(3, m);
+    });
+    scratch::give(5, xpad);
+    scratch::give(4, u);
     out
 }
 
 /// Tile grid and phase-split plane layout of one image.
 #[derive(Clone, Copy)]
 struct Geometry {
-    /// Tiles per row.
+    /// Tile rows and tiles per row of one image.
+    th: usize,
     tw: usize,
     /// Column groups per phase: tile `tx` reads groups `tx` and `tx + 1`.
     g: usize,
@@ -145,6 +169,7 @@ impl Geometry {
         let g = tw + 1;
         let (rb, bw) = if tw >= NT { (1, NT) } else { (NT / tw, tw) };
         Geometry {
+            th,
             tw,
             g,
             rowlen: 4 * g,
@@ -154,16 +179,18 @@ impl Geometry {
         }
     }
 
-    /// Index of tile row `ty`'s first tile within block `b`.
-    fn tile_offset(&self, b: Block, ty: usize) -> usize {
-        if self.rb > 1 { (ty - b.ty0) * self.tw } else { 0 }
+    /// Index of tile row `r`'s first tile within block `b`.
+    fn tile_offset(&self, b: Block, r: usize) -> usize {
+        if self.rb > 1 { (r - b.r0) * self.tw } else { 0 }
     }
 }
 
+/// Tile rows `r0..r1` counted over all images (row `r` is row `r % th` of image `r / th`),
+/// tile columns `tx0..tx1`.
 #[derive(Clone, Copy)]
 struct Block {
-    ty0: usize,
-    ty1: usize,
+    r0: usize,
+    r1: usize,
     tx0: usize,
     tx1: usize,
 }
@@ -175,12 +202,12 @@ impl Block {
     }
 }
 
-/// Writes image `x` (`[cin, h, w]`) zero-padded by `c.pad` into `dst` as phase-split planes:
+/// Writes `x` (`[batch, cin, h, w]`) zero-padded by `c.pad` into `dst` as phase-split planes:
 /// padded `(y, x)` at `y·rowlen + (x % 4)·g + x / 4`.
 fn pad_phase_split(dst: &mut [f32], x: &[f32], c: Conv, geo: &Geometry) {
     let [t, l, _, _] = c.pad;
     let (h, w, g) = (c.h, c.w, geo.g);
-    dst[..c.cin * geo.plane]
+    dst[..c.batch * c.cin * geo.plane]
         .par_chunks_mut(geo.plane)
         .zip(x.par_chunks(h * w))
         .for_each(|(plane, src)| {
@@ -304,28 +331,24 @@ fn rows6_ref(buf: &[f32], stride: usize, off: usize, len: usize) -> [&[f32]; 6] 
 }
 
 multiversion! {
-    /// One channel's input transform for a block: `V[ξ = 6i + j][c][t]` at
-    /// `v[ξ·vstride + voff + t]` for the block's tiles `t` (row-major over the block).
-    /// `tmp`: scratch of `24·(bw + 1)`.
-    fn input_block(plane: &[f32], geo: Geometry, b: Block, tmp: &mut [f32], v: &mut [f32], vpos: [usize; 2]) {
-        let [voff, vstride] = vpos;
-        let (rowlen, g, n) = (geo.rowlen, geo.g, b.n());
+    /// The input transform of one channel's tile row, tile columns `tx0..tx1`: `rows` are the
+    /// tiles' 6 padded input rows; `V[ξ = 6i + j][tile]` goes to `v[ξ·vstride + voff + tile]`.
+    /// `tmp`: scratch of `24·(tx1 − tx0 + 1)`.
+    fn input_row(rows: &[f32], geo: Geometry, cols: [usize; 2], tmp: &mut [f32], v: &mut [f32], vpos: [usize; 2]) {
+        let ([tx0, tx1], [voff, vstride]) = (cols, vpos);
+        let (rowlen, g, n) = (geo.rowlen, geo.g, tx1 - tx0);
         let w = n + 1;
-        for ty in b.ty0..b.ty1 {
-            let rows = &plane[4 * ty * rowlen..][..6 * rowlen];
-            // Column pass over the tile's 6 rows, for the groups this block reads in each
-            // phase: tmp[(i·4 + p)·w + x] = (Bᵀ·d)[i] at phase p, group tx0 + x.
-            for p in 0..4 {
-                apply_bt_all(rows6_ref(rows, rowlen, p * g + b.tx0, w), rows6(tmp, 4 * w, p * w, w));
-            }
-            // Row pass over each tile's 6 columns (phases 0–3 of group x, 0–1 of group x + 1),
-            // straight into V.
-            let t0 = geo.tile_offset(b, ty);
-            for i in 0..6 {
-                let t = &tmp[i * 4 * w..][..4 * w];
-                let s = [&t[..n], &t[w..w + n], &t[2 * w..2 * w + n], &t[3 * w..3 * w + n], &t[1..w], &t[w + 1..2 * w]];
-                apply_bt_all(s, rows6(&mut v[6 * i * vstride..], vstride, voff + t0, n));
-            }
+        // Column pass over the tiles' 6 rows, for the groups they read in each phase:
+        // tmp[(i·4 + p)·w + x] = (Bᵀ·d)[i] at phase p, group tx0 + x.
+        for p in 0..4 {
+            apply_bt_all(rows6_ref(rows, rowlen, p * g + tx0, w), rows6(tmp, 4 * w, p * w, w));
+        }
+        // Row pass over each tile's 6 columns (phases 0–3 of group x, 0–1 of group x + 1),
+        // straight into V.
+        for i in 0..6 {
+            let t = &tmp[i * 4 * w..][..4 * w];
+            let s = [&t[..n], &t[w..w + n], &t[2 * w..2 * w + n], &t[3 * w..3 * w + n], &t[1..w], &t[w + 1..2 * w]];
+            apply_bt_all(s, rows6(&mut v[6 * i * vstride..], vstride, voff, n));
         }
     }
 }
@@ -406,13 +429,12 @@ multiversion! {
     }
 }
 
-/// The output transform of a block, written into the output planes (`out`: `[cout, ho, wo]`
-/// of this image, row stride `wo`).
+/// The output transform of a block, written into the output planes (`out`: `[batch, cout,
+/// ho, wo]`, row stride `wo`).
 ///
 /// # Safety
-/// `out` must be valid for `cout·ho·wo` elements, and no other thread may write the rows and
-/// columns this block covers meanwhile.
-#[allow(clippy::too_many_arguments)]
+/// `out` must be valid for `batch·cout·ho·wo` elements, and no other thread may write the rows
+/// and columns this block covers meanwhile.
 unsafe fn output_block(
     m: &[f32],
     cout: usize,
@@ -420,8 +442,7 @@ unsafe fn output_block(
     geo: &Geometry,
     b: Block,
     out: MatMut,
-    ho: usize,
-    wo: usize,
+    [ho, wo]: [usize; 2],
 ) {
     let n = b.n();
     let mut tmp = vec![0f32; 28 * n];
@@ -430,17 +451,19 @@ unsafe fn output_block(
     let cols = (4 * b.tx1).min(wo) - x0;
     for co in 0..cout {
         let bv = bias.map_or(0.0, |b| b[co]);
-        for ty in b.ty0..b.ty1 {
-            let t0 = geo.tile_offset(b, ty);
+        for r in b.r0..b.r1 {
+            let (bi, ty) = (r / geo.th, r % geo.th);
+            let t0 = geo.tile_offset(b, r);
             output_tiles_impl(&m[co * NT + t0..], cout * NT, n, bv, &mut tmp, &mut rows);
             for a in 0..4 {
                 let y = 4 * ty + a;
                 if y >= ho {
                     break;
                 }
-                // SAFETY: row y < ho, columns x0..x0 + cols ≤ wo of plane co; the caller's contract.
+                // SAFETY: row y < ho, columns x0..x0 + cols ≤ wo of plane (bi, co); the
+                // caller's contract.
                 unsafe {
-                    let dst = out.ptr.add((co * ho + y) * wo + x0);
+                    let dst = out.ptr.add(((bi * cout + co) * ho + y) * wo + x0);
                     std::ptr::copy_nonoverlapping(rows[a * 4 * n..].as_ptr(), dst, cols);
                 }
             }
@@ -464,7 +487,7 @@ fn transform_weights(cout: usize, cin: usize, w: &[f32]) -> Vec<f32> {
     let coef: [[f32; 9]; 36] =
         std::array::from_fn(|xi| std::array::from_fn(|kl| (G[xi / 6][kl / 3] * G[xi % 6][kl % 3]) as f32));
     let filters = cout * cin;
-    let mut u = scratch::take(1, 36 * filters);
+    let mut u = scratch::take_at_least(4, 36 * filters);
     // Chunks of filters: transposed to tap-major in a small buffer, then 36 9-term sums that
     // vectorise over the filters.
     const CHUNK: usize = 512;
@@ -533,6 +556,8 @@ mod tests {
             conv(1, 2, 3, 6, 4 * NT + 11, [1, 1, 1, 1]),
             // a block of several tile rows, channels past one register tile
             conv(2, 17, 33, 32, 32, [1, 1, 1, 1]),
+            // blocks of 12 tile rows straddling images of 5
+            conv(3, 5, 7, 20, 20, [1, 1, 1, 1]),
         ];
         for (k, c) in cases.into_iter().enumerate() {
             let x = data(c.batch * c.cin * c.h * c.w, k as u32);
@@ -552,8 +577,16 @@ mod tests {
 
     #[test]
     fn applies_to_3x3_with_enough_tiles() {
-        assert!(applies(&conv(1, 320, 320, 64, 64, [1; 4])));
-        assert!(!applies(&conv(2, 640, 640, 32, 32, [1; 4])));
+        let threads = rayon::current_num_threads();
+        // 256 tiles per image in blocks of 64
+        assert_eq!(blocks(&conv(1, 320, 320, 64, 64, [1; 4])), 4);
+        assert_eq!(applies(&conv(1, 320, 320, 64, 64, [1; 4])), threads <= 4);
+        // 64 tiles per image: one block per image
+        assert_eq!(blocks(&conv(2, 640, 640, 32, 32, [1; 4])), 2);
+        assert_eq!(applies(&conv(2, 640, 640, 32, 32, [1; 4])), threads <= 2);
+        // 512² output: 128 × 128 tiles, rows of 2 blocks
+        assert_eq!(blocks(&conv(1, 128, 128, 512, 512, [1; 4])), 256);
+        assert!(applies(&conv(1, 128, 128, 512, 512, [1; 4])));
         let one_by_one = Conv {
             kh: 1,
             kw: 1,
