@@ -7,7 +7,7 @@
 //!   every 4th column (`[rows, 4, g]`), so the 6 columns tile `tx` reads are `phase[p][tx]` and
 //!   `phase[p][tx + 1]`: contiguous across tiles;
 //! - tiles are processed in blocks of up to [`NT`] (a few tile rows, or part of one): input
-//!   transform into `V [36, cin, NT]`, then 36 GEMMs `M_ξ = U_ξ · V_ξ` with the transformed
+//!   transform into `V [cin, 36, NT]`, then 36 GEMMs `M_ξ = U_ξ · V_ξ` with the transformed
 //!   weights `U [36, cout, cin]`, then the output transform straight into the output rows the
 //!   block covers. A block's V and M stay in the core's L2.
 //!
@@ -120,20 +120,17 @@ pub(crate) fn conv2d(c: Conv, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -
         };
         let mut v = scratch::take_at_least(2, 36 * c.cin * NT);
         let mut m = scratch::take_at_least(3, 36 * c.cout * NT);
-        let mut tmp = vec![0f32; 24 * (geo.bw + 1)];
         for ci in 0..c.cin {
             for r in block.r0..block.r1 {
                 let (bi, ty) = (r / th, r % th);
                 let rows6 = &xp[(bi * c.cin + ci) * geo.plane + 4 * ty * geo.rowlen..][..6 * geo.rowlen];
-                let voff = ci * NT + geo.tile_offset(block, r);
-                input_row(rows6, geo, [block.tx0, block.tx1], &mut tmp, &mut v, [voff, c.cin * NT]);
+                let voff = ci * 36 * NT + geo.tile_offset(block, r);
+                input_row(rows6, geo, [block.tx0, block.tx1], &mut v, [voff, NT]);
             }
         }
         for xi in 0..36 {
-            let vx = &v[xi * c.cin * NT..][..c.cin * NT];
             let ux = &up[xi * c.cout * c.cin..][..c.cout * c.cin];
-            let mx = &mut m[xi * c.cout * NT..][..c.cout * NT];
-            block_gemm(c.cout, c.cin, ux, vx, mx);
+            block_gemm(c.cout, c.cin, ux, &v[xi * NT..], &mut m[xi * NT..]);
         }
         // SAFETY: `out` is [batch, cout, ho, wo]; this block writes, in each output plane of
         // the images it covers, the rows of its tile rows and the columns of its tile columns:
@@ -206,30 +203,38 @@ impl Block {
 /// padded `(y, x)` at `y·rowlen + (x % 4)·g + x / 4`.
 fn pad_phase_split(dst: &mut [f32], x: &[f32], c: Conv, geo: &Geometry) {
     let [t, l, _, _] = c.pad;
-    let (h, w, g) = (c.h, c.w, geo.g);
+    let (h, w) = (c.h, c.w);
     dst[..c.batch * c.cin * geo.plane]
         .par_chunks_mut(geo.plane)
         .zip(x.par_chunks(h * w))
         .for_each(|(plane, src)| {
+            // one padded row, zero outside the image's columns
+            let mut buf = vec![0f32; geo.rowlen];
             for (y, row) in plane.chunks_mut(geo.rowlen).enumerate() {
                 let Some(sy) = y.checked_sub(t).filter(|&sy| sy < h) else {
                     row.fill(0.0);
                     continue;
                 };
-                let srow = &src[sy * w..][..w];
-                for (p, phase) in row.chunks_mut(g).enumerate() {
-                    // groups whose column 4·gi + p − l lies in [0, w)
-                    let first = l.saturating_sub(p).div_ceil(4);
-                    let end = (w + l).saturating_sub(p).div_ceil(4).min(g);
-                    let first = first.min(end);
-                    phase[..first].fill(0.0);
-                    phase[end..].fill(0.0);
-                    for (gi, d) in phase[first..end].iter_mut().enumerate() {
-                        *d = srow[4 * (first + gi) + p - l];
-                    }
-                }
+                buf[l..l + w].copy_from_slice(&src[sy * w..][..w]);
+                deinterleave4(&buf, row);
             }
         });
+}
+
+multiversion! {
+    /// `row[p·g + gi] = buf[4·gi + p]` (`buf` is `4·g` long): one padded row into its phases.
+    fn deinterleave4(buf: &[f32], row: &mut [f32]) {
+        let g = buf.len() / 4;
+        let (p0, rest) = row.split_at_mut(g);
+        let (p1, rest) = rest.split_at_mut(g);
+        let (p2, p3) = rest.split_at_mut(g);
+        for (gi, q) in buf.chunks_exact(4).enumerate() {
+            p0[gi] = q[0];
+            p1[gi] = q[1];
+            p2[gi] = q[2];
+            p3[gi] = q[3];
+        }
+    }
 }
 
 /// Row `I` of Bᵀ applied to `d`: `Bᵀ = [[4,0,−5,0,1,0], [0,−4,−4,1,1,0], [0,4,−4,−1,1,0],
@@ -258,172 +263,155 @@ fn at<const I: usize>(m: [f32; 6]) -> f32 {
     }
 }
 
-/// `dst[x] = f(s[0][x], …, s[5][x])`, [`LANES`] at a time through local arrays: the loads all
-/// happen before the stores, so LLVM vectorises without runtime alias checks (plain indexed
-/// loops over these slices stayed scalar).
+/// A chunk of [`LANES`] tiles' values, one per tile.
+type Lanes = [f32; LANES];
+
+/// `src[..len]` into a chunk (zeros after): whole chunks as one fixed-size copy, so LLVM emits
+/// vector moves rather than a `memcpy` call. (Plain loops and `&mut` arrays throughout: arrays
+/// built by `array::from_fn` were returned through memory, not registers.)
 #[inline(always)]
-fn apply(s: [&[f32]; 6], dst: &mut [f32], f: impl Fn([f32; 6]) -> f32) {
-    let n = dst.len();
-    let [s0, s1, s2, s3, s4, s5] = s;
-    let (s0, s1, s2, s3, s4, s5) = (&s0[..n], &s1[..n], &s2[..n], &s3[..n], &s4[..n], &s5[..n]);
-    let mut x = 0;
-    while x + LANES <= n {
-        let mut out = [0f32; LANES];
-        let (c0, c1, c2) = (&s0[x..x + LANES], &s1[x..x + LANES], &s2[x..x + LANES]);
-        let (c3, c4, c5) = (&s3[x..x + LANES], &s4[x..x + LANES], &s5[x..x + LANES]);
-        for l in 0..LANES {
-            out[l] = f([c0[l], c1[l], c2[l], c3[l], c4[l], c5[l]]);
-        }
-        dst[x..x + LANES].copy_from_slice(&out);
-        x += LANES;
-    }
-    for x in x..n {
-        dst[x] = f([s0[x], s1[x], s2[x], s3[x], s4[x], s5[x]]);
+fn load(dst: &mut Lanes, src: &[f32], len: usize) {
+    if len == LANES {
+        dst.copy_from_slice(&src[..LANES]);
+    } else {
+        dst.fill(0.0);
+        dst[..len].copy_from_slice(&src[..len]);
     }
 }
 
-/// `dst[x] = Bᵀ[I] · (s[0][x], …, s[5][x])`.
+/// `dst[..len] = c[..len]`.
 #[inline(always)]
-fn apply_bt<const I: usize>(s: [&[f32]; 6], dst: &mut [f32]) {
-    apply(s, dst, bt::<I>);
+fn store(dst: &mut [f32], c: &Lanes, len: usize) {
+    if len == LANES {
+        dst[..LANES].copy_from_slice(c);
+    } else {
+        dst[..len].copy_from_slice(&c[..len]);
+    }
 }
 
-/// `dst[x] = Aᵀ[I] · (s[0][x], …, s[5][x])`.
+/// All six rows of Bᵀ applied lane-wise to `d`: `out[i] = (Bᵀ · d)[i]`.
 #[inline(always)]
-fn apply_at<const I: usize>(s: [&[f32]; 6], dst: &mut [f32]) {
-    apply(s, dst, at::<I>);
+fn bt_all(d: [&Lanes; 6], out: &mut [Lanes; 6]) {
+    for l in 0..LANES {
+        let v = [d[0][l], d[1][l], d[2][l], d[3][l], d[4][l], d[5][l]];
+        out[0][l] = bt::<0>(v);
+        out[1][l] = bt::<1>(v);
+        out[2][l] = bt::<2>(v);
+        out[3][l] = bt::<3>(v);
+        out[4][l] = bt::<4>(v);
+        out[5][l] = bt::<5>(v);
+    }
 }
 
-/// All six rows of Bᵀ: `dst[i]` gets row `i`.
+/// All four rows of Aᵀ applied lane-wise to `m`: `out[a] = (Aᵀ · m)[a]`.
 #[inline(always)]
-fn apply_bt_all(s: [&[f32]; 6], dst: [&mut [f32]; 6]) {
-    let [d0, d1, d2, d3, d4, d5] = dst;
-    apply_bt::<0>(s, d0);
-    apply_bt::<1>(s, d1);
-    apply_bt::<2>(s, d2);
-    apply_bt::<3>(s, d3);
-    apply_bt::<4>(s, d4);
-    apply_bt::<5>(s, d5);
-}
-
-/// Six disjoint rows `[off, off + len)` of `buf`, `stride` apart. (Written out: `array::from_fn`
-/// was not inlined into the transforms and showed up in `perf`.)
-#[inline(always)]
-fn rows6(buf: &mut [f32], stride: usize, off: usize, len: usize) -> [&mut [f32]; 6] {
-    let mut it = buf.chunks_mut(stride).map(|c| &mut c[off..][..len]);
-    let mut next = || it.next().expect("buffer holds 6 rows");
-    [next(), next(), next(), next(), next(), next()]
-}
-
-/// Four disjoint rows, as [`rows6`].
-#[inline(always)]
-fn rows4(buf: &mut [f32], stride: usize, off: usize, len: usize) -> [&mut [f32]; 4] {
-    let mut it = buf.chunks_mut(stride).map(|c| &mut c[off..][..len]);
-    let mut next = || it.next().expect("buffer holds 4 rows");
-    [next(), next(), next(), next()]
-}
-
-/// Six rows `[off, off + len)` of `buf`, `stride` apart.
-#[inline(always)]
-fn rows6_ref(buf: &[f32], stride: usize, off: usize, len: usize) -> [&[f32]; 6] {
-    let r = |k: usize| &buf[k * stride + off..][..len];
-    [r(0), r(1), r(2), r(3), r(4), r(5)]
+fn at_all(m: [&Lanes; 6], out: &mut [Lanes; 4]) {
+    for l in 0..LANES {
+        let v = [m[0][l], m[1][l], m[2][l], m[3][l], m[4][l], m[5][l]];
+        out[0][l] = at::<0>(v);
+        out[1][l] = at::<1>(v);
+        out[2][l] = at::<2>(v);
+        out[3][l] = at::<3>(v);
+    }
 }
 
 multiversion! {
     /// The input transform of one channel's tile row, tile columns `tx0..tx1`: `rows` are the
     /// tiles' 6 padded input rows; `V[ξ = 6i + j][tile]` goes to `v[ξ·vstride + voff + tile]`.
-    /// `tmp`: scratch of `24·(tx1 − tx0 + 1)`.
-    fn input_row(rows: &[f32], geo: Geometry, cols: [usize; 2], tmp: &mut [f32], v: &mut [f32], vpos: [usize; 2]) {
+    /// [`LANES`] tiles at a time, both passes on local arrays.
+    fn input_row(rows: &[f32], geo: Geometry, cols: [usize; 2], v: &mut [f32], vpos: [usize; 2]) {
         let ([tx0, tx1], [voff, vstride]) = (cols, vpos);
         let (rowlen, g, n) = (geo.rowlen, geo.g, tx1 - tx0);
-        let w = n + 1;
-        // Column pass over the tiles' 6 rows, for the groups they read in each phase:
-        // tmp[(i·4 + p)·w + x] = (Bᵀ·d)[i] at phase p, group tx0 + x.
-        for p in 0..4 {
-            apply_bt_all(rows6_ref(rows, rowlen, p * g + tx0, w), rows6(tmp, 4 * w, p * w, w));
-        }
-        // Row pass over each tile's 6 columns (phases 0–3 of group x, 0–1 of group x + 1),
-        // straight into V.
-        for i in 0..6 {
-            let t = &tmp[i * 4 * w..][..4 * w];
-            let s = [&t[..n], &t[w..w + n], &t[2 * w..2 * w + n], &t[3 * w..3 * w + n], &t[1..w], &t[w + 1..2 * w]];
-            apply_bt_all(s, rows6(&mut v[6 * i * vstride..], vstride, voff, n));
+        let mut d = [[[0f32; LANES]; 6]; 6];
+        let mut e = [[[0f32; LANES]; 6]; 6];
+        let mut vi = [[0f32; LANES]; 6];
+        for x in (0..n).step_by(LANES) {
+            let len = LANES.min(n - x);
+            // d[c][k]: row k, column c of the chunk's tiles. Column c is phase c of group
+            // tx for c < 4, phase c − 4 of group tx + 1 after.
+            for (c, dc) in d.iter_mut().enumerate() {
+                let (p, dg) = if c < 4 { (c, 0) } else { (c - 4, 1) };
+                for (k, dck) in dc.iter_mut().enumerate() {
+                    load(dck, &rows[k * rowlen + p * g + tx0 + x + dg..], len);
+                }
+            }
+            // Column pass: e[c] = Bᵀ · d[c].
+            for (dc, ec) in d.iter().zip(e.iter_mut()) {
+                bt_all([&dc[0], &dc[1], &dc[2], &dc[3], &dc[4], &dc[5]], ec);
+            }
+            // Row pass: V[6i + j] = (Bᵀ · e[·][i])[j].
+            for i in 0..6 {
+                bt_all([&e[0][i], &e[1][i], &e[2][i], &e[3][i], &e[4][i], &e[5][i]], &mut vi);
+                for (j, c) in vi.iter().enumerate() {
+                    store(&mut v[(6 * i + j) * vstride + voff + x..], c, len);
+                }
+            }
         }
     }
 }
 
 /// `m[ξ] = u[ξ] · v[ξ]` for one ξ, `[cout, cin] · [cin, NT] → [cout, NT]`, on this thread (the
-/// blocks are the parallelism). Computed transposed, `mᵀ = vᵀ · uᵀ` (`[NT, cin] · [cin, cout]`):
-/// the `gemm` crate's microkernel vectorises along its m dimension, and with the tiles as m,
-/// `v` and `m` are m-contiguous (read and written in place, no packing and no scatter of the
-/// result) and `u` is read in place as a column-major `[cin, cout]`.
+/// blocks are the parallelism); `v` and `m` start at ξ's first row (their rows are
+/// `[channel][ξ][tile]`, so one channel's 36 transformed rows are adjacent: written and read
+/// as one 9 KB run instead of 36 rows a power of two apart, which thrashed L1 sets).
+/// Computed transposed, `mᵀ = vᵀ · uᵀ` (`[NT, cin] · [cin, cout]`): the `gemm` crate's
+/// microkernel vectorises along its m dimension, and with the tiles as m, `m` is m-contiguous
+/// (written in place, no scatter of the result) and `u` is read in place as a column-major
+/// `[cin, cout]`.
 fn block_gemm(cout: usize, cin: usize, u: &[f32], v: &[f32], m: &mut [f32]) {
-    let nt = NT as isize;
+    let cs = (36 * NT) as isize;
     let dst = MatMut {
         ptr: m.as_mut_ptr(),
         rs: 1,
-        cs: nt,
+        cs,
     };
     let lhs = Mat {
         ptr: v.as_ptr(),
         rs: 1,
-        cs: nt,
+        cs,
     };
     let rhs = Mat {
         ptr: u.as_ptr(),
         rs: 1,
         cs: cin as isize,
     };
-    // SAFETY: v holds cin rows of NT, u cout rows of cin, m cout rows of NT; distinct buffers.
+    assert!(v.len() > (cin - 1) * 36 * NT + NT - 1 && m.len() > (cout - 1) * 36 * NT + NT - 1);
+    // SAFETY: v holds cin rows of NT 36·NT apart, m cout such rows (asserted), u cout rows
+    // of cin; distinct buffers.
     unsafe { gemm(NT, cout, cin, dst, false, lhs, rhs, 1.0, false) };
 }
 
 multiversion! {
     /// One output channel's tiles in one tile row: `m[ξ·mstride + x]` for the `n` tiles → the
-    /// tiles' 4 output rows, interleaved, bias added: `rows[a·4n + 4x + b]`.
-    /// `tmp`: scratch of `28·n`.
-    #[allow(clippy::needless_range_loop)]
-    fn output_tiles_impl(m: &[f32], mstride: usize, n: usize, bias: f32, tmp: &mut [f32], rows: &mut [f32]) {
-        let (t, y) = tmp.split_at_mut(24 * n);
-        // Column pass: t[(a·6 + j)·n + x] = Σ_i Aᵀ[a][i] · M[6i + j][x].
-        for j in 0..6 {
-            let s = rows6_ref(m, 6 * mstride, j * mstride, n);
-            let [t0, t1, t2, t3] = rows4(t, 6 * n, j * n, n);
-            apply_at::<0>(s, t0);
-            apply_at::<1>(s, t1);
-            apply_at::<2>(s, t2);
-            apply_at::<3>(s, t3);
-        }
-        // Row pass over each tile's 6 columns, then interleave the 4 columns per tile.
-        for a in 0..4 {
-            let ta = &t[a * 6 * n..][..6 * n];
-            let s = rows6_ref(ta, n, 0, n);
-            let [y0, y1, y2, y3] = rows4(y, n, 0, n);
-            apply_at::<0>(s, y0);
-            apply_at::<1>(s, y1);
-            apply_at::<2>(s, y2);
-            apply_at::<3>(s, y3);
-            let row = &mut rows[a * 4 * n..][..4 * n];
-            let (y0, y1, y2, y3) = (&y0[..n], &y1[..n], &y2[..n], &y3[..n]);
-            let mut x = 0;
-            while x + LANES <= n {
-                let (c0, c1, c2, c3) = (&y0[x..x + LANES], &y1[x..x + LANES], &y2[x..x + LANES], &y3[x..x + LANES]);
-                let mut out = [0f32; 4 * LANES];
-                for l in 0..LANES {
-                    out[4 * l] = c0[l] + bias;
-                    out[4 * l + 1] = c1[l] + bias;
-                    out[4 * l + 2] = c2[l] + bias;
-                    out[4 * l + 3] = c3[l] + bias;
+    /// tiles' 4 output rows, interleaved, bias added: `rows[a·4n + 4x + b]`. [`LANES`] tiles
+    /// at a time, both passes on local arrays.
+    fn output_tiles(m: &[f32], mstride: usize, n: usize, bias: f32, rows: &mut [f32]) {
+        let mut mm = [[[0f32; LANES]; 6]; 6];
+        let mut t = [[[0f32; LANES]; 4]; 6];
+        let mut y = [[0f32; LANES]; 4];
+        let mut out = [0f32; 4 * LANES];
+        for x in (0..n).step_by(LANES) {
+            let len = LANES.min(n - x);
+            // mm[j][i] = M[6i + j] for the chunk's tiles.
+            for (j, mj) in mm.iter_mut().enumerate() {
+                for (i, mji) in mj.iter_mut().enumerate() {
+                    load(mji, &m[(6 * i + j) * mstride + x..], len);
                 }
-                row[4 * x..4 * (x + LANES)].copy_from_slice(&out);
-                x += LANES;
             }
-            for x in x..n {
-                row[4 * x] = y0[x] + bias;
-                row[4 * x + 1] = y1[x] + bias;
-                row[4 * x + 2] = y2[x] + bias;
-                row[4 * x + 3] = y3[x] + bias;
+            // Column pass: t[j] = Aᵀ · mm[j].
+            for (mj, tj) in mm.iter().zip(t.iter_mut()) {
+                at_all([&mj[0], &mj[1], &mj[2], &mj[3], &mj[4], &mj[5]], tj);
+            }
+            for a in 0..4 {
+                // Row pass: y = Aᵀ · t[·][a], then each tile's 4 columns interleaved.
+                at_all([&t[0][a], &t[1][a], &t[2][a], &t[3][a], &t[4][a], &t[5][a]], &mut y);
+                for l in 0..LANES {
+                    out[4 * l] = y[0][l] + bias;
+                    out[4 * l + 1] = y[1][l] + bias;
+                    out[4 * l + 2] = y[2][l] + bias;
+                    out[4 * l + 3] = y[3][l] + bias;
+                }
+                rows[a * 4 * n + 4 * x..][..4 * len].copy_from_slice(&out[..4 * len]);
             }
         }
     }
@@ -445,7 +433,6 @@ unsafe fn output_block(
     [ho, wo]: [usize; 2],
 ) {
     let n = b.n();
-    let mut tmp = vec![0f32; 28 * n];
     let mut rows = vec![0f32; 16 * n];
     let x0 = 4 * b.tx0;
     let cols = (4 * b.tx1).min(wo) - x0;
@@ -454,7 +441,7 @@ unsafe fn output_block(
         for r in b.r0..b.r1 {
             let (bi, ty) = (r / geo.th, r % geo.th);
             let t0 = geo.tile_offset(b, r);
-            output_tiles_impl(&m[co * NT + t0..], cout * NT, n, bv, &mut tmp, &mut rows);
+            output_tiles(&m[co * 36 * NT + t0..], NT, n, bv, &mut rows);
             for a in 0..4 {
                 let y = 4 * ty + a;
                 if y >= ho {
