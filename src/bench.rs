@@ -2,6 +2,7 @@
 //! process (same FLOPs as the real model, nothing to download), timed on a backend. The PyTorch
 //! side is `tools/reference/bench_torch.py` (same flags); `tools/bench_compare.py` runs both.
 
+use imagen_models::cpu::pad_linear_weights;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
@@ -104,7 +105,7 @@ fn op(name: &str, c: usize, b: usize, l: usize, device: &Device) -> (Box<dyn FnM
         }
         "linear" => {
             // the feed-forward's first projection (GEGLU): c -> 8c over every position
-            let lin = burn::nn::LinearConfig::new(c, 8 * c).init(device);
+            let lin = pad_linear_weights(burn::nn::LinearConfig::new(c, 8 * c).init(device));
             let seq = Tensor::<3>::random([b, l * l, c], Distribution::Normal(0.0, 1.0), device);
             let f = move || first(imagen_models::cpu::linear(&lin, seq.clone()));
             (Box::new(f), 2 * n * (c * 8 * c) as u64)
@@ -149,8 +150,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let xl = arch.text.len() == 2;
     let randn = |dims: [usize; 4]| Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
 
-    let unet = || arch.unet.init(&device);
-    let text_models = || arch.text.iter().map(|c| c.init(&device)).collect::<Vec<_>>();
+    // as loaded from a checkpoint: `load_module` pads the CPU linear weights' rows
+    let unet = || pad_linear_weights(arch.unet.init(&device));
+    let text_models = || {
+        arch.text
+            .iter()
+            .map(|c| pad_linear_weights(c.init(&device)))
+            .collect::<Vec<_>>()
+    };
     let cond = AddedCond {
         text_embeds: Tensor::random([b, 1280], Distribution::Normal(0.0, 1.0), &device),
         time_ids: vec![[(l * 8) as f32, (l * 8) as f32, 0.0, 0.0, (l * 8) as f32, (l * 8) as f32]; b],
@@ -176,7 +183,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             (format!("{b}x4x{l}x{l}"), unet_gflop, Box::new(f))
         }
         "vae-decode" => {
-            let (vae, z) = (arch.vae.init(&device), randn([b, 4, l, l]));
+            let (vae, z) = (pad_linear_weights(arch.vae.init(&device)), randn([b, 4, l, l]));
             params = vae.num_params();
             let f = move || vae.decode(z.clone()).sum().reshape([1, 1]);
             (format!("{b}x4x{l}x{l}->{}x{}", l * 8, l * 8), vae_gflop, Box::new(f))
@@ -194,7 +201,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
             (format!("{b}x77"), text_gflop, Box::new(f))
         }
         "pipeline" => {
-            let (tes, net, vae, lat) = (text_models(), unet(), arch.vae.init(&device), randn([b, 4, l, l]));
+            let (tes, net, vae, lat) = (
+                text_models(),
+                unet(),
+                pad_linear_weights(arch.vae.init(&device)),
+                randn([b, 4, l, l]),
+            );
             params = tes.iter().map(|t| t.num_params()).sum::<usize>() + net.num_params() + vae.num_params();
             let steps = a.steps;
             let f = move || {

@@ -8,17 +8,18 @@ use super::scratch;
 /// Below this many rows the columns are split across threads by hand.
 const SMALL_ROWS: usize = 1024;
 
-/// x: `[rows, d_in]`, weight: `[d_in, d_out]` (burn's layout), bias: `[d_out]` → `[rows, d_out]`.
+/// x: `[rows, d_in]`, weight: `[d_in, d_out]` (burn's layout) with rows `w_rs ≥ d_out` apart,
+/// bias: `[d_out]` → `[rows, d_out]`.
 pub(crate) fn linear(
     x: &[f32],
     rows: usize,
     d_in: usize,
     d_out: usize,
-    weight: &[f32],
+    (weight, w_rs): (&[f32], usize),
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
     assert_eq!(x.len(), rows * d_in);
-    assert_eq!(weight.len(), d_in * d_out);
+    assert!(w_rs >= d_out && weight.len() >= (d_in - 1) * w_rs + d_out);
     let mut out = scratch::output(rows * d_out);
     if let Some(bias) = bias {
         out.par_chunks_mut(d_out).for_each(|row| row.copy_from_slice(bias));
@@ -26,7 +27,7 @@ pub(crate) fn linear(
     let (dst, lhs, rhs) = (
         MatMut::rows(&mut out, d_out),
         Mat::rows(x, d_in),
-        Mat::rows(weight, d_out),
+        Mat::rows(weight, w_rs),
     );
     if rows >= SMALL_ROWS {
         // SAFETY: three distinct row-major buffers of exactly these sizes.
@@ -64,17 +65,23 @@ mod tests {
     #[test]
     fn matches_definition() {
         // d_out 300: several column blocks on the few-rows path
-        for (rows, di, dout) in [(37, 19, 23), (37, 19, 300), (1030, 7, 9)] {
-            check(rows, di, dout);
+        // w_rs > d_out: weights with padded rows
+        for (rows, di, dout, w_rs) in [(37, 19, 23, 23), (37, 19, 300, 300), (1030, 7, 9, 9), (37, 19, 64, 80)] {
+            check(rows, di, dout, w_rs);
         }
     }
 
-    fn check(rows: usize, di: usize, dout: usize) {
+    fn check(rows: usize, di: usize, dout: usize, w_rs: usize) {
         let x: Vec<f32> = (0..rows * di).map(|i| (i % 13) as f32 / 7.0 - 1.0).collect();
         let w: Vec<f32> = (0..di * dout).map(|i| (i % 11) as f32 / 5.0 - 1.0).collect();
         let b: Vec<f32> = (0..dout).map(|i| i as f32 / 3.0).collect();
+        // the same weights with rows w_rs apart, NaN in the padding (never read)
+        let mut wp = vec![f32::NAN; di * w_rs];
+        for (d, s) in wp.chunks_mut(w_rs).zip(w.chunks(dout)) {
+            d[..dout].copy_from_slice(s);
+        }
         for bias in [None, Some(&b[..])] {
-            let got = super::linear(&x, rows, di, dout, &w, bias);
+            let got = super::linear(&x, rows, di, dout, (&wp, w_rs), bias);
             for r in 0..rows {
                 for o in 0..dout {
                     let want: f64 = bias.map_or(0.0, |b| b[o] as f64)

@@ -20,7 +20,7 @@ mod winograd;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use burn::module::Param;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, Linear, PaddingConfig2d};
 use burn::tensor::{DType, Tensor, TensorData};
@@ -167,16 +167,92 @@ pub fn attention(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usize, caus
 /// x: `[.., in]` → `[.., out]`
 pub fn linear<const D: usize>(lin: &Linear, x: Tensor<D>) -> Tensor<D> {
     let weight = lin.weight.val();
-    let (Some(xs), Some(ws), Some(bias)) = (host(&x), host(&weight), host_param(&lin.bias)) else {
+    let (Some(xs), Some((ws, w_rs)), Some(bias)) = (host(&x), host_rows(&weight), host_param(&lin.bias)) else {
         return lin.forward(x);
     };
     let [d_in, d_out] = weight.dims();
     let mut shape = x.dims();
     let rows = shape[..D - 1].iter().product();
     let _t = profile::Timer::new(profile::Op::Linear);
-    let out = linear::linear(slice(&xs), rows, d_in, d_out, slice(&ws), bias.as_ref().map(slice));
+    let w = &ws.storage::<f32>()[ws.layout().start_offset()..];
+    let out = linear::linear(slice(&xs), rows, d_in, d_out, (w, w_rs), bias.as_ref().map(slice));
     shape[D - 1] = d_out;
     tensor(out, shape)
+}
+
+/// A 2-D f32 CPU tensor whose rows are contiguous, possibly `stride ≥ cols` apart (see
+/// [`pad_rows`]): the storage and the row stride. Other layouts are made contiguous.
+fn host_rows(t: &Tensor<2>) -> Option<(FlexTensor, usize)> {
+    if !enabled() || t.dtype() != DType::F32 {
+        return None;
+    }
+    let p = t.clone().try_into_primitive::<Flex>().ok()?;
+    match p.layout().as_2d_strides() {
+        Some((_, cols, rs, 1)) if rs >= cols as isize => Some((p, rs as usize)),
+        _ => {
+            let [_, cols] = t.dims();
+            Some((p.to_contiguous(), cols))
+        }
+    }
+}
+
+/// `module` with every `Linear` weight passed through [`pad_rows`]: the loader calls it, and so
+/// must anything that builds modules otherwise (`imagen bench`'s random weights).
+pub fn pad_linear_weights<M: Module>(module: M) -> M {
+    struct Pad {
+        /// for each entered field, the type of the struct holding it
+        stack: Vec<String>,
+        /// the field entered last
+        leaf: String,
+    }
+    impl ModuleMapper for Pad {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.stack.push(container_type.to_owned());
+            self.leaf = name.to_owned();
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.stack.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            // burn enters each field with the type of the struct holding it (as the loader reads)
+            let container = self.stack.last().map(String::as_str);
+            if container == Some("Struct:Linear") && self.leaf == "weight" {
+                param.map(pad_rows)
+            } else {
+                param
+            }
+        }
+    }
+    module.map(&mut Pad {
+        stack: Vec::new(),
+        leaf: String::new(),
+    })
+}
+
+/// A `[rows, cols]` (`D = 2`) f32 CPU matrix that GEMMs read in place (linear weights), re-laid out with
+/// its rows one cache line further apart when `cols` is a multiple of 32: a row stride with a
+/// large power-of-two factor puts successive rows in the same few L1 sets (CLIP's 3072-wide
+/// weights: every row in one set). The tensor is a view of the padded storage, so burn's own
+/// ops still see `[rows, cols]`. Other tensors are returned unchanged.
+pub fn pad_rows<const D: usize>(t: Tensor<D>) -> Tensor<D> {
+    let dims = t.dims();
+    if D != 2 || !dims[1].is_multiple_of(32) || t.dtype() != DType::F32 {
+        return t;
+    }
+    let (rows, cols) = (dims[0], dims[1]);
+    let Ok(p) = t.clone().try_into_primitive::<Flex>() else {
+        return t;
+    };
+    let Some(src) = p.as_slice::<f32>() else {
+        return t;
+    };
+    let stride = cols + 16;
+    let mut padded = vec![0f32; rows * stride];
+    for (d, s) in padded.chunks_mut(stride).zip(src.chunks(cols)) {
+        d[..cols].copy_from_slice(s);
+    }
+    let wide = FlexTensor::from_data(TensorData::new(padded, [rows, stride]));
+    Tensor::from_primitive::<Flex>(wide.narrow(1, 0, cols))
 }
 
 /// `ln.forward(x)`; burn keeps `LayerNorm`'s epsilon private, so the caller passes the one it
@@ -246,4 +322,31 @@ pub fn set_winograd(on: bool) {
 pub fn release_scratch() {
     scratch::release();
     rayon::broadcast(|_| scratch::release());
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::nn::LinearConfig;
+    use burn::tensor::{Device, Distribution};
+
+    use super::*;
+
+    /// Padded linear weights: a strided view that burn's own forward and imagen's kernel read
+    /// alike, and that the kernel reads without a contiguous copy.
+    #[test]
+    fn padded_linear_weights() {
+        let device = Device::flex();
+        for (d_in, d_out, stride) in [(48, 64, 80), (48, 40, 40)] {
+            let lin = pad_linear_weights(LinearConfig::new(d_in, d_out).init(&device));
+            let (_, rs) = host_rows(&lin.weight.val()).expect("f32 on flex");
+            assert_eq!(rs, stride);
+            let x = Tensor::<3>::random([2, 37, d_in], Distribution::Normal(0.0, 1.0), &device);
+            let want = lin.forward(x.clone()).into_data().try_to_vec::<f32>().expect("f32");
+            let got = linear(&lin, x).into_data().try_to_vec::<f32>().expect("f32");
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-4, "{g} vs {w}");
+            }
+        }
+    }
 }
