@@ -406,10 +406,14 @@ mod cube {
             is_causal: causal,
             ..Default::default()
         };
-        let planes = std::env::var("IMAGEN_GPU_FLASH_PLANES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(4);
+        // read once: this runs for every attention call
+        static PLANES: std::sync::LazyLock<u8> = std::sync::LazyLock::new(|| {
+            std::env::var("IMAGEN_GPU_FLASH_PLANES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(4)
+        });
+        let planes = *PLANES;
         let strategy = AttentionStrategy::FlashBlackboxAccelerated(BlackboxAcceleratedStrategy {
             num_planes: planes,
             seq_q: 1,
