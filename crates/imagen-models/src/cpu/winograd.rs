@@ -3,10 +3,11 @@
 //! A 4×4 output tile costs 36 multiplies per (input, output) channel pair instead of 144, so the
 //! GEMM work is a quarter of the direct kernel's. The transforms around the GEMMs are
 //! element-wise; they are written to vectorise across tiles:
-//! - per image, the zero-padded input is stored *phase-split*: each row as 4 arrays holding
+//! - the zero-padded input (every image, every channel) is stored *phase-split*: each row as 4 arrays holding
 //!   every 4th column (`[rows, 4, g]`), so the 6 columns tile `tx` reads are `phase[p][tx]` and
 //!   `phase[p][tx + 1]`: contiguous across tiles;
-//! - tiles are processed in blocks of up to [`NT`] (a few tile rows, or part of one): input
+//! - tiles are processed in blocks of up to [`NT`] (a few tile rows, which may span images, or
+//!   part of one), one block per task: input
 //!   transform into `V [cin, 36, NT]`, then 36 GEMMs `M_ξ = U_ξ · V_ξ` with the transformed
 //!   weights `U [36, cout, cin]`, then the output transform straight into the output rows the
 //!   block covers. A block's V and M stay in the core's L2.
