@@ -2,12 +2,12 @@
 //! process (same FLOPs as the real model, nothing to download), timed on a backend. The PyTorch
 //! side is `tools/reference/bench_torch.py` (same flags); `tools/bench_compare.py` runs both.
 
-use imagen_models::cpu::pad_linear_weights;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use imagen_models::clip::ClipTextConfig;
+use imagen_models::cpu::pad_linear_weights;
 use imagen_models::device;
 use imagen_models::flops;
 use imagen_models::unet_2d::{AddedCond, UNet2DConditionConfig};

@@ -19,7 +19,7 @@ pub(crate) fn linear(
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
     assert_eq!(x.len(), rows * d_in);
-    assert!(w_rs >= d_out && weight.len() >= (d_in - 1) * w_rs + d_out);
+    assert!(w_rs >= d_out && weight.len() >= d_in.saturating_sub(1) * w_rs + d_out);
     let mut out = scratch::output(rows * d_out);
     if let Some(bias) = bias {
         out.par_chunks_mut(d_out).for_each(|row| row.copy_from_slice(bias));

@@ -49,11 +49,16 @@ pub fn set_enabled(on: bool) {
 
 /// The tensor's CPU storage when it is f32 on `flex` and the kernels are on; made contiguous.
 fn host<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+    let p = flex(t)?;
+    Some(if p.is_contiguous() { p } else { p.to_contiguous() })
+}
+
+/// The tensor's CPU storage as it is laid out, when it is f32 on `flex` and the kernels are on.
+fn flex<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
     if !enabled() || t.dtype() != DType::F32 {
         return None;
     }
-    let p = t.clone().try_into_primitive::<Flex>().ok()?;
-    Some(if p.is_contiguous() { p } else { p.to_contiguous() })
+    t.clone().try_into_primitive::<Flex>().ok()
 }
 
 /// An optional parameter (bias, γ, β): `Some(None)` when absent, `None` when present but not
@@ -183,10 +188,7 @@ pub fn linear<const D: usize>(lin: &Linear, x: Tensor<D>) -> Tensor<D> {
 /// A 2-D f32 CPU tensor whose rows are contiguous, possibly `stride ≥ cols` apart (see
 /// [`pad_rows`]): the storage and the row stride. Other layouts are made contiguous.
 fn host_rows(t: &Tensor<2>) -> Option<(FlexTensor, usize)> {
-    if !enabled() || t.dtype() != DType::F32 {
-        return None;
-    }
-    let p = t.clone().try_into_primitive::<Flex>().ok()?;
+    let p = flex(t)?;
     match p.layout().as_2d_strides() {
         Some((_, cols, rs, 1)) if rs >= cols as isize => Some((p, rs as usize)),
         _ => {

@@ -15,8 +15,8 @@ thread_local! {
 
 /// A buffer of exactly `len` elements (contents unspecified: callers overwrite what they read).
 pub(crate) fn take(slot: usize, len: usize) -> Vec<f32> {
-    let mut v = BUFFERS.with(|b| std::mem::take(&mut b.borrow_mut()[slot]));
-    v.resize(len, 0.0);
+    let mut v = take_at_least(slot, len);
+    v.truncate(len);
     v
 }
 
