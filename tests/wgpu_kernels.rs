@@ -1,5 +1,6 @@
 //! imagen's own GPU kernels (`imagen_models::gpu`, CubeCL) against their references: group norm
-//! (+ SiLU), layer norm and the attention softmax on wgpu, each against burn's tensor ops on the
+//! (+ SiLU), layer norm, the attention softmax (causal too) and head split, and the fused
+//! linear/conv kernels (`imagen_models::fused`: bias + activation, epilogues, im2col) on wgpu, each against burn's tensor ops on the
 //! same device (`IMAGEN_GPU_KERNELS=0`) and against the CPU kernels (golden-tested against
 //! diffusers), on shapes that are not multiples of the kernels' thread counts. The whole-model tests (`tests/models`, `wgpu_f16`)
 //! run the kernel too, as the default route.
@@ -11,11 +12,13 @@
 #[path = "models/common.rs"]
 mod common;
 
-use burn::module::Param;
-use burn::nn::{GroupNorm, GroupNormConfig};
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use common::wgpu_device;
-use imagen_models::gpu::set_own_kernels;
+use imagen_models::fused::{self, Act, ConvAdd};
+use imagen_models::gpu::{set_im2col_budget, set_own_kernels};
 
 fn norm(groups: usize, c: usize, gamma: &[f32], beta: &[f32], device: &Device) -> GroupNorm {
     let mut n = GroupNormConfig::new(groups, c).with_epsilon(1e-5).init(device);
@@ -134,5 +137,129 @@ fn layer_norm_and_softmax_kernels_match_ops_and_cpu() {
             max_abs_diff(&ops, &want) < 1e-4,
             "{n}x{m} causal={causal}: softmax ops vs CPU"
         );
+    }
+}
+
+/// `t` (made on the CPU) with the same values on `device`.
+fn to<const D: usize>(t: &Tensor<D>, device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values(t.clone()), t.dims()), device)
+}
+
+/// The fused linear kernels (bias + GEGLU / GELU / quick GELU; bias + residual) against the
+/// CPU and against burn's ops on the same device, rows not a multiple of the threads.
+#[test]
+fn fused_linear_kernels_match_ops_and_cpu() {
+    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(device) = wgpu_device() else { return };
+    let cpu = Device::flex();
+    for act in [Some(Act::Geglu), Some(Act::Gelu), Some(Act::QuickGelu), None] {
+        let (d_in, d_out) = (40, 2 * 36);
+        let lin = LinearConfig::new(d_in, d_out).init(&cpu);
+        let glin = lin.clone().to_device(&device);
+        let x: Tensor<3> = Tensor::random([2, 37, d_in], Distribution::Normal(0.0, 1.5), &cpu);
+        let r: Tensor<3> = Tensor::random([2, 37, d_out], Distribution::Normal(0.0, 1.0), &cpu);
+        let run = |lin: &Linear, x: Tensor<3>, r: Tensor<3>| match act {
+            Some(a) => fused::linear_act(lin, x, a),
+            None => fused::linear_add(lin, x, r),
+        };
+        let want = values(run(&lin, x.clone(), r.clone()));
+        set_own_kernels(true);
+        let kernel = values(run(&glin, to(&x, &device), to(&r, &device)));
+        set_own_kernels(false);
+        let ops = values(run(&glin, to(&x, &device), to(&r, &device)));
+        set_own_kernels(true);
+        let (dk, d_ops) = (max_abs_diff(&kernel, &want), max_abs_diff(&ops, &want));
+        assert!(dk < 1e-4, "{act:?}: kernel vs CPU max diff {dk}");
+        assert!(d_ops < 1e-4, "{act:?}: ops vs CPU max diff {d_ops}");
+    }
+}
+
+/// Convolutions through the fused im2col kernel (padding, stride 2 with the VAE's asymmetric
+/// padding, 2× upsampling folded in, 1×1) with what their blocks add in the epilogue, whole
+/// and in bands of a few rows, against the CPU and burn's ops.
+#[test]
+fn fused_conv_kernels_match_ops_and_cpu() {
+    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(device) = wgpu_device() else { return };
+    let cpu = Device::flex();
+    let (b, cin, cout, h, w) = (2, 5, 7, 9, 11);
+    // (kernel, stride, [top, left, bottom, right], upsample, add)
+    let cases = [
+        (3, 1, [1, 1, 1, 1], false, "per-channel"),
+        (3, 2, [0, 0, 1, 1], false, "none"),
+        (3, 2, [1, 1, 1, 1], false, "residual"),
+        (3, 1, [1, 1, 1, 1], true, "none"),
+        (1, 1, [0, 0, 0, 0], false, "residual"),
+    ];
+    for budget in [64 << 20, 300] {
+        for (k, stride, [t, l, bo, r], up, add) in cases {
+            let conv = Conv2dConfig::new([cin, cout], [k, k])
+                .with_stride([stride, stride])
+                .with_padding(PaddingConfig2d::Explicit(t, l, bo, r))
+                .init(&cpu);
+            let gconv = conv.clone().to_device(&device);
+            let x: Tensor<4> = Tensor::random([b, cin, h, w], Distribution::Normal(0.0, 1.0), &cpu);
+            let f = if up { 2 } else { 1 };
+            let (ho, wo) = ((f * h + t + bo - k) / stride + 1, (f * w + l + r - k) / stride + 1);
+            let temb: Tensor<2> = Tensor::random([b, cout], Distribution::Normal(0.0, 1.0), &cpu);
+            let res: Tensor<4> = Tensor::random([b, cout, ho, wo], Distribution::Normal(0.0, 1.0), &cpu);
+            let run = |conv: &Conv2d, x: Tensor<4>, temb: Tensor<2>, res: Tensor<4>| {
+                if up {
+                    return fused::upsample_conv(conv, x, None);
+                }
+                let add = match add {
+                    "per-channel" => ConvAdd::PerChannel(temb),
+                    "residual" => ConvAdd::Residual(res),
+                    _ => ConvAdd::Nothing,
+                };
+                fused::conv2d_add(conv, x, add)
+            };
+            let want = values(run(&conv, x.clone(), temb.clone(), res.clone()));
+            let on_gpu = || (to(&x, &device), to(&temb, &device), to(&res, &device));
+            set_im2col_budget(budget);
+            set_own_kernels(true);
+            let (gx, gt, gr) = on_gpu();
+            let kernel = values(run(&gconv, gx, gt, gr));
+            set_own_kernels(false);
+            let (gx, gt, gr) = on_gpu();
+            let ops = values(run(&gconv, gx, gt, gr));
+            set_own_kernels(true);
+            set_im2col_budget(64 << 20);
+            let case = format!(
+                "k{k} s{stride} pad {:?} up {up} add {add} budget {budget}",
+                [t, l, bo, r]
+            );
+            let (dk, d_ops) = (max_abs_diff(&kernel, &want), max_abs_diff(&ops, &want));
+            assert!(dk < 1e-4, "{case}: kernel vs CPU max diff {dk}");
+            assert!(d_ops < 1e-4, "{case}: ops vs CPU max diff {d_ops}");
+        }
+    }
+}
+
+/// `proj_in`/`proj_out` as transposed matmuls straight to and from the sequence layout.
+#[test]
+fn sequence_projections_match_ops_and_cpu() {
+    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(device) = wgpu_device() else { return };
+    let cpu = Device::flex();
+    let (b, c, h, w) = (2, 24, 5, 7);
+    let conv = Conv2dConfig::new([c, c], [1, 1]).init(&cpu);
+    let gconv = conv.clone().to_device(&device);
+    let x: Tensor<4> = Tensor::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &cpu);
+    let res: Tensor<4> = Tensor::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &cpu);
+    let run = |conv: &Conv2d, x: Tensor<4>, res: Tensor<4>| {
+        let seq = fused::conv1x1_to_seq(conv, x);
+        let back = fused::seq_conv1x1_add(conv, seq.clone(), res);
+        (values(seq), values(back))
+    };
+    let want = run(&conv, x.clone(), res.clone());
+    set_own_kernels(true);
+    let kernel = run(&gconv, to(&x, &device), to(&res, &device));
+    set_own_kernels(false);
+    let ops = run(&gconv, to(&x, &device), to(&res, &device));
+    set_own_kernels(true);
+    for (name, got) in [("kernel", kernel), ("ops", ops)] {
+        assert!(max_abs_diff(&got.0, &want.0) < 1e-4, "{name}: proj_in vs CPU");
+        assert!(max_abs_diff(&got.1, &want.1) < 1e-4, "{name}: proj_out vs CPU");
     }
 }

@@ -8,6 +8,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use crate::cpu;
+use crate::fused::{self, Act};
 use crate::layers::{conv2d, group_norm, linear};
 
 /// Multi-head attention. Self-attention when `context` is `None`.
@@ -43,12 +44,22 @@ impl Attention {
 
     /// x: `[b, n, query_dim]`, context: `[b, m, context_dim]` → `[b, n, query_dim]`
     pub fn forward(&self, x: Tensor<3>, context: Option<&Tensor<3>>) -> Tensor<3> {
+        cpu::linear(&self.to_out, self.heads_out(x, context))
+    }
+
+    /// `forward(x, context) + residual` (on GPU backends the residual joins `to_out`'s bias in
+    /// one kernel). residual: `[b, n, query_dim]`
+    pub fn forward_add(&self, x: Tensor<3>, context: Option<&Tensor<3>>, residual: Tensor<3>) -> Tensor<3> {
+        fused::linear_add(&self.to_out, self.heads_out(x, context), residual)
+    }
+
+    /// The attention's output before `to_out`: `[b, n, h·d]`.
+    fn heads_out(&self, x: Tensor<3>, context: Option<&Tensor<3>>) -> Tensor<3> {
         let ctx = context.cloned().unwrap_or_else(|| x.clone());
         let q = cpu::linear(&self.to_q, x);
         let k = cpu::linear(&self.to_k, ctx.clone());
         let v = cpu::linear(&self.to_v, ctx);
-        let out = multi_head_attention(q, k, v, self.heads, false);
-        cpu::linear(&self.to_out, out)
+        multi_head_attention(q, k, v, self.heads, false)
     }
 }
 
@@ -94,7 +105,12 @@ impl FeedForward {
 
     /// x: `[b, n, dim]` → `[b, n, dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        cpu::linear(&self.out, cpu::geglu(cpu::linear(&self.geglu, x)))
+        cpu::linear(&self.out, fused::linear_act(&self.geglu, x, Act::Geglu))
+    }
+
+    /// `forward(x) + residual`. residual: `[b, n, dim]`
+    pub fn forward_add(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+        fused::linear_add(&self.out, fused::linear_act(&self.geglu, x, Act::Geglu), residual)
     }
 }
 
@@ -128,9 +144,9 @@ impl BasicTransformerBlock {
     /// x: `[b, n, dim]`, context: `[b, m, context_dim]` → `[b, n, dim]`
     pub fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
         let ln = |n: &LayerNorm, x: &Tensor<3>| cpu::layer_norm(n, x.clone(), LN_EPS);
-        let x = self.attn1.forward(ln(&self.norm1, &x), None) + x;
-        let x = self.attn2.forward(ln(&self.norm2, &x), Some(context)) + x;
-        self.ff.forward(ln(&self.norm3, &x)) + x
+        let x = self.attn1.forward_add(ln(&self.norm1, &x), None, x.clone());
+        let x = self.attn2.forward_add(ln(&self.norm2, &x), Some(context), x.clone());
+        self.ff.forward_add(ln(&self.norm3, &x), x.clone())
     }
 }
 
@@ -184,7 +200,7 @@ impl Transformer2DModel {
         // [b, c, h, w] -> [b, h·w, c]
         let to_seq = |t: Tensor<4>| t.reshape([b, c, h * w]).swap_dims(1, 2);
         let mut seq = match &self.proj_in {
-            Projection::Conv(conv) => to_seq(cpu::conv2d(conv, x)),
+            Projection::Conv(conv) => fused::conv1x1_to_seq(conv, x),
             Projection::Linear(lin) => cpu::linear(lin, to_seq(x)),
         };
         for block in &self.transformer_blocks {
@@ -192,10 +208,9 @@ impl Transformer2DModel {
         }
         // [b, h·w, c] -> [b, c, h, w]
         let to_img = |t: Tensor<3>| t.swap_dims(1, 2).reshape([b, c, h, w]);
-        let out = match &self.proj_out {
-            Projection::Conv(conv) => cpu::conv2d(conv, to_img(seq)),
-            Projection::Linear(lin) => to_img(cpu::linear(lin, seq)),
-        };
-        out + residual
+        match &self.proj_out {
+            Projection::Conv(conv) => fused::seq_conv1x1_add(conv, seq, residual),
+            Projection::Linear(lin) => to_img(cpu::linear(lin, seq)) + residual,
+        }
     }
 }

@@ -10,6 +10,7 @@ use crate::attention::multi_head_attention;
 use crate::config::unsupported;
 use crate::cpu;
 use crate::error::Result;
+use crate::fused::{self, Act};
 use crate::layers::linear;
 
 const COMPONENT: &str = "text_encoder";
@@ -220,13 +221,14 @@ impl ClipTextModel {
                 self.heads,
                 true,
             );
-            x = x + cpu::linear(&a.out_proj, h);
-            let h = cpu::linear(
+            x = fused::linear_add(&a.out_proj, h, x);
+            let act = if self.quick_gelu { Act::QuickGelu } else { Act::Gelu };
+            let h = fused::linear_act(
                 &layer.mlp.fc1,
                 cpu::layer_norm(&layer.layer_norm2, x.clone(), self.layer_norm_eps),
+                act,
             );
-            let h = cpu::gelu(h, self.quick_gelu);
-            x = x + cpu::linear(&layer.mlp.fc2, h);
+            x = fused::linear_add(&layer.mlp.fc2, h, x);
         }
         x
     }

@@ -4,10 +4,10 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::cpu;
+use crate::fused::{self, ConvAdd};
 
 pub(crate) fn conv2d(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, d: &Device) -> Conv2d {
     Conv2dConfig::new([cin, cout], [k, k])
@@ -48,21 +48,23 @@ impl ResnetBlock2D {
         }
     }
 
-    /// x: `[b, cin, h, w]`, temb: `[b, temb_channels]` (already through SiLU is NOT expected:
-    /// the block applies it, as diffusers does) → `[b, cout, h, w]`
+    /// x: `[b, cin, h, w]`, temb: `[b, temb_channels]` already through SiLU (diffusers applies
+    /// it in every block; the UNet does it once for all) → `[b, cout, h, w]`
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = cpu::conv2d(&self.conv1, cpu::group_norm(&self.norm1, x.clone(), true));
-        if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb) {
-            let [b, c] = [h.dims()[0], h.dims()[1]];
-            // [b, cout] -> [b, cout, 1, 1]
-            h = h + proj.forward(silu(t.clone())).reshape([b, c, 1, 1]);
-        }
-        let h = cpu::conv2d(&self.conv2, cpu::group_norm(&self.norm2, h, true));
+        let time = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(t)) => ConvAdd::PerChannel(cpu::linear(proj, t.clone())),
+            _ => ConvAdd::Nothing,
+        };
+        let h = fused::conv2d_add(&self.conv1, cpu::group_norm(&self.norm1, x.clone(), true), time);
         let shortcut = match &self.conv_shortcut {
             Some(c) => cpu::conv2d(c, x),
             None => x,
         };
-        shortcut + h
+        fused::conv2d_add(
+            &self.conv2,
+            cpu::group_norm(&self.norm2, h, true),
+            ConvAdd::Residual(shortcut),
+        )
     }
 }
 
@@ -107,9 +109,7 @@ impl Upsample2D {
 
     /// x: `[b, c, h, w]` → `[b, c, size.0, size.1]` (`2h × 2w` when `size` is `None`).
     pub fn forward(&self, x: Tensor<4>, size: Option<[usize; 2]>) -> Tensor<4> {
-        let [_, _, h, w] = x.dims();
-        let [oh, ow] = size.unwrap_or([2 * h, 2 * w]);
-        cpu::conv2d(&self.conv, upsample_nearest(x, oh, ow))
+        fused::upsample_conv(&self.conv, x, size)
     }
 }
 

@@ -15,6 +15,7 @@ pub mod device;
 pub mod error;
 pub mod flops;
 pub mod folder;
+pub mod fused;
 pub mod gpu;
 pub mod layers;
 pub mod lora;

@@ -485,6 +485,8 @@ impl UNet2DConditionModel {
             let x = Tensor::cat(vec![cond.text_embeds.clone(), time], 1);
             temb = temb + add.linear_2.forward(silu(add.linear_1.forward(x)));
         }
+        // Every resnet takes SiLU(temb): applied once here, not in each of them (diffusers).
+        let temb = silu(temb);
 
         let mut x = cpu::conv2d(&self.conv_in, sample);
         let mut skips = vec![x.clone()];

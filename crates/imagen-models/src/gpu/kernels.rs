@@ -95,36 +95,18 @@ fn tree_max(shared: &mut Shared<[f32]>, unit: usize, #[comptime] threads: usize)
     }
 }
 
-/// `(x − mean) · rstd · γ[col] + β[col]` over rows of `n`: layer norm's apply step.
+/// Layer norm of each row of `input` (`[rows, n]`, contiguous), one cube per row: the mean, the
+/// centred squares (two passes, as [`row_stats_kernel`]) and the normalised write, in f32.
+/// Rows are short (320 to 1 280 channels), so one launch does what group norm needs two for.
 #[cube(launch)]
-fn layer_norm_apply_kernel<F: Float>(
+fn layer_norm_rows_kernel<F: Float>(
     input: &Tensor<F>,
-    stats: &Tensor<f32>,
     gamma: &Tensor<F>,
     beta: &Tensor<F>,
     output: &mut Tensor<F>,
-    n: u32,
-    #[define(F)] _dtype: ElemType,
-) {
-    let pos = ABSOLUTE_POS;
-    if pos >= output.len() {
-        terminate!();
-    }
-    let row = pos / n as usize;
-    let col = pos % n as usize;
-    let y = (f32::cast_from(input[pos]) - stats[row * 2]) * stats[row * 2 + 1] * f32::cast_from(gamma[col])
-        + f32::cast_from(beta[col]);
-    output[pos] = F::cast_from(y);
-}
-
-/// Softmax of each row of `input` (`[rows, n]`, contiguous), one cube per row: max, sum of
-/// `exp(x − max)` and the normalised write, in f32 whatever `F` is.
-#[cube(launch)]
-fn softmax_rows_kernel<F: Float>(
-    input: &Tensor<F>,
-    output: &mut Tensor<F>,
     rows: u32,
     n: u32,
+    epsilon: f32,
     #[comptime] threads: usize,
     #[define(F)] _dtype: ElemType,
 ) {
@@ -136,9 +118,68 @@ fn softmax_rows_kernel<F: Float>(
     let unit = UNIT_POS as usize;
     let mut shared = Shared::<[f32]>::new_slice(threads);
 
-    let mut top = f32::new(-3.0e38);
+    let mut sum = 0.0f32;
     let mut i = unit;
     while i < len {
+        sum += f32::cast_from(input[base + i]);
+        i += threads;
+    }
+    shared[unit] = sum;
+    sync_cube();
+    tree_sum(&mut shared, unit, threads);
+    let mean = shared[0] / f32::cast_from(n);
+    sync_cube();
+
+    let mut squares = 0.0f32;
+    let mut j = unit;
+    while j < len {
+        let d = f32::cast_from(input[base + j]) - mean;
+        squares += d * d;
+        j += threads;
+    }
+    shared[unit] = squares;
+    sync_cube();
+    tree_sum(&mut shared, unit, threads);
+    let rstd = 1.0f32 / (shared[0] / f32::cast_from(n) + epsilon).sqrt();
+
+    let mut k = unit;
+    while k < len {
+        let y = (f32::cast_from(input[base + k]) - mean) * rstd * f32::cast_from(gamma[k]) + f32::cast_from(beta[k]);
+        output[base + k] = F::cast_from(y);
+        k += threads;
+    }
+}
+
+/// Softmax of each row of `input` (`[rows, n]`, contiguous), one cube per row: max, sum of
+/// `exp(x − max)` and the normalised write, in f32 whatever `F` is. `causal`: the rows are
+/// `queries` query positions repeated, and row `i` (mod `queries`) sees keys `0..=i` only, the
+/// others getting 0 (CLIP's mask, without building and adding one).
+#[cube(launch)]
+fn softmax_rows_kernel<F: Float>(
+    input: &Tensor<F>,
+    output: &mut Tensor<F>,
+    rows: u32,
+    n: u32,
+    queries: u32,
+    #[comptime] threads: usize,
+    #[comptime] causal: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    if CUBE_POS >= rows as usize {
+        terminate!();
+    }
+    let len = n as usize;
+    let base = CUBE_POS * len;
+    let unit = UNIT_POS as usize;
+    let mut shared = Shared::<[f32]>::new_slice(threads);
+    let mut seen = len;
+    if causal {
+        seen = min(CUBE_POS % queries as usize + 1, len);
+    }
+
+    let mut top = f32::new(-3.0e38);
+    let mut i = unit;
+    while i < seen {
         top = max(top, f32::cast_from(input[base + i]));
         i += threads;
     }
@@ -150,7 +191,7 @@ fn softmax_rows_kernel<F: Float>(
 
     let mut sum = 0.0f32;
     let mut j = unit;
-    while j < len {
+    while j < seen {
         sum += (f32::cast_from(input[base + j]) - row_max).exp();
         j += threads;
     }
@@ -161,7 +202,11 @@ fn softmax_rows_kernel<F: Float>(
 
     let mut k = unit;
     while k < len {
-        output[base + k] = F::cast_from((f32::cast_from(input[base + k]) - row_max).exp() * inv);
+        let mut p = 0.0f32;
+        if k < seen {
+            p = (f32::cast_from(input[base + k]) - row_max).exp() * inv;
+        }
+        output[base + k] = F::cast_from(p);
         k += threads;
     }
 }
@@ -199,11 +244,11 @@ fn group_norm_apply_kernel<F: Float>(
     output[pos] = F::cast_from(y);
 }
 
-fn raw<const D: usize>(t: BurnTensor<D>) -> Option<CubeTensor> {
+pub(super) fn raw<const D: usize>(t: BurnTensor<D>) -> Option<CubeTensor> {
     t.try_into_primitive::<Cube>().ok()
 }
 
-fn elem_type(dtype: DType) -> Option<ElemType> {
+pub(super) fn elem_type(dtype: DType) -> Option<ElemType> {
     match dtype {
         DType::F32 => Some(ElemType::Float(FloatKind::F32)),
         DType::F16 => Some(ElemType::Float(FloatKind::F16)),
@@ -239,7 +284,7 @@ fn row_cubes(rows: usize) -> CubeCount {
     CubeCount::Static(x as u32, rows.div_ceil(x) as u32, 1)
 }
 
-fn elementwise_count(input: &CubeTensor, total: usize) -> (CubeCount, CubeDim) {
+pub(super) fn elementwise_count(input: &CubeTensor, total: usize) -> (CubeCount, CubeDim) {
     let cube_dim = CubeDim::new_1d(256);
     (
         cubecl::calculate_cube_count_elemwise(&input.client, total, cube_dim),
@@ -250,7 +295,7 @@ fn elementwise_count(input: &CubeTensor, total: usize) -> (CubeCount, CubeDim) {
 /// What every launch below starts from: the contiguous raw input, its element type and an
 /// empty output of the same shape and dtype. `None` for tensors that are not raw cube tensors
 /// or not floats.
-fn prepare<const D: usize>(x: BurnTensor<D>) -> Option<(CubeTensor, ElemType, CubeTensor)> {
+pub(super) fn prepare<const D: usize>(x: BurnTensor<D>) -> Option<(CubeTensor, ElemType, CubeTensor)> {
     let shape = Shape::new(x.dims());
     let input = into_contiguous(raw(x)?);
     let elem = elem_type(input.dtype)?;
@@ -291,7 +336,7 @@ pub(crate) fn group_norm(
     Some(BurnTensor::from_primitive::<Cube>(output))
 }
 
-/// Layer norm over the last axis in two launches; `None` as [`group_norm`].
+/// Layer norm over the last axis in one launch; `None` as [`group_norm`].
 pub(crate) fn layer_norm<const D: usize>(
     x: BurnTensor<D>,
     gamma: BurnTensor<1>,
@@ -300,30 +345,33 @@ pub(crate) fn layer_norm<const D: usize>(
 ) -> Option<BurnTensor<D>> {
     let shape = x.dims();
     let n = shape[D - 1];
-    let total: usize = shape.iter().product();
+    let rows = shape.iter().product::<usize>() / n;
     let (input, elem, output) = prepare(x)?;
     let (gamma, beta) = (into_contiguous(raw(gamma)?), into_contiguous(raw(beta)?));
-    let stats = row_stats(&input, total / n, n, epsilon, elem);
-    let (cube_count, cube_dim) = elementwise_count(&input, total);
-    layer_norm_apply_kernel::launch(
+    let threads = if n >= 512 { 256 } else { 128 };
+    layer_norm_rows_kernel::launch(
         &input.client.clone(),
-        cube_count,
-        cube_dim,
+        row_cubes(rows),
+        CubeDim::new_1d(threads as u32),
         input.into_tensor_arg(),
-        stats.into_tensor_arg(),
         gamma.into_tensor_arg(),
         beta.into_tensor_arg(),
         output.clone().into_tensor_arg(),
+        rows as u32,
         n as u32,
+        epsilon as f32,
+        threads,
         elem,
     );
     Some(BurnTensor::from_primitive::<Cube>(output))
 }
 
-/// Softmax over the last axis in one launch; `None` as [`group_norm`].
-pub(crate) fn softmax_last<const D: usize>(x: BurnTensor<D>) -> Option<BurnTensor<D>> {
+/// Softmax over the last axis in one launch; `causal` as [`softmax_rows_kernel`], with the
+/// second-to-last axis the queries. `None` as [`group_norm`].
+pub(crate) fn softmax_last<const D: usize>(x: BurnTensor<D>, causal: bool) -> Option<BurnTensor<D>> {
     let shape = x.dims();
     let n = shape[D - 1];
+    let queries = if D >= 2 { shape[D - 2] } else { 1 };
     let total: usize = shape.iter().product();
     let (input, elem, output) = prepare(x)?;
     // Short rows (CLIP's 77 keys, cross-attention's 77) waste fewer idle units with 128.
@@ -336,7 +384,9 @@ pub(crate) fn softmax_last<const D: usize>(x: BurnTensor<D>) -> Option<BurnTenso
         output.clone().into_tensor_arg(),
         (total / n) as u32,
         n as u32,
+        queries as u32,
         threads,
+        causal,
         elem,
     );
     Some(BurnTensor::from_primitive::<Cube>(output))

@@ -24,9 +24,11 @@
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, LayerNorm};
+use burn::nn::{GroupNorm, LayerNorm, Linear, PaddingConfig2d};
 use burn::tensor::activation::softmax;
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+
+use crate::fused::{Act, ConvAdd};
 
 /// How convolutions run on GPU backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -317,11 +319,26 @@ fn attention_two_matmuls(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize,
     let [b, n, inner] = q.dims();
     let m = k.dims()[1];
     let d = inner / heads;
+    // Scale q before the product (as PyTorch's math path), so f16 scores stay small.
+    let scale = (1.0 / (d as f64).sqrt()) as f32;
+    let probs_times_v = |scores: Tensor<4>, v: Tensor<4>| {
+        // [b, h, n, m] · [b, h, m, d] -> [b, h, n, d] -> [b, n, h, d] -> [b, n, h·d]
+        scores.matmul(v).swap_dims(1, 2).reshape([b, n, inner])
+    };
+    if own_kernels()
+        && let Some([qh, kh, vh]) = fused::split_heads(q.clone(), k.clone(), v.clone(), heads, scale)
+    {
+        // Contiguous heads: kᵀ is a column-major view the matmul reads as it is.
+        // [b, h, n, d] · [b, h, d, m] -> [b, h, n, m]
+        let scores = qh.matmul(kh.swap_dims(2, 3));
+        if let Some(probs) = kernels::softmax_last(scores.clone(), causal) {
+            return probs_times_v(probs, vh);
+        }
+    }
     // [b, len, h·d] -> [b, len, h, d] -> [b, h, len, d]
     let split = |t: Tensor<3>, len: usize| t.reshape([b, len, heads, d]).swap_dims(1, 2);
     let (q, k, v) = (split(q, n), split(k, m), split(v, m));
-    // Scale q before the product (as PyTorch's math path), so f16 scores stay small.
-    let q = q * (1.0 / (d as f64).sqrt()) as f32;
+    let q = q * scale;
     // [b, h, n, d] · [b, h, d, m] -> [b, h, n, m]
     let mut scores = q.matmul(k.swap_dims(2, 3));
     if causal {
@@ -332,14 +349,166 @@ fn attention_two_matmuls(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize,
         let device = scores.device();
         scores = scores + Tensor::<2>::from_data(TensorData::new(mask, [n, m]), &device).reshape([1, 1, n, m]);
     }
-    // [b, h, n, m] · [b, h, m, d] -> [b, h, n, d] -> [b, n, h, d] -> [b, n, h·d]
-    own_kernels()
-        .then(|| kernels::softmax_last(scores.clone()))
-        .flatten()
-        .unwrap_or_else(|| softmax(scores, 3))
-        .matmul(v)
-        .swap_dims(1, 2)
-        .reshape([b, n, inner])
+    probs_times_v(softmax(scores, 3), v)
+}
+
+/// `x · W` with the leading dims folded into rows, no bias. x: `[.., in]` → `[rows, out]`
+fn linear_rows<const D: usize>(lin: &Linear, x: &Tensor<D>) -> Tensor<2> {
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product();
+    x.clone().reshape([rows, dims[D - 1]]).matmul(lin.weight.val())
+}
+
+/// `act(lin(x))` as one matmul and one fused kernel; `None` (nothing run) where the fused
+/// kernels are off or the layer has no bias: the caller takes the unfused route.
+/// x: `[.., in]` → `[.., out]` (`out / 2` for GEGLU)
+pub(crate) fn linear_act<const D: usize>(lin: &Linear, x: &Tensor<D>, act: Act) -> Option<Tensor<D>> {
+    let bias = lin.bias.as_ref().filter(|_| fused_kernels())?.val();
+    let y = linear_rows(lin, x);
+    let y = fused::bias_act(y.clone(), bias.clone(), act).unwrap_or_else(|| {
+        let y = y + bias.unsqueeze();
+        let [rows, k] = y.dims();
+        match act {
+            Act::Geglu => {
+                y.clone().slice([0..rows, 0..k / 2]) * burn::tensor::activation::gelu(y.slice([0..rows, k / 2..k]))
+            }
+            Act::Gelu => burn::tensor::activation::gelu(y),
+            Act::QuickGelu => y.clone() * burn::tensor::activation::sigmoid(y * 1.702),
+        }
+    });
+    let mut dims = x.dims();
+    dims[D - 1] = y.dims()[1];
+    Some(y.reshape(dims))
+}
+
+/// `lin(x) + residual` as one matmul and one fused kernel; `None` as [`linear_act`].
+/// x: `[.., in]`, residual: `[.., out]` → `[.., out]`
+pub(crate) fn linear_add<const D: usize>(lin: &Linear, x: &Tensor<D>, residual: &Tensor<D>) -> Option<Tensor<D>> {
+    let bias = lin.bias.as_ref().filter(|_| fused_kernels())?.val();
+    let y = linear_rows(lin, x);
+    let [rows, out] = y.dims();
+    let r = residual.clone().reshape([rows, out]);
+    let y = fused::epilogue(y.clone(), bias.clone(), None, Some(r.clone()), out, 1)
+        .unwrap_or_else(|| y + bias.unsqueeze() + r);
+    Some(y.reshape(residual.dims()))
+}
+
+/// A 1×1 conv (`proj_in`) whose output is wanted as a sequence: one matmul of the pixels as
+/// rows (a transposed view, read in place) by the transposed weight, so the `[b, h·w, c]`
+/// result needs no transposing copy. `None` as [`conv2d_fused`].
+/// x: `[b, cin, h, w]` → `[b, h·w, cout]`
+pub(crate) fn conv1x1_to_seq(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<3>> {
+    let (bias, w) = pointwise(conv)?;
+    let [b, cin, h, wd] = x.dims();
+    let cout = w.dims()[0];
+    // [b, cin, h, w] -> [b, cin, h·w] -> [b, h·w, cin] (view) · [1, cin, cout] (view)
+    let seq = x.clone().reshape([b, cin, h * wd]).swap_dims(1, 2);
+    let y = seq.matmul(w.swap_dims(0, 1).unsqueeze::<3>());
+    let fused = fused::epilogue(y.clone(), bias.clone(), None, None, cout, 1);
+    Some(fused.unwrap_or_else(|| y + bias.reshape([1, 1, cout])))
+}
+
+/// A 1×1 conv (`proj_out`) of a sequence back to an image, plus `residual`: the weight times
+/// the transposed sequence (a view), bias and residual in one epilogue. `None` as
+/// [`conv2d_fused`]. seq: `[b, h·w, cin]`, residual: `[b, cout, h, w]` → `[b, cout, h, w]`
+pub(crate) fn seq_conv1x1_add(conv: &Conv2d, seq: &Tensor<3>, residual: &Tensor<4>) -> Option<Tensor<4>> {
+    let (bias, w) = pointwise(conv)?;
+    let [b, hw, _] = seq.dims();
+    let dims = residual.dims();
+    let cout = w.dims()[0];
+    // [1, cout, cin] · [b, cin, h·w] (view) -> [b, cout, h·w]
+    let y = w.unsqueeze::<3>().matmul(seq.clone().swap_dims(1, 2));
+    let r = residual.clone().reshape([b, cout, hw]);
+    let fused = fused::epilogue(y.clone(), bias.clone(), None, Some(r.clone()), cout, hw);
+    Some(
+        fused
+            .unwrap_or_else(|| y + bias.reshape([1, cout, 1]) + r)
+            .reshape(dims),
+    )
+}
+
+/// A plain 1×1 conv's bias and `[cout, cin]` weight, when the fused kernels run.
+fn pointwise(conv: &Conv2d) -> Option<(Tensor<1>, Tensor<2>)> {
+    let [cout, cin, kh, kw] = conv.weight.dims();
+    let plain = [kh, kw] == [1, 1] && conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1;
+    if !plain || explicit_pad(conv)? != [0; 4] || conv_route() == ConvRoute::ImplicitGemm || !fused_kernels() {
+        return None;
+    }
+    let bias = conv.bias.as_ref()?.val();
+    Some((bias, conv.weight.val().reshape([cout, cin])))
+}
+
+/// Whether the fused kernels run: imagen's kernels on and compiled in (not with burn's fusion).
+fn fused_kernels() -> bool {
+    cfg!(all(feature = "wgpu", not(feature = "gpu-autotune"))) && own_kernels()
+}
+
+/// A conv's padding as `[top, left, bottom, right]`, when explicit.
+fn explicit_pad(conv: &Conv2d) -> Option<[usize; 4]> {
+    match conv.padding {
+        PaddingConfig2d::Valid => Some([0; 4]),
+        PaddingConfig2d::Explicit(t, l, b, r) => Some([t, l, b, r]),
+        PaddingConfig2d::Same => None,
+    }
+}
+
+/// `conv(upsample_nearest(x, up)) + add` with the column matrix built by the fused im2col
+/// kernel (from `x` as it is: no padded or upsampled copy) and the bias and `add` in one
+/// epilogue; `None` (nothing run) off the im2col route, with the fused kernels off, or for
+/// convs it does not cover (grouped, dilated, no bias). x: `[b, cin, h, w]` → `[b, cout, ho, wo]`
+pub(crate) fn conv2d_fused(conv: &Conv2d, x: &Tensor<4>, up: usize, add: &ConvAdd) -> Option<Tensor<4>> {
+    let plain = conv.dilation == [1, 1] && conv.groups == 1;
+    if !plain || conv_route() != ConvRoute::Im2col || !fused_kernels() {
+        return None;
+    }
+    let [top, left, bottom, right] = explicit_pad(conv)?;
+    let bias = conv.bias.as_ref()?.val();
+    let weight = conv.weight.val();
+    let [cout, cin, kh, kw] = weight.dims();
+    let [sh, sw] = conv.stride;
+    let [b, _, h, w] = x.dims();
+    let (hp, wp) = (up * h + top + bottom, up * w + left + right);
+    let (ho, wo) = ((hp - kh) / sh + 1, (wp - kw) / sw + 1);
+    // [cout, cin, kh, kw] -> [1, cout, cin·kh·kw]
+    let weight = weight.reshape([1, cout, cin * kh * kw]);
+    let y = if kh * kw == 1 && up == 1 && conv.stride == [1, 1] && [top, left, bottom, right] == [0; 4] {
+        // [b, cin, h, w] -> [b, cin, h·w]: already the column matrix
+        weight.matmul(x.clone().reshape([b, cin, h * w]))
+    } else {
+        let per_row = b * cin * kh * kw * wo * x.dtype().size();
+        let band = (im2col_budget() / per_row).max(1);
+        let bands = (0..ho).step_by(band).map(|r0| {
+            let windows = fused::Windows {
+                kernel: [kh, kw],
+                stride: [sh, sw],
+                pad: [top, left],
+                up,
+                rows: r0..(r0 + band).min(ho),
+                wo,
+            };
+            // [b, cin·kh·kw, rows·wo] -> [b, cout, rows·wo] -> [b, cout, rows, wo]
+            fused::im2col(x.clone(), &windows).map(|cols| {
+                let rows = windows.rows.len();
+                weight.clone().matmul(cols).reshape([b, cout, rows, wo])
+            })
+        });
+        let mut bands: Vec<Tensor<4>> = bands.collect::<Option<_>>()?;
+        // [b, cout, rows, wo] per band -> [b, cout, ho, wo]
+        match bands.len() {
+            1 => bands.remove(0),
+            _ => Tensor::cat(bands, 2),
+        }
+        .reshape([b, cout, ho * wo])
+    };
+    // [b, cout, ho·wo] -> [b, cout, ho, wo]
+    let y = y.reshape([b, cout, ho, wo]);
+    let (per_bc, residual) = match add {
+        ConvAdd::Nothing => (None, None),
+        ConvAdd::PerChannel(t) => (Some(t.clone()), None),
+        ConvAdd::Residual(r) => (None, Some(r.clone())),
+    };
+    let fused = fused::epilogue(y.clone(), bias.clone(), per_bc, residual, cout, ho * wo);
+    Some(fused.unwrap_or_else(|| add.clone().apply(y + bias.reshape([1, cout, 1, 1]))))
 }
 
 /// burn-cubecl's kernels called with a chosen strategy, on the raw cube tensors (not available
@@ -436,6 +605,8 @@ mod cube {
 }
 
 #[cfg(all(feature = "wgpu", not(feature = "gpu-autotune")))]
+mod fused;
+#[cfg(all(feature = "wgpu", not(feature = "gpu-autotune")))]
 mod kernels;
 
 /// Without the raw cube tensors (fusion on, or no GPU backend) the kernels always decline.
@@ -451,7 +622,48 @@ mod kernels {
         None
     }
 
-    pub(super) fn softmax_last<const D: usize>(_: Tensor<D>) -> Option<Tensor<D>> {
+    pub(super) fn softmax_last<const D: usize>(_: Tensor<D>, _: bool) -> Option<Tensor<D>> {
+        None
+    }
+}
+
+/// Without the raw cube tensors (fusion on, or no GPU backend) the fused kernels always decline.
+#[cfg(not(all(feature = "wgpu", not(feature = "gpu-autotune"))))]
+mod fused {
+    use burn::tensor::Tensor;
+
+    use crate::fused::Act;
+
+    #[allow(dead_code)]
+    pub(super) struct Windows {
+        pub kernel: [usize; 2],
+        pub stride: [usize; 2],
+        pub pad: [usize; 2],
+        pub up: usize,
+        pub rows: std::ops::Range<usize>,
+        pub wo: usize,
+    }
+
+    pub(super) fn epilogue<const D: usize>(
+        _: Tensor<D>,
+        _: Tensor<1>,
+        _: Option<Tensor<2>>,
+        _: Option<Tensor<D>>,
+        _: usize,
+        _: usize,
+    ) -> Option<Tensor<D>> {
+        None
+    }
+
+    pub(super) fn bias_act(_: Tensor<2>, _: Tensor<1>, _: Act) -> Option<Tensor<2>> {
+        None
+    }
+
+    pub(super) fn split_heads(_: Tensor<3>, _: Tensor<3>, _: Tensor<3>, _: usize, _: f32) -> Option<[Tensor<4>; 3]> {
+        None
+    }
+
+    pub(super) fn im2col(_: Tensor<4>, _: &Windows) -> Option<Tensor<3>> {
         None
     }
 }

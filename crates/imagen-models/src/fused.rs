@@ -1,0 +1,125 @@
+//! Op sequences the models run often enough to be worth one call each: a linear layer with its
+//! activation or residual, a convolution with what its block adds to it, an upsampling conv.
+//! On GPU backends they take imagen's fused kernels ([`crate::gpu`]: one matmul and one launch
+//! where burn's ops take up to eight); elsewhere, or with `IMAGEN_GPU_KERNELS=0`, the same
+//! ops as the unfused code (the CPU kernels of [`crate::cpu`], then burn's adds).
+
+use burn::nn::Linear;
+use burn::nn::conv::Conv2d;
+use burn::tensor::Tensor;
+
+use crate::{cpu, gpu};
+
+/// The activation after a feed-forward's first linear layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// diffusers' `GEGLU`: the output is hidden ‖ gate, giving `hidden · gelu(gate)` (half as wide).
+    Geglu,
+    /// GELU, exact (erf) form.
+    Gelu,
+    /// CLIP's quick GELU, `x·σ(1.702x)`.
+    QuickGelu,
+}
+
+/// What a block adds to a convolution's output.
+#[derive(Clone, Debug)]
+pub enum ConvAdd {
+    Nothing,
+    /// `[b, c]`, broadcast over the pixels (a resnet's projected time embedding).
+    PerChannel(Tensor<2>),
+    /// A tensor of the output's shape (a residual).
+    Residual(Tensor<4>),
+}
+
+impl ConvAdd {
+    /// y: `[b, c, h, w]` → `y + self`
+    pub(crate) fn apply(self, y: Tensor<4>) -> Tensor<4> {
+        match self {
+            ConvAdd::Nothing => y,
+            ConvAdd::PerChannel(t) => {
+                let [b, c, _, _] = y.dims();
+                // [b, c] -> [b, c, 1, 1]
+                y + t.reshape([b, c, 1, 1])
+            }
+            ConvAdd::Residual(r) => y + r,
+        }
+    }
+}
+
+/// `act(lin(x))`. x: `[b, n, in]` → `[b, n, out]` (`out / 2` for GEGLU)
+pub fn linear_act(lin: &Linear, x: Tensor<3>, act: Act) -> Tensor<3> {
+    if gpu::on_gpu(&x)
+        && let Some(y) = gpu::linear_act(lin, &x, act)
+    {
+        return y;
+    }
+    let h = cpu::linear(lin, x);
+    match act {
+        Act::Geglu => cpu::geglu(h),
+        Act::Gelu => cpu::gelu(h, false),
+        Act::QuickGelu => cpu::gelu(h, true),
+    }
+}
+
+/// `lin(x) + residual`. x: `[.., in]`, residual: `[.., out]` → `[.., out]`
+pub fn linear_add<const D: usize>(lin: &Linear, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
+    if gpu::on_gpu(&x)
+        && let Some(y) = gpu::linear_add(lin, &x, &residual)
+    {
+        return y;
+    }
+    cpu::linear(lin, x) + residual
+}
+
+/// `conv(x) + add`. x: `[b, cin, h, w]` → `[b, cout, ho, wo]`
+pub fn conv2d_add(conv: &Conv2d, x: Tensor<4>, add: ConvAdd) -> Tensor<4> {
+    if gpu::on_gpu(&x)
+        && let Some(y) = gpu::conv2d_fused(conv, &x, 1, &add)
+    {
+        return y;
+    }
+    add.apply(cpu::conv2d(conv, x))
+}
+
+/// `conv(upsample_nearest(x))` to `size` (`2h × 2w` when `None`); on GPU backends the 2× case
+/// reads the windows straight from `x`, never building the upsampled tensor.
+/// x: `[b, cin, h, w]` → `[b, cout, size]`
+pub fn upsample_conv(conv: &Conv2d, x: Tensor<4>, size: Option<[usize; 2]>) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    let [oh, ow] = size.unwrap_or([2 * h, 2 * w]);
+    if [oh, ow] == [2 * h, 2 * w]
+        && gpu::on_gpu(&x)
+        && let Some(y) = gpu::conv2d_fused(conv, &x, 2, &ConvAdd::Nothing)
+    {
+        return y;
+    }
+    cpu::conv2d(conv, crate::layers::upsample_nearest(x, oh, ow))
+}
+
+/// `proj_in` as a 1×1 conv, its output as a sequence. x: `[b, cin, h, w]` → `[b, h·w, cout]`
+pub fn conv1x1_to_seq(conv: &Conv2d, x: Tensor<4>) -> Tensor<3> {
+    if gpu::on_gpu(&x)
+        && let Some(y) = gpu::conv1x1_to_seq(conv, &x)
+    {
+        return y;
+    }
+    let y = cpu::conv2d(conv, x);
+    let [b, c, h, w] = y.dims();
+    // [b, c, h, w] -> [b, c, h·w] -> [b, h·w, c]
+    y.reshape([b, c, h * w]).swap_dims(1, 2)
+}
+
+/// `proj_out` as a 1×1 conv of a sequence back to an image, plus `residual`.
+/// seq: `[b, h·w, cin]`, residual: `[b, cout, h, w]` → `[b, cout, h, w]`
+pub fn seq_conv1x1_add(conv: &Conv2d, seq: Tensor<3>, residual: Tensor<4>) -> Tensor<4> {
+    if gpu::on_gpu(&seq)
+        && let Some(y) = gpu::seq_conv1x1_add(conv, &seq, &residual)
+    {
+        return y;
+    }
+    let [b, _, h, w] = residual.dims();
+    let cin = seq.dims()[2];
+    // [b, h·w, cin] -> [b, cin, h·w] -> [b, cin, h, w]
+    let x = seq.swap_dims(1, 2).reshape([b, cin, h, w]);
+    cpu::conv2d(conv, x) + residual
+}

@@ -1,0 +1,351 @@
+//! Fused kernels: each does in one launch what burn runs as a chain of them. burn's ops launch
+//! one kernel per element-wise step (its GELU alone is five), and on wgpu every launch has a
+//! fixed host-side cost that BENCHMARKS.md found to dominate small ops on an H100.
+//!
+//! - [`epilogue`]: a matmul's bias, a per-(batch, channel) term (the resnets' time embedding)
+//!   and a residual, added in one pass;
+//! - [`bias_act`]: bias + GEGLU / GELU / quick GELU after the feed-forward's first matmul;
+//! - [`split_heads`]: q, k, v `[b, len, h·d]` → contiguous `[b, h, len, d]`, q scaled;
+//! - [`im2col`]: the windows of the zero-padded (and 2× nearest-upsampled) input as the column
+//!   matrix of a convolution, read from the unpadded input.
+//!
+//! Arithmetic in f32 whatever the storage type, rounded once. Each has a burn-op reference in
+//! `super` (the route taken with `IMAGEN_GPU_KERNELS=0`) and a parity test in
+//! `tests/wgpu_kernels.rs`.
+
+use burn::tensor::{Shape, Tensor as BurnTensor};
+use burn_cubecl::Cube;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+use crate::fused::Act;
+
+use super::kernels::{elem_type, elementwise_count, prepare, raw};
+
+/// `y + bias[c] + per_bc[b, c] + residual`, each term present when its flag is set; `y` and
+/// `residual` contiguous `[outer, channels, inner]`, `per_bc` `[outer, channels]`. Absent terms
+/// are bound to `bias` (never read).
+#[cube(launch)]
+fn epilogue_kernel<F: Float>(
+    y: &Tensor<F>,
+    bias: &Tensor<F>,
+    per_bc: &Tensor<F>,
+    residual: &Tensor<F>,
+    output: &mut Tensor<F>,
+    channels: u32,
+    inner: u32,
+    #[comptime] has_bc: bool,
+    #[comptime] has_residual: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= output.len() {
+        terminate!();
+    }
+    let bc = pos / inner as usize;
+    // The order of burn's ops it replaces ((y + bias) + term), so f32 results are identical.
+    let mut v = f32::cast_from(y[pos]) + f32::cast_from(bias[bc % channels as usize]);
+    if has_bc {
+        v += f32::cast_from(per_bc[bc]);
+    }
+    if has_residual {
+        v += f32::cast_from(residual[pos]);
+    }
+    output[pos] = F::cast_from(v);
+}
+
+/// GELU, exact (erf) form, as PyTorch's default.
+#[cube]
+fn gelu(x: f32) -> f32 {
+    0.5f32 * x * (1.0f32 + Erf::erf(x * 0.70710677f32))
+}
+
+/// `act(h + bias)` over rows of `cols` outputs. GEGLU (`act` 0): `h` rows are `2·cols` wide,
+/// hidden ‖ gate, and the output is `hidden · gelu(gate)`; 1: GELU; 2: quick GELU `x·σ(1.702x)`.
+#[cube(launch)]
+fn bias_act_kernel<F: Float>(
+    h: &Tensor<F>,
+    bias: &Tensor<F>,
+    output: &mut Tensor<F>,
+    cols: u32,
+    #[comptime] act: u32,
+    #[define(F)] _dtype: ElemType,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= output.len() {
+        terminate!();
+    }
+    let n = cols as usize;
+    let j = pos % n;
+    if act == 0 {
+        let base = (pos / n) * 2 * n;
+        let hidden = f32::cast_from(h[base + j]) + f32::cast_from(bias[j]);
+        let gate = f32::cast_from(h[base + n + j]) + f32::cast_from(bias[n + j]);
+        output[pos] = F::cast_from(hidden * gelu(gate));
+    } else if act == 1 {
+        output[pos] = F::cast_from(gelu(f32::cast_from(h[pos]) + f32::cast_from(bias[j])));
+    } else {
+        let x = f32::cast_from(h[pos]) + f32::cast_from(bias[j]);
+        output[pos] = F::cast_from(x / (1.0f32 + (-1.702f32 * x).exp()));
+    }
+}
+
+/// q `[b, n, heads·d]` → `[b, heads, n, d]` times `scale`, and k, v `[b, m, heads·d]` →
+/// `[b, heads, m, d]`, all three in one launch (contiguous inputs).
+#[cube(launch)]
+fn split_heads_kernel<F: Float>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    q_out: &mut Tensor<F>,
+    k_out: &mut Tensor<F>,
+    v_out: &mut Tensor<F>,
+    n: u32,
+    m: u32,
+    heads: u32,
+    d: u32,
+    scale: f32,
+    #[define(F)] _dtype: ElemType,
+) {
+    let pos = ABSOLUTE_POS;
+    let (heads, d) = (heads as usize, d as usize);
+    if pos < q_out.len() {
+        q_out[pos] = F::cast_from(f32::cast_from(q[head_source(pos, n as usize, heads, d)]) * scale);
+    }
+    if pos < k_out.len() {
+        let src = head_source(pos, m as usize, heads, d);
+        k_out[pos] = k[src];
+        v_out[pos] = v[src];
+    }
+}
+
+/// Where element `pos` of `[b, heads, len, d]` sits in `[b, len, heads·d]`.
+#[cube]
+fn head_source(pos: usize, len: usize, heads: usize, d: usize) -> usize {
+    let i = pos % d;
+    let l = (pos / d) % len;
+    let bh = pos / (d * len);
+    ((bh / heads * len + l) * heads + bh % heads) * d + i
+}
+
+/// The column matrix `[b, cin·kh·kw, rows·wo]` of output rows `row0..row0 + rows` of a
+/// convolution over `input` (`[b, cin, h, w]`, contiguous) upsampled `up`× (nearest) and then
+/// zero-padded by `top`/`left` (and whatever bottom/right the output size implies).
+#[cube(launch)]
+fn im2col_kernel<F: Float>(
+    input: &Tensor<F>,
+    output: &mut Tensor<F>,
+    cin: u32,
+    h: u32,
+    w: u32,
+    kh: u32,
+    kw: u32,
+    sh: u32,
+    sw: u32,
+    top: u32,
+    left: u32,
+    up: u32,
+    row0: u32,
+    rows: u32,
+    wo: u32,
+    #[define(F)] _dtype: ElemType,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= output.len() {
+        terminate!();
+    }
+    let (cin, h, w, kh, kw) = (cin as usize, h as usize, w as usize, kh as usize, kw as usize);
+    let (sh, sw, top, left, up) = (sh as usize, sw as usize, top as usize, left as usize, up as usize);
+    let (row0, rows, wo) = (row0 as usize, rows as usize, wo as usize);
+    let pixels = rows * wo;
+    let p = pos % pixels;
+    let k = (pos / pixels) % (cin * kh * kw);
+    let b = pos / (pixels * cin * kh * kw);
+    // Coordinates in the padded, upsampled input.
+    let py = (p / wo + row0) * sh + k / kw % kh;
+    let px = (p % wo) * sw + k % kw;
+    let mut v = F::new(0.0);
+    if py >= top && px >= left && py - top < h * up && px - left < w * up {
+        let c = k / (kw * kh);
+        v = input[((b * cin + c) * h + (py - top) / up) * w + (px - left) / up];
+    }
+    output[pos] = v;
+}
+
+/// See [`epilogue_kernel`]. y: `[outer, channels, inner]` (any shape of that many elements),
+/// per_bc: `[outer, channels]`, residual: y's shape → y's shape; `None` where the tensors are
+/// not raw cube float tensors (the caller then adds with burn's ops).
+pub(crate) fn epilogue<const D: usize>(
+    y: BurnTensor<D>,
+    bias: BurnTensor<1>,
+    per_bc: Option<BurnTensor<2>>,
+    residual: Option<BurnTensor<D>>,
+    channels: usize,
+    inner: usize,
+) -> Option<BurnTensor<D>> {
+    let total: usize = y.dims().iter().product();
+    let (input, elem, output) = prepare(y)?;
+    let bias = into_contiguous(raw(bias)?);
+    let per_bc = match per_bc {
+        Some(t) => Some(into_contiguous(raw(t)?)),
+        None => None,
+    };
+    let residual = match residual {
+        Some(t) => Some(into_contiguous(raw(t)?)),
+        None => None,
+    };
+    let (has_bc, has_residual) = (per_bc.is_some(), residual.is_some());
+    let (cube_count, cube_dim) = elementwise_count(&input, total);
+    epilogue_kernel::launch(
+        &input.client.clone(),
+        cube_count,
+        cube_dim,
+        input.into_tensor_arg(),
+        bias.clone().into_tensor_arg(),
+        per_bc.unwrap_or_else(|| bias.clone()).into_tensor_arg(),
+        residual.unwrap_or_else(|| bias.clone()).into_tensor_arg(),
+        output.clone().into_tensor_arg(),
+        channels as u32,
+        inner as u32,
+        has_bc,
+        has_residual,
+        elem,
+    );
+    Some(BurnTensor::from_primitive::<Cube>(output))
+}
+
+/// See [`bias_act_kernel`]. h: `[rows, k]` with k = 2·cols for GEGLU, else cols → `[rows, cols]`.
+pub(crate) fn bias_act(h: BurnTensor<2>, bias: BurnTensor<1>, act: Act) -> Option<BurnTensor<2>> {
+    let [rows, k] = h.dims();
+    let (cols, code) = match act {
+        Act::Geglu => (k / 2, 0),
+        Act::Gelu => (k, 1),
+        Act::QuickGelu => (k, 2),
+    };
+    let input = into_contiguous(raw(h)?);
+    let elem = elem_type(input.dtype)?;
+    let bias = into_contiguous(raw(bias)?);
+    let output = empty_device_dtype(
+        input.client.clone(),
+        input.device.clone(),
+        Shape::new([rows, cols]),
+        input.dtype,
+    );
+    let (cube_count, cube_dim) = elementwise_count(&input, rows * cols);
+    bias_act_kernel::launch(
+        &input.client.clone(),
+        cube_count,
+        cube_dim,
+        input.into_tensor_arg(),
+        bias.into_tensor_arg(),
+        output.clone().into_tensor_arg(),
+        cols as u32,
+        code,
+        elem,
+    );
+    Some(BurnTensor::from_primitive::<Cube>(output))
+}
+
+/// See [`split_heads_kernel`]. q: `[b, n, heads·d]`, k/v: `[b, m, heads·d]` → q, k, v as
+/// `[b, heads, len, d]`, q times `scale`.
+pub(crate) fn split_heads(
+    q: BurnTensor<3>,
+    k: BurnTensor<3>,
+    v: BurnTensor<3>,
+    heads: usize,
+    scale: f32,
+) -> Option<[BurnTensor<4>; 3]> {
+    let [b, n, inner] = q.dims();
+    let m = k.dims()[1];
+    let d = inner / heads;
+    let (q, k, v) = (
+        into_contiguous(raw(q)?),
+        into_contiguous(raw(k)?),
+        into_contiguous(raw(v)?),
+    );
+    let elem = elem_type(q.dtype)?;
+    let empty = |len: usize| {
+        empty_device_dtype(
+            q.client.clone(),
+            q.device.clone(),
+            Shape::new([b, heads, len, d]),
+            q.dtype,
+        )
+    };
+    let (q_out, k_out, v_out) = (empty(n), empty(m), empty(m));
+    let (cube_count, cube_dim) = elementwise_count(&q, b * n.max(m) * inner);
+    split_heads_kernel::launch(
+        &q.client.clone(),
+        cube_count,
+        cube_dim,
+        q.into_tensor_arg(),
+        k.into_tensor_arg(),
+        v.into_tensor_arg(),
+        q_out.clone().into_tensor_arg(),
+        k_out.clone().into_tensor_arg(),
+        v_out.clone().into_tensor_arg(),
+        n as u32,
+        m as u32,
+        heads as u32,
+        d as u32,
+        scale,
+        elem,
+    );
+    Some([q_out, k_out, v_out].map(BurnTensor::from_primitive::<Cube>))
+}
+
+/// Where [`im2col`] reads its windows from.
+#[derive(Clone, Debug)]
+pub(crate) struct Windows {
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    /// Padding on the top and left (the output size fixes the rest).
+    pub pad: [usize; 2],
+    /// Nearest-neighbour upsampling factor applied before padding (1 = none).
+    pub up: usize,
+    /// The output rows wanted, `start..end`, and the output width.
+    pub rows: std::ops::Range<usize>,
+    pub wo: usize,
+}
+
+/// See [`im2col_kernel`]. x: `[b, cin, h, w]` → `[b, cin·kh·kw, rows·wo]`.
+pub(crate) fn im2col(x: BurnTensor<4>, g: &Windows) -> Option<BurnTensor<3>> {
+    let [b, cin, h, w] = x.dims();
+    let [kh, kw] = g.kernel;
+    let rows = g.rows.len();
+    let input = into_contiguous(raw(x)?);
+    let elem = elem_type(input.dtype)?;
+    let shape = [b, cin * kh * kw, rows * g.wo];
+    let output: CubeTensor = empty_device_dtype(
+        input.client.clone(),
+        input.device.clone(),
+        Shape::new(shape),
+        input.dtype,
+    );
+    let (cube_count, cube_dim) = elementwise_count(&input, shape.iter().product());
+    let u = |v: usize| v as u32;
+    im2col_kernel::launch(
+        &input.client.clone(),
+        cube_count,
+        cube_dim,
+        input.into_tensor_arg(),
+        output.clone().into_tensor_arg(),
+        u(cin),
+        u(h),
+        u(w),
+        u(kh),
+        u(kw),
+        u(g.stride[0]),
+        u(g.stride[1]),
+        u(g.pad[0]),
+        u(g.pad[1]),
+        u(g.up),
+        u(g.rows.start),
+        u(rows),
+        u(g.wo),
+        elem,
+    );
+    Some(BurnTensor::from_primitive::<Cube>(output))
+}
