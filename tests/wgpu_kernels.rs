@@ -263,3 +263,38 @@ fn sequence_projections_match_ops_and_cpu() {
         assert!(max_abs_diff(&got.1, &want.1) < 1e-4, "{name}: proj_out vs CPU");
     }
 }
+
+/// A resnet's `conv(silu(group_norm(x))) + add` with the normalisation done by the im2col
+/// kernel as it reads the windows (whole and banded), against the CPU and burn's ops.
+#[test]
+fn norm_folded_into_conv_matches_ops_and_cpu() {
+    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(device) = wgpu_device() else { return };
+    let cpu = Device::flex();
+    let (b, cin, cout, h, w, groups) = (2, 6, 7, 9, 11, 3);
+    let gamma: Vec<f32> = (0..cin).map(|i| 0.5 + i as f32 / cin as f32).collect();
+    let beta: Vec<f32> = (0..cin).map(|i| (i as f32 * 0.37).sin()).collect();
+    let conv = Conv2dConfig::new([cin, cout], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(&cpu);
+    let gconv = conv.clone().to_device(&device);
+    let x: Tensor<4> = Tensor::random([b, cin, h, w], Distribution::Normal(1.0, 2.0), &cpu);
+    let res: Tensor<4> = Tensor::random([b, cout, h, w], Distribution::Normal(0.0, 1.0), &cpu);
+    let run = |norm: &GroupNorm, conv: &Conv2d, x: Tensor<4>, res: Tensor<4>| {
+        values(fused::norm_silu_conv2d_add(norm, conv, x, ConvAdd::Residual(res)))
+    };
+    let want = run(&norm(groups, cin, &gamma, &beta, &cpu), &conv, x.clone(), res.clone());
+    let gnorm = norm(groups, cin, &gamma, &beta, &device);
+    for budget in [64 << 20, 300] {
+        set_im2col_budget(budget);
+        set_own_kernels(true);
+        let kernel = run(&gnorm, &gconv, to(&x, &device), to(&res, &device));
+        set_own_kernels(false);
+        let ops = run(&gnorm, &gconv, to(&x, &device), to(&res, &device));
+        set_own_kernels(true);
+        set_im2col_budget(64 << 20);
+        let (dk, d_ops) = (max_abs_diff(&kernel, &want), max_abs_diff(&ops, &want));
+        assert!(dk < 1e-4, "budget {budget}: kernel vs CPU max diff {dk}");
+        assert!(d_ops < 1e-4, "budget {budget}: ops vs CPU max diff {d_ops}");
+    }
+}

@@ -4,8 +4,8 @@
 //! where burn's ops take up to eight); elsewhere, or with `IMAGEN_GPU_KERNELS=0`, the same
 //! ops as the unfused code (the CPU kernels of [`crate::cpu`], then burn's adds).
 
-use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, Linear};
 use burn::tensor::Tensor;
 
 use crate::{cpu, gpu};
@@ -74,11 +74,23 @@ pub fn linear_add<const D: usize>(lin: &Linear, x: Tensor<D>, residual: Tensor<D
 /// `conv(x) + add`. x: `[b, cin, h, w]` → `[b, cout, ho, wo]`
 pub fn conv2d_add(conv: &Conv2d, x: Tensor<4>, add: ConvAdd) -> Tensor<4> {
     if gpu::on_gpu(&x)
-        && let Some(y) = gpu::conv2d_fused(conv, &x, 1, &add)
+        && let Some(y) = gpu::conv2d_fused(conv, &x, 1, None, &add)
     {
         return y;
     }
     add.apply(cpu::conv2d(conv, x))
+}
+
+/// `conv(silu(norm(x))) + add`, the resnets' and output heads' norm → conv; on GPU backends
+/// the normalisation happens as the convolution reads its windows.
+/// x: `[b, cin, h, w]` → `[b, cout, ho, wo]`
+pub fn norm_silu_conv2d_add(norm: &GroupNorm, conv: &Conv2d, x: Tensor<4>, add: ConvAdd) -> Tensor<4> {
+    if gpu::on_gpu(&x)
+        && let Some(y) = gpu::conv2d_fused(conv, &x, 1, Some(norm), &add)
+    {
+        return y;
+    }
+    conv2d_add(conv, cpu::group_norm(norm, x, true), add)
 }
 
 /// `conv(upsample_nearest(x))` to `size` (`2h × 2w` when `None`); on GPU backends the 2× case
@@ -89,7 +101,7 @@ pub fn upsample_conv(conv: &Conv2d, x: Tensor<4>, size: Option<[usize; 2]>) -> T
     let [oh, ow] = size.unwrap_or([2 * h, 2 * w]);
     if [oh, ow] == [2 * h, 2 * w]
         && gpu::on_gpu(&x)
-        && let Some(y) = gpu::conv2d_fused(conv, &x, 2, &ConvAdd::Nothing)
+        && let Some(y) = gpu::conv2d_fused(conv, &x, 2, None, &ConvAdd::Nothing)
     {
         return y;
     }

@@ -55,16 +55,12 @@ impl ResnetBlock2D {
             (Some(proj), Some(t)) => ConvAdd::PerChannel(cpu::linear(proj, t.clone())),
             _ => ConvAdd::Nothing,
         };
-        let h = fused::conv2d_add(&self.conv1, cpu::group_norm(&self.norm1, x.clone(), true), time);
+        let h = fused::norm_silu_conv2d_add(&self.norm1, &self.conv1, x.clone(), time);
         let shortcut = match &self.conv_shortcut {
             Some(c) => cpu::conv2d(c, x),
             None => x,
         };
-        fused::conv2d_add(
-            &self.conv2,
-            cpu::group_norm(&self.norm2, h, true),
-            ConvAdd::Residual(shortcut),
-        )
+        fused::norm_silu_conv2d_add(&self.norm2, &self.conv2, h, ConvAdd::Residual(shortcut))
     }
 }
 

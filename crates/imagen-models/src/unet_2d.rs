@@ -11,6 +11,7 @@ use crate::attention::{Transformer2DConfig, Transformer2DModel};
 use crate::config::{OneOrMany, unsupported};
 use crate::cpu;
 use crate::error::Result;
+use crate::fused;
 use crate::layers::{Downsample2D, ResnetBlock2D, Upsample2D, conv2d, group_norm, linear};
 
 const COMPONENT: &str = "unet";
@@ -531,7 +532,7 @@ impl UNet2DConditionModel {
             }
         }
 
-        cpu::conv2d(&self.conv_out, cpu::group_norm(&self.conv_norm_out, x, true))
+        fused::norm_silu_conv2d_add(&self.conv_norm_out, &self.conv_out, x, fused::ConvAdd::Nothing)
     }
 
     /// diffusers `get_timestep_embedding` of each value, computed in f32 on the host:

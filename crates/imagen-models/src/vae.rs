@@ -10,6 +10,7 @@ use crate::attention::Attention;
 use crate::config::unsupported;
 use crate::cpu;
 use crate::error::Result;
+use crate::fused;
 use crate::layers::{Downsample2D, ResnetBlock2D, Upsample2D, conv2d, group_norm};
 
 const COMPONENT: &str = "vae";
@@ -276,7 +277,7 @@ impl AutoencoderKL {
             }
         }
         x = e.mid_block.forward(x);
-        x = cpu::conv2d(&e.conv_out, cpu::group_norm(&e.conv_norm_out, x, true));
+        x = fused::norm_silu_conv2d_add(&e.conv_norm_out, &e.conv_out, x, fused::ConvAdd::Nothing);
         if let Some(q) = &self.quant_conv {
             x = cpu::conv2d(q, x);
         }
@@ -306,7 +307,7 @@ impl AutoencoderKL {
                 x = up.forward(x, None);
             }
         }
-        cpu::conv2d(&dec.conv_out, cpu::group_norm(&dec.conv_norm_out, x, true))
+        fused::norm_silu_conv2d_add(&dec.conv_norm_out, &dec.conv_out, x, fused::ConvAdd::Nothing)
     }
 
     /// diffusers' `tiled_decode`, for images too large to decode at once: latent tiles of

@@ -96,7 +96,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         // GPU backends: the fused im2col kernels, else the route chosen in `gpu` (any stride).
         let plain = conv.dilation == [1, 1] && conv.groups == 1;
         if let Some(pad) = pad.filter(|_| plain && crate::gpu::on_gpu(&x))
-            && let Some(y) = crate::gpu::conv2d_fused(conv, &x, 1, &crate::fused::ConvAdd::Nothing)
+            && let Some(y) = crate::gpu::conv2d_fused(conv, &x, 1, None, &crate::fused::ConvAdd::Nothing)
                 .or_else(|| crate::gpu::conv2d(conv, x.clone(), pad))
         {
             return y;

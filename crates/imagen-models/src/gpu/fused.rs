@@ -7,7 +7,8 @@
 //! - [`bias_act`]: bias + GEGLU / GELU / quick GELU after the feed-forward's first matmul;
 //! - [`split_heads`]: q, k, v `[b, len, h·d]` → contiguous `[b, h, len, d]`, q scaled;
 //! - [`im2col`]: the windows of the zero-padded (and 2× nearest-upsampled) input as the column
-//!   matrix of a convolution, read from the unpadded input.
+//!   matrix of a convolution, read from the unpadded input, optionally group-normalised + SiLU
+//!   on the way (the resnets' norm → conv pairs).
 //!
 //! Arithmetic in f32 whatever the storage type, rounded once. Each has a burn-op reference in
 //! `super` (the route taken with `IMAGEN_GPU_KERNELS=0`) and a parity test in
@@ -132,10 +133,16 @@ fn head_source(pos: usize, len: usize, heads: usize, d: usize) -> usize {
 
 /// The column matrix `[b, cin·kh·kw, rows·wo]` of output rows `row0..row0 + rows` of a
 /// convolution over `input` (`[b, cin, h, w]`, contiguous) upsampled `up`× (nearest) and then
-/// zero-padded by `top`/`left` (and whatever bottom/right the output size implies).
+/// zero-padded by `top`/`left` (and whatever bottom/right the output size implies). With `norm`,
+/// each value read is first group-normalised (`stats`: f32 mean and 1/σ per (batch, group) row,
+/// then γ, β) and put through SiLU: the resnets' `conv(silu(norm(x)))` without the normalised
+/// tensor ever being written. Unused inputs are bound to others, never read.
 #[cube(launch)]
 fn im2col_kernel<F: Float>(
     input: &Tensor<F>,
+    stats: &Tensor<f32>,
+    gamma: &Tensor<F>,
+    beta: &Tensor<F>,
     output: &mut Tensor<F>,
     cin: u32,
     h: u32,
@@ -150,6 +157,8 @@ fn im2col_kernel<F: Float>(
     row0: u32,
     rows: u32,
     wo: u32,
+    channels_per_group: u32,
+    #[comptime] norm: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let pos = ABSOLUTE_POS;
@@ -169,7 +178,18 @@ fn im2col_kernel<F: Float>(
     let mut v = F::new(0.0);
     if py >= top && px >= left && py - top < h * up && px - left < w * up {
         let c = k / (kw * kh);
-        v = input[((b * cin + c) * h + (py - top) / up) * w + (px - left) / up];
+        let x = input[((b * cin + c) * h + (py - top) / up) * w + (px - left) / up];
+        if norm {
+            // As `group_norm_apply_kernel` (kernels.rs), so f32 results are identical.
+            let cpg = channels_per_group as usize;
+            let row = b * (cin / cpg) + c / cpg;
+            let mut y = (f32::cast_from(x) - stats[row * 2]) * stats[row * 2 + 1] * f32::cast_from(gamma[c])
+                + f32::cast_from(beta[c]);
+            y = y / (1.0f32 + (-y).exp());
+            v = F::cast_from(y);
+        } else {
+            v = x;
+        }
     }
     output[pos] = v;
 }
@@ -310,8 +330,36 @@ pub(crate) struct Windows {
     pub wo: usize,
 }
 
+/// Group norm + SiLU applied to what [`im2col`] reads: per-(batch, group) statistics from
+/// [`group_stats`], γ and β.
+#[derive(Clone, Debug)]
+pub(crate) struct Norm {
+    stats: CubeTensor,
+    gamma: CubeTensor,
+    beta: CubeTensor,
+    groups: usize,
+}
+
+/// The statistics of `norm` over `x` (`[b, c, h, w]`), for [`im2col`]; `None` where the
+/// tensors are not raw cube tensors or the norm has no affine parameters.
+pub(crate) fn group_stats(x: &BurnTensor<4>, norm: &burn::nn::GroupNorm) -> Option<Norm> {
+    let [b, c, h, w] = x.dims();
+    let groups = norm.num_groups;
+    let input = into_contiguous(raw(x.clone())?);
+    let elem = elem_type(input.dtype)?;
+    let gamma = into_contiguous(raw(norm.gamma.as_ref()?.val())?);
+    let beta = into_contiguous(raw(norm.beta.as_ref()?.val())?);
+    let stats = super::kernels::row_stats(&input, b * groups, c / groups * h * w, norm.epsilon, elem);
+    Some(Norm {
+        stats,
+        gamma,
+        beta,
+        groups,
+    })
+}
+
 /// See [`im2col_kernel`]. x: `[b, cin, h, w]` → `[b, cin·kh·kw, rows·wo]`.
-pub(crate) fn im2col(x: BurnTensor<4>, g: &Windows) -> Option<BurnTensor<3>> {
+pub(crate) fn im2col(x: BurnTensor<4>, g: &Windows, norm: Option<&Norm>) -> Option<BurnTensor<3>> {
     let [b, cin, h, w] = x.dims();
     let [kh, kw] = g.kernel;
     let rows = g.rows.len();
@@ -324,6 +372,19 @@ pub(crate) fn im2col(x: BurnTensor<4>, g: &Windows) -> Option<BurnTensor<3>> {
         Shape::new(shape),
         input.dtype,
     );
+    let (stats, gamma, beta, cpg) = match norm {
+        Some(n) => (n.stats.clone(), n.gamma.clone(), n.beta.clone(), cin / n.groups),
+        // Never read: any f32 buffer for the statistics (a 1-element one), the input for γ, β.
+        None => {
+            let dummy = empty_device_dtype(
+                input.client.clone(),
+                input.device.clone(),
+                Shape::new([1]),
+                burn::tensor::DType::F32,
+            );
+            (dummy, input.clone(), input.clone(), 1)
+        }
+    };
     let (cube_count, cube_dim) = elementwise_count(&input, shape.iter().product());
     let u = |v: usize| v as u32;
     im2col_kernel::launch(
@@ -331,6 +392,9 @@ pub(crate) fn im2col(x: BurnTensor<4>, g: &Windows) -> Option<BurnTensor<3>> {
         cube_count,
         cube_dim,
         input.into_tensor_arg(),
+        stats.into_tensor_arg(),
+        gamma.into_tensor_arg(),
+        beta.into_tensor_arg(),
         output.clone().into_tensor_arg(),
         u(cin),
         u(h),
@@ -345,6 +409,8 @@ pub(crate) fn im2col(x: BurnTensor<4>, g: &Windows) -> Option<BurnTensor<3>> {
         u(g.rows.start),
         u(rows),
         u(g.wo),
+        u(cpg),
+        norm.is_some(),
         elem,
     );
     Some(BurnTensor::from_primitive::<Cube>(output))

@@ -258,7 +258,7 @@ pub(super) fn elem_type(dtype: DType) -> Option<ElemType> {
 }
 
 /// `[rows, 2]` f32 (mean, 1/√(var + ε)) of the contiguous `input` read as `[rows, n]`.
-fn row_stats(input: &CubeTensor, rows: usize, n: usize, epsilon: f64, elem: ElemType) -> CubeTensor {
+pub(super) fn row_stats(input: &CubeTensor, rows: usize, n: usize, epsilon: f64, elem: ElemType) -> CubeTensor {
     let client = input.client.clone();
     let stats = empty_device_dtype(client.clone(), input.device.clone(), Shape::new([rows, 2]), DType::F32);
     row_stats_kernel::launch(

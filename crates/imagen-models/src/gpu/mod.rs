@@ -452,17 +452,28 @@ fn explicit_pad(conv: &Conv2d) -> Option<[usize; 4]> {
     }
 }
 
-/// `conv(upsample_nearest(x, up)) + add` with the column matrix built by the fused im2col
-/// kernel (from `x` as it is: no padded or upsampled copy) and the bias and `add` in one
-/// epilogue; `None` (nothing run) off the im2col route, with the fused kernels off, or for
-/// convs it does not cover (grouped, dilated, no bias). x: `[b, cin, h, w]` → `[b, cout, ho, wo]`
-pub(crate) fn conv2d_fused(conv: &Conv2d, x: &Tensor<4>, up: usize, add: &ConvAdd) -> Option<Tensor<4>> {
+/// `conv(silu(norm(upsample_nearest(x, up)))) + add` with the column matrix built by the
+/// fused im2col kernel (from `x` as it is: no padded, upsampled or normalised copy; `norm`
+/// optional) and the bias and `add` in one epilogue; `None` (nothing run) off the im2col
+/// route, with the fused kernels off, or for convs it does not cover (grouped, dilated, no
+/// bias). x: `[b, cin, h, w]` → `[b, cout, ho, wo]`
+pub(crate) fn conv2d_fused(
+    conv: &Conv2d,
+    x: &Tensor<4>,
+    up: usize,
+    norm: Option<&GroupNorm>,
+    add: &ConvAdd,
+) -> Option<Tensor<4>> {
     let plain = conv.dilation == [1, 1] && conv.groups == 1;
     if !plain || conv_route() != ConvRoute::Im2col || !fused_kernels() {
         return None;
     }
     let [top, left, bottom, right] = explicit_pad(conv)?;
     let bias = conv.bias.as_ref()?.val();
+    let norm = match norm {
+        Some(n) => Some(fused::group_stats(x, n)?),
+        None => None,
+    };
     let weight = conv.weight.val();
     let [cout, cin, kh, kw] = weight.dims();
     let [sh, sw] = conv.stride;
@@ -471,7 +482,8 @@ pub(crate) fn conv2d_fused(conv: &Conv2d, x: &Tensor<4>, up: usize, add: &ConvAd
     let (ho, wo) = ((hp - kh) / sh + 1, (wp - kw) / sw + 1);
     // [cout, cin, kh, kw] -> [1, cout, cin·kh·kw]
     let weight = weight.reshape([1, cout, cin * kh * kw]);
-    let y = if kh * kw == 1 && up == 1 && conv.stride == [1, 1] && [top, left, bottom, right] == [0; 4] {
+    let pointwise = kh * kw == 1 && up == 1 && conv.stride == [1, 1] && [top, left, bottom, right] == [0; 4];
+    let y = if pointwise && norm.is_none() {
         // [b, cin, h, w] -> [b, cin, h·w]: already the column matrix
         weight.matmul(x.clone().reshape([b, cin, h * w]))
     } else {
@@ -487,7 +499,7 @@ pub(crate) fn conv2d_fused(conv: &Conv2d, x: &Tensor<4>, up: usize, add: &ConvAd
                 wo,
             };
             // [b, cin·kh·kw, rows·wo] -> [b, cout, rows·wo] -> [b, cout, rows, wo]
-            fused::im2col(x.clone(), &windows).map(|cols| {
+            fused::im2col(x.clone(), &windows, norm.as_ref()).map(|cols| {
                 let rows = windows.rows.len();
                 weight.clone().matmul(cols).reshape([b, cout, rows, wo])
             })
@@ -663,7 +675,13 @@ mod fused {
         None
     }
 
-    pub(super) fn im2col(_: Tensor<4>, _: &Windows) -> Option<Tensor<3>> {
+    pub(super) struct Norm;
+
+    pub(super) fn group_stats(_: &Tensor<4>, _: &burn::nn::GroupNorm) -> Option<Norm> {
+        None
+    }
+
+    pub(super) fn im2col(_: Tensor<4>, _: &Windows, _: Option<&Norm>) -> Option<Tensor<3>> {
         None
     }
 }
