@@ -298,3 +298,38 @@ fn norm_folded_into_conv_matches_ops_and_cpu() {
         assert!(d_ops < 1e-4, "budget {budget}: ops vs CPU max diff {d_ops}");
     }
 }
+
+/// Attention with its projections (biases added by the head-split kernel, causal as CLIP's,
+/// cross-attention with more keys than queries) against the CPU and burn's ops.
+#[test]
+fn qkv_attention_matches_ops_and_cpu() {
+    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(device) = wgpu_device() else { return };
+    let cpu = Device::flex();
+    let (b, dim, heads) = (2, 24, 3);
+    for (n, m, bias, causal) in [(19, 19, true, true), (19, 45, false, false), (33, 7, true, false)] {
+        let lin = || LinearConfig::new(dim, dim).with_bias(bias).init(&cpu);
+        let (q, k, v) = (lin(), lin(), lin());
+        let (gq, gk, gv) = (
+            q.clone().to_device(&device),
+            k.clone().to_device(&device),
+            v.clone().to_device(&device),
+        );
+        let x: Tensor<3> = Tensor::random([b, n, dim], Distribution::Normal(0.0, 1.0), &cpu);
+        let ctx: Tensor<3> = Tensor::random([b, m, dim], Distribution::Normal(0.0, 1.0), &cpu);
+        let run = |l: [&Linear; 3], x: Tensor<3>, ctx: Tensor<3>| {
+            let context = (m != n).then_some(&ctx);
+            values(fused::qkv_attention(l, x.clone(), context, heads, causal))
+        };
+        let want = run([&q, &k, &v], x.clone(), ctx.clone());
+        set_own_kernels(true);
+        let kernel = run([&gq, &gk, &gv], to(&x, &device), to(&ctx, &device));
+        set_own_kernels(false);
+        let ops = run([&gq, &gk, &gv], to(&x, &device), to(&ctx, &device));
+        set_own_kernels(true);
+        let case = format!("{n}x{m} bias={bias} causal={causal}");
+        let (dk, d_ops) = (max_abs_diff(&kernel, &want), max_abs_diff(&ops, &want));
+        assert!(dk < 1e-4, "{case}: kernel vs CPU max diff {dk}");
+        assert!(d_ops < 1e-4, "{case}: ops vs CPU max diff {d_ops}");
+    }
+}

@@ -55,11 +55,7 @@ impl Attention {
 
     /// The attention's output before `to_out`: `[b, n, h·d]`.
     fn heads_out(&self, x: Tensor<3>, context: Option<&Tensor<3>>) -> Tensor<3> {
-        let ctx = context.cloned().unwrap_or_else(|| x.clone());
-        let q = cpu::linear(&self.to_q, x);
-        let k = cpu::linear(&self.to_k, ctx.clone());
-        let v = cpu::linear(&self.to_v, ctx);
-        multi_head_attention(q, k, v, self.heads, false)
+        fused::qkv_attention([&self.to_q, &self.to_k, &self.to_v], x, context, self.heads, false)
     }
 }
 

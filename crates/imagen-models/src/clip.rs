@@ -6,7 +6,6 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::{Device, Int, Tensor};
 use serde::Deserialize;
 
-use crate::attention::multi_head_attention;
 use crate::config::unsupported;
 use crate::cpu;
 use crate::error::Result;
@@ -214,13 +213,7 @@ impl ClipTextModel {
         for layer in self.encoder.layers.iter().take(end).skip(start) {
             let a = &layer.self_attn;
             let h = cpu::layer_norm(&layer.layer_norm1, x.clone(), self.layer_norm_eps);
-            let h = multi_head_attention(
-                cpu::linear(&a.q_proj, h.clone()),
-                cpu::linear(&a.k_proj, h.clone()),
-                cpu::linear(&a.v_proj, h),
-                self.heads,
-                true,
-            );
+            let h = fused::qkv_attention([&a.q_proj, &a.k_proj, &a.v_proj], h, None, self.heads, true);
             x = fused::linear_add(&a.out_proj, h, x);
             let act = if self.quick_gelu { Act::QuickGelu } else { Act::Gelu };
             let h = fused::linear_act(

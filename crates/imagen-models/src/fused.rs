@@ -71,6 +71,28 @@ pub fn linear_add<const D: usize>(lin: &Linear, x: Tensor<D>, residual: Tensor<D
     cpu::linear(lin, x) + residual
 }
 
+/// Multi-head attention with its q/k/v projections (self-attention when `context` is `None`),
+/// before the output projection; on GPU backends the projections' biases are added by the
+/// head-split kernel. x: `[b, n, dim]`, context: `[b, m, ctx]` → `[b, n, h·d]`
+pub fn qkv_attention(
+    [to_q, to_k, to_v]: [&Linear; 3],
+    x: Tensor<3>,
+    context: Option<&Tensor<3>>,
+    heads: usize,
+    causal: bool,
+) -> Tensor<3> {
+    let ctx = context.cloned().unwrap_or_else(|| x.clone());
+    if gpu::on_gpu(&x)
+        && let Some(y) = gpu::qkv_attention([to_q, to_k, to_v], &x, &ctx, heads, causal)
+    {
+        return y;
+    }
+    let q = cpu::linear(to_q, x);
+    let k = cpu::linear(to_k, ctx.clone());
+    let v = cpu::linear(to_v, ctx);
+    crate::attention::multi_head_attention(q, k, v, heads, causal)
+}
+
 /// `conv(x) + add`. x: `[b, cin, h, w]` → `[b, cout, ho, wo]`
 pub fn conv2d_add(conv: &Conv2d, x: Tensor<4>, add: ConvAdd) -> Tensor<4> {
     if gpu::on_gpu(&x)

@@ -5,7 +5,8 @@
 //! - [`epilogue`]: a matmul's bias, a per-(batch, channel) term (the resnets' time embedding)
 //!   and a residual, added in one pass;
 //! - [`bias_act`]: bias + GEGLU / GELU / quick GELU after the feed-forward's first matmul;
-//! - [`split_heads`]: q, k, v `[b, len, h·d]` → contiguous `[b, h, len, d]`, q scaled;
+//! - [`split_heads`]: q, k, v `[b, len, h·d]` (+ their biases) → contiguous `[b, h, len, d]`,
+//!   q scaled;
 //! - [`im2col`]: the windows of the zero-padded (and 2× nearest-upsampled) input as the column
 //!   matrix of a convolution, read from the unpadded input, optionally group-normalised + SiLU
 //!   on the way (the resnets' norm → conv pairs).
@@ -94,12 +95,16 @@ fn bias_act_kernel<F: Float>(
 }
 
 /// q `[b, n, heads·d]` → `[b, heads, n, d]` times `scale`, and k, v `[b, m, heads·d]` →
-/// `[b, heads, m, d]`, all three in one launch (contiguous inputs).
+/// `[b, heads, m, d]`, all three in one launch (contiguous inputs), each plus its bias
+/// (`[heads·d]`) first when `has_bias` (else the biases are bound to `q`, never read).
 #[cube(launch)]
 fn split_heads_kernel<F: Float>(
     q: &Tensor<F>,
     k: &Tensor<F>,
     v: &Tensor<F>,
+    q_bias: &Tensor<F>,
+    k_bias: &Tensor<F>,
+    v_bias: &Tensor<F>,
     q_out: &mut Tensor<F>,
     k_out: &mut Tensor<F>,
     v_out: &mut Tensor<F>,
@@ -108,17 +113,30 @@ fn split_heads_kernel<F: Float>(
     heads: u32,
     d: u32,
     scale: f32,
+    #[comptime] has_bias: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let pos = ABSOLUTE_POS;
     let (heads, d) = (heads as usize, d as usize);
+    // The channel (head · d + i) of element `pos`, whichever tensor it is in.
+    let channel = pos / d / (n as usize) % heads * d + pos % d;
     if pos < q_out.len() {
-        q_out[pos] = F::cast_from(f32::cast_from(q[head_source(pos, n as usize, heads, d)]) * scale);
+        let mut x = f32::cast_from(q[head_source(pos, n as usize, heads, d)]);
+        if has_bias {
+            x += f32::cast_from(q_bias[channel]);
+        }
+        q_out[pos] = F::cast_from(x * scale);
     }
     if pos < k_out.len() {
         let src = head_source(pos, m as usize, heads, d);
-        k_out[pos] = k[src];
-        v_out[pos] = v[src];
+        let channel = pos / d / (m as usize) % heads * d + pos % d;
+        if has_bias {
+            k_out[pos] = F::cast_from(f32::cast_from(k[src]) + f32::cast_from(k_bias[channel]));
+            v_out[pos] = F::cast_from(f32::cast_from(v[src]) + f32::cast_from(v_bias[channel]));
+        } else {
+            k_out[pos] = k[src];
+            v_out[pos] = v[src];
+        }
     }
 }
 
@@ -268,12 +286,11 @@ pub(crate) fn bias_act(h: BurnTensor<2>, bias: BurnTensor<1>, act: Act) -> Optio
     Some(BurnTensor::from_primitive::<Cube>(output))
 }
 
-/// See [`split_heads_kernel`]. q: `[b, n, heads·d]`, k/v: `[b, m, heads·d]` → q, k, v as
-/// `[b, heads, len, d]`, q times `scale`.
+/// See [`split_heads_kernel`]. q: `[b, n, heads·d]`, k/v: `[b, m, heads·d]`, biases
+/// `[heads·d]` each → q, k, v as `[b, heads, len, d]`, q times `scale`.
 pub(crate) fn split_heads(
-    q: BurnTensor<3>,
-    k: BurnTensor<3>,
-    v: BurnTensor<3>,
+    [q, k, v]: [BurnTensor<3>; 3],
+    biases: Option<[BurnTensor<1>; 3]>,
     heads: usize,
     scale: f32,
 ) -> Option<[BurnTensor<4>; 3]> {
@@ -286,6 +303,15 @@ pub(crate) fn split_heads(
         into_contiguous(raw(v)?),
     );
     let elem = elem_type(q.dtype)?;
+    let has_bias = biases.is_some();
+    let [qb, kb, vb] = match biases {
+        Some([qb, kb, vb]) => [
+            into_contiguous(raw(qb)?),
+            into_contiguous(raw(kb)?),
+            into_contiguous(raw(vb)?),
+        ],
+        None => [q.clone(), q.clone(), q.clone()],
+    };
     let empty = |len: usize| {
         empty_device_dtype(
             q.client.clone(),
@@ -303,6 +329,9 @@ pub(crate) fn split_heads(
         q.into_tensor_arg(),
         k.into_tensor_arg(),
         v.into_tensor_arg(),
+        qb.into_tensor_arg(),
+        kb.into_tensor_arg(),
+        vb.into_tensor_arg(),
         q_out.clone().into_tensor_arg(),
         k_out.clone().into_tensor_arg(),
         v_out.clone().into_tensor_arg(),
@@ -311,6 +340,7 @@ pub(crate) fn split_heads(
         heads as u32,
         d as u32,
         scale,
+        has_bias,
         elem,
     );
     Some([q_out, k_out, v_out].map(BurnTensor::from_primitive::<Cube>))

@@ -316,25 +316,15 @@ fn mean_rows(mut t: Tensor<2>) -> Tensor<2> {
 /// `softmax(q·kᵀ/√d)·v` per head, with two batched matmuls.
 /// q: `[b, n, h·d]`, k/v: `[b, m, h·d]` → `[b, n, h·d]`
 fn attention_two_matmuls(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, causal: bool) -> Tensor<3> {
+    if own_kernels()
+        && let Some(out) = attention_fused([q.clone(), k.clone(), v.clone()], None, heads, causal)
+    {
+        return out;
+    }
     let [b, n, inner] = q.dims();
     let m = k.dims()[1];
     let d = inner / heads;
-    // Scale q before the product (as PyTorch's math path), so f16 scores stay small.
     let scale = (1.0 / (d as f64).sqrt()) as f32;
-    let probs_times_v = |scores: Tensor<4>, v: Tensor<4>| {
-        // [b, h, n, m] · [b, h, m, d] -> [b, h, n, d] -> [b, n, h, d] -> [b, n, h·d]
-        scores.matmul(v).swap_dims(1, 2).reshape([b, n, inner])
-    };
-    if own_kernels()
-        && let Some([qh, kh, vh]) = fused::split_heads(q.clone(), k.clone(), v.clone(), heads, scale)
-    {
-        // Contiguous heads: kᵀ is a column-major view the matmul reads as it is.
-        // [b, h, n, d] · [b, h, d, m] -> [b, h, n, m]
-        let scores = qh.matmul(kh.swap_dims(2, 3));
-        if let Some(probs) = kernels::softmax_last(scores.clone(), causal) {
-            return probs_times_v(probs, vh);
-        }
-    }
     // [b, len, h·d] -> [b, len, h, d] -> [b, h, len, d]
     let split = |t: Tensor<3>, len: usize| t.reshape([b, len, heads, d]).swap_dims(1, 2);
     let (q, k, v) = (split(q, n), split(k, m), split(v, m));
@@ -349,7 +339,73 @@ fn attention_two_matmuls(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize,
         let device = scores.device();
         scores = scores + Tensor::<2>::from_data(TensorData::new(mask, [n, m]), &device).reshape([1, 1, n, m]);
     }
-    probs_times_v(softmax(scores, 3), v)
+    // [b, h, n, m] · [b, h, m, d] -> [b, h, n, d] -> [b, n, h, d] -> [b, n, h·d]
+    softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, n, inner])
+}
+
+/// [`attention_two_matmuls`] on the fused kernels: q, k, v (plus their biases) split into
+/// contiguous heads in one launch, q scaled, the causal mask inside the softmax kernel.
+/// `None` where the kernels decline. q: `[b, n, h·d]`, k/v: `[b, m, h·d]` → `[b, n, h·d]`
+fn attention_fused(
+    qkv: [Tensor<3>; 3],
+    biases: Option<[Tensor<1>; 3]>,
+    heads: usize,
+    causal: bool,
+) -> Option<Tensor<3>> {
+    let [b, n, inner] = qkv[0].dims();
+    // Scale q before the product (as PyTorch's math path), so f16 scores stay small.
+    let scale = (1.0 / ((inner / heads) as f64).sqrt()) as f32;
+    let [qh, kh, vh] = fused::split_heads(qkv, biases, heads, scale)?;
+    // Contiguous heads: kᵀ is a column-major view the matmul reads as it is.
+    // [b, h, n, d] · [b, h, d, m] -> [b, h, n, m]
+    let probs = kernels::softmax_last(qh.matmul(kh.swap_dims(2, 3)), causal)?;
+    // [b, h, n, m] · [b, h, m, d] -> [b, h, n, d] -> [b, n, h, d] -> [b, n, h·d]
+    Some(probs.matmul(vh).swap_dims(1, 2).reshape([b, n, inner]))
+}
+
+/// Attention with its q/k/v projections: the three matmuls without their biases, which the
+/// head split adds. `None` (nothing run) off the matmul route or with the fused kernels off,
+/// or when only some of the projections have a bias. x: `[b, n, dim]`, context: `[b, m, ctx]`
+/// → `[b, n, h·d]` (before the output projection)
+pub(crate) fn qkv_attention(
+    [to_q, to_k, to_v]: [&Linear; 3],
+    x: &Tensor<3>,
+    context: &Tensor<3>,
+    heads: usize,
+    causal: bool,
+) -> Option<Tensor<3>> {
+    if attention_route() != AttentionRoute::Matmul || !fused_kernels() {
+        return None;
+    }
+    let biases = match [&to_q.bias, &to_k.bias, &to_v.bias] {
+        [Some(q), Some(k), Some(v)] => Some([q.val(), k.val(), v.val()]),
+        [None, None, None] => None,
+        _ => return None,
+    };
+    let [b, n, _] = x.dims();
+    let m = context.dims()[1];
+    let project = |lin: &Linear, t: &Tensor<3>, len: usize| {
+        let y = linear_rows(lin, t);
+        // [b·len, h·d] -> [b, len, h·d]
+        let inner = y.dims()[1];
+        y.reshape([b, len, inner])
+    };
+    let qkv = [
+        project(to_q, x, n),
+        project(to_k, context, m),
+        project(to_v, context, m),
+    ];
+    Some(match attention_fused(qkv.clone(), biases.clone(), heads, causal) {
+        Some(out) => out,
+        None => {
+            let [q, k, v] = qkv;
+            let [q, k, v] = match biases {
+                Some([qb, kb, vb]) => [q + qb.unsqueeze(), k + kb.unsqueeze(), v + vb.unsqueeze()],
+                None => [q, k, v],
+            };
+            attention_two_matmuls(q, k, v, heads, causal)
+        }
+    })
 }
 
 /// `x · W` with the leading dims folded into rows, no bias. x: `[.., in]` → `[rows, out]`
@@ -671,7 +727,12 @@ mod fused {
         None
     }
 
-    pub(super) fn split_heads(_: Tensor<3>, _: Tensor<3>, _: Tensor<3>, _: usize, _: f32) -> Option<[Tensor<4>; 3]> {
+    pub(super) fn split_heads(
+        _: [Tensor<3>; 3],
+        _: Option<[Tensor<1>; 3]>,
+        _: usize,
+        _: f32,
+    ) -> Option<[Tensor<4>; 3]> {
         None
     }
 
