@@ -187,6 +187,7 @@ fn fused_conv_kernels_match_ops_and_cpu() {
     let cases = [
         (3, 1, [1, 1, 1, 1], false, "per-channel"),
         (3, 2, [0, 0, 1, 1], false, "none"),
+        (3, 1, [1, 1, 1, 1], false, "projected"),
         (3, 2, [1, 1, 1, 1], false, "residual"),
         (3, 1, [1, 1, 1, 1], true, "none"),
         (1, 1, [0, 0, 0, 0], false, "residual"),
@@ -209,6 +210,13 @@ fn fused_conv_kernels_match_ops_and_cpu() {
                 }
                 let add = match add {
                     "per-channel" => ConvAdd::PerChannel(temb),
+                    // the time embedding's projection with its bias still to add
+                    "projected" => {
+                        let c = temb.dims()[1];
+                        let bias: Vec<f32> = (0..c).map(|i| (i as f32 * 0.7).cos()).collect();
+                        let bias = Tensor::<1>::from_data(TensorData::new(bias, [c]), &temb.device());
+                        ConvAdd::Projected(temb, bias)
+                    }
                     "residual" => ConvAdd::Residual(res),
                     _ => ConvAdd::Nothing,
                 };

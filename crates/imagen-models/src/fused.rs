@@ -22,11 +22,17 @@ pub enum Act {
 }
 
 /// What a block adds to a convolution's output.
+// One is built per convolution call and moved once: the variants' sizes (burn tensors are
+// large structs) do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum ConvAdd {
     Nothing,
     /// `[b, c]`, broadcast over the pixels (a resnet's projected time embedding).
     PerChannel(Tensor<2>),
+    /// `PerChannel(t + bias)`, t `[b, c]`, bias `[c]`: a linear layer's product whose bias
+    /// joins the convolution's epilogue on GPU backends (see [`projected`]).
+    Projected(Tensor<2>, Tensor<1>),
     /// A tensor of the output's shape (a residual).
     Residual(Tensor<4>),
 }
@@ -41,9 +47,22 @@ impl ConvAdd {
                 // [b, c] -> [b, c, 1, 1]
                 y + t.reshape([b, c, 1, 1])
             }
+            ConvAdd::Projected(t, bias) => ConvAdd::PerChannel(t + bias.unsqueeze()).apply(y),
             ConvAdd::Residual(r) => y + r,
         }
     }
+}
+
+/// `lin(t)` to be added to a convolution's output per channel (a resnet's time embedding):
+/// on GPU backends the product alone, its bias left to the convolution's epilogue.
+/// t: `[b, in]`
+pub fn projected(lin: &Linear, t: Tensor<2>) -> ConvAdd {
+    if gpu::on_gpu(&t)
+        && let Some((product, bias)) = gpu::linear_unbiased(lin, &t)
+    {
+        return ConvAdd::Projected(product, bias);
+    }
+    ConvAdd::PerChannel(cpu::linear(lin, t))
 }
 
 /// `act(lin(x))`. x: `[b, n, in]` → `[b, n, out]` (`out / 2` for GEGLU)

@@ -52,7 +52,7 @@ impl ResnetBlock2D {
     /// it in every block; the UNet does it once for all) → `[b, cout, h, w]`
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
         let time = match (&self.time_emb_proj, temb) {
-            (Some(proj), Some(t)) => ConvAdd::PerChannel(cpu::linear(proj, t.clone())),
+            (Some(proj), Some(t)) => fused::projected(proj, t.clone()),
             _ => ConvAdd::Nothing,
         };
         let h = fused::norm_silu_conv2d_add(&self.norm1, &self.conv1, x.clone(), time);

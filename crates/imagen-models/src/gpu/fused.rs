@@ -26,19 +26,21 @@ use crate::fused::Act;
 
 use super::kernels::{elem_type, elementwise_count, prepare, raw};
 
-/// `y + bias[c] + per_bc[b, c] + residual`, each term present when its flag is set; `y` and
-/// `residual` contiguous `[outer, channels, inner]`, `per_bc` `[outer, channels]`. Absent terms
-/// are bound to `bias` (never read).
+/// `y + bias[c] + (per_bc[b, c] + bc_bias[c]) + residual`, each term present when its flag is
+/// set; `y` and `residual` contiguous `[outer, channels, inner]`, `per_bc` `[outer, channels]`.
+/// Absent terms are bound to `bias` (never read).
 #[cube(launch)]
 fn epilogue_kernel<F: Float>(
     y: &Tensor<F>,
     bias: &Tensor<F>,
     per_bc: &Tensor<F>,
+    bc_bias: &Tensor<F>,
     residual: &Tensor<F>,
     output: &mut Tensor<F>,
     channels: u32,
     inner: u32,
     #[comptime] has_bc: bool,
+    #[comptime] has_bc_bias: bool,
     #[comptime] has_residual: bool,
     #[define(F)] _dtype: ElemType,
 ) {
@@ -47,10 +49,15 @@ fn epilogue_kernel<F: Float>(
         terminate!();
     }
     let bc = pos / inner as usize;
+    let c = bc % channels as usize;
     // The order of burn's ops it replaces ((y + bias) + term), so f32 results are identical.
-    let mut v = f32::cast_from(y[pos]) + f32::cast_from(bias[bc % channels as usize]);
+    let mut v = f32::cast_from(y[pos]) + f32::cast_from(bias[c]);
     if has_bc {
-        v += f32::cast_from(per_bc[bc]);
+        let mut t = f32::cast_from(per_bc[bc]);
+        if has_bc_bias {
+            t += f32::cast_from(bc_bias[c]);
+        }
+        v += t;
     }
     if has_residual {
         v += f32::cast_from(residual[pos]);
@@ -213,12 +220,13 @@ fn im2col_kernel<F: Float>(
 }
 
 /// See [`epilogue_kernel`]. y: `[outer, channels, inner]` (any shape of that many elements),
-/// per_bc: `[outer, channels]`, residual: y's shape → y's shape; `None` where the tensors are
-/// not raw cube float tensors (the caller then adds with burn's ops).
+/// per_bc: `[outer, channels]` and its own optional bias `[channels]`, residual: y's shape →
+/// y's shape; `None` where the tensors are not raw cube float tensors (the caller then adds
+/// with burn's ops).
 pub(crate) fn epilogue<const D: usize>(
     y: BurnTensor<D>,
     bias: BurnTensor<1>,
-    per_bc: Option<BurnTensor<2>>,
+    per_bc: Option<(BurnTensor<2>, Option<BurnTensor<1>>)>,
     residual: Option<BurnTensor<D>>,
     channels: usize,
     inner: usize,
@@ -226,15 +234,22 @@ pub(crate) fn epilogue<const D: usize>(
     let total: usize = y.dims().iter().product();
     let (input, elem, output) = prepare(y)?;
     let bias = into_contiguous(raw(bias)?);
-    let per_bc = match per_bc {
-        Some(t) => Some(into_contiguous(raw(t)?)),
-        None => None,
+    let (per_bc, bc_bias) = match per_bc {
+        Some((t, b)) => (
+            Some(into_contiguous(raw(t)?)),
+            match b {
+                Some(b) => Some(into_contiguous(raw(b)?)),
+                None => None,
+            },
+        ),
+        None => (None, None),
     };
     let residual = match residual {
         Some(t) => Some(into_contiguous(raw(t)?)),
         None => None,
     };
-    let (has_bc, has_residual) = (per_bc.is_some(), residual.is_some());
+    let flags = (per_bc.is_some(), bc_bias.is_some(), residual.is_some());
+    let or_bias = |t: Option<CubeTensor>| t.unwrap_or_else(|| bias.clone()).into_tensor_arg();
     let (cube_count, cube_dim) = elementwise_count(&input, total);
     epilogue_kernel::launch(
         &input.client.clone(),
@@ -242,13 +257,15 @@ pub(crate) fn epilogue<const D: usize>(
         cube_dim,
         input.into_tensor_arg(),
         bias.clone().into_tensor_arg(),
-        per_bc.unwrap_or_else(|| bias.clone()).into_tensor_arg(),
-        residual.unwrap_or_else(|| bias.clone()).into_tensor_arg(),
+        or_bias(per_bc),
+        or_bias(bc_bias),
+        or_bias(residual),
         output.clone().into_tensor_arg(),
         channels as u32,
         inner as u32,
-        has_bc,
-        has_residual,
+        flags.0,
+        flags.1,
+        flags.2,
         elem,
     );
     Some(BurnTensor::from_primitive::<Cube>(output))

@@ -415,6 +415,13 @@ fn linear_rows<const D: usize>(lin: &Linear, x: &Tensor<D>) -> Tensor<2> {
     x.clone().reshape([rows, dims[D - 1]]).matmul(lin.weight.val())
 }
 
+/// `x · W` and the layer's bias apart, for a kernel that adds the bias itself; `None` (nothing
+/// run) as [`linear_act`]. x: `[.., in]` → (`[rows, out]`, `[out]`)
+pub(crate) fn linear_unbiased<const D: usize>(lin: &Linear, x: &Tensor<D>) -> Option<(Tensor<2>, Tensor<1>)> {
+    let bias = lin.bias.as_ref().filter(|_| fused_kernels())?.val();
+    Some((linear_rows(lin, x), bias))
+}
+
 /// `act(lin(x))` as one matmul and one fused kernel; `None` (nothing run) where the fused
 /// kernels are off or the layer has no bias: the caller takes the unfused route.
 /// x: `[.., in]` → `[.., out]` (`out / 2` for GEGLU)
@@ -572,7 +579,8 @@ pub(crate) fn conv2d_fused(
     let y = y.reshape([b, cout, ho, wo]);
     let (per_bc, residual) = match add {
         ConvAdd::Nothing => (None, None),
-        ConvAdd::PerChannel(t) => (Some(t.clone()), None),
+        ConvAdd::PerChannel(t) => (Some((t.clone(), None)), None),
+        ConvAdd::Projected(t, bias) => (Some((t.clone(), Some(bias.clone()))), None),
         ConvAdd::Residual(r) => (None, Some(r.clone())),
     };
     let fused = fused::epilogue(y.clone(), bias.clone(), per_bc, residual, cout, ho * wo);
@@ -715,7 +723,7 @@ mod fused {
     pub(super) fn epilogue<const D: usize>(
         _: Tensor<D>,
         _: Tensor<1>,
-        _: Option<Tensor<2>>,
+        _: Option<(Tensor<2>, Option<Tensor<1>>)>,
         _: Option<Tensor<D>>,
         _: usize,
         _: usize,
