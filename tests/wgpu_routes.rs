@@ -1,6 +1,7 @@
 //! The non-default GPU routes (`IMAGEN_GPU_CONV=burn`, `IMAGEN_GPU_ATTENTION=burn`: burn's own
-//! conv and attention, see `imagen_models::gpu`) against diffusers' goldens on wgpu, f32, same
-//! bound as the default routes; the default ones are what every other wgpu test runs.
+//! conv and attention; `IMAGEN_GPU_FUSED=0`; see `imagen_models::gpu`) against diffusers'
+//! goldens on wgpu, f32, same bound as the default routes; the default ones are what every
+//! other wgpu test runs.
 //!
 //! Its own test binary: the routes are process-wide switches. On Mesa's lavapipe in CI; without
 //! a wgpu adapter these tests pass with a note, unless IMAGEN_REQUIRE_WGPU=1.
@@ -57,8 +58,28 @@ fn banded_im2col_convs_match_diffusers() {
     imagen_models::gpu::set_conv_route(imagen_models::gpu::ConvRoute::Im2col);
     imagen_models::gpu::set_attention_route(imagen_models::gpu::AttentionRoute::Matmul);
     imagen_models::gpu::set_im2col_budget(4096);
+    imagen_models::gpu::set_fused_kernels(true);
     let folder = DiffusersFolder::open(fixture("tiny-sd15")).expect("open folder");
     let g = Golden::open("tiny-sd15");
 
     unet_and_vae_match(&folder, &g, &device);
+}
+
+/// The default routes with the fused kernels off (`IMAGEN_GPU_FUSED=0`: unfused ops, imagen's
+/// norm and softmax kernels), the A/B reference for the fused ones.
+#[test]
+fn unfused_routes_match_diffusers() {
+    let Some(device) = wgpu_device() else { return };
+    let _one = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
+    imagen_models::gpu::set_conv_route(imagen_models::gpu::ConvRoute::Im2col);
+    imagen_models::gpu::set_attention_route(imagen_models::gpu::AttentionRoute::Matmul);
+    imagen_models::gpu::set_im2col_budget(64 << 20);
+    imagen_models::gpu::set_fused_kernels(false);
+    let folder = DiffusersFolder::open(fixture("tiny-sd15")).expect("open folder");
+    let g = Golden::open("tiny-sd15");
+
+    let te = folder.load_text_encoder(&device).expect("text encoder");
+    assert_close(&g, "text_hidden", te.forward(g.ids("text_ids", &device), 0), TOL);
+    unet_and_vae_match(&folder, &g, &device);
+    imagen_models::gpu::set_fused_kernels(true);
 }

@@ -4,9 +4,11 @@
 # otherwise; one JSON line per SPEC in OUT/routes.jsonl, tagged with the routes and the binary.
 #
 #   IMAGEN=path/to/imagen OUT=/tmp/routes RUNS=10 tools/gpu_routes.sh SPEC...
-#   SPEC  = component[/batch]@conv,attention    imagen, e.g. unet/2@gemm,flash  vae-decode@im2col,burn
+#   SPEC  = component[/batch]@conv,attention[,nofused]
+#                                               imagen, e.g. unet/2@gemm,flash  vae-decode@im2col,burn
 #         | torch:component[/batch]             PyTorch CUDA (bench_torch.py), e.g. torch:unet/2
-# conv: burn | im2col | gemm;  attention: burn | matmul | flash.
+# conv: burn | im2col | gemm;  attention: burn | matmul | flash; nofused: IMAGEN_GPU_FUSED=0
+# (the fused kernels off, as before them), e.g. unet/2@im2col,matmul,nofused.
 set -uo pipefail
 IMAGEN=${IMAGEN:?imagen binary}
 OUT=${OUT:-/tmp/gpu-routes}
@@ -35,8 +37,9 @@ for spec in "$@"; do
     *)
         what=${spec%@*}; routes=${spec#*@}; comp=$what; batch=1
         [[ $what == */* ]] && batch=${what#*/} comp=${what%/*}
+        fused=1; [[ $routes == *,nofused ]] && fused=0 routes=${routes%,nofused}
         conv=${routes%,*}; attn=${routes#*,}
-        IMAGEN_GPU_CONV=$conv IMAGEN_GPU_ATTENTION=$attn timeout "${IMAGEN_TIMEOUT:-200}" "$IMAGEN" bench --backend wgpu \
+        IMAGEN_GPU_FUSED=$fused IMAGEN_GPU_CONV=$conv IMAGEN_GPU_ATTENTION=$attn timeout "${IMAGEN_TIMEOUT:-200}" "$IMAGEN" bench --backend wgpu \
             --dtype "$DTYPE" --arch sd15 --component "$comp" --batch "$batch" --runs "$RUNS" --json 2>>"$OUT/imagen.stderr" |
             tail -1 | tag "{\"spec\": \"$spec\", \"binary\": \"$(basename "$IMAGEN")\"}" >>"$log" ||
             echo "{\"spec\": \"$spec\", \"error\": \"failed\"}" >>"$log"

@@ -19,7 +19,11 @@
 //! step 0.95 s with burn's ops, 0.163 s with these; `gemm` and `flash` were no faster. Group
 //! norm, layer norm and the attention softmax run on imagen's own kernels ([`kernels`]) unless
 //! `IMAGEN_GPU_KERNELS=0`, which gives burn tensor ops (group norm with staged reductions, see
-//! [`group_norm`]). The CPU never takes these routes (it has its own kernels, [`crate::cpu`]).
+//! [`group_norm`]). On top of those, the fused kernels ([`fused`], reached through
+//! [`crate::fused`]) put what burn runs as chains of element-wise launches into one launch each:
+//! a SD 1.5 UNet step went from 1 665 to 834 launches (lavapipe profile, BENCHMARKS.md);
+//! `IMAGEN_GPU_FUSED=0` turns just them off. The CPU never takes these routes (it has its own
+//! kernels, [`crate::cpu`]).
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
@@ -316,7 +320,7 @@ fn mean_rows(mut t: Tensor<2>) -> Tensor<2> {
 /// `softmax(q·kᵀ/√d)·v` per head, with two batched matmuls.
 /// q: `[b, n, h·d]`, k/v: `[b, m, h·d]` → `[b, n, h·d]`
 fn attention_two_matmuls(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, causal: bool) -> Tensor<3> {
-    if own_kernels()
+    if fused_kernels()
         && let Some(out) = attention_fused([q.clone(), k.clone(), v.clone()], None, heads, causal)
     {
         return out;
@@ -339,8 +343,12 @@ fn attention_two_matmuls(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize,
         let device = scores.device();
         scores = scores + Tensor::<2>::from_data(TensorData::new(mask, [n, m]), &device).reshape([1, 1, n, m]);
     }
+    let probs = own_kernels()
+        .then(|| kernels::softmax_last(scores.clone(), false))
+        .flatten()
+        .unwrap_or_else(|| softmax(scores, 3));
     // [b, h, n, m] · [b, h, m, d] -> [b, h, n, d] -> [b, n, h, d] -> [b, n, h·d]
-    softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, n, inner])
+    probs.matmul(v).swap_dims(1, 2).reshape([b, n, inner])
 }
 
 /// [`attention_two_matmuls`] on the fused kernels: q, k, v (plus their biases) split into
@@ -501,9 +509,29 @@ fn pointwise(conv: &Conv2d) -> Option<(Tensor<1>, Tensor<2>)> {
     Some((bias, conv.weight.val().reshape([cout, cin])))
 }
 
-/// Whether the fused kernels run: imagen's kernels on and compiled in (not with burn's fusion).
-fn fused_kernels() -> bool {
-    cfg!(all(feature = "wgpu", not(feature = "gpu-autotune"))) && own_kernels()
+/// 0 = not read from the environment yet, 1 = off, 2 = on.
+static FUSED: AtomicU8 = AtomicU8::new(0);
+
+/// The fused kernels ([`crate::fused`]'s GPU routes: epilogues, fused im2col, head split) on
+/// or off for the whole process (else from `IMAGEN_GPU_FUSED`: `0` turns them off; on by
+/// default). Off, the models run the unfused ops with imagen's norm and softmax kernels: the
+/// routes measured before them, for an A/B with one binary.
+pub fn set_fused_kernels(on: bool) {
+    FUSED.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+}
+
+/// Whether the fused kernels run: compiled in (not with burn's fusion), imagen's kernels on
+/// ([`own_kernels`]) and the fused ones not turned off ([`set_fused_kernels`]).
+pub fn fused_kernels() -> bool {
+    let on = match FUSED.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("IMAGEN_GPU_FUSED").map_or(true, |v| v != "0");
+            set_fused_kernels(on);
+            on
+        }
+        r => r == 2,
+    };
+    cfg!(all(feature = "wgpu", not(feature = "gpu-autotune"))) && own_kernels() && on
 }
 
 /// A conv's padding as `[top, left, bottom, right]`, when explicit.
@@ -787,6 +815,12 @@ mod tests {
         }
         if unset("IMAGEN_GPU_ATTENTION") {
             assert_eq!(attention_route(), AttentionRoute::Matmul);
+        }
+        if unset("IMAGEN_GPU_FUSED") && unset("IMAGEN_GPU_KERNELS") {
+            assert_eq!(
+                fused_kernels(),
+                cfg!(all(feature = "wgpu", not(feature = "gpu-autotune")))
+            );
         }
     }
 }
