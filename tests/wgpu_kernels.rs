@@ -52,10 +52,15 @@ fn group_norm_kernel_matches_ops_and_cpu() {
     let cpu = Device::flex();
     // [b, c, h, w], groups: a UNet-like shape with n = 1600 per group (not a multiple of 256),
     // a tiny one with n = 126 (fewer elements than threads), and an offset mean.
+    // Rows of more than two 4096-element chunks are reduced in chunks and combined: 20 480
+    // (5 chunks), 7 000 (a short last chunk), with an offset mean.
     for (shape, groups, offset) in [
         ([2, 64, 5, 5], 32, 0.0),
         ([1, 32, 40, 40], 32, 0.0),
         ([2, 4, 9, 7], 2, 3.0),
+        ([2, 8, 64, 80], 2, 0.0),
+        ([1, 6, 50, 70], 3, 3.0),
+        ([1, 4, 50, 70], 2, 5.0),
     ] {
         let [_, c, _, _] = shape;
         let x: Tensor<4> = Tensor::random(shape, Distribution::Normal(offset, 2.0), &cpu);

@@ -66,6 +66,86 @@ fn row_stats_kernel<F: Float>(
     }
 }
 
+/// Partial statistics of chunk `CUBE_POS_X` (elements `[c·chunk, (c+1)·chunk)`) of row
+/// `CUBE_POS_Y` of `input` (`[rows, n]`, contiguous): its count, mean and sum of squared
+/// deviations, two passes as [`row_stats_kernel`]. partial: `[rows, chunks, 3]`
+#[cube(launch)]
+fn chunk_stats_kernel<F: Float>(
+    input: &Tensor<F>,
+    partial: &mut Tensor<f32>,
+    n: u32,
+    chunk: u32,
+    chunks: u32,
+    #[comptime] threads: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let row = CUBE_POS_Y as usize;
+    let c = CUBE_POS_X as usize;
+    let len = n as usize;
+    let start = row * len + c * chunk as usize;
+    let end = row * len + min((c + 1) * chunk as usize, len);
+    let count = f32::cast_from(end - start);
+    let unit = UNIT_POS as usize;
+    let mut shared = Shared::<[f32]>::new_slice(threads);
+
+    let mut sum = 0.0f32;
+    let mut i = start + unit;
+    while i < end {
+        sum += f32::cast_from(input[i]);
+        i += threads;
+    }
+    shared[unit] = sum;
+    sync_cube();
+    tree_sum(&mut shared, unit, threads);
+    let mean = shared[0] / count;
+    sync_cube();
+
+    let mut squares = 0.0f32;
+    let mut j = start + unit;
+    while j < end {
+        let d = f32::cast_from(input[j]) - mean;
+        squares += d * d;
+        j += threads;
+    }
+    shared[unit] = squares;
+    sync_cube();
+    tree_sum(&mut shared, unit, threads);
+    if unit == 0 {
+        let o = (row * chunks as usize + c) * 3;
+        partial[o] = count;
+        partial[o + 1] = mean;
+        partial[o + 2] = shared[0];
+    }
+}
+
+/// A row's chunk statistics combined pairwise (Chan, Golub and LeVeque: stable, unlike sums
+/// of squares) into (mean, 1/√(var + ε)), one unit per row. partial: `[rows, chunks, 3]`,
+/// stats: `[rows, 2]`
+#[cube(launch)]
+fn combine_stats_kernel(partial: &Tensor<f32>, stats: &mut Tensor<f32>, rows: u32, chunks: u32, epsilon: f32) {
+    let row = ABSOLUTE_POS;
+    if row >= rows as usize {
+        terminate!();
+    }
+    let base = row * chunks as usize * 3;
+    let mut count = partial[base];
+    let mut mean = partial[base + 1];
+    let mut m2 = partial[base + 2];
+    let mut c = 1usize;
+    while c < chunks as usize {
+        let o = base + c * 3;
+        let nb = partial[o];
+        let total = count + nb;
+        let delta = partial[o + 1] - mean;
+        mean += delta * nb / total;
+        m2 += partial[o + 2] + delta * delta * count * nb / total;
+        count = total;
+        c += 1;
+    }
+    stats[row * 2] = mean;
+    stats[row * 2 + 1] = 1.0f32 / (m2 / count + epsilon).sqrt();
+}
+
 /// `shared[0] = Σ shared[0..threads]`, halving the active units each step (unrolled: the
 /// steps are known at compile time).
 #[cube]
@@ -257,10 +337,50 @@ pub(super) fn elem_type(dtype: DType) -> Option<ElemType> {
     }
 }
 
-/// `[rows, 2]` f32 (mean, 1/√(var + ε)) of the contiguous `input` read as `[rows, n]`.
+/// Elements per chunk of a long row's statistics (16 per thread).
+const CHUNK: usize = STATS_THREADS * 16;
+
+/// `[rows, 2]` f32 (mean, 1/√(var + ε)) of the contiguous `input` read as `[rows, n]`. Rows
+/// longer than two chunks (group norm's: b·32 rows of up to millions of elements) are split
+/// into chunks reduced by separate cubes and then combined: one cube per row left most of an
+/// H100 idle (64 cubes for a UNet group norm, 32 for the VAE's), 0.17 ms against PyTorch's
+/// 0.056 ms (BENCHMARKS.md, session 5).
 pub(super) fn row_stats(input: &CubeTensor, rows: usize, n: usize, epsilon: f64, elem: ElemType) -> CubeTensor {
     let client = input.client.clone();
     let stats = empty_device_dtype(client.clone(), input.device.clone(), Shape::new([rows, 2]), DType::F32);
+    let chunks = n.div_ceil(CHUNK);
+    if chunks >= 2 && rows <= 65_535 && chunks <= 65_535 {
+        let partial = empty_device_dtype(
+            client.clone(),
+            input.device.clone(),
+            Shape::new([rows, chunks, 3]),
+            DType::F32,
+        );
+        chunk_stats_kernel::launch(
+            &client,
+            CubeCount::Static(chunks as u32, rows as u32, 1),
+            CubeDim::new_1d(STATS_THREADS as u32),
+            input.clone().into_tensor_arg(),
+            partial.clone().into_tensor_arg(),
+            n as u32,
+            CHUNK as u32,
+            chunks as u32,
+            STATS_THREADS,
+            elem,
+        );
+        let (cube_count, cube_dim) = elementwise_count(input, rows);
+        combine_stats_kernel::launch(
+            &client,
+            cube_count,
+            cube_dim,
+            partial.into_tensor_arg(),
+            stats.clone().into_tensor_arg(),
+            rows as u32,
+            chunks as u32,
+            epsilon as f32,
+        );
+        return stats;
+    }
     row_stats_kernel::launch(
         &client,
         row_cubes(rows),
