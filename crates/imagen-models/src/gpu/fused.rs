@@ -18,6 +18,7 @@
 use burn::tensor::{Shape, Tensor as BurnTensor};
 use burn_cubecl::Cube;
 use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::kernel::matmul::MatmulStrategy;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
@@ -361,6 +362,26 @@ pub(crate) fn split_heads(
         elem,
     );
     Some([q_out, k_out, v_out].map(BurnTensor::from_primitive::<Cube>))
+}
+
+/// `probs · v` per head, written by the matmul straight into the `[b, n, heads, d]` layout the
+/// output projection reads (its output handed over as a permuted view), so the heads need no
+/// merging copy. probs: `[b, heads, n, m]`, v: `[b, heads, m, d]` → `[b, n, heads·d]`
+pub(crate) fn attention_output(probs: BurnTensor<4>, v: BurnTensor<4>) -> Option<BurnTensor<3>> {
+    let [b, heads, n, _] = probs.dims();
+    let d = v.dims()[3];
+    let (probs, v) = (raw(probs)?, raw(v)?);
+    let dtype = probs.dtype;
+    let merged = empty_device_dtype(
+        probs.client.clone(),
+        probs.device.clone(),
+        Shape::new([b, n, heads, d]),
+        dtype,
+    );
+    // [b, n, h, d] -> [b, h, n, d] (a view of the same buffer)
+    let view = burn_cubecl::ops::permute(merged.clone(), &[0, 2, 1, 3]);
+    burn_cubecl::kernel::matmul::matmul(probs, v, Some(view), MatmulStrategy::default(), dtype).ok()?;
+    Some(BurnTensor::<4>::from_primitive::<Cube>(merged).reshape([b, n, heads * d]))
 }
 
 /// Where [`im2col`] reads its windows from.

@@ -21,7 +21,7 @@
 //! `IMAGEN_GPU_KERNELS=0`, which gives burn tensor ops (group norm with staged reductions, see
 //! [`group_norm`]). On top of those, the fused kernels ([`fused`], reached through
 //! [`crate::fused`]) put what burn runs as chains of element-wise launches into one launch each:
-//! a SD 1.5 UNet step went from 1 665 to 834 launches (lavapipe profile, BENCHMARKS.md);
+//! a SD 1.5 UNet step went from 1 665 to 804 launches (lavapipe profile, BENCHMARKS.md);
 //! `IMAGEN_GPU_FUSED=0` turns just them off. The CPU never takes these routes (it has its own
 //! kernels, [`crate::cpu`]).
 
@@ -367,8 +367,9 @@ fn attention_fused(
     // Contiguous heads: kᵀ is a column-major view the matmul reads as it is.
     // [b, h, n, d] · [b, h, d, m] -> [b, h, n, m]
     let probs = kernels::softmax_last(qh.matmul(kh.swap_dims(2, 3)), causal)?;
-    // [b, h, n, m] · [b, h, m, d] -> [b, h, n, d] -> [b, n, h, d] -> [b, n, h·d]
-    Some(probs.matmul(vh).swap_dims(1, 2).reshape([b, n, inner]))
+    // [b, h, n, m] · [b, h, m, d] -> [b, n, h, d] -> [b, n, h·d], merged by the matmul's write
+    fused::attention_output(probs.clone(), vh.clone())
+        .or_else(|| Some(probs.matmul(vh).swap_dims(1, 2).reshape([b, n, inner])))
 }
 
 /// Attention with its q/k/v projections: the three matmuls without their biases, which the
@@ -779,6 +780,10 @@ mod fused {
     }
 
     pub(super) fn im2col(_: Tensor<4>, _: &Windows, _: Option<&Norm>) -> Option<Tensor<3>> {
+        None
+    }
+
+    pub(super) fn attention_output(_: Tensor<4>, _: Tensor<4>) -> Option<Tensor<3>> {
         None
     }
 }
