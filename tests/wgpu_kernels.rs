@@ -17,6 +17,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use common::wgpu_device;
+use imagen_models::attention::Projection;
 use imagen_models::fused::{self, Act, ConvAdd};
 use imagen_models::gpu::{set_im2col_budget, set_own_kernels};
 
@@ -249,31 +250,44 @@ fn fused_conv_kernels_match_ops_and_cpu() {
     }
 }
 
-/// `proj_in`/`proj_out` as transposed matmuls straight to and from the sequence layout.
+/// `proj_in`/`proj_out` (1×1 conv as SD 1.x, linear as SD 2.x/SDXL) as transposed matmuls
+/// straight to and from the sequence layout.
 #[test]
 fn sequence_projections_match_ops_and_cpu() {
     let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let Some(device) = wgpu_device() else { return };
     let cpu = Device::flex();
     let (b, c, h, w) = (2, 24, 5, 7);
-    let conv = Conv2dConfig::new([c, c], [1, 1]).init(&cpu);
-    let gconv = conv.clone().to_device(&device);
-    let x: Tensor<4> = Tensor::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &cpu);
-    let res: Tensor<4> = Tensor::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &cpu);
-    let run = |conv: &Conv2d, x: Tensor<4>, res: Tensor<4>| {
-        let seq = fused::conv1x1_to_seq(conv, x);
-        let back = fused::seq_conv1x1_add(conv, seq.clone(), res);
-        (values(seq), values(back))
-    };
-    let want = run(&conv, x.clone(), res.clone());
-    set_own_kernels(true);
-    let kernel = run(&gconv, to(&x, &device), to(&res, &device));
-    set_own_kernels(false);
-    let ops = run(&gconv, to(&x, &device), to(&res, &device));
-    set_own_kernels(true);
-    for (name, got) in [("kernel", kernel), ("ops", ops)] {
-        assert!(max_abs_diff(&got.0, &want.0) < 1e-4, "{name}: proj_in vs CPU");
-        assert!(max_abs_diff(&got.1, &want.1) < 1e-4, "{name}: proj_out vs CPU");
+    for linear in [false, true] {
+        let proj = || match linear {
+            true => Projection::Linear(LinearConfig::new(c, c).init(&cpu)),
+            false => Projection::Conv(Conv2dConfig::new([c, c], [1, 1]).init(&cpu)),
+        };
+        let (p_in, p_out) = (proj(), proj());
+        let (g_in, g_out) = (p_in.clone().to_device(&device), p_out.clone().to_device(&device));
+        let x: Tensor<4> = Tensor::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &cpu);
+        let res: Tensor<4> = Tensor::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &cpu);
+        let run = |p_in: &Projection, p_out: &Projection, x: Tensor<4>, res: Tensor<4>| {
+            let seq = fused::proj_in(p_in, x);
+            let back = fused::proj_out_add(p_out, seq.clone(), res);
+            (values(seq), values(back))
+        };
+        let want = run(&p_in, &p_out, x.clone(), res.clone());
+        set_own_kernels(true);
+        let kernel = run(&g_in, &g_out, to(&x, &device), to(&res, &device));
+        set_own_kernels(false);
+        let ops = run(&g_in, &g_out, to(&x, &device), to(&res, &device));
+        set_own_kernels(true);
+        for (name, got) in [("kernel", kernel), ("ops", ops)] {
+            assert!(
+                max_abs_diff(&got.0, &want.0) < 1e-4,
+                "{name} linear={linear}: proj_in vs CPU"
+            );
+            assert!(
+                max_abs_diff(&got.1, &want.1) < 1e-4,
+                "{name} linear={linear}: proj_out vs CPU"
+            );
+        }
     }
 }
 

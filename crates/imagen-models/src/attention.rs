@@ -190,23 +190,14 @@ impl Transformer2DModel {
 
     /// x: `[b, c, h, w]`, context: `[b, m, context_dim]` → `[b, c, h, w]`
     pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
-        let [b, c, h, w] = x.dims();
         let residual = x.clone();
         let x = cpu::group_norm(&self.norm, x, false);
         // [b, c, h, w] -> [b, h·w, c]
-        let to_seq = |t: Tensor<4>| t.reshape([b, c, h * w]).swap_dims(1, 2);
-        let mut seq = match &self.proj_in {
-            Projection::Conv(conv) => fused::conv1x1_to_seq(conv, x),
-            Projection::Linear(lin) => cpu::linear(lin, to_seq(x)),
-        };
+        let mut seq = fused::proj_in(&self.proj_in, x);
         for block in &self.transformer_blocks {
             seq = block.forward(seq, context);
         }
-        // [b, h·w, c] -> [b, c, h, w]
-        let to_img = |t: Tensor<3>| t.swap_dims(1, 2).reshape([b, c, h, w]);
-        match &self.proj_out {
-            Projection::Conv(conv) => fused::seq_conv1x1_add(conv, seq, residual),
-            Projection::Linear(lin) => to_img(cpu::linear(lin, seq)) + residual,
-        }
+        // [b, h·w, c] -> [b, c, h, w], + residual
+        fused::proj_out_add(&self.proj_out, seq, residual)
     }
 }

@@ -8,6 +8,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
 use burn::tensor::Tensor;
 
+use crate::attention::Projection;
 use crate::{cpu, gpu};
 
 /// The activation after a feed-forward's first linear layer.
@@ -149,30 +150,44 @@ pub fn upsample_conv(conv: &Conv2d, x: Tensor<4>, size: Option<[usize; 2]>) -> T
     cpu::conv2d(conv, crate::layers::upsample_nearest(x, oh, ow))
 }
 
-/// `proj_in` as a 1×1 conv, its output as a sequence. x: `[b, cin, h, w]` → `[b, h·w, cout]`
-pub fn conv1x1_to_seq(conv: &Conv2d, x: Tensor<4>) -> Tensor<3> {
+/// A spatial transformer's `proj_in` (1×1 conv or linear), its output as a sequence.
+/// x: `[b, cin, h, w]` → `[b, h·w, cout]`
+pub fn proj_in(p: &Projection, x: Tensor<4>) -> Tensor<3> {
     if gpu::on_gpu(&x)
-        && let Some(y) = gpu::conv1x1_to_seq(conv, &x)
+        && let Some(y) = gpu::proj_to_seq(p, &x)
     {
         return y;
     }
-    let y = cpu::conv2d(conv, x);
-    let [b, c, h, w] = y.dims();
+    let [b, c, h, w] = x.dims();
     // [b, c, h, w] -> [b, c, h·w] -> [b, h·w, c]
-    y.reshape([b, c, h * w]).swap_dims(1, 2)
+    let to_seq = |t: Tensor<4>, c: usize| t.reshape([b, c, h * w]).swap_dims(1, 2);
+    match p {
+        Projection::Conv(conv) => {
+            let y = cpu::conv2d(conv, x);
+            let c = y.dims()[1];
+            to_seq(y, c)
+        }
+        Projection::Linear(lin) => cpu::linear(lin, to_seq(x, c)),
+    }
 }
 
-/// `proj_out` as a 1×1 conv of a sequence back to an image, plus `residual`.
+/// A spatial transformer's `proj_out` of a sequence back to an image, plus `residual`.
 /// seq: `[b, h·w, cin]`, residual: `[b, cout, h, w]` → `[b, cout, h, w]`
-pub fn seq_conv1x1_add(conv: &Conv2d, seq: Tensor<3>, residual: Tensor<4>) -> Tensor<4> {
+pub fn proj_out_add(p: &Projection, seq: Tensor<3>, residual: Tensor<4>) -> Tensor<4> {
     if gpu::on_gpu(&seq)
-        && let Some(y) = gpu::seq_conv1x1_add(conv, &seq, &residual)
+        && let Some(y) = gpu::seq_proj_add(p, &seq, &residual)
     {
         return y;
     }
     let [b, _, h, w] = residual.dims();
-    let cin = seq.dims()[2];
-    // [b, h·w, cin] -> [b, cin, h·w] -> [b, cin, h, w]
-    let x = seq.swap_dims(1, 2).reshape([b, cin, h, w]);
-    cpu::conv2d(conv, x) + residual
+    // [b, h·w, c] -> [b, c, h·w] -> [b, c, h, w]
+    let to_img = |t: Tensor<3>| {
+        let c = t.dims()[2];
+        t.swap_dims(1, 2).reshape([b, c, h, w])
+    };
+    let out = match p {
+        Projection::Conv(conv) => cpu::conv2d(conv, to_img(seq)),
+        Projection::Linear(lin) => to_img(cpu::linear(lin, seq)),
+    };
+    out + residual
 }

@@ -7,6 +7,7 @@ use burn::nn::{GroupNorm, PaddingConfig2d};
 use burn::tensor::Tensor;
 
 use super::{ConvRoute, conv_route, cube, fused, fused_kernels, im2col_budget};
+use crate::attention::Projection;
 use crate::fused::ConvAdd;
 
 /// An ungrouped, undilated conv on the chosen route; `None` = burn's own op.
@@ -92,31 +93,31 @@ fn im2col_matmul(conv: &Conv2d, x: Tensor<4>, ho: usize, wo: usize) -> Tensor<4>
     y.reshape([b, cout, ho, wo])
 }
 
-/// A 1×1 conv (`proj_in`) whose output is wanted as a sequence: one matmul of the pixels as
-/// rows (a transposed view, read in place) by the transposed weight, so the `[b, h·w, c]`
-/// result needs no transposing copy. `None` as [`conv2d_fused`].
-/// x: `[b, cin, h, w]` → `[b, h·w, cout]`
-pub(crate) fn conv1x1_to_seq(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<3>> {
-    let (bias, w) = pointwise(conv)?;
+/// `proj_in` (a 1×1 conv or a linear layer) whose output is wanted as a sequence: one matmul
+/// of the pixels as rows (a transposed view, read in place) by the `[cin, cout]` weight, so the
+/// `[b, h·w, c]` result needs no transposing copy, and the bias in an epilogue. `None` (nothing
+/// run) as [`conv2d_fused`]. x: `[b, cin, h, w]` → `[b, h·w, cout]`
+pub(crate) fn proj_to_seq(p: &Projection, x: &Tensor<4>) -> Option<Tensor<3>> {
+    let (bias, w) = projection_parts(p)?;
     let [b, cin, h, wd] = x.dims();
-    let cout = w.dims()[0];
-    // [b, cin, h, w] -> [b, cin, h·w] -> [b, h·w, cin] (view) · [1, cin, cout] (view)
+    let cout = w.dims()[1];
+    // [b, cin, h, w] -> [b, cin, h·w] -> [b, h·w, cin] (view) · [1, cin, cout]
     let seq = x.clone().reshape([b, cin, h * wd]).swap_dims(1, 2);
-    let y = seq.matmul(w.swap_dims(0, 1).unsqueeze::<3>());
+    let y = seq.matmul(w.unsqueeze::<3>());
     let fused = fused::epilogue(y.clone(), bias.clone(), None, None, cout, 1);
     Some(fused.unwrap_or_else(|| y + bias.reshape([1, 1, cout])))
 }
 
-/// A 1×1 conv (`proj_out`) of a sequence back to an image, plus `residual`: the weight times
-/// the transposed sequence (a view), bias and residual in one epilogue. `None` as
+/// `proj_out` of a sequence back to an image, plus `residual`: the transposed weight times the
+/// transposed sequence (both views), bias and residual in one epilogue. `None` as
 /// [`conv2d_fused`]. seq: `[b, h·w, cin]`, residual: `[b, cout, h, w]` → `[b, cout, h, w]`
-pub(crate) fn seq_conv1x1_add(conv: &Conv2d, seq: &Tensor<3>, residual: &Tensor<4>) -> Option<Tensor<4>> {
-    let (bias, w) = pointwise(conv)?;
+pub(crate) fn seq_proj_add(p: &Projection, seq: &Tensor<3>, residual: &Tensor<4>) -> Option<Tensor<4>> {
+    let (bias, w) = projection_parts(p)?;
     let [b, hw, _] = seq.dims();
     let dims = residual.dims();
-    let cout = w.dims()[0];
-    // [1, cout, cin] · [b, cin, h·w] (view) -> [b, cout, h·w]
-    let y = w.unsqueeze::<3>().matmul(seq.clone().swap_dims(1, 2));
+    let cout = w.dims()[1];
+    // [1, cout, cin] (view) · [b, cin, h·w] (view) -> [b, cout, h·w]
+    let y = w.swap_dims(0, 1).unsqueeze::<3>().matmul(seq.clone().swap_dims(1, 2));
     let r = residual.clone().reshape([b, cout, hw]);
     let fused = fused::epilogue(y.clone(), bias.clone(), None, Some(r.clone()), cout, hw);
     Some(
@@ -126,15 +127,25 @@ pub(crate) fn seq_conv1x1_add(conv: &Conv2d, seq: &Tensor<3>, residual: &Tensor<
     )
 }
 
-/// A plain 1×1 conv's bias and `[cout, cin]` weight, when the fused kernels run.
-fn pointwise(conv: &Conv2d) -> Option<(Tensor<1>, Tensor<2>)> {
-    let [cout, cin, kh, kw] = conv.weight.dims();
-    let plain = [kh, kw] == [1, 1] && conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1;
-    if !plain || explicit_pad(conv)? != [0; 4] || conv_route() == ConvRoute::ImplicitGemm || !fused_kernels() {
+/// A projection's bias and `[cin, cout]` weight (a view of a 1×1 conv's), when the fused
+/// kernels run.
+fn projection_parts(p: &Projection) -> Option<(Tensor<1>, Tensor<2>)> {
+    if !fused_kernels() {
         return None;
     }
-    let bias = conv.bias.as_ref()?.val();
-    Some((bias, conv.weight.val().reshape([cout, cin])))
+    match p {
+        Projection::Conv(conv) => {
+            let [cout, cin, kh, kw] = conv.weight.dims();
+            let plain = [kh, kw] == [1, 1] && conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1;
+            if !plain || explicit_pad(conv)? != [0; 4] || conv_route() == ConvRoute::ImplicitGemm {
+                return None;
+            }
+            // [cout, cin, 1, 1] -> [cout, cin] -> [cin, cout] (view)
+            let w = conv.weight.val().reshape([cout, cin]).swap_dims(0, 1);
+            Some((conv.bias.as_ref()?.val(), w))
+        }
+        Projection::Linear(lin) => Some((lin.bias.as_ref()?.val(), lin.weight.val())),
+    }
 }
 
 /// A conv's padding as `[top, left, bottom, right]`, when explicit.
