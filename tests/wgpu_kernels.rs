@@ -151,14 +151,20 @@ fn to<const D: usize>(t: &Tensor<D>, device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(values(t.clone()), t.dims()), device)
 }
 
-/// The fused linear kernels (bias + GEGLU / GELU / quick GELU; bias + residual) against the
+/// The fused linear kernels (bias + GEGLU / GELU / quick GELU / SiLU; bias + residual) against the
 /// CPU and against burn's ops on the same device, rows not a multiple of the threads.
 #[test]
 fn fused_linear_kernels_match_ops_and_cpu() {
     let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let Some(device) = wgpu_device() else { return };
     let cpu = Device::flex();
-    for act in [Some(Act::Geglu), Some(Act::Gelu), Some(Act::QuickGelu), None] {
+    for act in [
+        Some(Act::Geglu),
+        Some(Act::Gelu),
+        Some(Act::QuickGelu),
+        Some(Act::Silu),
+        None,
+    ] {
         let (d_in, d_out) = (40, 2 * 36);
         let lin = LinearConfig::new(d_in, d_out).init(&cpu);
         let glin = lin.clone().to_device(&device);

@@ -20,6 +20,8 @@ pub enum Act {
     Gelu,
     /// CLIP's quick GELU, `x·σ(1.702x)`.
     QuickGelu,
+    /// SiLU, `x·σ(x)` (the time embedding's MLP).
+    Silu,
 }
 
 /// What a block adds to a convolution's output.
@@ -78,7 +80,19 @@ pub fn linear_act(lin: &Linear, x: Tensor<3>, act: Act) -> Tensor<3> {
         Act::Geglu => cpu::geglu(h),
         Act::Gelu => cpu::gelu(h, false),
         Act::QuickGelu => cpu::gelu(h, true),
+        Act::Silu => burn::tensor::activation::silu(h),
     }
+}
+
+/// `silu(lin(x))` for the time embedding's `[b, dim]` rows; off the GPU, burn's `Linear`
+/// (as before: the goldens were made with it). x: `[b, in]` → `[b, out]`
+pub fn linear_silu(lin: &Linear, x: Tensor<2>) -> Tensor<2> {
+    if gpu::on_gpu(&x)
+        && let Some(y) = gpu::linear_act(lin, &x, Act::Silu)
+    {
+        return y;
+    }
+    burn::tensor::activation::silu(lin.forward(x))
 }
 
 /// `lin(x) + residual`. x: `[.., in]`, residual: `[.., out]` → `[.., out]`

@@ -471,23 +471,24 @@ impl UNet2DConditionModel {
         if let (Some(proj), Some(cond)) = (&self.time_embedding.cond_proj, timestep_cond) {
             temb = temb + proj.forward(cond.clone());
         }
-        let mut temb = self
-            .time_embedding
-            .linear_2
-            .forward(silu(self.time_embedding.linear_1.forward(temb)));
-        if let (Some(add), Some(cond)) = (&self.add_embedding, added) {
-            let ids: Vec<f32> = cond.time_ids.iter().flatten().copied().collect();
-            let rows = cond.time_ids.len();
-            // [rows * 6, d] → [rows, 6 * d]
-            let time = self
-                .sinusoid(&ids, self.add_time_channels, &device)
-                .reshape([rows, 6 * self.add_time_channels]);
-            // [b, text] ++ [b, 6d] → [b, text + 6d]
-            let x = Tensor::cat(vec![cond.text_embeds.clone(), time], 1);
-            temb = temb + add.linear_2.forward(silu(add.linear_1.forward(x)));
-        }
+        let time = &self.time_embedding;
+        let hidden = fused::linear_silu(&time.linear_1, temb);
         // Every resnet takes SiLU(temb): applied once here, not in each of them (diffusers).
-        let temb = silu(temb);
+        let temb = match (&self.add_embedding, added) {
+            (Some(add), Some(cond)) => {
+                let ids: Vec<f32> = cond.time_ids.iter().flatten().copied().collect();
+                let rows = cond.time_ids.len();
+                // [rows * 6, d] → [rows, 6 * d]
+                let time_ids = self
+                    .sinusoid(&ids, self.add_time_channels, &device)
+                    .reshape([rows, 6 * self.add_time_channels]);
+                // [b, text] ++ [b, 6d] → [b, text + 6d]
+                let x = Tensor::cat(vec![cond.text_embeds.clone(), time_ids], 1);
+                let added = add.linear_2.forward(fused::linear_silu(&add.linear_1, x));
+                silu(time.linear_2.forward(hidden) + added)
+            }
+            _ => fused::linear_silu(&time.linear_2, hidden),
+        };
 
         let mut x = cpu::conv2d(&self.conv_in, sample);
         let mut skips = vec![x.clone()];

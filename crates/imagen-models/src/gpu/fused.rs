@@ -4,7 +4,7 @@
 //!
 //! - [`epilogue`]: a matmul's bias, a per-(batch, channel) term (the resnets' time embedding)
 //!   and a residual, added in one pass;
-//! - [`bias_act`]: bias + GEGLU / GELU / quick GELU after the feed-forward's first matmul;
+//! - [`bias_act`]: bias + GEGLU / GELU / quick GELU / SiLU after a feed-forward's first matmul;
 //! - [`split_heads`]: q, k, v `[b, len, h·d]` (+ their biases) → contiguous `[b, h, len, d]`,
 //!   q scaled;
 //! - [`im2col`]: the windows of the zero-padded (and 2× nearest-upsampled) input as the column
@@ -73,7 +73,8 @@ fn gelu(x: f32) -> f32 {
 }
 
 /// `act(h + bias)` over rows of `cols` outputs. GEGLU (`act` 0): `h` rows are `2·cols` wide,
-/// hidden ‖ gate, and the output is `hidden · gelu(gate)`; 1: GELU; 2: quick GELU `x·σ(1.702x)`.
+/// hidden ‖ gate, and the output is `hidden · gelu(gate)`; 1: GELU; 2: quick GELU `x·σ(1.702x)`;
+/// 3: SiLU `x·σ(x)`.
 #[cube(launch)]
 fn bias_act_kernel<F: Float>(
     h: &Tensor<F>,
@@ -96,9 +97,12 @@ fn bias_act_kernel<F: Float>(
         output[pos] = F::cast_from(hidden * gelu(gate));
     } else if act == 1 {
         output[pos] = F::cast_from(gelu(f32::cast_from(h[pos]) + f32::cast_from(bias[j])));
-    } else {
+    } else if act == 2 {
         let x = f32::cast_from(h[pos]) + f32::cast_from(bias[j]);
         output[pos] = F::cast_from(x / (1.0f32 + (-1.702f32 * x).exp()));
+    } else {
+        let x = f32::cast_from(h[pos]) + f32::cast_from(bias[j]);
+        output[pos] = F::cast_from(x / (1.0f32 + (-x).exp()));
     }
 }
 
@@ -279,6 +283,7 @@ pub(crate) fn bias_act(h: BurnTensor<2>, bias: BurnTensor<1>, act: Act) -> Optio
         Act::Geglu => (k / 2, 0),
         Act::Gelu => (k, 1),
         Act::QuickGelu => (k, 2),
+        Act::Silu => (k, 3),
     };
     let input = into_contiguous(raw(h)?);
     let elem = elem_type(input.dtype)?;

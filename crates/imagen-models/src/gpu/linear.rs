@@ -36,6 +36,7 @@ pub(crate) fn linear_act<const D: usize>(lin: &Linear, x: &Tensor<D>, act: Act) 
             }
             Act::Gelu => burn::tensor::activation::gelu(y),
             Act::QuickGelu => y.clone() * burn::tensor::activation::sigmoid(y * 1.702),
+            Act::Silu => burn::tensor::activation::silu(y),
         }
     });
     let mut dims = x.dims();

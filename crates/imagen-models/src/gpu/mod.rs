@@ -21,7 +21,7 @@
 //! `IMAGEN_GPU_KERNELS=0`, which gives burn tensor ops (group norm with staged reductions, see
 //! [`group_norm`]). On top of those, the fused kernels ([`fused`], reached through
 //! [`crate::fused`]) put what burn runs as chains of element-wise launches into one launch each:
-//! a SD 1.5 UNet step went from 1 665 to 804 launches (lavapipe profile, BENCHMARKS.md);
+//! a SD 1.5 UNet step went from 1 665 to 786 launches (lavapipe profile, BENCHMARKS.md);
 //! `IMAGEN_GPU_FUSED=0` turns just them off. The CPU never takes these routes (it has its own
 //! kernels, [`crate::cpu`]).
 
