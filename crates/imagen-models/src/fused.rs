@@ -1,8 +1,9 @@
 //! Op sequences the models run often enough to be worth one call each: a linear layer with its
 //! activation or residual, a convolution with what its block adds to it, an upsampling conv.
 //! On GPU backends they take imagen's fused kernels ([`crate::gpu`]: one matmul and one launch
-//! where burn's ops take up to eight); elsewhere, or with `IMAGEN_GPU_KERNELS=0`, the same
-//! ops as the unfused code (the CPU kernels of [`crate::cpu`], then burn's adds).
+//! where burn's ops take up to eight); elsewhere, or with `IMAGEN_GPU_FUSED=0` /
+//! `IMAGEN_GPU_KERNELS=0`, the same ops as the unfused code (the CPU kernels of [`crate::cpu`],
+//! then burn's adds).
 
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
@@ -84,8 +85,8 @@ pub fn linear_act(lin: &Linear, x: Tensor<3>, act: Act) -> Tensor<3> {
     }
 }
 
-/// `silu(lin(x))` for the time embedding's `[b, dim]` rows; off the GPU, burn's `Linear`
-/// (as before: the goldens were made with it). x: `[b, in]` → `[b, out]`
+/// `silu(lin(x))` for the time embedding's `[b, dim]` rows; off the GPU, burn's `Linear` as
+/// before (not the CPU kernel, so CPU results stay bit-identical). x: `[b, in]` → `[b, out]`
 pub fn linear_silu(lin: &Linear, x: Tensor<2>) -> Tensor<2> {
     if gpu::on_gpu(&x)
         && let Some(y) = gpu::linear_act(lin, &x, Act::Silu)
