@@ -366,3 +366,16 @@ fn qkv_attention_matches_ops_and_cpu() {
         assert!(d_ops < 1e-4, "{case}: ops vs CPU max diff {d_ops}");
     }
 }
+
+/// The skip connections' channel concatenation in one kernel, against burn's `cat`.
+#[test]
+fn cat_channels_matches_cat() {
+    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(device) = wgpu_device() else { return };
+    let cpu = Device::flex();
+    let x: Tensor<4> = Tensor::random([2, 5, 3, 7], Distribution::Normal(0.0, 1.0), &cpu);
+    let y: Tensor<4> = Tensor::random([2, 9, 3, 7], Distribution::Normal(0.0, 1.0), &cpu);
+    let want = values(Tensor::cat(vec![x.clone(), y.clone()], 1));
+    let got = values(fused::cat_channels(to(&x, &device), to(&y, &device)));
+    assert_eq!(got, want);
+}

@@ -206,3 +206,14 @@ pub fn proj_out_add(p: &Projection, seq: Tensor<3>, residual: Tensor<4>) -> Tens
     };
     out + residual
 }
+
+/// `x ‖ y` along the channels (the UNet's skip connections).
+/// x: `[b, c1, h, w]`, y: `[b, c2, h, w]` → `[b, c1 + c2, h, w]`
+pub fn cat_channels(x: Tensor<4>, y: Tensor<4>) -> Tensor<4> {
+    if gpu::on_gpu(&x)
+        && let Some(out) = gpu::cat_channels(&x, &y)
+    {
+        return out;
+    }
+    Tensor::cat(vec![x, y], 1)
+}

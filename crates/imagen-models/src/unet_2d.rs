@@ -518,7 +518,7 @@ impl UNet2DConditionModel {
             for (i, resnet) in block.resnets.iter().enumerate() {
                 let Some(skip) = skips.pop() else { break };
                 // [b, c, h, w] ++ [b, c_skip, h, w] -> [b, c + c_skip, h, w]
-                x = resnet.forward(Tensor::cat(vec![x, skip], 1), Some(&temb));
+                x = resnet.forward(fused::cat_channels(x, skip), Some(&temb));
                 if let Some(attn) = block.attentions.get(i) {
                     x = attn.forward(x, context);
                 }

@@ -7,6 +7,7 @@
 //! - [`bias_act`]: bias + GEGLU / GELU / quick GELU / SiLU after a feed-forward's first matmul;
 //! - [`split_heads`]: q, k, v `[b, len, h·d]` (+ their biases) → contiguous `[b, h, len, d]`,
 //!   q scaled;
+//! - [`cat_channels`]: the up blocks' `cat(x, skip)` along the channels;
 //! - [`im2col`]: the windows of the zero-padded (and 2× nearest-upsampled) input as the column
 //!   matrix of a convolution, read from the unpadded input, optionally group-normalised + SiLU
 //!   on the way (the resnets' norm → conv pairs).
@@ -387,6 +388,61 @@ pub(crate) fn attention_output(probs: BurnTensor<4>, v: BurnTensor<4>) -> Option
     let view = burn_cubecl::ops::permute(merged.clone(), &[0, 2, 1, 3]);
     burn_cubecl::kernel::matmul::matmul(probs, v, Some(view), MatmulStrategy::default(), dtype).ok()?;
     Some(BurnTensor::<4>::from_primitive::<Cube>(merged).reshape([b, n, heads * d]))
+}
+
+/// `[b, c1, hw] ‖ [b, c2, hw]` along the channels (contiguous inputs) → `[b, c1 + c2, hw]`.
+#[cube(launch)]
+fn cat_channels_kernel<F: Float>(
+    first: &Tensor<F>,
+    second: &Tensor<F>,
+    output: &mut Tensor<F>,
+    c1: u32,
+    c2: u32,
+    hw: u32,
+    #[define(F)] _dtype: ElemType,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= output.len() {
+        terminate!();
+    }
+    let (c1, c2, hw) = (c1 as usize, c2 as usize, hw as usize);
+    let p = pos % hw;
+    let c = pos / hw % (c1 + c2);
+    let b = pos / (hw * (c1 + c2));
+    if c < c1 {
+        output[pos] = first[(b * c1 + c) * hw + p];
+    } else {
+        output[pos] = second[(b * c2 + c - c1) * hw + p];
+    }
+}
+
+/// See [`cat_channels_kernel`]: one launch where burn's `cat` takes an allocation and a
+/// slice-assign per input. x: `[b, c1, h, w]`, y: `[b, c2, h, w]` → `[b, c1 + c2, h, w]`
+pub(crate) fn cat_channels(x: BurnTensor<4>, y: BurnTensor<4>) -> Option<BurnTensor<4>> {
+    let [b, c1, h, w] = x.dims();
+    let c2 = y.dims()[1];
+    let (first, second) = (into_contiguous(raw(x)?), into_contiguous(raw(y)?));
+    let elem = elem_type(first.dtype)?;
+    let output = empty_device_dtype(
+        first.client.clone(),
+        first.device.clone(),
+        Shape::new([b, c1 + c2, h, w]),
+        first.dtype,
+    );
+    let (cube_count, cube_dim) = elementwise_count(&first, b * (c1 + c2) * h * w);
+    cat_channels_kernel::launch(
+        &first.client.clone(),
+        cube_count,
+        cube_dim,
+        first.into_tensor_arg(),
+        second.into_tensor_arg(),
+        output.clone().into_tensor_arg(),
+        c1 as u32,
+        c2 as u32,
+        (h * w) as u32,
+        elem,
+    );
+    Some(BurnTensor::from_primitive::<Cube>(output))
 }
 
 /// Where [`im2col`] reads its windows from.

@@ -21,7 +21,7 @@
 //! `IMAGEN_GPU_KERNELS=0`, which gives burn tensor ops (group norm with staged reductions, see
 //! [`group_norm`]). On top of those, the fused kernels ([`fused`], reached through
 //! [`crate::fused`]) put what burn runs as chains of element-wise launches into one launch each:
-//! a SD 1.5 UNet step went from 1 665 to 786 launches (lavapipe profile, BENCHMARKS.md);
+//! a SD 1.5 UNet step went from 1 665 to 774 launches (lavapipe profile, BENCHMARKS.md);
 //! `IMAGEN_GPU_FUSED=0` turns just them off. The CPU never takes these routes (it has its own
 //! kernels, [`crate::cpu`]).
 
@@ -144,6 +144,15 @@ pub fn attention_route() -> AttentionRoute {
         3 => AttentionRoute::Flash,
         _ => AttentionRoute::Burn,
     }
+}
+
+/// `x ‖ y` along the channels in one fused kernel; `None` (nothing run) with the fused kernels
+/// off. x: `[b, c1, h, w]`, y: `[b, c2, h, w]` → `[b, c1 + c2, h, w]`
+pub(crate) fn cat_channels(x: &Tensor<4>, y: &Tensor<4>) -> Option<Tensor<4>> {
+    if !fused_kernels() {
+        return None;
+    }
+    fused::cat_channels(x.clone(), y.clone())
 }
 
 /// Not on burn's CPU backend (which has [`crate::cpu`]'s kernels instead).

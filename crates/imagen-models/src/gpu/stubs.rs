@@ -80,6 +80,10 @@ pub(super) mod fused {
         None
     }
 
+    pub(in crate::gpu) fn cat_channels(_: Tensor<4>, _: Tensor<4>) -> Option<Tensor<4>> {
+        None
+    }
+
     pub(in crate::gpu) fn attention_output(_: Tensor<4>, _: Tensor<4>) -> Option<Tensor<3>> {
         None
     }
