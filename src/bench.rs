@@ -215,8 +215,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     .map(|t| t.forward(ids.clone(), 0).sum().reshape([1, 1]))
                     .collect();
                 let mut x = lat.clone();
+                // as a generation does (imagen_engine::pipeline): the prompt's keys/values once
+                let kv = net.cross_kv(&context);
                 for _ in 0..steps {
-                    x = net.forward_with(x, &[981.0], &context, xl.then_some(&cond), None);
+                    x = net.forward_kv(x, &[981.0], &kv, xl.then_some(&cond), None);
                 }
                 vae.decode(x).sum().reshape([1, 1])
             };

@@ -364,6 +364,18 @@ fn qkv_attention_matches_ops_and_cpu() {
         let (dk, d_ops) = (max_abs_diff(&kernel, &want), max_abs_diff(&ops, &want));
         assert!(dk < 1e-4, "{case}: kernel vs CPU max diff {dk}");
         assert!(d_ops < 1e-4, "{case}: ops vs CPU max diff {d_ops}");
+        if !causal {
+            // Cross-attention with the context's keys and values projected beforehand (the
+            // UNet's per-generation cache): q alone is projected, by a bare matmul when it has
+            // no bias.
+            let (gx, gctx) = (to(&x, &device), to(&ctx, &device));
+            let gctx = if m != n { gctx } else { gx.clone() };
+            let k = imagen_models::cpu::linear(&gk, gctx.clone());
+            let v = imagen_models::cpu::linear(&gv, gctx);
+            let cached = values(fused::q_attention(&gq, gx, k, v, heads));
+            let d = max_abs_diff(&cached, &want);
+            assert!(d < 1e-4, "{case}: q_attention with cached k/v vs CPU max diff {d}");
+        }
     }
 }
 

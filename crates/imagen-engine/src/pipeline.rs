@@ -165,6 +165,8 @@ pub fn denoise_with(
 
     let timesteps: Vec<f64> = sampler.timesteps().to_vec();
     let total = timesteps.len() - first;
+    // The cross-attention keys and values of the prompt: the same at every step.
+    let kv = sd.unet.cross_kv(&context);
     for (i, &t) in timesteps.iter().enumerate().skip(first) {
         let input = if cfg {
             Tensor::cat(vec![latents.clone(), latents.clone()], 0)
@@ -174,7 +176,7 @@ pub fn denoise_with(
         let input = sampler.scale_model_input(input, i);
         let out = sd
             .unet
-            .forward_with(input, &[t as f32], &context, added.as_ref(), timestep_cond.as_ref());
+            .forward_kv(input, &[t as f32], &kv, added.as_ref(), timestep_cond.as_ref());
         let out = if cfg {
             let [n, c, h, w] = out.dims();
             let uncond = out.clone().slice([0..n / 2, 0..c, 0..h, 0..w]);

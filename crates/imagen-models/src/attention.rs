@@ -53,6 +53,23 @@ impl Attention {
         fused::linear_add(&self.to_out, self.heads_out(x, context), residual)
     }
 
+    /// `to_k(context)`, `to_v(context)`: what cross-attention computes from the context alone,
+    /// the same at every denoising step of a generation (see `UNet2DConditionModel::cross_kv`).
+    /// context: `[b, m, context_dim]` → 2 × `[b, m, h·d]`
+    pub fn kv(&self, context: &Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+        (
+            cpu::linear(&self.to_k, context.clone()),
+            cpu::linear(&self.to_v, context.clone()),
+        )
+    }
+
+    /// [`forward_add`](Self::forward_add) of cross-attention with the context's keys and values
+    /// already projected ([`kv`](Self::kv)). x: `[b, n, query_dim]` → `[b, n, query_dim]`
+    pub fn forward_add_kv(&self, x: Tensor<3>, (k, v): &(Tensor<3>, Tensor<3>), residual: Tensor<3>) -> Tensor<3> {
+        let out = fused::q_attention(&self.to_q, x, k.clone(), v.clone(), self.heads);
+        fused::linear_add(&self.to_out, out, residual)
+    }
+
     /// The attention's output before `to_out`: `[b, n, h·d]`.
     fn heads_out(&self, x: Tensor<3>, context: Option<&Tensor<3>>) -> Tensor<3> {
         fused::qkv_attention([&self.to_q, &self.to_k, &self.to_v], x, context, self.heads, false)
@@ -139,9 +156,15 @@ impl BasicTransformerBlock {
 
     /// x: `[b, n, dim]`, context: `[b, m, context_dim]` → `[b, n, dim]`
     pub fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
+        self.forward_kv(x, &self.attn2.kv(context))
+    }
+
+    /// [`forward`](Self::forward) with the cross-attention's keys and values of the context
+    /// already projected ([`Attention::kv`]).
+    pub fn forward_kv(&self, x: Tensor<3>, kv: &(Tensor<3>, Tensor<3>)) -> Tensor<3> {
         let ln = |n: &LayerNorm, x: &Tensor<3>| cpu::layer_norm(n, x.clone(), LN_EPS);
         let x = self.attn1.forward_add(ln(&self.norm1, &x), None, x.clone());
-        let x = self.attn2.forward_add(ln(&self.norm2, &x), Some(context), x.clone());
+        let x = self.attn2.forward_add_kv(ln(&self.norm2, &x), kv, x.clone());
         self.ff.forward_add(ln(&self.norm3, &x), x.clone())
     }
 }
@@ -190,12 +213,25 @@ impl Transformer2DModel {
 
     /// x: `[b, c, h, w]`, context: `[b, m, context_dim]` → `[b, c, h, w]`
     pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
+        self.forward_kv(x, &self.cross_kv(context))
+    }
+
+    /// Each transformer block's cross-attention keys and values of `context`
+    /// ([`Attention::kv`]), for [`forward_kv`](Self::forward_kv).
+    pub fn cross_kv(&self, context: &Tensor<3>) -> Vec<(Tensor<3>, Tensor<3>)> {
+        self.transformer_blocks.iter().map(|b| b.attn2.kv(context)).collect()
+    }
+
+    /// [`forward`](Self::forward) with [`cross_kv`](Self::cross_kv) of this model (one pair per
+    /// transformer block). x: `[b, c, h, w]` → `[b, c, h, w]`
+    pub fn forward_kv(&self, x: Tensor<4>, kv: &[(Tensor<3>, Tensor<3>)]) -> Tensor<4> {
+        debug_assert_eq!(kv.len(), self.transformer_blocks.len(), "cross_kv of another model");
         let residual = x.clone();
         let x = cpu::group_norm(&self.norm, x, false);
         // [b, c, h, w] -> [b, h·w, c]
         let mut seq = fused::proj_in(&self.proj_in, x);
-        for block in &self.transformer_blocks {
-            seq = block.forward(seq, context);
+        for (block, kv) in self.transformer_blocks.iter().zip(kv) {
+            seq = block.forward_kv(seq, kv);
         }
         // [b, h·w, c] -> [b, c, h, w], + residual
         fused::proj_out_add(&self.proj_out, seq, residual)

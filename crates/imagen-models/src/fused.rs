@@ -128,6 +128,17 @@ pub fn qkv_attention(
     crate::attention::multi_head_attention(q, k, v, heads, causal)
 }
 
+/// Cross-attention with the context's keys and values already projected: `to_q(x)`, then
+/// attention (before the output projection). x: `[b, n, dim]`, k/v: `[b, m, h·d]` → `[b, n, h·d]`
+pub fn q_attention(to_q: &Linear, x: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
+    if gpu::on_gpu(&x)
+        && let Some(y) = gpu::q_attention(to_q, &x, &k, &v, heads)
+    {
+        return y;
+    }
+    crate::attention::multi_head_attention(cpu::linear(to_q, x), k, v, heads, false)
+}
+
 /// `conv(x) + add`. x: `[b, cin, h, w]` → `[b, cout, ho, wo]`
 pub fn conv2d_add(conv: &Conv2d, x: Tensor<4>, add: ConvAdd) -> Tensor<4> {
     if gpu::on_gpu(&x)

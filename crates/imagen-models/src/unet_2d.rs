@@ -364,6 +364,11 @@ impl UNet2DConditionConfig {
     }
 }
 
+/// Every cross-attention's keys and values of one text context, per transformer block, in the
+/// order the UNet runs its spatial transformers ([`UNet2DConditionModel::cross_kv`]).
+#[derive(Clone, Debug)]
+pub struct CrossKv(Vec<Vec<(Tensor<3>, Tensor<3>)>>);
+
 /// SDXL's added conditioning (`addition_embed_type = "text_time"`).
 pub struct AddedCond {
     /// The second text encoder's projected pooled output: `[b, projection_dim]`.
@@ -462,6 +467,36 @@ impl UNet2DConditionModel {
         added: Option<&AddedCond>,
         timestep_cond: Option<&Tensor<2>>,
     ) -> Tensor<4> {
+        self.forward_kv(sample, timesteps, &self.cross_kv(context), added, timestep_cond)
+    }
+
+    /// The keys and values every cross-attention projects from `context`: the same at each
+    /// denoising step, so a generation computes them once and calls
+    /// [`forward_kv`](Self::forward_kv) (diffusers recomputes them at every step).
+    /// context: `[b, m, cross_attention_dim]`
+    pub fn cross_kv(&self, context: &Tensor<3>) -> CrossKv {
+        let transformers = self
+            .down_blocks
+            .iter()
+            .flat_map(|b| &b.attentions)
+            .chain(&self.mid_block.attentions)
+            .chain(self.up_blocks.iter().flat_map(|b| &b.attentions));
+        CrossKv(transformers.map(|t| t.cross_kv(context)).collect())
+    }
+
+    /// [`forward_with`](Self::forward_with) from this UNet's [`cross_kv`](Self::cross_kv) of the
+    /// context instead of the context.
+    pub fn forward_kv(
+        &self,
+        sample: Tensor<4>,
+        timesteps: &[f32],
+        kv: &CrossKv,
+        added: Option<&AddedCond>,
+        timestep_cond: Option<&Tensor<2>>,
+    ) -> Tensor<4> {
+        // The transformers in the order `cross_kv` listed them.
+        let mut kv = kv.0.iter().map(Vec::as_slice);
+        let mut kv = move || kv.next().unwrap_or_default();
         let b = sample.dims()[0];
         let device = sample.device();
         let ts: Vec<f32> = (0..b)
@@ -496,7 +531,7 @@ impl UNet2DConditionModel {
             for (i, resnet) in block.resnets.iter().enumerate() {
                 x = resnet.forward(x, Some(&temb));
                 if let Some(attn) = block.attentions.get(i) {
-                    x = attn.forward(x, context);
+                    x = attn.forward_kv(x, kv());
                 }
                 skips.push(x.clone());
             }
@@ -508,7 +543,7 @@ impl UNet2DConditionModel {
 
         x = self.mid_block.resnets[0].forward(x, Some(&temb));
         for (attn, resnet) in self.mid_block.attentions.iter().zip(&self.mid_block.resnets[1..]) {
-            x = resnet.forward(attn.forward(x, context), Some(&temb));
+            x = resnet.forward(attn.forward_kv(x, kv()), Some(&temb));
         }
         if self.mid_block.attentions.is_empty() {
             x = self.mid_block.resnets[1].forward(x, Some(&temb));
@@ -520,7 +555,7 @@ impl UNet2DConditionModel {
                 // [b, c, h, w] ++ [b, c_skip, h, w] -> [b, c + c_skip, h, w]
                 x = resnet.forward(fused::cat_channels(x, skip), Some(&temb));
                 if let Some(attn) = block.attentions.get(i) {
-                    x = attn.forward(x, context);
+                    x = attn.forward_kv(x, kv());
                 }
             }
             for up in &block.upsamplers {

@@ -119,3 +119,27 @@ pub(crate) fn qkv_attention(
         }
     })
 }
+
+/// [`qkv_attention`] with k and v already projected (with their biases, if any): `to_q` as a
+/// bare matmul when it has no bias. `None` (nothing run) as [`qkv_attention`], or when `to_q`
+/// has a bias. x: `[b, n, dim]`, k/v: `[b, m, h·d]` → `[b, n, h·d]`
+pub(crate) fn q_attention(
+    to_q: &Linear,
+    x: &Tensor<3>,
+    k: &Tensor<3>,
+    v: &Tensor<3>,
+    heads: usize,
+) -> Option<Tensor<3>> {
+    if attention_route() != AttentionRoute::Matmul || !fused_kernels() || to_q.bias.is_some() {
+        return None;
+    }
+    let [b, n, _] = x.dims();
+    let q = linear_rows(to_q, x);
+    // [b·n, h·d] -> [b, n, h·d]
+    let inner = q.dims()[1];
+    let q = q.reshape([b, n, inner]);
+    Some(
+        attention_fused([q.clone(), k.clone(), v.clone()], None, heads, false)
+            .unwrap_or_else(|| attention_two_matmuls(q, k.clone(), v.clone(), heads, false)),
+    )
+}

@@ -34,7 +34,7 @@ mod conv;
 mod linear;
 mod norm;
 
-pub(crate) use attention::{attention, qkv_attention};
+pub(crate) use attention::{attention, q_attention, qkv_attention};
 pub(crate) use conv::{conv2d, conv2d_fused, proj_to_seq, seq_proj_add};
 pub(crate) use linear::{linear_act, linear_add, linear_unbiased};
 pub(crate) use norm::{group_norm, layer_norm};
