@@ -43,7 +43,24 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-/// Both tests flip the process-wide `set_own_kernels`: they take this lock to run one at a time.
+/// `run` with imagen's kernels on, then off (burn's ops on the same device); leaves them on.
+fn kernels_then_ops<T>(mut run: impl FnMut() -> T) -> (T, T) {
+    set_own_kernels(true);
+    let kernel = run();
+    set_own_kernels(false);
+    let ops = run();
+    set_own_kernels(true);
+    (kernel, ops)
+}
+
+/// Both routes' outputs within 1e-4 of the CPU's `want`.
+fn assert_both_close(want: &[f32], (kernel, ops): (Vec<f32>, Vec<f32>), case: &str) {
+    let (dk, d_ops) = (max_abs_diff(&kernel, want), max_abs_diff(&ops, want));
+    assert!(dk < 1e-4, "{case}: kernel vs CPU max diff {dk}");
+    assert!(d_ops < 1e-4, "{case}: ops vs CPU max diff {d_ops}");
+}
+
+/// The tests flip the process-wide `set_own_kernels`: they take this lock to run one at a time.
 static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
@@ -76,14 +93,9 @@ fn group_norm_kernel_matches_ops_and_cpu() {
                 silu,
             ));
             let gpu_norm = norm(groups, c, &gamma, &beta, &device);
-            set_own_kernels(true);
-            let kernel = values(imagen_models::cpu::group_norm(&gpu_norm, on_gpu(), silu));
-            set_own_kernels(false);
-            let ops = values(imagen_models::cpu::group_norm(&gpu_norm, on_gpu(), silu));
-            let (dk, d_ops) = (max_abs_diff(&kernel, &want), max_abs_diff(&ops, &want));
-            assert!(dk < 1e-4, "{shape:?} silu={silu}: kernel vs CPU max diff {dk}");
-            assert!(d_ops < 1e-4, "{shape:?} silu={silu}: ops vs CPU max diff {d_ops}");
-            assert!(kernel.iter().all(|v| v.is_finite()));
+            let got = kernels_then_ops(|| values(imagen_models::cpu::group_norm(&gpu_norm, on_gpu(), silu)));
+            assert!(got.0.iter().all(|v| v.is_finite()));
+            assert_both_close(&want, got, &format!("{shape:?} silu={silu}"));
         }
     }
 }
@@ -109,15 +121,8 @@ fn layer_norm_and_softmax_kernels_match_ops_and_cpu() {
         let want = values(imagen_models::cpu::layer_norm(&ln(&cpu), x, 1e-5));
         let gpu_ln = ln(&device);
         let on_gpu = || Tensor::<3>::from_data(TensorData::new(xs.clone(), shape), &device);
-        set_own_kernels(true);
-        let kernel = values(imagen_models::cpu::layer_norm(&gpu_ln, on_gpu(), 1e-5));
-        set_own_kernels(false);
-        let ops = values(imagen_models::cpu::layer_norm(&gpu_ln, on_gpu(), 1e-5));
-        assert!(
-            max_abs_diff(&kernel, &want) < 1e-4,
-            "{shape:?}: layer norm kernel vs CPU"
-        );
-        assert!(max_abs_diff(&ops, &want) < 1e-4, "{shape:?}: layer norm ops vs CPU");
+        let got = kernels_then_ops(|| values(imagen_models::cpu::layer_norm(&gpu_ln, on_gpu(), 1e-5)));
+        assert_both_close(&want, got, &format!("{shape:?}: layer norm"));
     }
     // Attention (the softmax kernel inside the two-matmul route): 300 keys (more than the
     // threads, not a multiple), 77 keys, causal 77×77 as CLIP's, and many rows.
@@ -131,18 +136,8 @@ fn layer_norm_and_softmax_kernels_match_ops_and_cpu() {
         let want = values(mha(q, kv.clone(), kv, heads, causal));
         let gq = || Tensor::<3>::from_data(TensorData::new(qs.clone(), [2, n, inner]), &device);
         let gkv = || Tensor::<3>::from_data(TensorData::new(kvs.clone(), [2, m, inner]), &device);
-        set_own_kernels(true);
-        let kernel = values(mha(gq(), gkv(), gkv(), heads, causal));
-        set_own_kernels(false);
-        let ops = values(mha(gq(), gkv(), gkv(), heads, causal));
-        assert!(
-            max_abs_diff(&kernel, &want) < 1e-4,
-            "{n}x{m} causal={causal}: softmax kernel vs CPU"
-        );
-        assert!(
-            max_abs_diff(&ops, &want) < 1e-4,
-            "{n}x{m} causal={causal}: softmax ops vs CPU"
-        );
+        let got = kernels_then_ops(|| values(mha(gq(), gkv(), gkv(), heads, causal)));
+        assert_both_close(&want, got, &format!("{n}x{m} causal={causal}: attention"));
     }
 }
 
@@ -175,14 +170,8 @@ fn fused_linear_kernels_match_ops_and_cpu() {
             None => fused::linear_add(lin, x, r),
         };
         let want = values(run(&lin, x.clone(), r.clone()));
-        set_own_kernels(true);
-        let kernel = values(run(&glin, to(&x, &device), to(&r, &device)));
-        set_own_kernels(false);
-        let ops = values(run(&glin, to(&x, &device), to(&r, &device)));
-        set_own_kernels(true);
-        let (dk, d_ops) = (max_abs_diff(&kernel, &want), max_abs_diff(&ops, &want));
-        assert!(dk < 1e-4, "{act:?}: kernel vs CPU max diff {dk}");
-        assert!(d_ops < 1e-4, "{act:?}: ops vs CPU max diff {d_ops}");
+        let got = kernels_then_ops(|| values(run(&glin, to(&x, &device), to(&r, &device))));
+        assert_both_close(&want, got, &format!("{act:?}"));
     }
 }
 
@@ -235,23 +224,14 @@ fn fused_conv_kernels_match_ops_and_cpu() {
                 fused::conv2d_add(conv, x, add)
             };
             let want = values(run(&conv, x.clone(), temb.clone(), res.clone()));
-            let on_gpu = || (to(&x, &device), to(&temb, &device), to(&res, &device));
             set_im2col_budget(budget);
-            set_own_kernels(true);
-            let (gx, gt, gr) = on_gpu();
-            let kernel = values(run(&gconv, gx, gt, gr));
-            set_own_kernels(false);
-            let (gx, gt, gr) = on_gpu();
-            let ops = values(run(&gconv, gx, gt, gr));
-            set_own_kernels(true);
+            let got = kernels_then_ops(|| values(run(&gconv, to(&x, &device), to(&temb, &device), to(&res, &device))));
             set_im2col_budget(64 << 20);
             let case = format!(
                 "k{k} s{stride} pad {:?} up {up} add {add} budget {budget}",
                 [t, l, bo, r]
             );
-            let (dk, d_ops) = (max_abs_diff(&kernel, &want), max_abs_diff(&ops, &want));
-            assert!(dk < 1e-4, "{case}: kernel vs CPU max diff {dk}");
-            assert!(d_ops < 1e-4, "{case}: ops vs CPU max diff {d_ops}");
+            assert_both_close(&want, got, &case);
         }
     }
 }
@@ -279,21 +259,9 @@ fn sequence_projections_match_ops_and_cpu() {
             (values(seq), values(back))
         };
         let want = run(&p_in, &p_out, x.clone(), res.clone());
-        set_own_kernels(true);
-        let kernel = run(&g_in, &g_out, to(&x, &device), to(&res, &device));
-        set_own_kernels(false);
-        let ops = run(&g_in, &g_out, to(&x, &device), to(&res, &device));
-        set_own_kernels(true);
-        for (name, got) in [("kernel", kernel), ("ops", ops)] {
-            assert!(
-                max_abs_diff(&got.0, &want.0) < 1e-4,
-                "{name} linear={linear}: proj_in vs CPU"
-            );
-            assert!(
-                max_abs_diff(&got.1, &want.1) < 1e-4,
-                "{name} linear={linear}: proj_out vs CPU"
-            );
-        }
+        let (kernel, ops) = kernels_then_ops(|| run(&g_in, &g_out, to(&x, &device), to(&res, &device)));
+        assert_both_close(&want.0, (kernel.0, ops.0), &format!("linear={linear}: proj_in"));
+        assert_both_close(&want.1, (kernel.1, ops.1), &format!("linear={linear}: proj_out"));
     }
 }
 
@@ -320,15 +288,9 @@ fn norm_folded_into_conv_matches_ops_and_cpu() {
     let gnorm = norm(groups, cin, &gamma, &beta, &device);
     for budget in [64 << 20, 300] {
         set_im2col_budget(budget);
-        set_own_kernels(true);
-        let kernel = run(&gnorm, &gconv, to(&x, &device), to(&res, &device));
-        set_own_kernels(false);
-        let ops = run(&gnorm, &gconv, to(&x, &device), to(&res, &device));
-        set_own_kernels(true);
+        let got = kernels_then_ops(|| run(&gnorm, &gconv, to(&x, &device), to(&res, &device)));
         set_im2col_budget(64 << 20);
-        let (dk, d_ops) = (max_abs_diff(&kernel, &want), max_abs_diff(&ops, &want));
-        assert!(dk < 1e-4, "budget {budget}: kernel vs CPU max diff {dk}");
-        assert!(d_ops < 1e-4, "budget {budget}: ops vs CPU max diff {d_ops}");
+        assert_both_close(&want, got, &format!("budget {budget}"));
     }
 }
 
@@ -355,15 +317,9 @@ fn qkv_attention_matches_ops_and_cpu() {
             values(fused::qkv_attention(l, x.clone(), context, heads, causal))
         };
         let want = run([&q, &k, &v], x.clone(), ctx.clone());
-        set_own_kernels(true);
-        let kernel = run([&gq, &gk, &gv], to(&x, &device), to(&ctx, &device));
-        set_own_kernels(false);
-        let ops = run([&gq, &gk, &gv], to(&x, &device), to(&ctx, &device));
-        set_own_kernels(true);
         let case = format!("{n}x{m} bias={bias} causal={causal}");
-        let (dk, d_ops) = (max_abs_diff(&kernel, &want), max_abs_diff(&ops, &want));
-        assert!(dk < 1e-4, "{case}: kernel vs CPU max diff {dk}");
-        assert!(d_ops < 1e-4, "{case}: ops vs CPU max diff {d_ops}");
+        let got = kernels_then_ops(|| run([&gq, &gk, &gv], to(&x, &device), to(&ctx, &device)));
+        assert_both_close(&want, got, &case);
         if !causal {
             // Cross-attention with the context's keys and values projected beforehand (the
             // UNet's per-generation cache): q alone is projected, by a bare matmul when it has

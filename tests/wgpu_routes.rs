@@ -13,10 +13,11 @@ mod common;
 use burn::tensor::Device;
 use common::{Golden, assert_close, fixture, unet_outputs, wgpu_device};
 use imagen_models::DiffusersFolder;
+use imagen_models::gpu::{self, AttentionRoute, ConvRoute};
 
 const TOL: f32 = 1e-4;
 
-/// Both tests set process-wide routes: they take this lock to run one at a time.
+/// The tests set process-wide routes: they take this lock to run one at a time.
 static ROUTES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The tiny UNet (3×3, 1×1 and stride-2 convs, self- and cross-attention) and VAE (padded and
@@ -32,20 +33,29 @@ fn unet_and_vae_match(folder: &DiffusersFolder, g: &Golden, device: &Device) {
     assert_close(g, "vae_dec_image", vae.decode(g.tensor("vae_dec_latents", device)), TOL);
 }
 
+/// Sets every process-wide GPU switch, so each test runs in a state it names in full.
+fn routes(conv: ConvRoute, attention: AttentionRoute, im2col_bytes: usize, fused: bool) {
+    gpu::set_conv_route(conv);
+    gpu::set_attention_route(attention);
+    gpu::set_im2col_budget(im2col_bytes);
+    gpu::set_fused_kernels(fused);
+}
+
+fn text_encoder_matches(folder: &DiffusersFolder, g: &Golden, device: &Device) {
+    let te = folder.load_text_encoder(device).expect("text encoder");
+    assert_close(g, "text_hidden", te.forward(g.ids("text_ids", device), 0), TOL);
+}
+
 /// Text encoder (causal attention), UNet (3×3 and 1×1 convs, self- and cross-attention) and
 /// VAE (padded convs, single-head attention) with both routes on.
 #[test]
 fn burn_convs_and_attention_match_diffusers() {
     let Some(device) = wgpu_device() else { return };
     let _one = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
-    imagen_models::gpu::set_conv_route(imagen_models::gpu::ConvRoute::Burn);
-    imagen_models::gpu::set_attention_route(imagen_models::gpu::AttentionRoute::Burn);
+    routes(ConvRoute::Burn, AttentionRoute::Burn, 64 << 20, true);
     let folder = DiffusersFolder::open(fixture("tiny-sd15")).expect("open folder");
     let g = Golden::open("tiny-sd15");
-
-    let te = folder.load_text_encoder(&device).expect("text encoder");
-    assert_close(&g, "text_hidden", te.forward(g.ids("text_ids", &device), 0), TOL);
-
+    text_encoder_matches(&folder, &g, &device);
     unet_and_vae_match(&folder, &g, &device);
 }
 
@@ -55,13 +65,9 @@ fn burn_convs_and_attention_match_diffusers() {
 fn banded_im2col_convs_match_diffusers() {
     let Some(device) = wgpu_device() else { return };
     let _one = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
-    imagen_models::gpu::set_conv_route(imagen_models::gpu::ConvRoute::Im2col);
-    imagen_models::gpu::set_attention_route(imagen_models::gpu::AttentionRoute::Matmul);
-    imagen_models::gpu::set_im2col_budget(4096);
-    imagen_models::gpu::set_fused_kernels(true);
+    routes(ConvRoute::Im2col, AttentionRoute::Matmul, 4096, true);
     let folder = DiffusersFolder::open(fixture("tiny-sd15")).expect("open folder");
     let g = Golden::open("tiny-sd15");
-
     unet_and_vae_match(&folder, &g, &device);
 }
 
@@ -71,15 +77,9 @@ fn banded_im2col_convs_match_diffusers() {
 fn unfused_routes_match_diffusers() {
     let Some(device) = wgpu_device() else { return };
     let _one = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
-    imagen_models::gpu::set_conv_route(imagen_models::gpu::ConvRoute::Im2col);
-    imagen_models::gpu::set_attention_route(imagen_models::gpu::AttentionRoute::Matmul);
-    imagen_models::gpu::set_im2col_budget(64 << 20);
-    imagen_models::gpu::set_fused_kernels(false);
+    routes(ConvRoute::Im2col, AttentionRoute::Matmul, 64 << 20, false);
     let folder = DiffusersFolder::open(fixture("tiny-sd15")).expect("open folder");
     let g = Golden::open("tiny-sd15");
-
-    let te = folder.load_text_encoder(&device).expect("text encoder");
-    assert_close(&g, "text_hidden", te.forward(g.ids("text_ids", &device), 0), TOL);
+    text_encoder_matches(&folder, &g, &device);
     unet_and_vae_match(&folder, &g, &device);
-    imagen_models::gpu::set_fused_kernels(true);
 }

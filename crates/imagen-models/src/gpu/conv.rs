@@ -195,7 +195,7 @@ pub(crate) fn conv2d_fused(
         let per_row = b * cin * kh * kw * wo * x.dtype().size();
         let band = (im2col_budget() / per_row).max(1);
         let bands = (0..ho).step_by(band).map(|r0| {
-            let windows = fused::Windows {
+            let windows = Windows {
                 kernel: [kh, kw],
                 stride: [sh, sw],
                 pad: [top, left],
@@ -227,4 +227,20 @@ pub(crate) fn conv2d_fused(
     };
     let fused = fused::epilogue(y.clone(), bias.clone(), per_bc, residual, cout, ho * wo);
     Some(fused.unwrap_or_else(|| add.clone().apply(y + bias.reshape([1, cout, 1, 1]))))
+}
+
+/// Where the fused im2col kernel (`fused::im2col`) reads its windows from.
+// Read only by the real kernel: builds with the stubs construct it and never look inside.
+#[cfg_attr(not(all(feature = "wgpu", not(feature = "gpu-autotune"))), allow(dead_code))]
+#[derive(Clone, Debug)]
+pub(crate) struct Windows {
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    /// Padding on the top and left (the output size fixes the rest).
+    pub pad: [usize; 2],
+    /// Nearest-neighbour upsampling factor applied before padding (1 = none).
+    pub up: usize,
+    /// The output rows wanted, `start..end`, and the output width.
+    pub rows: std::ops::Range<usize>,
+    pub wo: usize,
 }

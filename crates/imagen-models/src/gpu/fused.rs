@@ -16,17 +16,16 @@
 //! `super` (the route taken with `IMAGEN_GPU_KERNELS=0`) and a parity test in
 //! `tests/wgpu_kernels.rs`.
 
-use burn::tensor::{Shape, Tensor as BurnTensor};
+use burn::tensor::{DType, Tensor as BurnTensor};
 use burn_cubecl::Cube;
-use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::kernel::matmul::MatmulStrategy;
-use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use crate::fused::Act;
 
-use super::kernels::{elem_type, elementwise_count, prepare, raw};
+use super::conv::Windows;
+use super::kernels::{contiguous, contiguous_opt, elem_type, elementwise_count, empty_like, prepare, raw};
 
 /// `y + bias[c] + (per_bc[b, c] + bc_bias[c]) + residual`, each term present when its flag is
 /// set; `y` and `residual` contiguous `[outer, channels, inner]`, `per_bc` `[outer, channels]`.
@@ -239,21 +238,12 @@ pub(crate) fn epilogue<const D: usize>(
 ) -> Option<BurnTensor<D>> {
     let total: usize = y.dims().iter().product();
     let (input, elem, output) = prepare(y)?;
-    let bias = into_contiguous(raw(bias)?);
+    let bias = contiguous(bias)?;
     let (per_bc, bc_bias) = match per_bc {
-        Some((t, b)) => (
-            Some(into_contiguous(raw(t)?)),
-            match b {
-                Some(b) => Some(into_contiguous(raw(b)?)),
-                None => None,
-            },
-        ),
+        Some((t, b)) => (Some(contiguous(t)?), contiguous_opt(b)?),
         None => (None, None),
     };
-    let residual = match residual {
-        Some(t) => Some(into_contiguous(raw(t)?)),
-        None => None,
-    };
+    let residual = contiguous_opt(residual)?;
     let flags = (per_bc.is_some(), bc_bias.is_some(), residual.is_some());
     let or_bias = |t: Option<CubeTensor>| t.unwrap_or_else(|| bias.clone()).into_tensor_arg();
     let (cube_count, cube_dim) = elementwise_count(&input, total);
@@ -286,15 +276,10 @@ pub(crate) fn bias_act(h: BurnTensor<2>, bias: BurnTensor<1>, act: Act) -> Optio
         Act::QuickGelu => (k, 2),
         Act::Silu => (k, 3),
     };
-    let input = into_contiguous(raw(h)?);
+    let input = contiguous(h)?;
     let elem = elem_type(input.dtype)?;
-    let bias = into_contiguous(raw(bias)?);
-    let output = empty_device_dtype(
-        input.client.clone(),
-        input.device.clone(),
-        Shape::new([rows, cols]),
-        input.dtype,
-    );
+    let bias = contiguous(bias)?;
+    let output = empty_like(&input, [rows, cols], input.dtype);
     let (cube_count, cube_dim) = elementwise_count(&input, rows * cols);
     bias_act_kernel::launch(
         &input.client.clone(),
@@ -321,29 +306,14 @@ pub(crate) fn split_heads(
     let [b, n, inner] = q.dims();
     let m = k.dims()[1];
     let d = inner / heads;
-    let (q, k, v) = (
-        into_contiguous(raw(q)?),
-        into_contiguous(raw(k)?),
-        into_contiguous(raw(v)?),
-    );
+    let (q, k, v) = (contiguous(q)?, contiguous(k)?, contiguous(v)?);
     let elem = elem_type(q.dtype)?;
     let has_bias = biases.is_some();
     let [qb, kb, vb] = match biases {
-        Some([qb, kb, vb]) => [
-            into_contiguous(raw(qb)?),
-            into_contiguous(raw(kb)?),
-            into_contiguous(raw(vb)?),
-        ],
+        Some([qb, kb, vb]) => [contiguous(qb)?, contiguous(kb)?, contiguous(vb)?],
         None => [q.clone(), q.clone(), q.clone()],
     };
-    let empty = |len: usize| {
-        empty_device_dtype(
-            q.client.clone(),
-            q.device.clone(),
-            Shape::new([b, heads, len, d]),
-            q.dtype,
-        )
-    };
+    let empty = |len: usize| empty_like(&q, [b, heads, len, d], q.dtype);
     let (q_out, k_out, v_out) = (empty(n), empty(m), empty(m));
     let (cube_count, cube_dim) = elementwise_count(&q, b * n.max(m) * inner);
     split_heads_kernel::launch(
@@ -378,12 +348,7 @@ pub(crate) fn attention_output(probs: BurnTensor<4>, v: BurnTensor<4>) -> Option
     let d = v.dims()[3];
     let (probs, v) = (raw(probs)?, raw(v)?);
     let dtype = probs.dtype;
-    let merged = empty_device_dtype(
-        probs.client.clone(),
-        probs.device.clone(),
-        Shape::new([b, n, heads, d]),
-        dtype,
-    );
+    let merged = empty_like(&probs, [b, n, heads, d], dtype);
     // [b, n, h, d] -> [b, h, n, d] (a view of the same buffer)
     let view = burn_cubecl::ops::permute(merged.clone(), &[0, 2, 1, 3]);
     burn_cubecl::kernel::matmul::matmul(probs, v, Some(view), MatmulStrategy::default(), dtype).ok()?;
@@ -421,14 +386,9 @@ fn cat_channels_kernel<F: Float>(
 pub(crate) fn cat_channels(x: BurnTensor<4>, y: BurnTensor<4>) -> Option<BurnTensor<4>> {
     let [b, c1, h, w] = x.dims();
     let c2 = y.dims()[1];
-    let (first, second) = (into_contiguous(raw(x)?), into_contiguous(raw(y)?));
+    let (first, second) = (contiguous(x)?, contiguous(y)?);
     let elem = elem_type(first.dtype)?;
-    let output = empty_device_dtype(
-        first.client.clone(),
-        first.device.clone(),
-        Shape::new([b, c1 + c2, h, w]),
-        first.dtype,
-    );
+    let output = empty_like(&first, [b, c1 + c2, h, w], first.dtype);
     let (cube_count, cube_dim) = elementwise_count(&first, b * (c1 + c2) * h * w);
     cat_channels_kernel::launch(
         &first.client.clone(),
@@ -443,20 +403,6 @@ pub(crate) fn cat_channels(x: BurnTensor<4>, y: BurnTensor<4>) -> Option<BurnTen
         elem,
     );
     Some(BurnTensor::from_primitive::<Cube>(output))
-}
-
-/// Where [`im2col`] reads its windows from.
-#[derive(Clone, Debug)]
-pub(crate) struct Windows {
-    pub kernel: [usize; 2],
-    pub stride: [usize; 2],
-    /// Padding on the top and left (the output size fixes the rest).
-    pub pad: [usize; 2],
-    /// Nearest-neighbour upsampling factor applied before padding (1 = none).
-    pub up: usize,
-    /// The output rows wanted, `start..end`, and the output width.
-    pub rows: std::ops::Range<usize>,
-    pub wo: usize,
 }
 
 /// Group norm + SiLU applied to what [`im2col`] reads: per-(batch, group) statistics from
@@ -474,10 +420,10 @@ pub(crate) struct Norm {
 pub(crate) fn group_stats(x: &BurnTensor<4>, norm: &burn::nn::GroupNorm) -> Option<Norm> {
     let [b, c, h, w] = x.dims();
     let groups = norm.num_groups;
-    let input = into_contiguous(raw(x.clone())?);
+    let input = contiguous(x.clone())?;
     let elem = elem_type(input.dtype)?;
-    let gamma = into_contiguous(raw(norm.gamma.as_ref()?.val())?);
-    let beta = into_contiguous(raw(norm.beta.as_ref()?.val())?);
+    let gamma = contiguous(norm.gamma.as_ref()?.val())?;
+    let beta = contiguous(norm.beta.as_ref()?.val())?;
     let stats = super::kernels::row_stats(&input, b * groups, c / groups * h * w, norm.epsilon, elem);
     Some(Norm {
         stats,
@@ -492,25 +438,15 @@ pub(crate) fn im2col(x: BurnTensor<4>, g: &Windows, norm: Option<&Norm>) -> Opti
     let [b, cin, h, w] = x.dims();
     let [kh, kw] = g.kernel;
     let rows = g.rows.len();
-    let input = into_contiguous(raw(x)?);
+    let input = contiguous(x)?;
     let elem = elem_type(input.dtype)?;
     let shape = [b, cin * kh * kw, rows * g.wo];
-    let output: CubeTensor = empty_device_dtype(
-        input.client.clone(),
-        input.device.clone(),
-        Shape::new(shape),
-        input.dtype,
-    );
+    let output = empty_like(&input, shape, input.dtype);
     let (stats, gamma, beta, cpg) = match norm {
         Some(n) => (n.stats.clone(), n.gamma.clone(), n.beta.clone(), cin / n.groups),
         // Never read: any f32 buffer for the statistics (a 1-element one), the input for γ, β.
         None => {
-            let dummy = empty_device_dtype(
-                input.client.clone(),
-                input.device.clone(),
-                Shape::new([1]),
-                burn::tensor::DType::F32,
-            );
+            let dummy = empty_like(&input, [1], DType::F32);
             (dummy, input.clone(), input.clone(), 1)
         }
     };

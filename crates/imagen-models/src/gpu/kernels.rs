@@ -36,31 +36,9 @@ fn row_stats_kernel<F: Float>(
     let base = row * len;
     let unit = UNIT_POS as usize;
     let mut shared = Shared::<[f32]>::new_slice(threads);
-
-    let mut sum = 0.0f32;
-    let mut i = unit;
-    while i < len {
-        sum += f32::cast_from(input[base + i]);
-        i += threads;
-    }
-    shared[unit] = sum;
-    sync_cube();
-    tree_sum(&mut shared, unit, threads);
-    let mean = shared[0] / f32::cast_from(n);
-    sync_cube();
-
-    let mut squares = 0.0f32;
-    let mut j = unit;
-    while j < len {
-        let d = f32::cast_from(input[base + j]) - mean;
-        squares += d * d;
-        j += threads;
-    }
-    shared[unit] = squares;
-    sync_cube();
-    tree_sum(&mut shared, unit, threads);
+    let mean = cube_sum(input, base, base + len, 0.0, &mut shared, unit, false, threads) / f32::cast_from(n);
+    let var = cube_sum(input, base, base + len, mean, &mut shared, unit, true, threads) / f32::cast_from(n);
     if unit == 0 {
-        let var = shared[0] / f32::cast_from(n);
         stats[row * 2] = mean;
         stats[row * 2 + 1] = 1.0f32 / (var + epsilon).sqrt();
     }
@@ -87,34 +65,13 @@ fn chunk_stats_kernel<F: Float>(
     let count = f32::cast_from(end - start);
     let unit = UNIT_POS as usize;
     let mut shared = Shared::<[f32]>::new_slice(threads);
-
-    let mut sum = 0.0f32;
-    let mut i = start + unit;
-    while i < end {
-        sum += f32::cast_from(input[i]);
-        i += threads;
-    }
-    shared[unit] = sum;
-    sync_cube();
-    tree_sum(&mut shared, unit, threads);
-    let mean = shared[0] / count;
-    sync_cube();
-
-    let mut squares = 0.0f32;
-    let mut j = start + unit;
-    while j < end {
-        let d = f32::cast_from(input[j]) - mean;
-        squares += d * d;
-        j += threads;
-    }
-    shared[unit] = squares;
-    sync_cube();
-    tree_sum(&mut shared, unit, threads);
+    let mean = cube_sum(input, start, end, 0.0, &mut shared, unit, false, threads) / count;
+    let m2 = cube_sum(input, start, end, mean, &mut shared, unit, true, threads);
     if unit == 0 {
         let o = (row * chunks as usize + c) * 3;
         partial[o] = count;
         partial[o + 1] = mean;
-        partial[o + 2] = shared[0];
+        partial[o + 2] = m2;
     }
 }
 
@@ -144,6 +101,41 @@ fn combine_stats_kernel(partial: &Tensor<f32>, stats: &mut Tensor<f32>, rows: u3
     }
     stats[row * 2] = mean;
     stats[row * 2 + 1] = 1.0f32 / (m2 / count + epsilon).sqrt();
+}
+
+/// `Σ (x − centre)`, or `Σ (x − centre)²` when `square`, over `input[start..end]`: each unit
+/// takes every `threads`-th element, then the cube reduces through `shared`. Every unit gets the
+/// total, and `shared` is free again on return. The statistics kernels call it twice (the mean,
+/// then the centred squares).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn cube_sum<F: Float>(
+    input: &Tensor<F>,
+    start: usize,
+    end: usize,
+    centre: f32,
+    shared: &mut Shared<[f32]>,
+    unit: usize,
+    #[comptime] square: bool,
+    #[comptime] threads: usize,
+) -> f32 {
+    let mut acc = 0.0f32;
+    let mut i = start + unit;
+    while i < end {
+        let d = f32::cast_from(input[i]) - centre;
+        if square {
+            acc += d * d;
+        } else {
+            acc += d;
+        }
+        i += threads;
+    }
+    shared[unit] = acc;
+    sync_cube();
+    tree_sum(shared, unit, threads);
+    let total = shared[0];
+    sync_cube();
+    total
 }
 
 /// `shared[0] = Σ shared[0..threads]`, halving the active units each step (unrolled: the
@@ -197,30 +189,9 @@ fn layer_norm_rows_kernel<F: Float>(
     let base = CUBE_POS * len;
     let unit = UNIT_POS as usize;
     let mut shared = Shared::<[f32]>::new_slice(threads);
-
-    let mut sum = 0.0f32;
-    let mut i = unit;
-    while i < len {
-        sum += f32::cast_from(input[base + i]);
-        i += threads;
-    }
-    shared[unit] = sum;
-    sync_cube();
-    tree_sum(&mut shared, unit, threads);
-    let mean = shared[0] / f32::cast_from(n);
-    sync_cube();
-
-    let mut squares = 0.0f32;
-    let mut j = unit;
-    while j < len {
-        let d = f32::cast_from(input[base + j]) - mean;
-        squares += d * d;
-        j += threads;
-    }
-    shared[unit] = squares;
-    sync_cube();
-    tree_sum(&mut shared, unit, threads);
-    let rstd = 1.0f32 / (shared[0] / f32::cast_from(n) + epsilon).sqrt();
+    let mean = cube_sum(input, base, base + len, 0.0, &mut shared, unit, false, threads) / f32::cast_from(n);
+    let var = cube_sum(input, base, base + len, mean, &mut shared, unit, true, threads) / f32::cast_from(n);
+    let rstd = 1.0f32 / (var + epsilon).sqrt();
 
     let mut k = unit;
     while k < len {
@@ -328,6 +299,24 @@ pub(super) fn raw<const D: usize>(t: BurnTensor<D>) -> Option<CubeTensor> {
     t.try_into_primitive::<Cube>().ok()
 }
 
+/// The raw cube tensor of `t`, made contiguous; `None` when it is not one (burn's fusion).
+pub(super) fn contiguous<const D: usize>(t: BurnTensor<D>) -> Option<CubeTensor> {
+    Some(into_contiguous(raw(t)?))
+}
+
+/// [`contiguous`] of an optional tensor: `None` when it is present but not a raw cube tensor.
+pub(super) fn contiguous_opt<const D: usize>(t: Option<BurnTensor<D>>) -> Option<Option<CubeTensor>> {
+    match t {
+        Some(t) => contiguous(t).map(Some),
+        None => Some(None),
+    }
+}
+
+/// An uninitialised tensor of `shape` on `like`'s device, in `dtype`.
+pub(super) fn empty_like<const N: usize>(like: &CubeTensor, shape: [usize; N], dtype: DType) -> CubeTensor {
+    empty_device_dtype(like.client.clone(), like.device.clone(), Shape::new(shape), dtype)
+}
+
 pub(super) fn elem_type(dtype: DType) -> Option<ElemType> {
     match dtype {
         DType::F32 => Some(ElemType::Float(FloatKind::F32)),
@@ -347,15 +336,10 @@ const CHUNK: usize = STATS_THREADS * 16;
 /// 0.056 ms (BENCHMARKS.md, session 5).
 pub(super) fn row_stats(input: &CubeTensor, rows: usize, n: usize, epsilon: f64, elem: ElemType) -> CubeTensor {
     let client = input.client.clone();
-    let stats = empty_device_dtype(client.clone(), input.device.clone(), Shape::new([rows, 2]), DType::F32);
+    let stats = empty_like(input, [rows, 2], DType::F32);
     let chunks = n.div_ceil(CHUNK);
     if chunks >= 2 && rows <= 65_535 && chunks <= 65_535 {
-        let partial = empty_device_dtype(
-            client.clone(),
-            input.device.clone(),
-            Shape::new([rows, chunks, 3]),
-            DType::F32,
-        );
+        let partial = empty_like(input, [rows, chunks, 3], DType::F32);
         chunk_stats_kernel::launch(
             &client,
             CubeCount::Static(chunks as u32, rows as u32, 1),
@@ -416,10 +400,10 @@ pub(super) fn elementwise_count(input: &CubeTensor, total: usize) -> (CubeCount,
 /// empty output of the same shape and dtype. `None` for tensors that are not raw cube tensors
 /// or not floats.
 pub(super) fn prepare<const D: usize>(x: BurnTensor<D>) -> Option<(CubeTensor, ElemType, CubeTensor)> {
-    let shape = Shape::new(x.dims());
-    let input = into_contiguous(raw(x)?);
+    let shape = x.dims();
+    let input = contiguous(x)?;
     let elem = elem_type(input.dtype)?;
-    let output = empty_device_dtype(input.client.clone(), input.device.clone(), shape, input.dtype);
+    let output = empty_like(&input, shape, input.dtype);
     Some((input, elem, output))
 }
 
@@ -435,7 +419,7 @@ pub(crate) fn group_norm(
 ) -> Option<BurnTensor<4>> {
     let [b, c, h, w] = x.dims();
     let (input, elem, output) = prepare(x)?;
-    let (gamma, beta) = (into_contiguous(raw(gamma)?), into_contiguous(raw(beta)?));
+    let (gamma, beta) = (contiguous(gamma)?, contiguous(beta)?);
     let stats = row_stats(&input, b * groups, c / groups * h * w, epsilon, elem);
     let (cube_count, cube_dim) = elementwise_count(&input, b * c * h * w);
     group_norm_apply_kernel::launch(
@@ -467,7 +451,7 @@ pub(crate) fn layer_norm<const D: usize>(
     let n = shape[D - 1];
     let rows = shape.iter().product::<usize>() / n;
     let (input, elem, output) = prepare(x)?;
-    let (gamma, beta) = (into_contiguous(raw(gamma)?), into_contiguous(raw(beta)?));
+    let (gamma, beta) = (contiguous(gamma)?, contiguous(beta)?);
     let threads = if n >= 512 { 256 } else { 128 };
     layer_norm_rows_kernel::launch(
         &input.client.clone(),

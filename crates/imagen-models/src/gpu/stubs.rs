@@ -36,16 +36,6 @@ pub(super) mod fused {
 
     use crate::fused::Act;
 
-    #[allow(dead_code)]
-    pub(in crate::gpu) struct Windows {
-        pub kernel: [usize; 2],
-        pub stride: [usize; 2],
-        pub pad: [usize; 2],
-        pub up: usize,
-        pub rows: std::ops::Range<usize>,
-        pub wo: usize,
-    }
-
     pub(in crate::gpu) fn epilogue<const D: usize>(
         _: Tensor<D>,
         _: Tensor<1>,
@@ -76,7 +66,7 @@ pub(super) mod fused {
         None
     }
 
-    pub(in crate::gpu) fn im2col(_: Tensor<4>, _: &Windows, _: Option<&Norm>) -> Option<Tensor<3>> {
+    pub(in crate::gpu) fn im2col(_: Tensor<4>, _: &crate::gpu::conv::Windows, _: Option<&Norm>) -> Option<Tensor<3>> {
         None
     }
 
