@@ -161,12 +161,21 @@ fn head_source(pos: usize, len: usize, heads: usize, d: usize) -> usize {
     ((bh / heads * len + l) * heads + bh % heads) * d + i
 }
 
+/// Output columns each thread of [`im2col_kernel`] writes. Its index arithmetic (half a dozen
+/// integer divisions: long instruction sequences on GPUs, scalar code on lavapipe) is done once
+/// per thread instead of once per element.
+const IM2COL_COLS: usize = 8;
+
 /// The column matrix `[b, cin·kh·kw, rows·wo]` of output rows `row0..row0 + rows` of a
 /// convolution over `input` (`[b, cin, h, w]`, contiguous) upsampled `up`× (nearest) and then
 /// zero-padded by `top`/`left` (and whatever bottom/right the output size implies). With `norm`,
 /// each value read is first group-normalised (`stats`: f32 mean and 1/σ per (batch, group) row,
 /// then γ, β) and put through SiLU: the resnets' `conv(silu(norm(x)))` without the normalised
 /// tensor ever being written. Unused inputs are bound to others, never read.
+///
+/// Thread `t` owns one (batch, window element k, output row y) and the columns `xs`, `xs + span`,
+/// … of it (`span = ⌈wo / IM2COL_COLS⌉`): neighbouring threads write neighbouring elements at
+/// every step of the loop, so the stores stay coalesced.
 #[cube(launch)]
 fn im2col_kernel<F: Float>(
     input: &Tensor<F>,
@@ -183,45 +192,75 @@ fn im2col_kernel<F: Float>(
     sw: u32,
     top: u32,
     left: u32,
-    up: u32,
     row0: u32,
     rows: u32,
     wo: u32,
+    span: u32,
     channels_per_group: u32,
+    #[comptime] up: u32,
     #[comptime] norm: bool,
     #[define(F)] _dtype: ElemType,
 ) {
-    let pos = ABSOLUTE_POS;
-    if pos >= output.len() {
+    let t = ABSOLUTE_POS;
+    let (cin, h, w, kh, kw) = (cin as usize, h as usize, w as usize, kh as usize, kw as usize);
+    let (sh, sw, top, left) = (sh as usize, sw as usize, top as usize, left as usize);
+    let (row0, rows, wo) = (row0 as usize, rows as usize, wo as usize);
+    // A literal in the shader: the divisions by it become shifts.
+    let up = comptime!(up as usize);
+    let cols = comptime!(IM2COL_COLS);
+    let span = span as usize;
+    // [b, k, y, xs] of the threads; [b, k, y·wo + x] of the output.
+    if t >= output.len() / wo * span {
         terminate!();
     }
-    let (cin, h, w, kh, kw) = (cin as usize, h as usize, w as usize, kh as usize, kw as usize);
-    let (sh, sw, top, left, up) = (sh as usize, sw as usize, top as usize, left as usize, up as usize);
-    let (row0, rows, wo) = (row0 as usize, rows as usize, wo as usize);
-    let pixels = rows * wo;
-    let p = pos % pixels;
-    let k = (pos / pixels) % (cin * kh * kw);
-    let b = pos / (pixels * cin * kh * kw);
-    // Coordinates in the padded, upsampled input.
-    let py = (p / wo + row0) * sh + k / kw % kh;
-    let px = (p % wo) * sw + k % kw;
-    let mut v = F::new(0.0);
-    if py >= top && px >= left && py - top < h * up && px - left < w * up {
-        let c = k / (kw * kh);
-        let x = input[((b * cin + c) * h + (py - top) / up) * w + (px - left) / up];
-        if norm {
-            // As `group_norm_apply_kernel` (kernels.rs), so f32 results are identical.
-            let cpg = channels_per_group as usize;
-            let row = b * (cin / cpg) + c / cpg;
-            let mut y = (f32::cast_from(x) - stats[row * 2]) * stats[row * 2 + 1] * f32::cast_from(gamma[c])
-                + f32::cast_from(beta[c]);
-            y = y / (1.0f32 + (-y).exp());
-            v = F::cast_from(y);
-        } else {
-            v = x;
+    let window = cin * kh * kw;
+    let xs = t % span;
+    let y = t / span % rows;
+    let k = t / (span * rows) % window;
+    let b = t / (span * rows * window);
+    let c = k / (kw * kh);
+    let kx = k % kw;
+    // Row in the padded, upsampled input; the input row it reads (when inside the padding).
+    let py = (y + row0) * sh + k / kw % kh;
+    let row_ok = py >= top && py < top + h * up;
+    let mut in_row = 0usize;
+    if row_ok {
+        in_row = ((b * cin + c) * h + (py - top) / up) * w;
+    }
+    let out_row = (b * window + k) * rows * wo + y * wo;
+    // The group-norm terms of channel c (as `group_norm_apply_kernel`, kernels.rs, so f32
+    // results are identical).
+    let mut mean = 0.0f32;
+    let mut scale = 1.0f32;
+    let mut g = 1.0f32;
+    let mut be = 0.0f32;
+    if norm {
+        let cpg = channels_per_group as usize;
+        let stat = (b * (cin / cpg) + c / cpg) * 2;
+        mean = stats[stat];
+        scale = stats[stat + 1];
+        g = f32::cast_from(gamma[c]);
+        be = f32::cast_from(beta[c]);
+    }
+    #[unroll]
+    for j in 0..cols {
+        let x = xs + j * span;
+        if x < wo {
+            let px = x * sw + kx;
+            let mut v = F::new(0.0);
+            if row_ok && px >= left && px < left + w * up {
+                let value = input[in_row + (px - left) / up];
+                if norm {
+                    let mut z = (f32::cast_from(value) - mean) * scale * g + be;
+                    z = z / (1.0f32 + (-z).exp());
+                    v = F::cast_from(z);
+                } else {
+                    v = value;
+                }
+            }
+            output[out_row + x] = v;
         }
     }
-    output[pos] = v;
 }
 
 /// See [`epilogue_kernel`]. y: `[outer, channels, inner]` (any shape of that many elements),
@@ -450,7 +489,8 @@ pub(crate) fn im2col(x: BurnTensor<4>, g: &Windows, norm: Option<&Norm>) -> Opti
             (dummy, input.clone(), input.clone(), 1)
         }
     };
-    let (cube_count, cube_dim) = elementwise_count(&input, shape.iter().product());
+    let threads = b * cin * kh * kw * rows * g.wo.div_ceil(IM2COL_COLS);
+    let (cube_count, cube_dim) = elementwise_count(&input, threads);
     let u = |v: usize| v as u32;
     im2col_kernel::launch(
         &input.client.clone(),
@@ -470,11 +510,12 @@ pub(crate) fn im2col(x: BurnTensor<4>, g: &Windows, norm: Option<&Norm>) -> Opti
         u(g.stride[1]),
         u(g.pad[0]),
         u(g.pad[1]),
-        u(g.up),
         u(g.rows.start),
         u(rows),
         u(g.wo),
+        u(g.wo.div_ceil(IM2COL_COLS)),
         u(cpg),
+        u(g.up),
         norm.is_some(),
         elem,
     );
