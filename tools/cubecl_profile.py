@@ -5,7 +5,8 @@
     python tools/cubecl_profile.py FILE --last-of N     # launches of the last of N model calls
 
 Each logged line `| 1.23ms | Name_hash` is one kernel launch, timed on the device. Prints the
-kernels by total time (hash dropped), launches, and the sum over all launches.
+kernels by total time (hash dropped), launches, and the sum over all launches. CubeCL appends
+to FILE: remove it before each run, or the counts cover the runs before it too.
 
 `--last-of N` counts the launches of the last model call instead, for a log of N calls with the
 same matmuls (`imagen bench --runs N-1`: a warm-up call, then the timed ones): the last call
