@@ -175,6 +175,69 @@ fn fused_linear_kernels_match_ops_and_cpu() {
     }
 }
 
+fn layer_norm_with(c: usize, d: &Device) -> burn::nn::LayerNorm {
+    let mut ln = burn::nn::LayerNormConfig::new(c).init(d);
+    let g: Vec<f32> = (0..c).map(|i| 1.0 + (i as f32 * 0.1).cos()).collect();
+    let b: Vec<f32> = (0..c).map(|i| (i as f32 * 0.2).sin()).collect();
+    ln.gamma = Param::from_tensor(Tensor::from_data(TensorData::new(g, [c]), d));
+    ln.beta = Some(Param::from_tensor(Tensor::from_data(TensorData::new(b, [c]), d)));
+    ln
+}
+
+/// A linear layer's bias + residual and the layer norm after it in one kernel (and `proj_in`'s
+/// bias + the first block's norm), against the CPU and burn's ops; rows of 77, 320, 768 and
+/// 1 000 channels (1 to 4 values per unit, the last ones partial). In f32 the kernel must equal
+/// the two launches it replaces (epilogue, then the layer-norm kernel) bit for bit.
+#[test]
+fn add_layer_norm_matches_ops_and_cpu() {
+    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(device) = wgpu_device() else { return };
+    let cpu = Device::flex();
+    for (d_in, d_out) in [(40, 77), (24, 320), (32, 768), (16, 1000)] {
+        let lin = LinearConfig::new(d_in, d_out).init(&cpu);
+        let glin = lin.clone().to_device(&device);
+        let (ln, gln) = (layer_norm_with(d_out, &cpu), layer_norm_with(d_out, &device));
+        let x: Tensor<3> = Tensor::random([2, 37, d_in], Distribution::Normal(0.0, 1.5), &cpu);
+        let r: Tensor<3> = Tensor::random([2, 37, d_out], Distribution::Normal(2.0, 1.0), &cpu);
+        let run = |lin: &Linear, ln: &burn::nn::LayerNorm, x: Tensor<3>, r: Tensor<3>| {
+            let (sum, normed) = fused::linear_add_norm(lin, x, r, ln, 1e-5);
+            (values(sum), values(normed))
+        };
+        let want = run(&lin, &ln, x.clone(), r.clone());
+        let (kernel, ops) = kernels_then_ops(|| run(&glin, &gln, to(&x, &device), to(&r, &device)));
+        let case = format!("{d_in} -> {d_out}");
+        assert_both_close(&want.0, (kernel.0.clone(), ops.0), &format!("{case}: sum"));
+        assert_both_close(&want.1, (kernel.1.clone(), ops.1), &format!("{case}: norm"));
+        // The same two results from the separate launches (fused epilogue, layer-norm kernel).
+        let sum = fused::linear_add(&glin, to(&x, &device), to(&r, &device));
+        let normed = imagen_models::cpu::layer_norm(&gln, sum.clone(), 1e-5);
+        assert_eq!(kernel.0, values(sum), "{case}: sum not bit-identical to the epilogue's");
+        assert_eq!(
+            kernel.1,
+            values(normed),
+            "{case}: norm not bit-identical to the two launches'"
+        );
+    }
+    let (b, c, h, w) = (2, 24, 5, 7);
+    for linear in [false, true] {
+        let p = match linear {
+            true => Projection::Linear(LinearConfig::new(c, c).init(&cpu)),
+            false => Projection::Conv(Conv2dConfig::new([c, c], [1, 1]).init(&cpu)),
+        };
+        let gp = p.clone().to_device(&device);
+        let (ln, gln) = (layer_norm_with(c, &cpu), layer_norm_with(c, &device));
+        let x: Tensor<4> = Tensor::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &cpu);
+        let run = |p: &Projection, ln: &burn::nn::LayerNorm, x: Tensor<4>| {
+            let (seq, normed) = fused::proj_in_norm(p, x, ln, 1e-5);
+            (values(seq), values(normed))
+        };
+        let want = run(&p, &ln, x.clone());
+        let (kernel, ops) = kernels_then_ops(|| run(&gp, &gln, to(&x, &device)));
+        assert_both_close(&want.0, (kernel.0, ops.0), &format!("linear={linear}: proj_in"));
+        assert_both_close(&want.1, (kernel.1, ops.1), &format!("linear={linear}: proj_in + norm"));
+    }
+}
+
 /// Convolutions through the fused im2col kernel (padding, stride 2 with the VAE's asymmetric
 /// padding, 2× upsampling folded in, 1×1) with what their blocks add in the epilogue, whole
 /// and in bands of a few rows, against the CPU and burn's ops.

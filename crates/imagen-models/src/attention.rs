@@ -47,10 +47,17 @@ impl Attention {
         cpu::linear(&self.to_out, self.heads_out(x, context))
     }
 
-    /// `forward(x, context) + residual` (on GPU backends the residual joins `to_out`'s bias in
-    /// one kernel). residual: `[b, n, query_dim]`
-    pub fn forward_add(&self, x: Tensor<3>, context: Option<&Tensor<3>>, residual: Tensor<3>) -> Tensor<3> {
-        fused::linear_add(&self.to_out, self.heads_out(x, context), residual)
+    /// `forward(x, context) + residual` and its layer norm by `ln` (a transformer block's next
+    /// pre-norm): (sum, normed). On GPU backends the bias, the residual and the norm take one
+    /// launch after `to_out`'s matmul. residual: `[b, n, query_dim]` → 2 × `[b, n, query_dim]`
+    pub fn forward_add_norm(
+        &self,
+        x: Tensor<3>,
+        context: Option<&Tensor<3>>,
+        residual: Tensor<3>,
+        ln: &LayerNorm,
+    ) -> (Tensor<3>, Tensor<3>) {
+        fused::linear_add_norm(&self.to_out, self.heads_out(x, context), residual, ln, LN_EPS)
     }
 
     /// `to_k(context)`, `to_v(context)`: what cross-attention computes from the context alone,
@@ -63,11 +70,17 @@ impl Attention {
         )
     }
 
-    /// [`forward_add`](Self::forward_add) of cross-attention with the context's keys and values
-    /// already projected ([`kv`](Self::kv)). x: `[b, n, query_dim]` → `[b, n, query_dim]`
-    pub fn forward_add_kv(&self, x: Tensor<3>, (k, v): &(Tensor<3>, Tensor<3>), residual: Tensor<3>) -> Tensor<3> {
+    /// [`forward_add_norm`](Self::forward_add_norm) of cross-attention with the context's keys
+    /// and values already projected ([`kv`](Self::kv)). x: `[b, n, query_dim]` → 2 × `[b, n, query_dim]`
+    pub fn forward_add_kv_norm(
+        &self,
+        x: Tensor<3>,
+        (k, v): &(Tensor<3>, Tensor<3>),
+        residual: Tensor<3>,
+        ln: &LayerNorm,
+    ) -> (Tensor<3>, Tensor<3>) {
         let out = fused::q_attention(&self.to_q, x, k.clone(), v.clone(), self.heads);
-        fused::linear_add(&self.to_out, out, residual)
+        fused::linear_add_norm(&self.to_out, out, residual, ln, LN_EPS)
     }
 
     /// The attention's output before `to_out`: `[b, n, h·d]`.
@@ -125,6 +138,18 @@ impl FeedForward {
     pub fn forward_add(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
         fused::linear_add(&self.out, fused::linear_act(&self.geglu, x, Act::Geglu), residual)
     }
+
+    /// `forward(x) + residual` and its layer norm by `ln` (the next block's pre-norm), as
+    /// [`Attention::forward_add_norm`]. residual: `[b, n, dim]` → 2 × `[b, n, dim]`
+    pub fn forward_add_norm(&self, x: Tensor<3>, residual: Tensor<3>, ln: &LayerNorm) -> (Tensor<3>, Tensor<3>) {
+        fused::linear_add_norm(
+            &self.out,
+            fused::linear_act(&self.geglu, x, Act::Geglu),
+            residual,
+            ln,
+            LN_EPS,
+        )
+    }
 }
 
 /// diffusers' `BasicTransformerBlock` norms use PyTorch's default epsilon.
@@ -162,10 +187,30 @@ impl BasicTransformerBlock {
     /// [`forward`](Self::forward) with the cross-attention's keys and values of the context
     /// already projected ([`Attention::kv`]).
     pub fn forward_kv(&self, x: Tensor<3>, kv: &(Tensor<3>, Tensor<3>)) -> Tensor<3> {
-        let ln = |n: &LayerNorm, x: &Tensor<3>| cpu::layer_norm(n, x.clone(), LN_EPS);
-        let x = self.attn1.forward_add(ln(&self.norm1, &x), None, x.clone());
-        let x = self.attn2.forward_add_kv(ln(&self.norm2, &x), kv, x.clone());
-        self.ff.forward_add(ln(&self.norm3, &x), x.clone())
+        let h = cpu::layer_norm(&self.norm1, x.clone(), LN_EPS);
+        self.forward_normed(x, h, kv, None).0
+    }
+
+    /// [`forward_kv`](Self::forward_kv) from `h = norm1(x)`, computed by whatever produced `x`
+    /// (on GPU backends its last residual add and this norm are one launch, as every add + norm
+    /// here). With `next` (the following block's `norm1`), the output's norm by it as well.
+    /// x, h: `[b, n, dim]` → (`[b, n, dim]`, its norm by `next`)
+    pub fn forward_normed(
+        &self,
+        x: Tensor<3>,
+        h: Tensor<3>,
+        kv: &(Tensor<3>, Tensor<3>),
+        next: Option<&LayerNorm>,
+    ) -> (Tensor<3>, Option<Tensor<3>>) {
+        let (x, h) = self.attn1.forward_add_norm(h, None, x, &self.norm2);
+        let (x, h) = self.attn2.forward_add_kv_norm(h, kv, x, &self.norm3);
+        match next {
+            Some(ln) => {
+                let (x, h) = self.ff.forward_add_norm(h, x, ln);
+                (x, Some(h))
+            }
+            None => (self.ff.forward_add(h, x), None),
+        }
     }
 }
 
@@ -228,10 +273,21 @@ impl Transformer2DModel {
         debug_assert_eq!(kv.len(), self.transformer_blocks.len(), "cross_kv of another model");
         let residual = x.clone();
         let x = cpu::group_norm(&self.norm, x, false);
-        // [b, c, h, w] -> [b, h·w, c]
-        let mut seq = fused::proj_in(&self.proj_in, x);
-        for (block, kv) in self.transformer_blocks.iter().zip(kv) {
-            seq = block.forward_kv(seq, kv);
+        let blocks = &self.transformer_blocks;
+        // [b, c, h, w] -> [b, h·w, c], with the first block's pre-norm of it
+        let (mut seq, mut normed) = match blocks.first() {
+            Some(first) => {
+                let (seq, h) = fused::proj_in_norm(&self.proj_in, x, &first.norm1, LN_EPS);
+                (seq, Some(h))
+            }
+            None => (fused::proj_in(&self.proj_in, x), None),
+        };
+        for (i, (block, kv)) in blocks.iter().zip(kv).enumerate() {
+            // Each block hands the next one its pre-norm (always there: the fallback is never taken).
+            let h = normed
+                .take()
+                .unwrap_or_else(|| cpu::layer_norm(&block.norm1, seq.clone(), LN_EPS));
+            (seq, normed) = block.forward_normed(seq, h, kv, blocks.get(i + 1).map(|b| &b.norm1));
         }
         // [b, h·w, c] -> [b, c, h, w], + residual
         fused::proj_out_add(&self.proj_out, seq, residual)

@@ -210,18 +210,28 @@ impl ClipTextModel {
 
     /// Layers `start..end` on `x`: `[b, n, hidden]` → `[b, n, hidden]`.
     fn run_layers(&self, mut x: Tensor<3>, start: usize, end: usize) -> Tensor<3> {
-        for layer in self.encoder.layers.iter().take(end).skip(start) {
+        let eps = self.layer_norm_eps;
+        let layers = &self.encoder.layers[start.min(end)..end.min(self.encoder.layers.len())];
+        let act = if self.quick_gelu { Act::QuickGelu } else { Act::Gelu };
+        // Each residual add also gives the layer norm that follows it (one launch on GPU
+        // backends): the next layer_norm2, then the next layer's layer_norm1.
+        let mut normed = None;
+        for (i, layer) in layers.iter().enumerate() {
             let a = &layer.self_attn;
-            let h = cpu::layer_norm(&layer.layer_norm1, x.clone(), self.layer_norm_eps);
+            let h = normed
+                .take()
+                .unwrap_or_else(|| cpu::layer_norm(&layer.layer_norm1, x.clone(), eps));
             let h = fused::qkv_attention([&a.q_proj, &a.k_proj, &a.v_proj], h, None, self.heads, true);
-            x = fused::linear_add(&a.out_proj, h, x);
-            let act = if self.quick_gelu { Act::QuickGelu } else { Act::Gelu };
-            let h = fused::linear_act(
-                &layer.mlp.fc1,
-                cpu::layer_norm(&layer.layer_norm2, x.clone(), self.layer_norm_eps),
-                act,
-            );
-            x = fused::linear_add(&layer.mlp.fc2, h, x);
+            let (sum, h) = fused::linear_add_norm(&a.out_proj, h, x, &layer.layer_norm2, eps);
+            let h = fused::linear_act(&layer.mlp.fc1, h, act);
+            x = match layers.get(i + 1) {
+                Some(next) => {
+                    let (sum, h) = fused::linear_add_norm(&layer.mlp.fc2, h, sum, &next.layer_norm1, eps);
+                    normed = Some(h);
+                    sum
+                }
+                None => fused::linear_add(&layer.mlp.fc2, h, sum),
+            };
         }
         x
     }
@@ -230,7 +240,7 @@ impl ClipTextModel {
     /// the output of layer `L − k`, then the final layer norm. ids: `[b, n]` → `[b, n, hidden]`
     pub fn forward(&self, ids: Tensor<2, Int>, clip_skip: usize) -> Tensor<3> {
         let layers = self.num_layers().saturating_sub(clip_skip);
-        self.final_layer_norm.forward(self.hidden_state(ids, layers))
+        self.final_norm(self.hidden_state(ids, layers))
     }
 
     /// SDXL's conditioning from one encoder: the penultimate hidden state (no final norm) and,
@@ -247,9 +257,18 @@ impl ClipTextModel {
         let projected = self.text_projection.as_ref().map(|proj| {
             // The last layer on top of the penultimate state, then the final norm and pooling.
             let last = self.layers_from(penultimate.clone(), l.saturating_sub(1));
-            proj.forward(Self::pooled(self.final_layer_norm.forward(last), eos_positions))
+            proj.forward(Self::pooled(self.final_norm(last), eos_positions))
         });
         (penultimate, projected)
+    }
+
+    /// `final_layer_norm`: one kernel on GPU backends (burn's layer norm is a dozen launches);
+    /// elsewhere burn's, as before, so CPU results stay bit-identical.
+    fn final_norm(&self, x: Tensor<3>) -> Tensor<3> {
+        if crate::gpu::on_gpu(&x) {
+            return crate::gpu::layer_norm(&self.final_layer_norm, x, self.layer_norm_eps);
+        }
+        self.final_layer_norm.forward(x)
     }
 
     /// `pooler_output`: the final hidden state at each sequence's first `eos` token.

@@ -6,7 +6,7 @@
 //! then burn's adds).
 
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, Linear};
+use burn::nn::{GroupNorm, LayerNorm, Linear};
 use burn::tensor::Tensor;
 
 use crate::attention::Projection;
@@ -106,6 +106,26 @@ pub fn linear_add<const D: usize>(lin: &Linear, x: Tensor<D>, residual: Tensor<D
     cpu::linear(lin, x) + residual
 }
 
+/// `lin(x) + residual` and its layer norm by `ln` (a transformer block's next pre-norm):
+/// (sum, normed). On GPU backends one matmul and one launch; elsewhere [`linear_add`], then
+/// [`cpu::layer_norm`]. x: `[.., in]`, residual: `[.., out]` → 2 × `[.., out]`
+pub fn linear_add_norm<const D: usize>(
+    lin: &Linear,
+    x: Tensor<D>,
+    residual: Tensor<D>,
+    ln: &LayerNorm,
+    eps: f64,
+) -> (Tensor<D>, Tensor<D>) {
+    if gpu::on_gpu(&x)
+        && let Some(out) = gpu::linear_add_norm(lin, &x, &residual, ln, eps)
+    {
+        return out;
+    }
+    let sum = linear_add(lin, x, residual);
+    let normed = cpu::layer_norm(ln, sum.clone(), eps);
+    (sum, normed)
+}
+
 /// Multi-head attention with its q/k/v projections (self-attention when `context` is `None`),
 /// before the output projection; on GPU backends the projections' biases are added by the
 /// head-split kernel. x: `[b, n, dim]`, context: `[b, m, ctx]` → `[b, n, h·d]`
@@ -195,6 +215,20 @@ pub fn proj_in(p: &Projection, x: Tensor<4>) -> Tensor<3> {
         }
         Projection::Linear(lin) => cpu::linear(lin, to_seq(x, c)),
     }
+}
+
+/// [`proj_in`] and the layer norm of its output by `ln` (the first transformer block's
+/// pre-norm): (seq, normed). On GPU backends the bias and the norm in one launch.
+/// x: `[b, c, h, w]` → 2 × `[b, h·w, c]`
+pub fn proj_in_norm(p: &Projection, x: Tensor<4>, ln: &LayerNorm, eps: f64) -> (Tensor<3>, Tensor<3>) {
+    if gpu::on_gpu(&x)
+        && let Some(out) = gpu::proj_to_seq_norm(p, &x, ln, eps)
+    {
+        return out;
+    }
+    let seq = proj_in(p, x);
+    let normed = cpu::layer_norm(ln, seq.clone(), eps);
+    (seq, normed)
 }
 
 /// A spatial transformer's `proj_out` of a sequence back to an image, plus `residual`.

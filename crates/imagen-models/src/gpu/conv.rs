@@ -3,10 +3,10 @@
 //! bias and what the block adds in one epilogue).
 
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, PaddingConfig2d};
+use burn::nn::{GroupNorm, LayerNorm, PaddingConfig2d};
 use burn::tensor::Tensor;
 
-use super::{ConvRoute, conv_route, cube, fused, fused_kernels, im2col_budget};
+use super::{ConvRoute, conv_route, cube, fused, fused_kernels, im2col_budget, norm};
 use crate::attention::Projection;
 use crate::fused::ConvAdd;
 
@@ -106,6 +106,26 @@ pub(crate) fn proj_to_seq(p: &Projection, x: &Tensor<4>) -> Option<Tensor<3>> {
     let y = seq.matmul(w.unsqueeze::<3>());
     let fused = fused::epilogue(y.clone(), bias.clone(), None, None, cout, 1);
     Some(fused.unwrap_or_else(|| y + bias.reshape([1, 1, cout])))
+}
+
+/// [`proj_to_seq`] and the layer norm of its output by `ln` (the first transformer block's
+/// pre-norm), the bias and the norm in one launch. `None` (nothing run) unless
+/// [`norm::fuses_layer_norm`] and the projection runs fused. x: `[b, cin, h, w]` → 2 × `[b, h·w, cout]`
+pub(crate) fn proj_to_seq_norm(
+    p: &Projection,
+    x: &Tensor<4>,
+    ln: &LayerNorm,
+    eps: f64,
+) -> Option<(Tensor<3>, Tensor<3>)> {
+    let (bias, w) = projection_parts(p).filter(|_| norm::fuses_layer_norm(ln))?;
+    let [b, cin, h, wd] = x.dims();
+    let cout = w.dims()[1];
+    // [b, cin, h, w] -> [b, cin, h·w] -> [b, h·w, cin] (view) · [1, cin, cout] -> [b·h·w, cout]
+    let seq = x.clone().reshape([b, cin, h * wd]).swap_dims(1, 2);
+    let y = seq.matmul(w.unsqueeze::<3>()).reshape([b * h * wd, cout]);
+    let (sum, normed) = norm::add_layer_norm(y, bias, None, ln, eps);
+    // [b·h·w, cout] -> [b, h·w, cout]
+    Some((sum.reshape([b, h * wd, cout]), normed.reshape([b, h * wd, cout])))
 }
 
 /// `proj_out` of a sequence back to an image, plus `residual`: the transposed weight times the

@@ -130,12 +130,7 @@ fn cube_sum<F: Float>(
         }
         i += threads;
     }
-    shared[unit] = acc;
-    sync_cube();
-    tree_sum(shared, unit, threads);
-    let total = shared[0];
-    sync_cube();
-    total
+    row_total(acc, shared, unit, threads)
 }
 
 /// `shared[0] = Σ shared[0..threads]`, halving the active units each step (unrolled: the
@@ -199,6 +194,88 @@ fn layer_norm_rows_kernel<F: Float>(
         output[base + k] = F::cast_from(y);
         k += threads;
     }
+}
+
+/// [`layer_norm_rows_kernel`] of `y + bias (+ residual)`, which it also writes (`sum`): a
+/// linear layer's epilogue and the layer norm after it (a transformer block's next pre-norm) in
+/// one launch. Each unit keeps its `per_unit` sums (elements `unit`, `unit + threads`, …) in
+/// registers, rounded to `F` as the two launches it replaces store them, and reduces them in
+/// the same order as `cube_sum`: f32 results are identical to theirs. `residual` is bound to
+/// `y` (never read) without `has_residual`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn add_layer_norm_rows_kernel<F: Float>(
+    y: &Tensor<F>,
+    bias: &Tensor<F>,
+    residual: &Tensor<F>,
+    gamma: &Tensor<F>,
+    beta: &Tensor<F>,
+    sum: &mut Tensor<F>,
+    output: &mut Tensor<F>,
+    rows: u32,
+    n: u32,
+    epsilon: f32,
+    #[comptime] has_residual: bool,
+    #[comptime] threads: usize,
+    #[comptime] per_unit: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    if CUBE_POS >= rows as usize {
+        terminate!();
+    }
+    let len = n as usize;
+    let base = CUBE_POS * len;
+    let unit = UNIT_POS as usize;
+    let mut shared = Shared::<[f32]>::new_slice(threads);
+    let mut values = Array::<f32>::new(per_unit);
+    let mut acc = 0.0f32;
+    #[unroll]
+    for j in 0..per_unit {
+        let k = unit + j * threads;
+        values[j] = 0.0f32;
+        if k < len {
+            // As `epilogue_kernel` (fused.rs): (y + bias) + residual, stored as F.
+            let mut v = f32::cast_from(y[base + k]) + f32::cast_from(bias[k]);
+            if has_residual {
+                v += f32::cast_from(residual[base + k]);
+            }
+            let stored = F::cast_from(v);
+            sum[base + k] = stored;
+            values[j] = f32::cast_from(stored);
+            acc += values[j];
+        }
+    }
+    let mean = row_total(acc, &mut shared, unit, threads) / f32::cast_from(n);
+    acc = 0.0f32;
+    #[unroll]
+    for j in 0..per_unit {
+        if unit + j * threads < len {
+            let d = values[j] - mean;
+            acc += d * d;
+        }
+    }
+    let var = row_total(acc, &mut shared, unit, threads) / f32::cast_from(n);
+    let rstd = 1.0f32 / (var + epsilon).sqrt();
+    #[unroll]
+    for j in 0..per_unit {
+        let k = unit + j * threads;
+        if k < len {
+            let v = (values[j] - mean) * rstd * f32::cast_from(gamma[k]) + f32::cast_from(beta[k]);
+            output[base + k] = F::cast_from(v);
+        }
+    }
+}
+
+/// The cube's total of every unit's `acc` (as the end of `cube_sum`); `shared` is free again on
+/// return.
+#[cube]
+fn row_total(acc: f32, shared: &mut Shared<[f32]>, unit: usize, #[comptime] threads: usize) -> f32 {
+    shared[unit] = acc;
+    sync_cube();
+    tree_sum(shared, unit, threads);
+    let total = shared[0];
+    sync_cube();
+    total
 }
 
 /// Softmax of each row of `input` (`[rows, n]`, contiguous), one cube per row: max, sum of
@@ -468,6 +545,49 @@ pub(crate) fn layer_norm<const D: usize>(
         elem,
     );
     Some(BurnTensor::from_primitive::<Cube>(output))
+}
+
+/// `y + bias (+ residual)` and its layer norm over the last axis, in one launch
+/// ([`add_layer_norm_rows_kernel`]). y, residual: `[rows, n]` → (sum, normed), both `[rows, n]`;
+/// `None` as [`group_norm`].
+pub(crate) fn add_layer_norm(
+    y: BurnTensor<2>,
+    bias: BurnTensor<1>,
+    residual: Option<BurnTensor<2>>,
+    gamma: BurnTensor<1>,
+    beta: BurnTensor<1>,
+    epsilon: f64,
+) -> Option<(BurnTensor<2>, BurnTensor<2>)> {
+    let [rows, n] = y.dims();
+    let (input, elem, sum) = prepare(y)?;
+    let output = empty_like(&input, [rows, n], input.dtype);
+    let residual = contiguous_opt(residual)?;
+    let (bias, gamma, beta) = (contiguous(bias)?, contiguous(gamma)?, contiguous(beta)?);
+    let threads = if n >= 512 { 256 } else { 128 };
+    let has_residual = residual.is_some();
+    add_layer_norm_rows_kernel::launch(
+        &input.client.clone(),
+        row_cubes(rows),
+        CubeDim::new_1d(threads as u32),
+        input.clone().into_tensor_arg(),
+        bias.into_tensor_arg(),
+        residual.unwrap_or(input).into_tensor_arg(),
+        gamma.into_tensor_arg(),
+        beta.into_tensor_arg(),
+        sum.clone().into_tensor_arg(),
+        output.clone().into_tensor_arg(),
+        rows as u32,
+        n as u32,
+        epsilon as f32,
+        has_residual,
+        threads,
+        n.div_ceil(threads),
+        elem,
+    );
+    Some((
+        BurnTensor::from_primitive::<Cube>(sum),
+        BurnTensor::from_primitive::<Cube>(output),
+    ))
 }
 
 /// Softmax over the last axis in one launch; `causal` as [`softmax_rows_kernel`], with the

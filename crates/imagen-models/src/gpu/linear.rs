@@ -1,10 +1,10 @@
 //! Linear layers followed by their activation or residual on GPU backends: one matmul, then
 //! one fused kernel for the bias and what follows.
 
-use burn::nn::Linear;
+use burn::nn::{LayerNorm, Linear};
 use burn::tensor::Tensor;
 
-use super::{fused, fused_kernels};
+use super::{fused, fused_kernels, norm};
 use crate::fused::Act;
 
 /// `x · W` with the leading dims folded into rows, no bias. x: `[.., in]` → `[rows, out]`
@@ -54,4 +54,23 @@ pub(crate) fn linear_add<const D: usize>(lin: &Linear, x: &Tensor<D>, residual: 
     let y = fused::epilogue(y.clone(), bias.clone(), None, Some(r.clone()), out, 1)
         .unwrap_or_else(|| y + bias.unsqueeze() + r);
     Some(y.reshape(residual.dims()))
+}
+
+/// `lin(x) + residual` and its layer norm by `ln` (the next pre-norm of a transformer block):
+/// one matmul and one launch for the bias, the residual and the norm. `None` (nothing run)
+/// unless [`norm::fuses_layer_norm`] and the layer has a bias.
+/// x: `[.., in]`, residual: `[.., out]` → 2 × `[.., out]`
+pub(crate) fn linear_add_norm<const D: usize>(
+    lin: &Linear,
+    x: &Tensor<D>,
+    residual: &Tensor<D>,
+    ln: &LayerNorm,
+    eps: f64,
+) -> Option<(Tensor<D>, Tensor<D>)> {
+    let bias = lin.bias.as_ref().filter(|_| norm::fuses_layer_norm(ln))?.val();
+    let dims = residual.dims();
+    let rows = dims[..D - 1].iter().product();
+    let r = residual.clone().reshape([rows, dims[D - 1]]);
+    let (sum, normed) = norm::add_layer_norm(linear_rows(lin, x), bias, Some(r), ln, eps);
+    Some((sum.reshape(dims), normed.reshape(dims)))
 }

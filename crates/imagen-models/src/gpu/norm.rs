@@ -4,7 +4,7 @@
 use burn::nn::{GroupNorm, LayerNorm};
 use burn::tensor::{DType, FloatDType, Tensor};
 
-use super::{kernels, own_kernels};
+use super::{fused_kernels, kernels, own_kernels};
 
 /// Group norm, then SiLU when `silu`: imagen's kernel, else tensor ops with the statistics in f32
 /// reduced in stages of at most 256 elements (burn's reduce gives each (batch, group) row to one
@@ -52,6 +52,44 @@ pub(crate) fn layer_norm<const D: usize>(ln: &LayerNorm, x: Tensor<D>, eps: f64)
         return y;
     }
     ln.forward(x)
+}
+
+/// Whether [`add_layer_norm`] runs as one kernel: imagen's kernels and the fused kernels both
+/// on, and a norm with β. Callers ask before running the matmul that feeds it.
+pub(crate) fn fuses_layer_norm(ln: &LayerNorm) -> bool {
+    own_kernels() && fused_kernels() && ln.beta.is_some()
+}
+
+/// `y + bias (+ residual)` and its layer norm: (sum, normed). One launch where
+/// [`fuses_layer_norm`]; else (or if the kernel declines) the adds, then [`layer_norm`].
+/// y, residual: `[rows, n]` → 2 × `[rows, n]`
+pub(crate) fn add_layer_norm(
+    y: Tensor<2>,
+    bias: Tensor<1>,
+    residual: Option<Tensor<2>>,
+    ln: &LayerNorm,
+    eps: f64,
+) -> (Tensor<2>, Tensor<2>) {
+    if fuses_layer_norm(ln)
+        && let Some(beta) = &ln.beta
+        && let Some(out) = kernels::add_layer_norm(
+            y.clone(),
+            bias.clone(),
+            residual.clone(),
+            ln.gamma.val(),
+            beta.val(),
+            eps,
+        )
+    {
+        return out;
+    }
+    let sum = y + bias.unsqueeze();
+    let sum = match residual {
+        Some(r) => sum + r,
+        None => sum,
+    };
+    let normed = layer_norm(ln, sum.clone(), eps);
+    (sum, normed)
 }
 
 /// Mean over the last axis, `[r, n]` → `[r, 1]`, in stages of at most 256 elements (the mean

@@ -28,6 +28,17 @@ pub(super) mod kernels {
     pub(in crate::gpu) fn softmax_last<const D: usize>(_: Tensor<D>, _: bool) -> Option<Tensor<D>> {
         None
     }
+
+    pub(in crate::gpu) fn add_layer_norm(
+        _: Tensor<2>,
+        _: Tensor<1>,
+        _: Option<Tensor<2>>,
+        _: Tensor<1>,
+        _: Tensor<1>,
+        _: f64,
+    ) -> Option<(Tensor<2>, Tensor<2>)> {
+        None
+    }
 }
 
 /// Without the raw cube tensors (fusion on, or no GPU backend) the fused kernels always decline.
