@@ -253,6 +253,7 @@ fn fused_conv_kernels_match_ops_and_cpu() {
         (3, 2, [0, 0, 1, 1], false, "none"),
         (3, 1, [1, 1, 1, 1], false, "projected"),
         (3, 2, [1, 1, 1, 1], false, "residual"),
+        (3, 1, [1, 1, 1, 1], false, "shortcut"),
         (3, 1, [1, 1, 1, 1], true, "none"),
         (1, 1, [0, 0, 0, 0], false, "residual"),
     ];
@@ -263,12 +264,15 @@ fn fused_conv_kernels_match_ops_and_cpu() {
                 .with_padding(PaddingConfig2d::Explicit(t, l, bo, r))
                 .init(&cpu);
             let gconv = conv.clone().to_device(&device);
+            // A resnet's 1×1 shortcut conv (of `res` here), its bias joined to the epilogue.
+            let sc = Conv2dConfig::new([cout, cout], [1, 1]).init(&cpu);
+            let gsc = sc.clone().to_device(&device);
             let x: Tensor<4> = Tensor::random([b, cin, h, w], Distribution::Normal(0.0, 1.0), &cpu);
             let f = if up { 2 } else { 1 };
             let (ho, wo) = ((f * h + t + bo - k) / stride + 1, (f * w + l + r - k) / stride + 1);
             let temb: Tensor<2> = Tensor::random([b, cout], Distribution::Normal(0.0, 1.0), &cpu);
             let res: Tensor<4> = Tensor::random([b, cout, ho, wo], Distribution::Normal(0.0, 1.0), &cpu);
-            let run = |conv: &Conv2d, x: Tensor<4>, temb: Tensor<2>, res: Tensor<4>| {
+            let run = |conv: &Conv2d, sc: &Conv2d, x: Tensor<4>, temb: Tensor<2>, res: Tensor<4>| {
                 if up {
                     return fused::upsample_conv(conv, x, None);
                 }
@@ -282,13 +286,22 @@ fn fused_conv_kernels_match_ops_and_cpu() {
                         ConvAdd::Projected(temb, bias)
                     }
                     "residual" => ConvAdd::Residual(res),
+                    "shortcut" => fused::shortcut(sc, res),
                     _ => ConvAdd::Nothing,
                 };
                 fused::conv2d_add(conv, x, add)
             };
-            let want = values(run(&conv, x.clone(), temb.clone(), res.clone()));
+            let want = values(run(&conv, &sc, x.clone(), temb.clone(), res.clone()));
             set_im2col_budget(budget);
-            let got = kernels_then_ops(|| values(run(&gconv, to(&x, &device), to(&temb, &device), to(&res, &device))));
+            let got = kernels_then_ops(|| {
+                values(run(
+                    &gconv,
+                    &gsc,
+                    to(&x, &device),
+                    to(&temb, &device),
+                    to(&res, &device),
+                ))
+            });
             set_im2col_budget(64 << 20);
             let case = format!(
                 "k{k} s{stride} pad {:?} up {up} add {add} budget {budget}",

@@ -39,6 +39,9 @@ pub enum ConvAdd {
     Projected(Tensor<2>, Tensor<1>),
     /// A tensor of the output's shape (a residual).
     Residual(Tensor<4>),
+    /// `Residual(r + bias)`, r of the output's shape, bias `[c]`: a 1×1 conv's product whose
+    /// bias joins the next convolution's epilogue on GPU backends (see [`shortcut`]).
+    ProjectedResidual(Tensor<4>, Tensor<1>),
 }
 
 impl ConvAdd {
@@ -53,6 +56,11 @@ impl ConvAdd {
             }
             ConvAdd::Projected(t, bias) => ConvAdd::PerChannel(t + bias.unsqueeze()).apply(y),
             ConvAdd::Residual(r) => y + r,
+            ConvAdd::ProjectedResidual(r, bias) => {
+                let c = bias.dims()[0];
+                // [c] -> [1, c, 1, 1]
+                ConvAdd::Residual(r + bias.reshape([1, c, 1, 1])).apply(y)
+            }
         }
     }
 }
@@ -67,6 +75,18 @@ pub fn projected(lin: &Linear, t: Tensor<2>) -> ConvAdd {
         return ConvAdd::Projected(product, bias);
     }
     ConvAdd::PerChannel(cpu::linear(lin, t))
+}
+
+/// A resnet's 1×1 shortcut conv of `x`, to be added to its second convolution's output: on GPU
+/// backends the product alone, its bias left to that convolution's epilogue.
+/// x: `[b, cin, h, w]`
+pub fn shortcut(conv: &Conv2d, x: Tensor<4>) -> ConvAdd {
+    if gpu::on_gpu(&x)
+        && let Some((product, bias)) = gpu::pointwise_unbiased(conv, &x)
+    {
+        return ConvAdd::ProjectedResidual(product, bias);
+    }
+    ConvAdd::Residual(cpu::conv2d(conv, x))
 }
 
 /// `act(lin(x))`. x: `[b, n, in]` → `[b, n, out]` (`out / 2` for GEGLU)

@@ -57,10 +57,10 @@ impl ResnetBlock2D {
         };
         let h = fused::norm_silu_conv2d_add(&self.norm1, &self.conv1, x.clone(), time);
         let shortcut = match &self.conv_shortcut {
-            Some(c) => cpu::conv2d(c, x),
-            None => x,
+            Some(c) => fused::shortcut(c, x),
+            None => ConvAdd::Residual(x),
         };
-        fused::norm_silu_conv2d_add(&self.norm2, &self.conv2, h, ConvAdd::Residual(shortcut))
+        fused::norm_silu_conv2d_add(&self.norm2, &self.conv2, h, shortcut)
     }
 }
 

@@ -139,7 +139,7 @@ pub(crate) fn seq_proj_add(p: &Projection, seq: &Tensor<3>, residual: &Tensor<4>
     // [1, cout, cin] (view) · [b, cin, h·w] (view) -> [b, cout, h·w]
     let y = w.swap_dims(0, 1).unsqueeze::<3>().matmul(seq.clone().swap_dims(1, 2));
     let r = residual.clone().reshape([b, cout, hw]);
-    let fused = fused::epilogue(y.clone(), bias.clone(), None, Some(r.clone()), cout, hw);
+    let fused = fused::epilogue(y.clone(), bias.clone(), None, Some((r.clone(), None)), cout, hw);
     Some(
         fused
             .unwrap_or_else(|| y + bias.reshape([1, cout, 1]) + r)
@@ -243,10 +243,31 @@ pub(crate) fn conv2d_fused(
         ConvAdd::Nothing => (None, None),
         ConvAdd::PerChannel(t) => (Some((t.clone(), None)), None),
         ConvAdd::Projected(t, bias) => (Some((t.clone(), Some(bias.clone()))), None),
-        ConvAdd::Residual(r) => (None, Some(r.clone())),
+        ConvAdd::Residual(r) => (None, Some((r.clone(), None))),
+        ConvAdd::ProjectedResidual(r, r_bias) => (None, Some((r.clone(), Some(r_bias.clone())))),
     };
     let fused = fused::epilogue(y.clone(), bias.clone(), per_bc, residual, cout, ho * wo);
     Some(fused.unwrap_or_else(|| add.clone().apply(y + bias.reshape([1, cout, 1, 1]))))
+}
+
+/// A 1×1 convolution's product and its bias apart (a resnet's shortcut, whose bias joins the
+/// next convolution's epilogue): one matmul. `None` (nothing run) off the im2col route, with
+/// the fused kernels off, or for a conv that is not a plain biased 1×1.
+/// x: `[b, cin, h, w]` → (`[b, cout, h, w]`, `[cout]`)
+pub(crate) fn pointwise_unbiased(conv: &Conv2d, x: &Tensor<4>) -> Option<(Tensor<4>, Tensor<1>)> {
+    let weight = conv.weight.val();
+    let [cout, cin, kh, kw] = weight.dims();
+    let plain = [kh, kw] == [1, 1] && conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1;
+    if !plain || explicit_pad(conv)? != [0; 4] || conv_route() != ConvRoute::Im2col || !fused_kernels() {
+        return None;
+    }
+    let bias = conv.bias.as_ref()?.val();
+    let [b, _, h, w] = x.dims();
+    // [1, cout, cin] · [b, cin, h·w] -> [b, cout, h·w] -> [b, cout, h, w]
+    let y = weight
+        .reshape([1, cout, cin])
+        .matmul(x.clone().reshape([b, cin, h * w]));
+    Some((y.reshape([b, cout, h, w]), bias))
 }
 
 /// Where the fused im2col kernel (`fused::im2col`) reads its windows from.

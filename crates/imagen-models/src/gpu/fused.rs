@@ -27,22 +27,25 @@ use crate::fused::Act;
 use super::conv::Windows;
 use super::kernels::{contiguous, contiguous_opt, elem_type, elementwise_count, empty_like, prepare, raw};
 
-/// `y + bias[c] + (per_bc[b, c] + bc_bias[c]) + residual`, each term present when its flag is
-/// set; `y` and `residual` contiguous `[outer, channels, inner]`, `per_bc` `[outer, channels]`.
-/// Absent terms are bound to `bias` (never read).
+/// `y + bias[c] + (per_bc[b, c] + bc_bias[c]) + (residual + res_bias[c])`, each term present
+/// when its flag is set; `y` and `residual` contiguous `[outer, channels, inner]`, `per_bc`
+/// `[outer, channels]`. Absent terms are bound to `bias` (never read).
 #[cube(launch)]
+#[allow(clippy::too_many_arguments)]
 fn epilogue_kernel<F: Float>(
     y: &Tensor<F>,
     bias: &Tensor<F>,
     per_bc: &Tensor<F>,
     bc_bias: &Tensor<F>,
     residual: &Tensor<F>,
+    res_bias: &Tensor<F>,
     output: &mut Tensor<F>,
     channels: u32,
     inner: u32,
     #[comptime] has_bc: bool,
     #[comptime] has_bc_bias: bool,
     #[comptime] has_residual: bool,
+    #[comptime] has_res_bias: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let pos = ABSOLUTE_POS;
@@ -61,7 +64,11 @@ fn epilogue_kernel<F: Float>(
         v += t;
     }
     if has_residual {
-        v += f32::cast_from(residual[pos]);
+        let mut r = f32::cast_from(residual[pos]);
+        if has_res_bias {
+            r += f32::cast_from(res_bias[c]);
+        }
+        v += r;
     }
     output[pos] = F::cast_from(v);
 }
@@ -264,14 +271,14 @@ fn im2col_kernel<F: Float>(
 }
 
 /// See [`epilogue_kernel`]. y: `[outer, channels, inner]` (any shape of that many elements),
-/// per_bc: `[outer, channels]` and its own optional bias `[channels]`, residual: y's shape →
-/// y's shape; `None` where the tensors are not raw cube float tensors (the caller then adds
-/// with burn's ops).
+/// per_bc: `[outer, channels]` and its own optional bias `[channels]`, residual: y's shape and
+/// its own optional bias `[channels]` → y's shape; `None` where the tensors are not raw cube
+/// float tensors (the caller then adds with burn's ops).
 pub(crate) fn epilogue<const D: usize>(
     y: BurnTensor<D>,
     bias: BurnTensor<1>,
     per_bc: Option<(BurnTensor<2>, Option<BurnTensor<1>>)>,
-    residual: Option<BurnTensor<D>>,
+    residual: Option<(BurnTensor<D>, Option<BurnTensor<1>>)>,
     channels: usize,
     inner: usize,
 ) -> Option<BurnTensor<D>> {
@@ -282,8 +289,16 @@ pub(crate) fn epilogue<const D: usize>(
         Some((t, b)) => (Some(contiguous(t)?), contiguous_opt(b)?),
         None => (None, None),
     };
-    let residual = contiguous_opt(residual)?;
-    let flags = (per_bc.is_some(), bc_bias.is_some(), residual.is_some());
+    let (residual, res_bias) = match residual {
+        Some((t, b)) => (Some(contiguous(t)?), contiguous_opt(b)?),
+        None => (None, None),
+    };
+    let flags = (
+        per_bc.is_some(),
+        bc_bias.is_some(),
+        residual.is_some(),
+        res_bias.is_some(),
+    );
     let or_bias = |t: Option<CubeTensor>| t.unwrap_or_else(|| bias.clone()).into_tensor_arg();
     let (cube_count, cube_dim) = elementwise_count(&input, total);
     epilogue_kernel::launch(
@@ -295,12 +310,14 @@ pub(crate) fn epilogue<const D: usize>(
         or_bias(per_bc),
         or_bias(bc_bias),
         or_bias(residual),
+        or_bias(res_bias),
         output.clone().into_tensor_arg(),
         channels as u32,
         inner as u32,
         flags.0,
         flags.1,
         flags.2,
+        flags.3,
         elem,
     );
     Some(BurnTensor::from_primitive::<Cube>(output))

@@ -51,7 +51,7 @@ pub(crate) fn linear_add<const D: usize>(lin: &Linear, x: &Tensor<D>, residual: 
     let y = linear_rows(lin, x);
     let [rows, out] = y.dims();
     let r = residual.clone().reshape([rows, out]);
-    let y = fused::epilogue(y.clone(), bias.clone(), None, Some(r.clone()), out, 1)
+    let y = fused::epilogue(y.clone(), bias.clone(), None, Some((r.clone(), None)), out, 1)
         .unwrap_or_else(|| y + bias.unsqueeze() + r);
     Some(y.reshape(residual.dims()))
 }

@@ -21,7 +21,7 @@
 //! `IMAGEN_GPU_KERNELS=0`, which gives burn tensor ops (group norm with staged reductions, see
 //! [`group_norm`]). On top of those, the fused kernels ([`fused`], reached through
 //! [`crate::fused`]) put what burn runs as chains of element-wise launches into one launch each:
-//! a SD 1.5 UNet step went from 1 665 to 726 launches (lavapipe profile, BENCHMARKS.md);
+//! a SD 1.5 UNet step went from 1 665 to 712 launches (lavapipe profile, BENCHMARKS.md);
 //! `IMAGEN_GPU_FUSED=0` turns just them off. The CPU never takes these routes (it has its own
 //! kernels, [`crate::cpu`]).
 
@@ -35,7 +35,7 @@ mod linear;
 mod norm;
 
 pub(crate) use attention::{attention, q_attention, qkv_attention};
-pub(crate) use conv::{conv2d, conv2d_fused, proj_to_seq, proj_to_seq_norm, seq_proj_add};
+pub(crate) use conv::{conv2d, conv2d_fused, pointwise_unbiased, proj_to_seq, proj_to_seq_norm, seq_proj_add};
 pub(crate) use linear::{linear_act, linear_add, linear_add_norm, linear_unbiased};
 pub(crate) use norm::{group_norm, layer_norm};
 

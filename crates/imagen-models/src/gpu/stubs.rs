@@ -51,7 +51,7 @@ pub(super) mod fused {
         _: Tensor<D>,
         _: Tensor<1>,
         _: Option<(Tensor<2>, Option<Tensor<1>>)>,
-        _: Option<Tensor<D>>,
+        _: Option<(Tensor<D>, Option<Tensor<1>>)>,
         _: usize,
         _: usize,
     ) -> Option<Tensor<D>> {
