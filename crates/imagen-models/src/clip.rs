@@ -211,7 +211,8 @@ impl ClipTextModel {
     /// Layers `start..end` on `x`: `[b, n, hidden]` → `[b, n, hidden]`.
     fn run_layers(&self, mut x: Tensor<3>, start: usize, end: usize) -> Tensor<3> {
         let eps = self.layer_norm_eps;
-        let layers = &self.encoder.layers[start.min(end)..end.min(self.encoder.layers.len())];
+        let end = end.min(self.encoder.layers.len());
+        let layers = &self.encoder.layers[start.min(end)..end];
         let act = if self.quick_gelu { Act::QuickGelu } else { Act::Gelu };
         // Each residual add also gives the layer norm that follows it (one launch on GPU
         // backends): the next layer_norm2, then the next layer's layer_norm1.
