@@ -312,6 +312,41 @@ fn fused_conv_kernels_match_ops_and_cpu() {
     }
 }
 
+/// A convolution whose column matrix is built in bands of output rows (the im2col budget), with
+/// every band's matmul writing its rows of the output in place (64 columns: 256-byte rows, so
+/// the band offsets suit a binding) or, where they would not (11 columns), concatenated; both
+/// against the CPU, with the norm folded in and a residual.
+#[test]
+fn banded_convs_match_cpu() {
+    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(device) = wgpu_device() else { return };
+    let cpu = Device::flex();
+    let (b, cin, cout, h) = (2, 5, 7, 10);
+    for w in [64, 11] {
+        let conv = Conv2dConfig::new([cin, cout], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(&cpu);
+        let gconv = conv.clone().to_device(&device);
+        let gamma: Vec<f32> = (0..cin).map(|i| 1.0 + 0.1 * i as f32).collect();
+        let beta: Vec<f32> = (0..cin).map(|i| 0.05 * i as f32).collect();
+        let (gn, ggn) = (norm(1, cin, &gamma, &beta, &cpu), norm(1, cin, &gamma, &beta, &device));
+        let x: Tensor<4> = Tensor::random([b, cin, h, w], Distribution::Normal(0.5, 1.0), &cpu);
+        let res: Tensor<4> = Tensor::random([b, cout, h, w], Distribution::Normal(0.0, 1.0), &cpu);
+        let run = |conv: &Conv2d, gn: &GroupNorm, x: Tensor<4>, res: Tensor<4>| {
+            let plain = fused::conv2d_add(conv, x.clone(), ConvAdd::Residual(res));
+            let normed = fused::norm_silu_conv2d_add(gn, conv, x, ConvAdd::Nothing);
+            (values(plain), values(normed))
+        };
+        let want = run(&conv, &gn, x.clone(), res.clone());
+        // Bands of 3 output rows (3, 3, 3, 1) in f32: one row of columns is b·cin·9·w·4 bytes.
+        set_im2col_budget(3 * b * cin * 9 * w * 4);
+        let got = kernels_then_ops(|| run(&gconv, &ggn, to(&x, &device), to(&res, &device)));
+        set_im2col_budget(64 << 20);
+        assert_both_close(&want.0, (got.0.0, got.1.0), &format!("w {w}: banded conv + residual"));
+        assert_both_close(&want.1, (got.0.1, got.1.1), &format!("w {w}: banded norm + conv"));
+    }
+}
+
 /// `proj_in`/`proj_out` (1×1 conv as SD 1.x, linear as SD 2.x/SDXL) as transposed matmuls
 /// straight to and from the sequence layout.
 #[test]

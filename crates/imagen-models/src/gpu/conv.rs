@@ -214,28 +214,34 @@ pub(crate) fn conv2d_fused(
     } else {
         let per_row = b * cin * kh * kw * wo * x.dtype().size();
         let band = (im2col_budget() / per_row).max(1);
-        let bands = (0..ho).step_by(band).map(|r0| {
-            let windows = Windows {
-                kernel: [kh, kw],
-                stride: [sh, sw],
-                pad: [top, left],
-                up,
-                rows: r0..(r0 + band).min(ho),
-                wo,
-            };
-            // [b, cin·kh·kw, rows·wo] -> [b, cout, rows·wo] -> [b, cout, rows, wo]
-            fused::im2col(x.clone(), &windows, norm.as_ref()).map(|cols| {
-                let rows = windows.rows.len();
-                weight.clone().matmul(cols).reshape([b, cout, rows, wo])
-            })
-        });
-        let mut bands: Vec<Tensor<4>> = bands.collect::<Option<_>>()?;
-        // [b, cout, rows, wo] per band -> [b, cout, ho, wo]
-        match bands.len() {
-            1 => bands.remove(0),
-            _ => Tensor::cat(bands, 2),
+        let bands: Vec<_> = (0..ho).step_by(band).map(|r0| r0..(r0 + band).min(ho)).collect();
+        let windows = |rows| Windows {
+            kernel: [kh, kw],
+            stride: [sh, sw],
+            pad: [top, left],
+            up,
+            rows,
+            wo,
+        };
+        // [b, cin·kh·kw, rows·wo] for output rows `rows`
+        let cols = |rows| fused::im2col(x.clone(), &windows(rows), norm.as_ref());
+        let columns: Vec<_> = bands.iter().map(|r| r.start * wo..r.end * wo).collect();
+        if let [rows] = bands.as_slice() {
+            // [1, cout, cin·kh·kw] · [b, cin·kh·kw, ho·wo] -> [b, cout, ho·wo]
+            weight.matmul(cols(rows.clone())?)
+        } else if let Some(out) = fused::band_output(x, [b, cout, ho * wo], &columns) {
+            // Each band's matmul writes its columns of the output in place: no concatenation.
+            for (rows, columns) in bands.into_iter().zip(columns) {
+                fused::matmul_into(weight.clone(), cols(rows)?, &out, columns)?;
+            }
+            out
+        } else {
+            // [b, cout, rows·wo] per band -> [b, cout, ho·wo]
+            let parts = bands
+                .into_iter()
+                .map(|rows| cols(rows).map(|c| weight.clone().matmul(c)));
+            Tensor::cat(parts.collect::<Option<Vec<_>>>()?, 2)
         }
-        .reshape([b, cout, ho * wo])
     };
     // [b, cout, ho·wo] -> [b, cout, ho, wo]
     let y = y.reshape([b, cout, ho, wo]);

@@ -411,6 +411,48 @@ pub(crate) fn attention_output(probs: BurnTensor<4>, v: BurnTensor<4>) -> Option
     Some(BurnTensor::<4>::from_primitive::<Cube>(merged).reshape([b, n, heads * d]))
 }
 
+/// An empty `[b, c, n]` output (x's dtype and device) whose column ranges `cols` (one per band
+/// of a banded convolution) can each be handed to [`matmul_into`] as a view of its buffer: only
+/// when every range starts and ends at a byte offset the device accepts for a binding (burn's
+/// `slice` copies otherwise). `None` where they do not, or x is not a raw cube tensor.
+pub(crate) fn band_output(
+    x: &BurnTensor<4>,
+    [b, c, n]: [usize; 3],
+    cols: &[std::ops::Range<usize>],
+) -> Option<BurnTensor<3>> {
+    let x = raw(x.clone())?;
+    let align = x.client.properties().memory.alignment;
+    let bytes = |elems: usize| (elems * x.dtype.size()) as u64;
+    let aligned = |r: &std::ops::Range<usize>| {
+        bytes(r.start).is_multiple_of(align) && bytes(n - r.end).is_multiple_of(align) && r.end <= n
+    };
+    if !cols.iter().all(aligned) {
+        return None;
+    }
+    Some(BurnTensor::from_primitive::<Cube>(empty_like(&x, [b, c, n], x.dtype)))
+}
+
+/// `lhs · rhs` written by the matmul straight into columns `cols` of `out` (`[b, c, n]`, from
+/// [`band_output`]): its output is a view of `out`'s buffer, so banded convolutions need no
+/// per-band tensors and no concatenation. lhs: `[1 | b, c, k]`, rhs: `[b, k, cols.len()]`.
+/// `None` where the tensors are not raw cube tensors or the matmul declines (the view may then
+/// be partly written: the caller recomputes).
+pub(crate) fn matmul_into(
+    lhs: BurnTensor<3>,
+    rhs: BurnTensor<3>,
+    out: &BurnTensor<3>,
+    cols: std::ops::Range<usize>,
+) -> Option<()> {
+    let [b, c, _] = out.dims();
+    let out = raw(out.clone())?;
+    let dtype = out.dtype;
+    // [b, c, n] -> [b, c, cols] (a view: band_output checked the offsets)
+    let view = burn_cubecl::kernel::slice(out, &[0..b, 0..c, cols]);
+    let (lhs, rhs) = (raw(lhs)?, raw(rhs)?);
+    burn_cubecl::kernel::matmul::matmul(lhs, rhs, Some(view), MatmulStrategy::default(), dtype).ok()?;
+    Some(())
+}
+
 /// `[b, c1, hw] ‖ [b, c2, hw]` along the channels (contiguous inputs) → `[b, c1 + c2, hw]`.
 #[cube(launch)]
 fn cat_channels_kernel<F: Float>(

@@ -88,6 +88,19 @@ pub(super) mod fused {
     pub(in crate::gpu) fn attention_output(_: Tensor<4>, _: Tensor<4>) -> Option<Tensor<3>> {
         None
     }
+
+    pub(in crate::gpu) fn band_output(_: &Tensor<4>, _: [usize; 3], _: &[std::ops::Range<usize>]) -> Option<Tensor<3>> {
+        None
+    }
+
+    pub(in crate::gpu) fn matmul_into(
+        _: Tensor<3>,
+        _: Tensor<3>,
+        _: &Tensor<3>,
+        _: std::ops::Range<usize>,
+    ) -> Option<()> {
+        None
+    }
 }
 
 /// Without the raw cube tensors (fusion on, or no GPU backend) these routes always decline.
