@@ -43,6 +43,16 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// A layer norm over `c` channels with uneven γ and β.
+fn layer_norm_with(c: usize, d: &Device) -> burn::nn::LayerNorm {
+    let mut ln = burn::nn::LayerNormConfig::new(c).init(d);
+    let g: Vec<f32> = (0..c).map(|i| 1.0 + (i as f32 * 0.1).cos()).collect();
+    let b: Vec<f32> = (0..c).map(|i| (i as f32 * 0.2).sin()).collect();
+    ln.gamma = Param::from_tensor(Tensor::from_data(TensorData::new(g, [c]), d));
+    ln.beta = Some(Param::from_tensor(Tensor::from_data(TensorData::new(b, [c]), d)));
+    ln
+}
+
 /// `run` with imagen's kernels on, then off (burn's ops on the same device); leaves them on.
 fn kernels_then_ops<T>(mut run: impl FnMut() -> T) -> (T, T) {
     set_own_kernels(true);
@@ -110,16 +120,8 @@ fn layer_norm_and_softmax_kernels_match_ops_and_cpu() {
         let c = shape[2];
         let x: Tensor<3> = Tensor::random(shape, Distribution::Normal(1.0, 3.0), &cpu);
         let xs = values(x.clone());
-        let ln = |d: &Device| {
-            let mut ln = burn::nn::LayerNormConfig::new(c).init(d);
-            let g: Vec<f32> = (0..c).map(|i| 1.0 + (i as f32 * 0.1).cos()).collect();
-            let b: Vec<f32> = (0..c).map(|i| (i as f32 * 0.2).sin()).collect();
-            ln.gamma = Param::from_tensor(Tensor::from_data(TensorData::new(g, [c]), d));
-            ln.beta = Some(Param::from_tensor(Tensor::from_data(TensorData::new(b, [c]), d)));
-            ln
-        };
-        let want = values(imagen_models::cpu::layer_norm(&ln(&cpu), x, 1e-5));
-        let gpu_ln = ln(&device);
+        let want = values(imagen_models::cpu::layer_norm(&layer_norm_with(c, &cpu), x, 1e-5));
+        let gpu_ln = layer_norm_with(c, &device);
         let on_gpu = || Tensor::<3>::from_data(TensorData::new(xs.clone(), shape), &device);
         let got = kernels_then_ops(|| values(imagen_models::cpu::layer_norm(&gpu_ln, on_gpu(), 1e-5)));
         assert_both_close(&want, got, &format!("{shape:?}: layer norm"));
@@ -173,15 +175,6 @@ fn fused_linear_kernels_match_ops_and_cpu() {
         let got = kernels_then_ops(|| values(run(&glin, to(&x, &device), to(&r, &device))));
         assert_both_close(&want, got, &format!("{act:?}"));
     }
-}
-
-fn layer_norm_with(c: usize, d: &Device) -> burn::nn::LayerNorm {
-    let mut ln = burn::nn::LayerNormConfig::new(c).init(d);
-    let g: Vec<f32> = (0..c).map(|i| 1.0 + (i as f32 * 0.1).cos()).collect();
-    let b: Vec<f32> = (0..c).map(|i| (i as f32 * 0.2).sin()).collect();
-    ln.gamma = Param::from_tensor(Tensor::from_data(TensorData::new(g, [c]), d));
-    ln.beta = Some(Param::from_tensor(Tensor::from_data(TensorData::new(b, [c]), d)));
-    ln
 }
 
 /// A linear layer's bias + residual and the layer norm after it in one kernel (and `proj_in`'s

@@ -98,12 +98,8 @@ fn im2col_matmul(conv: &Conv2d, x: Tensor<4>, ho: usize, wo: usize) -> Tensor<4>
 /// `[b, h·w, c]` result needs no transposing copy, and the bias in an epilogue. `None` (nothing
 /// run) as [`conv2d_fused`]. x: `[b, cin, h, w]` → `[b, h·w, cout]`
 pub(crate) fn proj_to_seq(p: &Projection, x: &Tensor<4>) -> Option<Tensor<3>> {
-    let (bias, w) = projection_parts(p)?;
-    let [b, cin, h, wd] = x.dims();
-    let cout = w.dims()[1];
-    // [b, cin, h, w] -> [b, cin, h·w] -> [b, h·w, cin] (view) · [1, cin, cout]
-    let seq = x.clone().reshape([b, cin, h * wd]).swap_dims(1, 2);
-    let y = seq.matmul(w.unsqueeze::<3>());
+    let (y, bias) = seq_product(p, x)?;
+    let cout = bias.dims()[0];
     let fused = fused::epilogue(y.clone(), bias.clone(), None, None, cout, 1);
     Some(fused.unwrap_or_else(|| y + bias.reshape([1, 1, cout])))
 }
@@ -117,15 +113,26 @@ pub(crate) fn proj_to_seq_norm(
     ln: &LayerNorm,
     eps: f64,
 ) -> Option<(Tensor<3>, Tensor<3>)> {
-    let (bias, w) = projection_parts(p).filter(|_| norm::fuses_layer_norm(ln))?;
-    let [b, cin, h, wd] = x.dims();
-    let cout = w.dims()[1];
-    // [b, cin, h, w] -> [b, cin, h·w] -> [b, h·w, cin] (view) · [1, cin, cout] -> [b·h·w, cout]
-    let seq = x.clone().reshape([b, cin, h * wd]).swap_dims(1, 2);
-    let y = seq.matmul(w.unsqueeze::<3>()).reshape([b * h * wd, cout]);
-    let (sum, normed) = norm::add_layer_norm(y, bias, None, ln, eps);
+    if !norm::fuses_layer_norm(ln) {
+        return None;
+    }
+    let (y, bias) = seq_product(p, x)?;
+    let [b, hw, cout] = y.dims();
+    // [b, h·w, cout] -> [b·h·w, cout]
+    let (sum, normed) = norm::add_layer_norm(y.reshape([b * hw, cout]), bias, None, ln, eps);
     // [b·h·w, cout] -> [b, h·w, cout]
-    Some((sum.reshape([b, h * wd, cout]), normed.reshape([b, h * wd, cout])))
+    Some((sum.reshape([b, hw, cout]), normed.reshape([b, hw, cout])))
+}
+
+/// The projection's product without its bias, as a sequence, and the bias: the matmul both
+/// `proj_in` routes share. `None` (nothing run) as [`conv2d_fused`].
+/// x: `[b, cin, h, w]` → (`[b, h·w, cout]`, `[cout]`)
+fn seq_product(p: &Projection, x: &Tensor<4>) -> Option<(Tensor<3>, Tensor<1>)> {
+    let (bias, w) = projection_parts(p)?;
+    let [b, cin, h, wd] = x.dims();
+    // [b, cin, h, w] -> [b, cin, h·w] -> [b, h·w, cin] (view) · [1, cin, cout]
+    let seq = x.clone().reshape([b, cin, h * wd]).swap_dims(1, 2);
+    Some((seq.matmul(w.unsqueeze::<3>()), bias))
 }
 
 /// `proj_out` of a sequence back to an image, plus `residual`: the transposed weight times the

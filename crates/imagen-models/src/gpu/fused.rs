@@ -407,8 +407,16 @@ pub(crate) fn attention_output(probs: BurnTensor<4>, v: BurnTensor<4>) -> Option
     let merged = empty_like(&probs, [b, n, heads, d], dtype);
     // [b, n, h, d] -> [b, h, n, d] (a view of the same buffer)
     let view = burn_cubecl::ops::permute(merged.clone(), &[0, 2, 1, 3]);
-    burn_cubecl::kernel::matmul::matmul(probs, v, Some(view), MatmulStrategy::default(), dtype).ok()?;
+    matmul_to_view(probs, v, view)?;
     Some(BurnTensor::<4>::from_primitive::<Cube>(merged).reshape([b, n, heads * d]))
+}
+
+/// `lhs · rhs` written by cubek's matmul into `view`, a strided or offset view of a buffer the
+/// caller owns (its output layout honours the view's strides and offset on every routine).
+fn matmul_to_view(lhs: CubeTensor, rhs: CubeTensor, view: CubeTensor) -> Option<()> {
+    let dtype = view.dtype;
+    burn_cubecl::kernel::matmul::matmul(lhs, rhs, Some(view), MatmulStrategy::default(), dtype).ok()?;
+    Some(())
 }
 
 /// An empty `[b, c, n]` output (x's dtype and device) whose column ranges `cols` (one per band
@@ -444,13 +452,9 @@ pub(crate) fn matmul_into(
     cols: std::ops::Range<usize>,
 ) -> Option<()> {
     let [b, c, _] = out.dims();
-    let out = raw(out.clone())?;
-    let dtype = out.dtype;
     // [b, c, n] -> [b, c, cols] (a view: band_output checked the offsets)
-    let view = burn_cubecl::kernel::slice(out, &[0..b, 0..c, cols]);
-    let (lhs, rhs) = (raw(lhs)?, raw(rhs)?);
-    burn_cubecl::kernel::matmul::matmul(lhs, rhs, Some(view), MatmulStrategy::default(), dtype).ok()?;
-    Some(())
+    let view = burn_cubecl::kernel::slice(raw(out.clone())?, &[0..b, 0..c, cols]);
+    matmul_to_view(raw(lhs)?, raw(rhs)?, view)
 }
 
 /// `[b, c1, hw] ‖ [b, c2, hw]` along the channels (contiguous inputs) → `[b, c1 + c2, hw]`.

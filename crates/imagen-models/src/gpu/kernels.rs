@@ -323,10 +323,7 @@ fn softmax_rows_kernel<F: Float>(
         sum += (f32::cast_from(input[base + j]) - row_max).exp();
         j += threads;
     }
-    shared[unit] = sum;
-    sync_cube();
-    tree_sum(&mut shared, unit, threads);
-    let inv = 1.0f32 / shared[0];
+    let inv = 1.0f32 / row_total(sum, &mut shared, unit, threads);
 
     let mut k = unit;
     while k < len {
