@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use imagen_models::device;
-use imagen_models::unet_2d::{AddedCond, UNet2DConditionConfig};
-use imagen_models::vae::AutoencoderKLConfig;
+use imagen_models::models::unet_2d::{AddedCond, UNet2DConditionConfig};
+use imagen_models::models::vae::AutoencoderKLConfig;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()

@@ -6,12 +6,11 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use burn::tensor::{Device, Distribution, Int, Tensor};
-use imagen_models::clip::ClipTextConfig;
-use imagen_models::cpu::pad_linear_weights;
 use imagen_models::device;
 use imagen_models::flops;
-use imagen_models::unet_2d::{AddedCond, UNet2DConditionConfig};
-use imagen_models::vae::AutoencoderKLConfig;
+use imagen_models::models::clip::ClipTextConfig;
+use imagen_models::models::unet_2d::{AddedCond, UNet2DConditionConfig};
+use imagen_models::models::vae::AutoencoderKLConfig;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -100,14 +99,14 @@ fn op(name: &str, c: usize, b: usize, l: usize, device: &Device) -> (Box<dyn FnM
             let conv = Conv2dConfig::new([c, c], [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                 .init(device);
-            let f = move || first(imagen_models::cpu::conv2d(&conv, x.clone()));
+            let f = move || first(imagen_models::ops::conv2d(&conv, x.clone()));
             (Box::new(f), 2 * n * (c * c * 9) as u64)
         }
         "linear" => {
             // the feed-forward's first projection (GEGLU): c -> 8c over every position
-            let lin = pad_linear_weights(burn::nn::LinearConfig::new(c, 8 * c).init(device));
+            let lin = imagen_models::ops::prepare_weights(burn::nn::LinearConfig::new(c, 8 * c).init(device));
             let seq = Tensor::<3>::random([b, l * l, c], Distribution::Normal(0.0, 1.0), device);
-            let f = move || first(imagen_models::cpu::linear(&lin, seq.clone()));
+            let f = move || first(imagen_models::ops::linear(&lin, seq.clone()));
             (Box::new(f), 2 * n * (c * 8 * c) as u64)
         }
         "attention" => {
@@ -115,8 +114,7 @@ fn op(name: &str, c: usize, b: usize, l: usize, device: &Device) -> (Box<dyn FnM
             // a projection's output: [b, l², c], contiguous
             let seq = Tensor::<3>::random([b, l * l, c], Distribution::Normal(0.0, 1.0), device);
             let f = move || {
-                let out =
-                    imagen_models::attention::multi_head_attention(seq.clone(), seq.clone(), seq.clone(), heads, false);
+                let out = imagen_models::ops::attention(seq.clone(), seq.clone(), seq.clone(), heads, false);
                 first(out)
             };
             // q·kᵀ and p·v: 2 · 2 · n · l² · c
@@ -124,7 +122,7 @@ fn op(name: &str, c: usize, b: usize, l: usize, device: &Device) -> (Box<dyn FnM
         }
         _ => {
             let norm = GroupNormConfig::new(32, c).with_epsilon(1e-5).init(device);
-            let f = move || first(imagen_models::cpu::group_norm(&norm, x.clone(), true));
+            let f = move || first(imagen_models::ops::group_norm(&norm, x.clone(), true));
             (Box::new(f), 0)
         }
     }
@@ -141,7 +139,12 @@ fn peak_rss_bytes() -> Option<u64> {
 pub fn run(a: BenchArgs) -> Result<()> {
     let arch = arch(&a.arch)?;
     if a.stock {
-        imagen_models::cpu::set_enabled(false);
+        let routes = imagen_models::ops::Routes::current();
+        imagen_models::ops::Routes {
+            cpu_kernels: false,
+            ..routes
+        }
+        .set();
     }
     let device: Device = device::open(&a.backend, &a.dtype)?;
     let dtype_bytes = burn::tensor::DType::from(device.settings().float_dtype).size();
@@ -151,11 +154,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let randn = |dims: [usize; 4]| Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
 
     // as loaded from a checkpoint: `load_module` pads the CPU linear weights' rows
-    let unet = || pad_linear_weights(arch.unet.init(&device));
+    let unet = || imagen_models::ops::prepare_weights(arch.unet.init(&device));
     let text_models = || {
         arch.text
             .iter()
-            .map(|c| pad_linear_weights(c.init(&device)))
+            .map(|c| imagen_models::ops::prepare_weights(c.init(&device)))
             .collect::<Vec<_>>()
     };
     let cond = AddedCond {
@@ -183,7 +186,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             (format!("{b}x4x{l}x{l}"), unet_gflop, Box::new(f))
         }
         "vae-decode" => {
-            let (vae, z) = (pad_linear_weights(arch.vae.init(&device)), randn([b, 4, l, l]));
+            let (vae, z) = (
+                imagen_models::ops::prepare_weights(arch.vae.init(&device)),
+                randn([b, 4, l, l]),
+            );
             params = vae.num_params();
             let f = move || vae.decode(z.clone()).sum().reshape([1, 1]);
             (format!("{b}x4x{l}x{l}->{}x{}", l * 8, l * 8), vae_gflop, Box::new(f))
@@ -204,7 +210,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let (tes, net, vae, lat) = (
                 text_models(),
                 unet(),
-                pad_linear_weights(arch.vae.init(&device)),
+                imagen_models::ops::prepare_weights(arch.vae.init(&device)),
                 randn([b, 4, l, l]),
             );
             params = tes.iter().map(|t| t.num_params()).sum::<usize>() + net.num_params() + vae.num_params();

@@ -14,7 +14,7 @@ use imagen_engine::pipeline::{denoise_with, tensor_to_images, variations};
 use imagen_engine::rng::RngKind;
 use imagen_engine::scheduler::SamplerKind;
 use imagen_engine::{GenerateRequest, InitImage, generate};
-use imagen_models::lora::LoraFile;
+use imagen_models::load::lora::LoraFile;
 use imagen_models::{StableDiffusion, device};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -206,7 +206,9 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let taesd = a
         .taesd
         .as_deref()
-        .map(|dir| imagen_models::taesd::load(dir, &device).with_context(|| format!("loading TAESD {}", dir.display())))
+        .map(|dir| {
+            imagen_models::models::taesd::load(dir, &device).with_context(|| format!("loading TAESD {}", dir.display()))
+        })
         .transpose()?;
     let loras = a
         .loras

@@ -1,12 +1,12 @@
 //! imagen's own GPU kernels (`imagen_models::gpu`, CubeCL) against their references: group norm
 //! (+ SiLU), layer norm, the attention softmax (causal too) and head split, and the fused
-//! linear/conv kernels (`imagen_models::fused`: bias + activation, epilogues, im2col) on wgpu, each against burn's tensor ops on the
+//! linear/conv kernels (through `imagen_models::ops`: bias + activation, epilogues, im2col) on wgpu, each against burn's tensor ops on the
 //! same device (`IMAGEN_GPU_KERNELS=0`) and against the CPU kernels (golden-tested against
 //! diffusers), on shapes that are not multiples of the kernels' thread counts. The whole-model tests (`tests/models`, `wgpu_f16`)
 //! run the kernel too, as the default route.
 //!
-//! Its own test binary: the routes are process-wide switches. On Mesa's lavapipe in CI; without
-//! a wgpu adapter these tests pass with a note, unless IMAGEN_REQUIRE_WGPU=1.
+//! Each test picks its routes for its own thread (`Routes::scoped`). On Mesa's lavapipe in CI;
+//! without a wgpu adapter these tests pass with a note, unless IMAGEN_REQUIRE_WGPU=1.
 #![cfg(feature = "wgpu")]
 
 #[path = "models/common.rs"]
@@ -17,9 +17,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use common::wgpu_device;
-use imagen_models::attention::Projection;
-use imagen_models::fused::{self, Act, ConvAdd};
-use imagen_models::gpu::{set_im2col_budget, set_own_kernels};
+use imagen_models::models::attention::Projection;
+use imagen_models::ops::{self, Act, ConvAdd, Routes};
 
 fn norm(groups: usize, c: usize, gamma: &[f32], beta: &[f32], device: &Device) -> GroupNorm {
     let mut n = GroupNormConfig::new(groups, c).with_epsilon(1e-5).init(device);
@@ -53,14 +52,30 @@ fn layer_norm_with(c: usize, d: &Device) -> burn::nn::LayerNorm {
     ln
 }
 
-/// `run` with imagen's kernels on, then off (burn's ops on the same device); leaves them on.
+/// `run` with imagen's kernels on, then off (burn's ops on the same device), other routes as
+/// the caller's.
 fn kernels_then_ops<T>(mut run: impl FnMut() -> T) -> (T, T) {
-    set_own_kernels(true);
-    let kernel = run();
-    set_own_kernels(false);
-    let ops = run();
-    set_own_kernels(true);
+    let now = Routes::current();
+    let kernel = Routes {
+        gpu_kernels: true,
+        ..now
+    }
+    .scoped(&mut run);
+    let ops = Routes {
+        gpu_kernels: false,
+        ..now
+    }
+    .scoped(&mut run);
     (kernel, ops)
+}
+
+/// `run` with im2col column matrices over `bytes` built in bands.
+fn with_budget<T>(bytes: usize, run: impl FnOnce() -> T) -> T {
+    Routes {
+        im2col_bytes: bytes,
+        ..Routes::current()
+    }
+    .scoped(run)
 }
 
 /// Both routes' outputs within 1e-4 of the CPU's `want`.
@@ -70,12 +85,8 @@ fn assert_both_close(want: &[f32], (kernel, ops): (Vec<f32>, Vec<f32>), case: &s
     assert!(d_ops < 1e-4, "{case}: ops vs CPU max diff {d_ops}");
 }
 
-/// The tests flip the process-wide `set_own_kernels`: they take this lock to run one at a time.
-static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 #[test]
 fn group_norm_kernel_matches_ops_and_cpu() {
-    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let Some(device) = wgpu_device() else { return };
     let cpu = Device::flex();
     // [b, c, h, w], groups: a UNet-like shape with n = 1600 per group (not a multiple of 256),
@@ -97,13 +108,9 @@ fn group_norm_kernel_matches_ops_and_cpu() {
         let xs = values(x.clone());
         let on_gpu = || Tensor::<4>::from_data(TensorData::new(xs.clone(), shape), &device);
         for silu in [false, true] {
-            let want = values(imagen_models::cpu::group_norm(
-                &norm(groups, c, &gamma, &beta, &cpu),
-                x.clone(),
-                silu,
-            ));
+            let want = values(ops::group_norm(&norm(groups, c, &gamma, &beta, &cpu), x.clone(), silu));
             let gpu_norm = norm(groups, c, &gamma, &beta, &device);
-            let got = kernels_then_ops(|| values(imagen_models::cpu::group_norm(&gpu_norm, on_gpu(), silu)));
+            let got = kernels_then_ops(|| values(ops::group_norm(&gpu_norm, on_gpu(), silu)));
             assert!(got.0.iter().all(|v| v.is_finite()));
             assert_both_close(&want, got, &format!("{shape:?} silu={silu}"));
         }
@@ -112,7 +119,6 @@ fn group_norm_kernel_matches_ops_and_cpu() {
 
 #[test]
 fn layer_norm_and_softmax_kernels_match_ops_and_cpu() {
-    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let Some(device) = wgpu_device() else { return };
     let cpu = Device::flex();
     // Layer norm: rows of 320 (the UNet's first level) and 77 (shorter than the 256 threads).
@@ -120,10 +126,10 @@ fn layer_norm_and_softmax_kernels_match_ops_and_cpu() {
         let c = shape[2];
         let x: Tensor<3> = Tensor::random(shape, Distribution::Normal(1.0, 3.0), &cpu);
         let xs = values(x.clone());
-        let want = values(imagen_models::cpu::layer_norm(&layer_norm_with(c, &cpu), x, 1e-5));
+        let want = values(ops::layer_norm(&layer_norm_with(c, &cpu), x, 1e-5));
         let gpu_ln = layer_norm_with(c, &device);
         let on_gpu = || Tensor::<3>::from_data(TensorData::new(xs.clone(), shape), &device);
-        let got = kernels_then_ops(|| values(imagen_models::cpu::layer_norm(&gpu_ln, on_gpu(), 1e-5)));
+        let got = kernels_then_ops(|| values(ops::layer_norm(&gpu_ln, on_gpu(), 1e-5)));
         assert_both_close(&want, got, &format!("{shape:?}: layer norm"));
     }
     // Attention (the softmax kernel inside the two-matmul route): 300 keys (more than the
@@ -134,7 +140,7 @@ fn layer_norm_and_softmax_kernels_match_ops_and_cpu() {
         let q: Tensor<3> = Tensor::random([2, n, inner], Distribution::Normal(0.0, 2.0), &cpu);
         let kv: Tensor<3> = Tensor::random([2, m, inner], Distribution::Normal(0.0, 2.0), &cpu);
         let (qs, kvs) = (values(q.clone()), values(kv.clone()));
-        let mha = imagen_models::attention::multi_head_attention;
+        let mha = ops::attention;
         let want = values(mha(q, kv.clone(), kv, heads, causal));
         let gq = || Tensor::<3>::from_data(TensorData::new(qs.clone(), [2, n, inner]), &device);
         let gkv = || Tensor::<3>::from_data(TensorData::new(kvs.clone(), [2, m, inner]), &device);
@@ -152,7 +158,6 @@ fn to<const D: usize>(t: &Tensor<D>, device: &Device) -> Tensor<D> {
 /// CPU and against burn's ops on the same device, rows not a multiple of the threads.
 #[test]
 fn fused_linear_kernels_match_ops_and_cpu() {
-    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let Some(device) = wgpu_device() else { return };
     let cpu = Device::flex();
     for act in [
@@ -168,8 +173,8 @@ fn fused_linear_kernels_match_ops_and_cpu() {
         let x: Tensor<3> = Tensor::random([2, 37, d_in], Distribution::Normal(0.0, 1.5), &cpu);
         let r: Tensor<3> = Tensor::random([2, 37, d_out], Distribution::Normal(0.0, 1.0), &cpu);
         let run = |lin: &Linear, x: Tensor<3>, r: Tensor<3>| match act {
-            Some(a) => fused::linear_act(lin, x, a),
-            None => fused::linear_add(lin, x, r),
+            Some(a) => ops::linear_act(lin, x, a),
+            None => ops::linear_residual(lin, x, r).tensor(),
         };
         let want = values(run(&lin, x.clone(), r.clone()));
         let got = kernels_then_ops(|| values(run(&glin, to(&x, &device), to(&r, &device))));
@@ -183,7 +188,6 @@ fn fused_linear_kernels_match_ops_and_cpu() {
 /// the two launches it replaces (epilogue, then the layer-norm kernel) bit for bit.
 #[test]
 fn add_layer_norm_matches_ops_and_cpu() {
-    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let Some(device) = wgpu_device() else { return };
     let cpu = Device::flex();
     for (d_in, d_out) in [(40, 77), (24, 320), (32, 768), (16, 1000)] {
@@ -193,7 +197,7 @@ fn add_layer_norm_matches_ops_and_cpu() {
         let x: Tensor<3> = Tensor::random([2, 37, d_in], Distribution::Normal(0.0, 1.5), &cpu);
         let r: Tensor<3> = Tensor::random([2, 37, d_out], Distribution::Normal(2.0, 1.0), &cpu);
         let run = |lin: &Linear, ln: &burn::nn::LayerNorm, x: Tensor<3>, r: Tensor<3>| {
-            let (sum, normed) = fused::linear_add_norm(lin, x, r, ln, 1e-5);
+            let (sum, normed) = ops::linear_residual(lin, x, r).layer_norm(ln, 1e-5);
             (values(sum), values(normed))
         };
         let want = run(&lin, &ln, x.clone(), r.clone());
@@ -202,8 +206,8 @@ fn add_layer_norm_matches_ops_and_cpu() {
         assert_both_close(&want.0, (kernel.0.clone(), ops.0), &format!("{case}: sum"));
         assert_both_close(&want.1, (kernel.1.clone(), ops.1), &format!("{case}: norm"));
         // The same two results from the separate launches (fused epilogue, layer-norm kernel).
-        let sum = fused::linear_add(&glin, to(&x, &device), to(&r, &device));
-        let normed = imagen_models::cpu::layer_norm(&gln, sum.clone(), 1e-5);
+        let sum = ops::linear_residual(&glin, to(&x, &device), to(&r, &device)).tensor();
+        let normed = ops::layer_norm(&gln, sum.clone(), 1e-5);
         assert_eq!(kernel.0, values(sum), "{case}: sum not bit-identical to the epilogue's");
         assert_eq!(
             kernel.1,
@@ -221,7 +225,7 @@ fn add_layer_norm_matches_ops_and_cpu() {
         let (ln, gln) = (layer_norm_with(c, &cpu), layer_norm_with(c, &device));
         let x: Tensor<4> = Tensor::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &cpu);
         let run = |p: &Projection, ln: &burn::nn::LayerNorm, x: Tensor<4>| {
-            let (seq, normed) = fused::proj_in_norm(p, x, ln, 1e-5);
+            let (seq, normed) = ops::proj_in(p.op(), x).layer_norm(ln, 1e-5);
             (values(seq), values(normed))
         };
         let want = run(&p, &ln, x.clone());
@@ -236,7 +240,6 @@ fn add_layer_norm_matches_ops_and_cpu() {
 /// and in bands of a few rows, against the CPU and burn's ops.
 #[test]
 fn fused_conv_kernels_match_ops_and_cpu() {
-    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let Some(device) = wgpu_device() else { return };
     let cpu = Device::flex();
     let (b, cin, cout, h, w) = (2, 5, 7, 9, 11);
@@ -267,7 +270,7 @@ fn fused_conv_kernels_match_ops_and_cpu() {
             let res: Tensor<4> = Tensor::random([b, cout, ho, wo], Distribution::Normal(0.0, 1.0), &cpu);
             let run = |conv: &Conv2d, sc: &Conv2d, x: Tensor<4>, temb: Tensor<2>, res: Tensor<4>| {
                 if up {
-                    return fused::upsample_conv(conv, x, None);
+                    return ops::upsample_conv(conv, x, None);
                 }
                 let add = match add {
                     "per-channel" => ConvAdd::PerChannel(temb),
@@ -279,23 +282,23 @@ fn fused_conv_kernels_match_ops_and_cpu() {
                         ConvAdd::Projected(temb, bias)
                     }
                     "residual" => ConvAdd::Residual(res),
-                    "shortcut" => fused::shortcut(sc, res),
+                    "shortcut" => ops::shortcut(sc, res),
                     _ => ConvAdd::Nothing,
                 };
-                fused::conv2d_add(conv, x, add)
+                ops::conv2d_add(conv, x, add)
             };
             let want = values(run(&conv, &sc, x.clone(), temb.clone(), res.clone()));
-            set_im2col_budget(budget);
-            let got = kernels_then_ops(|| {
-                values(run(
-                    &gconv,
-                    &gsc,
-                    to(&x, &device),
-                    to(&temb, &device),
-                    to(&res, &device),
-                ))
+            let got = with_budget(budget, || {
+                kernels_then_ops(|| {
+                    values(run(
+                        &gconv,
+                        &gsc,
+                        to(&x, &device),
+                        to(&temb, &device),
+                        to(&res, &device),
+                    ))
+                })
             });
-            set_im2col_budget(64 << 20);
             let case = format!(
                 "k{k} s{stride} pad {:?} up {up} add {add} budget {budget}",
                 [t, l, bo, r]
@@ -311,7 +314,6 @@ fn fused_conv_kernels_match_ops_and_cpu() {
 /// against the CPU, with the norm folded in and a residual.
 #[test]
 fn banded_convs_match_cpu() {
-    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let Some(device) = wgpu_device() else { return };
     let cpu = Device::flex();
     let (b, cin, cout, h) = (2, 5, 7, 10);
@@ -326,15 +328,15 @@ fn banded_convs_match_cpu() {
         let x: Tensor<4> = Tensor::random([b, cin, h, w], Distribution::Normal(0.5, 1.0), &cpu);
         let res: Tensor<4> = Tensor::random([b, cout, h, w], Distribution::Normal(0.0, 1.0), &cpu);
         let run = |conv: &Conv2d, gn: &GroupNorm, x: Tensor<4>, res: Tensor<4>| {
-            let plain = fused::conv2d_add(conv, x.clone(), ConvAdd::Residual(res));
-            let normed = fused::norm_silu_conv2d_add(gn, conv, x, ConvAdd::Nothing);
+            let plain = ops::conv2d_add(conv, x.clone(), ConvAdd::Residual(res));
+            let normed = ops::norm_silu_conv2d_add(gn, conv, x, ConvAdd::Nothing);
             (values(plain), values(normed))
         };
         let want = run(&conv, &gn, x.clone(), res.clone());
         // Bands of 3 output rows (3, 3, 3, 1) in f32: one row of columns is b·cin·9·w·4 bytes.
-        set_im2col_budget(3 * b * cin * 9 * w * 4);
-        let got = kernels_then_ops(|| run(&gconv, &ggn, to(&x, &device), to(&res, &device)));
-        set_im2col_budget(64 << 20);
+        let got = with_budget(3 * b * cin * 9 * w * 4, || {
+            kernels_then_ops(|| run(&gconv, &ggn, to(&x, &device), to(&res, &device)))
+        });
         assert_both_close(&want.0, (got.0.0, got.1.0), &format!("w {w}: banded conv + residual"));
         assert_both_close(&want.1, (got.0.1, got.1.1), &format!("w {w}: banded norm + conv"));
     }
@@ -344,7 +346,6 @@ fn banded_convs_match_cpu() {
 /// straight to and from the sequence layout.
 #[test]
 fn sequence_projections_match_ops_and_cpu() {
-    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let Some(device) = wgpu_device() else { return };
     let cpu = Device::flex();
     let (b, c, h, w) = (2, 24, 5, 7);
@@ -358,8 +359,8 @@ fn sequence_projections_match_ops_and_cpu() {
         let x: Tensor<4> = Tensor::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &cpu);
         let res: Tensor<4> = Tensor::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &cpu);
         let run = |p_in: &Projection, p_out: &Projection, x: Tensor<4>, res: Tensor<4>| {
-            let seq = fused::proj_in(p_in, x);
-            let back = fused::proj_out_add(p_out, seq.clone(), res);
+            let seq = ops::proj_in(p_in.op(), x).tensor();
+            let back = ops::proj_out_add(p_out.op(), seq.clone(), res);
             (values(seq), values(back))
         };
         let want = run(&p_in, &p_out, x.clone(), res.clone());
@@ -373,7 +374,6 @@ fn sequence_projections_match_ops_and_cpu() {
 /// kernel as it reads the windows (whole and banded), against the CPU and burn's ops.
 #[test]
 fn norm_folded_into_conv_matches_ops_and_cpu() {
-    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let Some(device) = wgpu_device() else { return };
     let cpu = Device::flex();
     let (b, cin, cout, h, w, groups) = (2, 6, 7, 9, 11, 3);
@@ -386,14 +386,14 @@ fn norm_folded_into_conv_matches_ops_and_cpu() {
     let x: Tensor<4> = Tensor::random([b, cin, h, w], Distribution::Normal(1.0, 2.0), &cpu);
     let res: Tensor<4> = Tensor::random([b, cout, h, w], Distribution::Normal(0.0, 1.0), &cpu);
     let run = |norm: &GroupNorm, conv: &Conv2d, x: Tensor<4>, res: Tensor<4>| {
-        values(fused::norm_silu_conv2d_add(norm, conv, x, ConvAdd::Residual(res)))
+        values(ops::norm_silu_conv2d_add(norm, conv, x, ConvAdd::Residual(res)))
     };
     let want = run(&norm(groups, cin, &gamma, &beta, &cpu), &conv, x.clone(), res.clone());
     let gnorm = norm(groups, cin, &gamma, &beta, &device);
     for budget in [64 << 20, 300] {
-        set_im2col_budget(budget);
-        let got = kernels_then_ops(|| run(&gnorm, &gconv, to(&x, &device), to(&res, &device)));
-        set_im2col_budget(64 << 20);
+        let got = with_budget(budget, || {
+            kernels_then_ops(|| run(&gnorm, &gconv, to(&x, &device), to(&res, &device)))
+        });
         assert_both_close(&want, got, &format!("budget {budget}"));
     }
 }
@@ -402,7 +402,6 @@ fn norm_folded_into_conv_matches_ops_and_cpu() {
 /// cross-attention with more keys than queries) against the CPU and burn's ops.
 #[test]
 fn qkv_attention_matches_ops_and_cpu() {
-    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let Some(device) = wgpu_device() else { return };
     let cpu = Device::flex();
     let (b, dim, heads) = (2, 24, 3);
@@ -418,7 +417,7 @@ fn qkv_attention_matches_ops_and_cpu() {
         let ctx: Tensor<3> = Tensor::random([b, m, dim], Distribution::Normal(0.0, 1.0), &cpu);
         let run = |l: [&Linear; 3], x: Tensor<3>, ctx: Tensor<3>| {
             let context = (m != n).then_some(&ctx);
-            values(fused::qkv_attention(l, x.clone(), context, heads, causal))
+            values(ops::qkv_attention(l, x.clone(), context, heads, causal))
         };
         let want = run([&q, &k, &v], x.clone(), ctx.clone());
         let case = format!("{n}x{m} bias={bias} causal={causal}");
@@ -430,9 +429,9 @@ fn qkv_attention_matches_ops_and_cpu() {
             // no bias.
             let (gx, gctx) = (to(&x, &device), to(&ctx, &device));
             let gctx = if m != n { gctx } else { gx.clone() };
-            let k = imagen_models::cpu::linear(&gk, gctx.clone());
-            let v = imagen_models::cpu::linear(&gv, gctx);
-            let cached = values(fused::q_attention(&gq, gx, k, v, heads));
+            let k = ops::linear(&gk, gctx.clone());
+            let v = ops::linear(&gv, gctx);
+            let cached = values(ops::q_attention(&gq, gx, k, v, heads));
             let d = max_abs_diff(&cached, &want);
             assert!(d < 1e-4, "{case}: q_attention with cached k/v vs CPU max diff {d}");
         }
@@ -442,12 +441,11 @@ fn qkv_attention_matches_ops_and_cpu() {
 /// The skip connections' channel concatenation in one kernel, against burn's `cat`.
 #[test]
 fn cat_channels_matches_cat() {
-    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let Some(device) = wgpu_device() else { return };
     let cpu = Device::flex();
     let x: Tensor<4> = Tensor::random([2, 5, 3, 7], Distribution::Normal(0.0, 1.0), &cpu);
     let y: Tensor<4> = Tensor::random([2, 9, 3, 7], Distribution::Normal(0.0, 1.0), &cpu);
     let want = values(Tensor::cat(vec![x.clone(), y.clone()], 1));
-    let got = values(fused::cat_channels(to(&x, &device), to(&y, &device)));
+    let got = values(ops::cat_channels(to(&x, &device), to(&y, &device)));
     assert_eq!(got, want);
 }

@@ -1,10 +1,10 @@
 //! The non-default GPU routes (`IMAGEN_GPU_CONV=burn`, `IMAGEN_GPU_ATTENTION=burn`: burn's own
-//! conv and attention; `IMAGEN_GPU_FUSED=0`; see `imagen_models::gpu`) against diffusers'
+//! conv and attention; `IMAGEN_GPU_FUSED=0`; see `imagen_models::ops::Routes`) against diffusers'
 //! goldens on wgpu, f32, same bound as the default routes; the default ones are what every
 //! other wgpu test runs.
 //!
-//! Its own test binary: the routes are process-wide switches. On Mesa's lavapipe in CI; without
-//! a wgpu adapter these tests pass with a note, unless IMAGEN_REQUIRE_WGPU=1.
+//! Each test names its routes in full for its own thread (`Routes::scoped`). On Mesa's lavapipe
+//! in CI; without a wgpu adapter these tests pass with a note, unless IMAGEN_REQUIRE_WGPU=1.
 #![cfg(feature = "wgpu")]
 
 #[path = "models/common.rs"]
@@ -13,12 +13,9 @@ mod common;
 use burn::tensor::Device;
 use common::{Golden, assert_close, fixture, unet_outputs, wgpu_device};
 use imagen_models::DiffusersFolder;
-use imagen_models::gpu::{self, AttentionRoute, ConvRoute};
+use imagen_models::ops::{AttentionRoute, ConvRoute, Routes};
 
 const TOL: f32 = 1e-4;
-
-/// The tests set process-wide routes: they take this lock to run one at a time.
-static ROUTES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The tiny UNet (3×3, 1×1 and stride-2 convs, self- and cross-attention) and VAE (padded and
 /// asymmetric stride-2 convs, single-head attention) against diffusers' goldens.
@@ -33,12 +30,16 @@ fn unet_and_vae_match(folder: &DiffusersFolder, g: &Golden, device: &Device) {
     assert_close(g, "vae_dec_image", vae.decode(g.tensor("vae_dec_latents", device)), TOL);
 }
 
-/// Sets every process-wide GPU switch, so each test runs in a state it names in full.
-fn routes(conv: ConvRoute, attention: AttentionRoute, im2col_bytes: usize, fused: bool) {
-    gpu::set_conv_route(conv);
-    gpu::set_attention_route(attention);
-    gpu::set_im2col_budget(im2col_bytes);
-    gpu::set_fused_kernels(fused);
+/// `run` with these GPU routes on this thread (the CPU's as the defaults).
+fn with_routes(conv: ConvRoute, attention: AttentionRoute, im2col_bytes: usize, fused: bool, run: impl FnOnce()) {
+    Routes {
+        gpu_conv: conv,
+        gpu_attention: attention,
+        im2col_bytes,
+        gpu_fused: fused,
+        ..Routes::default()
+    }
+    .scoped(run)
 }
 
 fn text_encoder_matches(folder: &DiffusersFolder, g: &Golden, device: &Device) {
@@ -51,12 +52,12 @@ fn text_encoder_matches(folder: &DiffusersFolder, g: &Golden, device: &Device) {
 #[test]
 fn burn_convs_and_attention_match_diffusers() {
     let Some(device) = wgpu_device() else { return };
-    let _one = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
-    routes(ConvRoute::Burn, AttentionRoute::Burn, 64 << 20, true);
-    let folder = DiffusersFolder::open(fixture("tiny-sd15")).expect("open folder");
-    let g = Golden::open("tiny-sd15");
-    text_encoder_matches(&folder, &g, &device);
-    unet_and_vae_match(&folder, &g, &device);
+    with_routes(ConvRoute::Burn, AttentionRoute::Burn, 64 << 20, true, || {
+        let folder = DiffusersFolder::open(fixture("tiny-sd15")).expect("open folder");
+        let g = Golden::open("tiny-sd15");
+        text_encoder_matches(&folder, &g, &device);
+        unet_and_vae_match(&folder, &g, &device);
+    });
 }
 
 /// im2col convolutions built a few output rows at a time (the memory bound for large images),
@@ -64,11 +65,11 @@ fn burn_convs_and_attention_match_diffusers() {
 #[test]
 fn banded_im2col_convs_match_diffusers() {
     let Some(device) = wgpu_device() else { return };
-    let _one = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
-    routes(ConvRoute::Im2col, AttentionRoute::Matmul, 4096, true);
-    let folder = DiffusersFolder::open(fixture("tiny-sd15")).expect("open folder");
-    let g = Golden::open("tiny-sd15");
-    unet_and_vae_match(&folder, &g, &device);
+    with_routes(ConvRoute::Im2col, AttentionRoute::Matmul, 4096, true, || {
+        let folder = DiffusersFolder::open(fixture("tiny-sd15")).expect("open folder");
+        let g = Golden::open("tiny-sd15");
+        unet_and_vae_match(&folder, &g, &device);
+    });
 }
 
 /// The default routes with the fused kernels off (`IMAGEN_GPU_FUSED=0`: unfused ops, imagen's
@@ -76,10 +77,10 @@ fn banded_im2col_convs_match_diffusers() {
 #[test]
 fn unfused_routes_match_diffusers() {
     let Some(device) = wgpu_device() else { return };
-    let _one = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
-    routes(ConvRoute::Im2col, AttentionRoute::Matmul, 64 << 20, false);
-    let folder = DiffusersFolder::open(fixture("tiny-sd15")).expect("open folder");
-    let g = Golden::open("tiny-sd15");
-    text_encoder_matches(&folder, &g, &device);
-    unet_and_vae_match(&folder, &g, &device);
+    with_routes(ConvRoute::Im2col, AttentionRoute::Matmul, 64 << 20, false, || {
+        let folder = DiffusersFolder::open(fixture("tiny-sd15")).expect("open folder");
+        let g = Golden::open("tiny-sd15");
+        text_encoder_matches(&folder, &g, &device);
+        unet_and_vae_match(&folder, &g, &device);
+    });
 }

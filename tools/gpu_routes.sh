@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A/B of the GPU op routes (crates/imagen-models/src/gpu.rs) on a machine with a real GPU, run by
+# A/B of the GPU op routes (crates/imagen-models/src/ops/routes.rs) on a machine with a real GPU, run by
 # hand: each SPEC is one `imagen bench` process (or one PyTorch one), f16 unless DTYPE says
 # otherwise; one JSON line per SPEC in OUT/routes.jsonl, tagged with the routes and the binary.
 #

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use imagen_engine::GenerateRequest;
 use imagen_engine::rng::RngKind;
 use imagen_engine::scheduler::SamplerKind;
-use imagen_models::unet_2d::UNet2DConditionModel;
+use imagen_models::models::unet_2d::UNet2DConditionModel;
 use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
 use serde_json::Value;

@@ -5,7 +5,7 @@
 use burn::tensor::Device;
 use imagen_engine::generate;
 use imagen_models::StableDiffusion;
-use imagen_models::lora::LoraFile;
+use imagen_models::load::lora::LoraFile;
 
 use crate::common::{cases, fixture};
 use crate::generate::check_case;

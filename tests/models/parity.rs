@@ -4,7 +4,7 @@
 
 use burn::tensor::Device;
 use imagen_models::DiffusersFolder;
-use imagen_models::clip::ClipTextModel;
+use imagen_models::models::clip::ClipTextModel;
 
 use crate::common::{Golden, assert_close, fixture, unet_outputs};
 
@@ -101,7 +101,12 @@ mod cpu {
     /// the tiny models reach only in the VAE decoder's last level.
     #[test]
     fn winograd_route_everywhere() {
-        imagen_models::cpu::with_winograd_everywhere(|| {
+        use imagen_models::ops::{Routes, Winograd};
+        let everywhere = Routes {
+            winograd: Winograd::Everywhere,
+            ..Routes::current()
+        };
+        everywhere.scoped(|| {
             unet("tiny-sd15", &cpu());
             vae("tiny-sd15", &cpu());
             unet("tiny-sd2", &cpu());
@@ -163,7 +168,7 @@ fn tiled_vae_decode_matches_diffusers() {
 #[test]
 fn taesd_decoder_matches_diffusers() {
     let device = Device::flex();
-    let (_, decoder) = imagen_models::taesd::load(&fixture("tiny-taesd"), &device).expect("load taesd");
+    let (_, decoder) = imagen_models::models::taesd::load(&fixture("tiny-taesd"), &device).expect("load taesd");
     let g = Golden::open("tiny-taesd");
     assert_close(&g, "image", decoder.decode(g.tensor("latents", &device)), TOL);
 }

@@ -7,7 +7,7 @@ use imagen_engine::pipeline::conditioning;
 use imagen_engine::rng::RngKind;
 use imagen_engine::{GenerateRequest, generate};
 use imagen_models::StableDiffusion;
-use imagen_models::unet_2d::AddedCond;
+use imagen_models::models::unet_2d::AddedCond;
 
 use crate::common::{Golden, assert_close, cases, fixture};
 use crate::generate::check_case;

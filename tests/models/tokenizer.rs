@@ -1,6 +1,6 @@
 //! The CLIP tokenizer against transformers' `CLIPTokenizer` on the real vocabulary.
 
-use imagen_models::tokenizer::ClipTokenizer;
+use imagen_models::load::tokenizer::ClipTokenizer;
 use serde_json::Value;
 
 use crate::common::fixture;

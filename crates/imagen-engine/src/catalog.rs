@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use imagen_models::DiffusersFolder;
-use imagen_models::lora::LoraFile;
+use imagen_models::load::lora::LoraFile;
 use serde::Serialize;
 
 use crate::error::Result;

@@ -4,8 +4,8 @@
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use image::{GrayImage, RgbImage};
 use imagen_models::StableDiffusion;
-use imagen_models::tokenizer::ClipTokenizer;
-use imagen_models::unet_2d::AddedCond;
+use imagen_models::load::tokenizer::ClipTokenizer;
+use imagen_models::models::unet_2d::AddedCond;
 
 /// CLIP's end-of-text token.
 const EOS: u32 = 49407;

@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use burn::tensor::Device;
 use image::RgbImage;
 use imagen_models::StableDiffusion;
-use imagen_models::lora::LoraFile;
+use imagen_models::load::lora::LoraFile;
 
 use crate::catalog::{LoraInfo, ModelInfo};
 use crate::error::{Error, Result};
@@ -143,7 +143,7 @@ impl EngineThread {
                 .unwrap_or_else(|panic| Err(Error::Internal(panic_message(&panic))));
             // The conv kernels' per-thread scratch can be hundreds of MB after a large decode:
             // an idle server should not hold it.
-            imagen_models::cpu::release_scratch();
+            imagen_models::ops::release_scratch();
             self.queued.fetch_sub(1, Ordering::SeqCst);
             (job.events)(JobEvent::Finished(result));
         }

@@ -3,9 +3,9 @@
 //! attention matmuls; norms, activations and resampling are not counted. (Checked against
 //! `FlopCounterMode` on the full-size SD 1.5 / SDXL configs in the tests.)
 
-use crate::clip::ClipTextConfig;
-use crate::unet_2d::UNet2DConditionConfig;
-use crate::vae::AutoencoderKLConfig;
+use crate::models::clip::ClipTextConfig;
+use crate::models::unet_2d::UNet2DConditionConfig;
+use crate::models::vae::AutoencoderKLConfig;
 
 /// A k×k convolution producing `cout × h × w` from `cin` channels, batch `b`.
 fn conv(b: u64, cin: usize, cout: usize, k: usize, h: usize, w: usize) -> u64 {

@@ -11,41 +11,10 @@ use rayon::prelude::*;
 
 use super::conv_avx512;
 use super::gemm::{Mat, MatMut, gemm};
+use super::geometry::Conv;
 use super::scratch;
 use super::winograd;
-
-/// Geometry of one stride-1 convolution.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Conv {
-    pub batch: usize,
-    pub cin: usize,
-    pub cout: usize,
-    pub h: usize,
-    pub w: usize,
-    pub kh: usize,
-    pub kw: usize,
-    /// (top, left, bottom, right)
-    pub pad: [usize; 4],
-}
-
-impl Conv {
-    /// Padded input size `(hp, wp)`.
-    pub fn padded_hw(&self) -> (usize, usize) {
-        let [t, l, b, r] = self.pad;
-        (self.h + t + b, self.w + l + r)
-    }
-
-    pub fn out_hw(&self) -> (usize, usize) {
-        let (hp, wp) = self.padded_hw();
-        (hp + 1 - self.kh, wp + 1 - self.kw)
-    }
-
-    /// Channel stride of the padded input: the last tap reads kw − 1 elements past hp·wp.
-    pub fn cstride(&self) -> usize {
-        let (hp, wp) = self.padded_hw();
-        hp * wp + self.kw - 1
-    }
-}
+use crate::ops::types::Winograd;
 
 /// How one convolution is computed.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -65,10 +34,10 @@ enum Route {
 /// position tiles over an 8 × 10 padded-width output); at 16×16 the two are within noise.
 const IM2COL_MAX: usize = 64;
 
-fn route(c: &Conv) -> Route {
+fn route(c: &Conv, winograd: Winograd) -> Route {
     let (ho, wo) = c.out_hw();
     let plain_1x1 = c.kh * c.kw == 1 && c.pad == [0; 4];
-    if winograd::applies(c) {
+    if winograd::applies(c, winograd) {
         Route::Winograd
     } else if plain_1x1 {
         Route::ShiftedGemm
@@ -82,10 +51,10 @@ fn route(c: &Conv) -> Route {
 }
 
 /// x: `[batch, cin, h, w]`, weight: `[cout, cin, kh, kw]`, bias: `[cout]` → `[batch, cout, ho, wo]`.
-pub(crate) fn conv2d(c: Conv, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+pub(crate) fn conv2d(c: Conv, x: &[f32], weight: &[f32], bias: Option<&[f32]>, winograd: Winograd) -> Vec<f32> {
     assert_eq!(x.len(), c.batch * c.cin * c.h * c.w);
     assert_eq!(weight.len(), c.cout * c.cin * c.kh * c.kw);
-    conv2d_by(route(&c), c, x, weight, bias)
+    conv2d_by(route(&c, winograd), c, x, weight, bias)
 }
 
 fn conv2d_by(route: Route, c: Conv, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
@@ -401,7 +370,8 @@ pub(super) mod tests {
                 if c.kh == 3 && c.kw == 3 {
                     routes.push(Route::Winograd);
                 }
-                assert!(routes.contains(&route(&c)), "{c:?}: {:?}", route(&c));
+                let chosen = route(&c, Winograd::WherePays);
+                assert!(routes.contains(&chosen), "{c:?}: {chosen:?}");
                 for r in routes {
                     let got = conv2d_by(r, c, &x, &w, bias);
                     assert_eq!(got.len(), want.len());

@@ -1,16 +1,20 @@
 //! Hand-written CPU kernels for the operations that dominate a diffusion step, used in place
 //! of burn's stock `flex` ops when a tensor lives on the CPU in f32.
 //!
-//! Each entry point takes and returns ordinary burn tensors and falls back to burn's op for
-//! anything it does not cover (other devices, other dtypes, strides, groups), so model code
-//! calls them unconditionally. `IMAGEN_CPU_KERNELS=0` (or [`set_enabled`], as `imagen bench
-//! --stock` does) turns them off, to compare against burn's path.
+//! A leaf: each entry point takes and returns ordinary burn tensors, and returns `None` for
+//! anything it does not cover (other devices, other dtypes, strides, groups), so that the op
+//! in `ops/` that called it takes its reference. It reads no route switch (the ops pass what a
+//! kernel needs, e.g. the Winograd mode) and knows no model and no GPU code.
+//!
+//! Where to add a kernel: a file here working on slices, an entry point below that unwraps the
+//! tensors, a unit test against the naive definition in that file, and the call from the op.
 
 mod attention;
 mod conv;
 mod conv_avx512;
 mod elementwise;
 mod gemm;
+mod geometry;
 mod linear;
 mod norm;
 pub mod profile;
@@ -18,44 +22,23 @@ mod scratch;
 mod simd;
 mod winograd;
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
 use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, Linear, PaddingConfig2d};
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::{Flex, FlexTensor};
 
-/// 0 = not decided yet, 1 = on, 2 = off.
-static ENABLED: AtomicU8 = AtomicU8::new(0);
+use crate::ops::types::Winograd;
 
-/// Whether the kernels are used (default on; `IMAGEN_CPU_KERNELS=0` turns them off).
-pub fn enabled() -> bool {
-    match ENABLED.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let on = std::env::var("IMAGEN_CPU_KERNELS").map_or(true, |v| v != "0");
-            set_enabled(on);
-            on
-        }
-    }
-}
-
-/// Turns the kernels on or off for the whole process.
-pub fn set_enabled(on: bool) {
-    ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-}
-
-/// The tensor's CPU storage when it is f32 on `flex` and the kernels are on; made contiguous.
+/// The tensor's CPU storage when it is f32 on `flex`; made contiguous.
 fn host<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
     let p = flex(t)?;
     Some(if p.is_contiguous() { p } else { p.to_contiguous() })
 }
 
-/// The tensor's CPU storage as it is laid out, when it is f32 on `flex` and the kernels are on.
+/// The tensor's CPU storage as it is laid out, when it is f32 on `flex`.
 fn flex<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
-    if !enabled() || t.dtype() != DType::F32 {
+    if t.dtype() != DType::F32 {
         return None;
     }
     t.clone().try_into_primitive::<Flex>().ok()
@@ -79,33 +62,25 @@ fn tensor<const D: usize>(data: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
     Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(data, shape)))
 }
 
-/// `conv.forward(x)`; stride-1 ungrouped convolutions run on imagen's kernels (Winograd
-/// F(4×4, 3×3) for large 3×3 ones, im2col + one GEMM for 8×8 outputs, else the AVX-512 direct
-/// kernel, else shifted GEMMs; `conv.rs` picks), the rest on burn.
+/// `conv.forward(x)` for stride-1 ungrouped convolutions (Winograd F(4×4, 3×3) for large 3×3
+/// ones as `winograd` says, im2col + one GEMM for 8×8 outputs, else the AVX-512 direct kernel,
+/// else shifted GEMMs; `conv.rs` picks); `None` for the rest.
 /// x: `[b, cin, h, w]` → `[b, cout, ho, wo]`
-pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+pub fn conv2d(conv: &Conv2d, x: &Tensor<4>, winograd: Winograd) -> Option<Tensor<4>> {
     let fast = conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1;
     let pad = match conv.padding {
-        PaddingConfig2d::Valid => Some([0; 4]),
-        PaddingConfig2d::Explicit(t, l, b, r) => Some([t, l, b, r]),
-        PaddingConfig2d::Same => None,
+        PaddingConfig2d::Valid => [0; 4],
+        PaddingConfig2d::Explicit(t, l, b, r) => [t, l, b, r],
+        PaddingConfig2d::Same => return None,
     };
+    if !fast {
+        return None;
+    }
     let weight = conv.weight.val();
-    let parts = (fast, pad, host(&x), host(&weight), host_param(&conv.bias));
-    let (true, Some(pad), Some(xs), Some(ws), Some(bias)) = parts else {
-        // GPU backends: the fused im2col kernels, else the route chosen in `gpu` (any stride).
-        let plain = conv.dilation == [1, 1] && conv.groups == 1;
-        if let Some(pad) = pad.filter(|_| plain && crate::gpu::on_gpu(&x))
-            && let Some(y) = crate::gpu::conv2d_fused(conv, &x, 1, None, &crate::fused::ConvAdd::Nothing)
-                .or_else(|| crate::gpu::conv2d(conv, x.clone(), pad))
-        {
-            return y;
-        }
-        return conv.forward(x);
-    };
+    let (xs, ws, bias) = (host(x)?, host(&weight)?, host_param(&conv.bias)?);
     let [batch, cin, h, w] = x.dims();
     let [cout, _, kh, kw] = weight.dims();
-    let c = conv::Conv {
+    let c = geometry::Conv {
         batch,
         cin,
         cout,
@@ -117,23 +92,14 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     };
     let (ho, wo) = c.out_hw();
     let _t = profile::Timer::new(profile::Op::Conv);
-    let out = conv::conv2d(c, slice(&xs), slice(&ws), bias.as_ref().map(slice));
-    tensor(out, [batch, cout, ho, wo])
+    let out = conv::conv2d(c, slice(&xs), slice(&ws), bias.as_ref().map(slice), winograd);
+    Some(tensor(out, [batch, cout, ho, wo]))
 }
 
 /// `norm.forward(x)`, followed by SiLU when `silu`, in one pass on the CPU.
 /// x: `[b, c, h, w]` → same shape
-pub fn group_norm(norm: &GroupNorm, x: Tensor<4>, silu: bool) -> Tensor<4> {
-    let fallback = |x: Tensor<4>| {
-        let y = norm.forward(x);
-        if silu { burn::tensor::activation::silu(y) } else { y }
-    };
-    let (Some(xs), Some(gamma), Some(beta)) = (host(&x), host_param(&norm.gamma), host_param(&norm.beta)) else {
-        if crate::gpu::on_gpu(&x) {
-            return crate::gpu::group_norm(norm, x, silu);
-        }
-        return fallback(x);
-    };
+pub fn group_norm(norm: &GroupNorm, x: &Tensor<4>, silu: bool) -> Option<Tensor<4>> {
+    let (xs, gamma, beta) = (host(x)?, host_param(&norm.gamma)?, host_param(&norm.beta)?);
     let [b, c, h, w] = x.dims();
     let _t = profile::Timer::new(profile::Op::GroupNorm);
     let out = norm::group_norm(
@@ -147,7 +113,7 @@ pub fn group_norm(norm: &GroupNorm, x: Tensor<4>, silu: bool) -> Tensor<4> {
         norm.epsilon,
         silu,
     );
-    tensor(out, [b, c, h, w])
+    Some(tensor(out, [b, c, h, w]))
 }
 
 /// Scaled-dot-product attention over interleaved heads.
@@ -171,11 +137,9 @@ pub fn attention(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usize, caus
 
 /// `lin.forward(x)` as one GEMM over all leading dims on the CPU.
 /// x: `[.., in]` → `[.., out]`
-pub fn linear<const D: usize>(lin: &Linear, x: Tensor<D>) -> Tensor<D> {
+pub fn linear<const D: usize>(lin: &Linear, x: &Tensor<D>) -> Option<Tensor<D>> {
     let weight = lin.weight.val();
-    let (Some(xs), Some((ws, w_rs)), Some(bias)) = (host(&x), host_rows(&weight), host_param(&lin.bias)) else {
-        return lin.forward(x);
-    };
+    let (xs, (ws, w_rs), bias) = (host(x)?, host_rows(&weight)?, host_param(&lin.bias)?);
     let [d_in, d_out] = weight.dims();
     let mut shape = x.dims();
     let rows = shape[..D - 1].iter().product();
@@ -183,7 +147,7 @@ pub fn linear<const D: usize>(lin: &Linear, x: Tensor<D>) -> Tensor<D> {
     let w = &ws.storage::<f32>()[ws.layout().start_offset()..];
     let out = linear::linear(slice(&xs), rows, d_in, d_out, (w, w_rs), bias.as_ref().map(slice));
     shape[D - 1] = d_out;
-    tensor(out, shape)
+    Some(tensor(out, shape))
 }
 
 /// A 2-D f32 CPU tensor whose rows are contiguous, possibly `stride ≥ cols` apart (see
@@ -260,43 +224,28 @@ pub fn pad_rows<const D: usize>(t: Tensor<D>) -> Tensor<D> {
 
 /// `ln.forward(x)`; burn keeps `LayerNorm`'s epsilon private, so the caller passes the one it
 /// built the module with. x: `[.., dim]` → same shape
-pub fn layer_norm<const D: usize>(ln: &LayerNorm, x: Tensor<D>, eps: f64) -> Tensor<D> {
-    let (Some(xs), Some(gs), Some(beta)) = (host(&x), host(&ln.gamma.val()), host_param(&ln.beta)) else {
-        if crate::gpu::on_gpu(&x) {
-            return crate::gpu::layer_norm(ln, x, eps);
-        }
-        return ln.forward(x);
-    };
+pub fn layer_norm<const D: usize>(ln: &LayerNorm, x: &Tensor<D>, eps: f64) -> Option<Tensor<D>> {
+    let (xs, gs, beta) = (host(x)?, host(&ln.gamma.val())?, host_param(&ln.beta)?);
     let shape = x.dims();
     let _t = profile::Timer::new(profile::Op::Other);
     let out = elementwise::layer_norm(slice(&xs), shape[D - 1], slice(&gs), beta.as_ref().map(slice), eps);
-    tensor(out, shape)
+    Some(tensor(out, shape))
 }
 
 /// GELU (`quick`: CLIP's `x·σ(1.702x)`, else the exact erf form) on the CPU in one pass.
-pub fn gelu<const D: usize>(x: Tensor<D>, quick: bool) -> Tensor<D> {
-    let Some(xs) = host(&x) else {
-        return if quick {
-            x.clone() * burn::tensor::activation::sigmoid(x * 1.702)
-        } else {
-            burn::tensor::activation::gelu(x)
-        };
-    };
+pub fn gelu<const D: usize>(x: &Tensor<D>, quick: bool) -> Option<Tensor<D>> {
+    let xs = host(x)?;
     let _t = profile::Timer::new(profile::Op::Other);
-    tensor(elementwise::gelu(slice(&xs), quick), x.dims())
+    Some(tensor(elementwise::gelu(slice(&xs), quick), x.dims()))
 }
 
 /// GEGLU: h `[b, n, 2·inner]` (hidden ‖ gate) → `hidden · gelu(gate)`, `[b, n, inner]`.
-pub fn geglu(h: Tensor<3>) -> Tensor<3> {
+pub fn geglu(h: &Tensor<3>) -> Option<Tensor<3>> {
     let [b, n, two_inner] = h.dims();
     let inner = two_inner / 2;
-    let Some(hs) = host(&h) else {
-        let hidden = h.clone().slice([0..b, 0..n, 0..inner]);
-        let gate = h.slice([0..b, 0..n, inner..two_inner]);
-        return hidden * burn::tensor::activation::gelu(gate);
-    };
+    let hs = host(h)?;
     let _t = profile::Timer::new(profile::Op::Other);
-    tensor(elementwise::geglu(slice(&hs), inner), [b, n, inner])
+    Some(tensor(elementwise::geglu(slice(&hs), inner), [b, n, inner]))
 }
 
 /// Nearest-neighbour 2× upsampling on the CPU; `None` when the kernels don't apply.
@@ -306,18 +255,6 @@ pub fn upsample_2x(x: &Tensor<4>) -> Option<Tensor<4>> {
     let [b, c, h, w] = x.dims();
     let _t = profile::Timer::new(profile::Op::Other);
     Some(tensor(elementwise::upsample_2x(slice(&xs), w), [b, c, 2 * h, 2 * w]))
-}
-
-/// Runs `f` with every 3×3 convolution called from this thread on the Winograd route, whatever
-/// its size. For tests: the tiny fixture models are below the sizes where the route is chosen.
-pub fn with_winograd_everywhere<R>(f: impl FnOnce() -> R) -> R {
-    winograd::everywhere(f)
-}
-
-/// Turns the Winograd route for large 3×3 convolutions on or off for the whole process (default
-/// on; `IMAGEN_CPU_WINOGRAD=0` turns it off), to compare with the direct kernel.
-pub fn set_winograd(on: bool) {
-    winograd::set_enabled(on);
 }
 
 /// Frees the kernel scratch buffers of the calling thread and of rayon's threads (a 512² VAE
@@ -345,7 +282,11 @@ mod tests {
             assert_eq!(rs, stride);
             let x = Tensor::<3>::random([2, 37, d_in], Distribution::Normal(0.0, 1.0), &device);
             let want = lin.forward(x.clone()).into_data().try_to_vec::<f32>().expect("f32");
-            let got = linear(&lin, x).into_data().try_to_vec::<f32>().expect("f32");
+            let got = linear(&lin, &x)
+                .expect("f32 on flex")
+                .into_data()
+                .try_to_vec::<f32>()
+                .expect("f32");
             assert_eq!(got.len(), want.len());
             for (g, w) in got.iter().zip(&want) {
                 assert!((g - w).abs() < 1e-4, "{g} vs {w}");

@@ -17,57 +17,17 @@
 //! magnitude (unit tests; the model parity tests allow 1e-4 and pass with every 3×3 convolution
 //! on this route).
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
 use rayon::prelude::*;
 
-use super::conv::Conv;
 use super::gemm::{Mat, MatMut, gemm};
+use super::geometry::Conv;
 use super::scratch;
 use super::simd::{LANES, multiversion};
+use crate::ops::types::Winograd;
 
 /// Tiles per block: the GEMMs' m dimension (64 and 128 measured alike; 64 keeps a block's
 /// V and M in L2 up to 512 channels and gives more blocks to share between threads).
 const NT: usize = 64;
-
-/// 0 = not decided yet, 1 = where it pays, 2 = off, 3 = every 3×3 convolution.
-static MODE: AtomicU8 = AtomicU8::new(0);
-
-/// `IMAGEN_CPU_WINOGRAD`: unset or `1` = where it pays, `0` = off (to compare with the direct
-/// kernel), `all` = every 3×3 convolution (to measure it where it is not chosen).
-fn mode() -> u8 {
-    match MODE.load(Ordering::Relaxed) {
-        0 => {
-            let m = match std::env::var("IMAGEN_CPU_WINOGRAD").as_deref() {
-                Ok("0") => 2,
-                Ok("all") => 3,
-                _ => 1,
-            };
-            MODE.store(m, Ordering::Relaxed);
-            m
-        }
-        m => m,
-    }
-}
-
-/// Turns the Winograd route on (where it pays) or off for the whole process.
-pub(crate) fn set_enabled(on: bool) {
-    MODE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-}
-
-thread_local! {
-    /// Set by [`everywhere`]: every 3×3 convolution on this thread takes the route.
-    static EVERYWHERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f` with every 3×3 convolution called from this thread on the Winograd route,
-/// whatever its size (the parity tests' tiny models are below the size where it pays).
-pub(crate) fn everywhere<R>(f: impl FnOnce() -> R) -> R {
-    let saved = EVERYWHERE.with(|e| e.replace(true));
-    let r = f();
-    EVERYWHERE.with(|e| e.set(saved));
-    r
-}
 
 /// Whether `c` takes this route: 3×3 kernels with at least one block of tiles per thread
 /// (blocks are the route's only parallelism). Measured on 2 threads with `imagen bench
@@ -75,14 +35,14 @@ pub(crate) fn everywhere<R>(f: impl FnOnce() -> R) -> R {
 /// slower with one block (640 channels at 32², batch 1: 37.5 vs 25.4 ms; 1280 at 16², batch 2:
 /// 109 vs 60 ms), where one thread does all the work and rebuilds the transformed weights, 4× the
 /// size of the weights, for few tiles.
-pub(crate) fn applies(c: &Conv) -> bool {
+pub(crate) fn applies(c: &Conv, mode: Winograd) -> bool {
     if c.kh != 3 || c.kw != 3 {
         return false;
     }
-    match mode() {
-        2 => false,
-        3 => true,
-        _ => EVERYWHERE.with(|e| e.get()) || blocks(c) >= rayon::current_num_threads(),
+    match mode {
+        Winograd::Off => false,
+        Winograd::Everywhere => true,
+        Winograd::WherePays => blocks(c) >= rayon::current_num_threads(),
     }
 }
 
@@ -568,19 +528,27 @@ mod tests {
         let threads = rayon::current_num_threads();
         // 256 tiles per image in blocks of 64
         assert_eq!(blocks(&conv(1, 320, 320, 64, 64, [1; 4])), 4);
-        assert_eq!(applies(&conv(1, 320, 320, 64, 64, [1; 4])), threads <= 4);
+        assert_eq!(
+            applies(&conv(1, 320, 320, 64, 64, [1; 4]), Winograd::WherePays),
+            threads <= 4
+        );
         // 64 tiles per image: one block per image
         assert_eq!(blocks(&conv(2, 640, 640, 32, 32, [1; 4])), 2);
-        assert_eq!(applies(&conv(2, 640, 640, 32, 32, [1; 4])), threads <= 2);
+        assert_eq!(
+            applies(&conv(2, 640, 640, 32, 32, [1; 4]), Winograd::WherePays),
+            threads <= 2
+        );
         // 512² output: 128 × 128 tiles, rows of 2 blocks
         assert_eq!(blocks(&conv(1, 128, 128, 512, 512, [1; 4])), 256);
-        assert!(applies(&conv(1, 128, 128, 512, 512, [1; 4])));
+        assert!(applies(&conv(1, 128, 128, 512, 512, [1; 4]), Winograd::WherePays));
+        assert!(applies(&conv(1, 8, 8, 4, 4, [1; 4]), Winograd::Everywhere));
+        assert!(!applies(&conv(1, 128, 128, 512, 512, [1; 4]), Winograd::Off));
         let one_by_one = Conv {
             kh: 1,
             kw: 1,
             pad: [0; 4],
             ..conv(1, 320, 320, 64, 64, [0; 4])
         };
-        assert!(!applies(&one_by_one));
+        assert!(!applies(&one_by_one, Winograd::Everywhere));
     }
 }

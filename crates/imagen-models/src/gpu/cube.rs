@@ -44,13 +44,15 @@ pub(super) fn conv2d_implicit_gemm(conv: &Conv2d, x: &Tensor<4>, pad: [usize; 4]
     }
 }
 
-/// q: `[b, n, h·d]`, k/v: `[b, m, h·d]` → `[b, n, h·d]`; `None` where burn-cubecl declines.
+/// q: `[b, n, h·d]`, k/v: `[b, m, h·d]` → `[b, n, h·d]` on `planes` planes; `None` where
+/// burn-cubecl declines.
 pub(super) fn flash_attention(
     q: &Tensor<3>,
     k: &Tensor<3>,
     v: &Tensor<3>,
     heads: usize,
     causal: bool,
+    planes: u8,
 ) -> Option<Tensor<3>> {
     let [b, n, inner] = q.dims();
     let m = k.dims()[1];
@@ -61,14 +63,6 @@ pub(super) fn flash_attention(
         is_causal: causal,
         ..Default::default()
     };
-    // read once: this runs for every attention call
-    static PLANES: std::sync::LazyLock<u8> = std::sync::LazyLock::new(|| {
-        std::env::var("IMAGEN_GPU_FLASH_PLANES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(4)
-    });
-    let planes = *PLANES;
     let strategy = AttentionStrategy::FlashBlackboxAccelerated(BlackboxAcceleratedStrategy {
         num_planes: planes,
         seq_q: 1,

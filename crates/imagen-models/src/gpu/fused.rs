@@ -13,7 +13,7 @@
 //!   on the way (the resnets' norm → conv pairs).
 //!
 //! Arithmetic in f32 whatever the storage type, rounded once. Each has a burn-op reference in
-//! `super` (the route taken with `IMAGEN_GPU_KERNELS=0`) and a parity test in
+//! `ops` (the route taken with `IMAGEN_GPU_KERNELS=0`) and a parity test in
 //! `tests/wgpu_kernels.rs`.
 
 use burn::tensor::{DType, Tensor as BurnTensor};
@@ -22,10 +22,10 @@ use burn_cubecl::kernel::matmul::MatmulStrategy;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use crate::fused::Act;
+use crate::ops::kernels::Windows;
+use crate::ops::types::Act;
 
-use super::conv::Windows;
-use super::kernels::{contiguous, contiguous_opt, elem_type, elementwise_count, empty_like, prepare, raw};
+use super::launch::{contiguous, contiguous_opt, elem_type, elementwise_count, empty_like, prepare, raw};
 
 /// `y + bias[c] + (per_bc[b, c] + bc_bias[c]) + (residual + res_bias[c])`, each term present
 /// when its flag is set; `y` and `residual` contiguous `[outer, channels, inner]`, `per_bc`
@@ -274,7 +274,7 @@ fn im2col_kernel<F: Float>(
 /// per_bc: `[outer, channels]` and its own optional bias `[channels]`, residual: y's shape and
 /// its own optional bias `[channels]` → y's shape; `None` where the tensors are not raw cube
 /// float tensors (the caller then adds with burn's ops).
-pub(crate) fn epilogue<const D: usize>(
+pub(super) fn epilogue<const D: usize>(
     y: BurnTensor<D>,
     bias: BurnTensor<1>,
     per_bc: Option<(BurnTensor<2>, Option<BurnTensor<1>>)>,
@@ -324,7 +324,7 @@ pub(crate) fn epilogue<const D: usize>(
 }
 
 /// See [`bias_act_kernel`]. h: `[rows, k]` with k = 2·cols for GEGLU, else cols → `[rows, cols]`.
-pub(crate) fn bias_act(h: BurnTensor<2>, bias: BurnTensor<1>, act: Act) -> Option<BurnTensor<2>> {
+pub(super) fn bias_act(h: BurnTensor<2>, bias: BurnTensor<1>, act: Act) -> Option<BurnTensor<2>> {
     let [rows, k] = h.dims();
     let (cols, code) = match act {
         Act::Geglu => (k / 2, 0),
@@ -353,7 +353,7 @@ pub(crate) fn bias_act(h: BurnTensor<2>, bias: BurnTensor<1>, act: Act) -> Optio
 
 /// See [`split_heads_kernel`]. q: `[b, n, heads·d]`, k/v: `[b, m, heads·d]`, biases
 /// `[heads·d]` each → q, k, v as `[b, heads, len, d]`, q times `scale`.
-pub(crate) fn split_heads(
+pub(super) fn split_heads(
     [q, k, v]: [BurnTensor<3>; 3],
     biases: Option<[BurnTensor<1>; 3]>,
     heads: usize,
@@ -399,7 +399,7 @@ pub(crate) fn split_heads(
 /// `probs · v` per head, written by the matmul straight into the `[b, n, heads, d]` layout the
 /// output projection reads (its output handed over as a permuted view), so the heads need no
 /// merging copy. probs: `[b, heads, n, m]`, v: `[b, heads, m, d]` → `[b, n, heads·d]`
-pub(crate) fn attention_output(probs: BurnTensor<4>, v: BurnTensor<4>) -> Option<BurnTensor<3>> {
+pub(super) fn attention_output(probs: BurnTensor<4>, v: BurnTensor<4>) -> Option<BurnTensor<3>> {
     let [b, heads, n, _] = probs.dims();
     let d = v.dims()[3];
     let (probs, v) = (raw(probs)?, raw(v)?);
@@ -423,7 +423,7 @@ fn matmul_to_view(lhs: CubeTensor, rhs: CubeTensor, view: CubeTensor) -> Option<
 /// of a banded convolution) can each be handed to [`matmul_into`] as a view of its buffer: only
 /// when every range starts and ends at a byte offset the device accepts for a binding (burn's
 /// `slice` copies otherwise). `None` where they do not, or x is not a raw cube tensor.
-pub(crate) fn band_output(
+pub(super) fn band_output(
     x: &BurnTensor<4>,
     [b, c, n]: [usize; 3],
     cols: &[std::ops::Range<usize>],
@@ -445,7 +445,7 @@ pub(crate) fn band_output(
 /// per-band tensors and no concatenation. lhs: `[1 | b, c, k]`, rhs: `[b, k, cols.len()]`.
 /// `None` where the tensors are not raw cube tensors or the matmul declines (the view may then
 /// be partly written: the caller recomputes).
-pub(crate) fn matmul_into(
+pub(super) fn matmul_into(
     lhs: BurnTensor<3>,
     rhs: BurnTensor<3>,
     out: &BurnTensor<3>,
@@ -485,7 +485,7 @@ fn cat_channels_kernel<F: Float>(
 
 /// See [`cat_channels_kernel`]: one launch where burn's `cat` takes an allocation and a
 /// slice-assign per input. x: `[b, c1, h, w]`, y: `[b, c2, h, w]` → `[b, c1 + c2, h, w]`
-pub(crate) fn cat_channels(x: BurnTensor<4>, y: BurnTensor<4>) -> Option<BurnTensor<4>> {
+pub(super) fn cat_channels(x: BurnTensor<4>, y: BurnTensor<4>) -> Option<BurnTensor<4>> {
     let [b, c1, h, w] = x.dims();
     let c2 = y.dims()[1];
     let (first, second) = (contiguous(x)?, contiguous(y)?);
@@ -510,7 +510,7 @@ pub(crate) fn cat_channels(x: BurnTensor<4>, y: BurnTensor<4>) -> Option<BurnTen
 /// Group norm + SiLU applied to what [`im2col`] reads: per-(batch, group) statistics from
 /// [`group_stats`], γ and β.
 #[derive(Clone, Debug)]
-pub(crate) struct Norm {
+pub struct Norm {
     stats: CubeTensor,
     gamma: CubeTensor,
     beta: CubeTensor,
@@ -519,7 +519,7 @@ pub(crate) struct Norm {
 
 /// The statistics of `norm` over `x` (`[b, c, h, w]`), for [`im2col`]; `None` where the
 /// tensors are not raw cube tensors or the norm has no affine parameters.
-pub(crate) fn group_stats(x: &BurnTensor<4>, norm: &burn::nn::GroupNorm) -> Option<Norm> {
+pub(super) fn group_stats(x: &BurnTensor<4>, norm: &burn::nn::GroupNorm) -> Option<Norm> {
     let [b, c, h, w] = x.dims();
     let groups = norm.num_groups;
     let input = contiguous(x.clone())?;
@@ -536,7 +536,7 @@ pub(crate) fn group_stats(x: &BurnTensor<4>, norm: &burn::nn::GroupNorm) -> Opti
 }
 
 /// See [`im2col_kernel`]. x: `[b, cin, h, w]` → `[b, cin·kh·kw, rows·wo]`.
-pub(crate) fn im2col(x: BurnTensor<4>, g: &Windows, norm: Option<&Norm>) -> Option<BurnTensor<3>> {
+pub(super) fn im2col(x: BurnTensor<4>, g: &Windows, norm: Option<&Norm>) -> Option<BurnTensor<3>> {
     let [b, cin, h, w] = x.dims();
     let [kh, kw] = g.kernel;
     let rows = g.rows.len();

@@ -1,15 +1,14 @@
 //! imagen's own GPU kernels, in CubeCL's Rust dialect so that one source serves both wgpu
 //! routes (compiled to WGSL on lavapipe and the default build, to SPIR-V with the `vulkan`
 //! feature). Only where burn's composed ops were measured to be the bottleneck (BENCHMARKS.md);
-//! each has its tensor-op reference in [`super`] and a parity test (`tests/wgpu_kernels.rs`).
+//! each has its burn-op reference in `ops` and a parity test (`tests/wgpu_kernels.rs`).
 
-use burn::tensor::{DType, Shape, Tensor as BurnTensor};
+use burn::tensor::{DType, Tensor as BurnTensor};
 use burn_cubecl::Cube;
-use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
-use cubecl::ir::FloatKind;
 use cubecl::prelude::*;
+
+use super::launch::{contiguous, contiguous_opt, elementwise_count, empty_like, prepare};
 
 /// Threads per cube of the statistics kernel (a power of two: the tree reduction halves it).
 const STATS_THREADS: usize = 256;
@@ -369,37 +368,6 @@ fn group_norm_apply_kernel<F: Float>(
     output[pos] = F::cast_from(y);
 }
 
-pub(super) fn raw<const D: usize>(t: BurnTensor<D>) -> Option<CubeTensor> {
-    t.try_into_primitive::<Cube>().ok()
-}
-
-/// The raw cube tensor of `t`, made contiguous; `None` when it is not one (burn's fusion).
-pub(super) fn contiguous<const D: usize>(t: BurnTensor<D>) -> Option<CubeTensor> {
-    Some(into_contiguous(raw(t)?))
-}
-
-/// [`contiguous`] of an optional tensor: `None` when it is present but not a raw cube tensor.
-pub(super) fn contiguous_opt<const D: usize>(t: Option<BurnTensor<D>>) -> Option<Option<CubeTensor>> {
-    match t {
-        Some(t) => contiguous(t).map(Some),
-        None => Some(None),
-    }
-}
-
-/// An uninitialised tensor of `shape` on `like`'s device, in `dtype`.
-pub(super) fn empty_like<const N: usize>(like: &CubeTensor, shape: [usize; N], dtype: DType) -> CubeTensor {
-    empty_device_dtype(like.client.clone(), like.device.clone(), Shape::new(shape), dtype)
-}
-
-pub(super) fn elem_type(dtype: DType) -> Option<ElemType> {
-    match dtype {
-        DType::F32 => Some(ElemType::Float(FloatKind::F32)),
-        DType::F16 => Some(ElemType::Float(FloatKind::F16)),
-        DType::BF16 => Some(ElemType::Float(FloatKind::BF16)),
-        _ => None,
-    }
-}
-
 /// Elements per chunk of a long row's statistics (16 per thread).
 const CHUNK: usize = STATS_THREADS * 16;
 
@@ -462,28 +430,9 @@ fn row_cubes(rows: usize) -> CubeCount {
     CubeCount::Static(x as u32, rows.div_ceil(x) as u32, 1)
 }
 
-pub(super) fn elementwise_count(input: &CubeTensor, total: usize) -> (CubeCount, CubeDim) {
-    let cube_dim = CubeDim::new_1d(256);
-    (
-        cubecl::calculate_cube_count_elemwise(&input.client, total, cube_dim),
-        cube_dim,
-    )
-}
-
-/// What every launch below starts from: the contiguous raw input, its element type and an
-/// empty output of the same shape and dtype. `None` for tensors that are not raw cube tensors
-/// or not floats.
-pub(super) fn prepare<const D: usize>(x: BurnTensor<D>) -> Option<(CubeTensor, ElemType, CubeTensor)> {
-    let shape = x.dims();
-    let input = contiguous(x)?;
-    let elem = elem_type(input.dtype)?;
-    let output = empty_like(&input, shape, input.dtype);
-    Some((input, elem, output))
-}
-
 /// Group norm (+ SiLU) in two launches. x: `[b, c, h, w]` → same shape; `None` where the
 /// tensors are not raw cube tensors (then the caller uses the tensor-op version).
-pub(crate) fn group_norm(
+pub(super) fn group_norm(
     x: BurnTensor<4>,
     gamma: BurnTensor<1>,
     beta: BurnTensor<1>,
@@ -515,7 +464,7 @@ pub(crate) fn group_norm(
 }
 
 /// Layer norm over the last axis in one launch; `None` as [`group_norm`].
-pub(crate) fn layer_norm<const D: usize>(
+pub(super) fn layer_norm<const D: usize>(
     x: BurnTensor<D>,
     gamma: BurnTensor<1>,
     beta: BurnTensor<1>,
@@ -547,7 +496,7 @@ pub(crate) fn layer_norm<const D: usize>(
 /// `y + bias (+ residual)` and its layer norm over the last axis, in one launch
 /// ([`add_layer_norm_rows_kernel`]). y, residual: `[rows, n]` → (sum, normed), both `[rows, n]`;
 /// `None` as [`group_norm`].
-pub(crate) fn add_layer_norm(
+pub(super) fn add_layer_norm(
     y: BurnTensor<2>,
     bias: BurnTensor<1>,
     residual: Option<BurnTensor<2>>,
@@ -589,7 +538,7 @@ pub(crate) fn add_layer_norm(
 
 /// Softmax over the last axis in one launch; `causal` as [`softmax_rows_kernel`], with the
 /// second-to-last axis the queries. `None` as [`group_norm`].
-pub(crate) fn softmax_last<const D: usize>(x: BurnTensor<D>, causal: bool) -> Option<BurnTensor<D>> {
+pub(super) fn softmax_last<const D: usize>(x: BurnTensor<D>, causal: bool) -> Option<BurnTensor<D>> {
     let shape = x.dims();
     let n = shape[D - 1];
     let queries = if D >= 2 { shape[D - 2] } else { 1 };

@@ -6,12 +6,11 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
 
-use crate::attention::Attention;
-use crate::config::unsupported;
-use crate::cpu;
+use super::attention::{Attention, Keys};
+use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, conv2d, group_norm};
 use crate::error::Result;
-use crate::fused;
-use crate::layers::{Downsample2D, ResnetBlock2D, Upsample2D, conv2d, group_norm};
+use crate::load::config::unsupported;
+use crate::ops;
 
 const COMPONENT: &str = "vae";
 /// diffusers builds every VAE norm with `resnet_eps = 1e-6`.
@@ -191,10 +190,10 @@ impl SpatialAttention {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         // [b, c, h, w] -> [b, h·w, c]
-        let seq = cpu::group_norm(&self.group_norm, x.clone(), false)
+        let seq = ops::group_norm(&self.group_norm, x.clone(), false)
             .reshape([b, c, h * w])
             .swap_dims(1, 2);
-        let out = self.attention.forward(seq, None);
+        let out = self.attention.forward(seq, Keys::Own, None).tensor();
         // [b, h·w, c] -> [b, c, h, w]
         out.swap_dims(1, 2).reshape([b, c, h, w]) + x
     }
@@ -267,7 +266,7 @@ impl AutoencoderKL {
     /// image in `[-1, 1]`: `[b, 3, h, w]` → distribution over unscaled latents.
     pub fn encode(&self, image: Tensor<4>) -> LatentDistribution {
         let e = &self.encoder;
-        let mut x = cpu::conv2d(&e.conv_in, image);
+        let mut x = ops::conv2d(&e.conv_in, image);
         for block in &e.down_blocks {
             for r in &block.resnets {
                 x = r.forward(x, None);
@@ -277,9 +276,9 @@ impl AutoencoderKL {
             }
         }
         x = e.mid_block.forward(x);
-        x = fused::norm_silu_conv2d_add(&e.conv_norm_out, &e.conv_out, x, fused::ConvAdd::Nothing);
+        x = ops::norm_silu_conv2d_add(&e.conv_norm_out, &e.conv_out, x, ops::ConvAdd::Nothing);
         if let Some(q) = &self.quant_conv {
-            x = cpu::conv2d(q, x);
+            x = ops::conv2d(q, x);
         }
         let [b, c2, h, w] = x.dims();
         let c = c2 / 2;
@@ -295,10 +294,10 @@ impl AutoencoderKL {
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
         let dec = &self.decoder;
         let z = match &self.post_quant_conv {
-            Some(p) => cpu::conv2d(p, z),
+            Some(p) => ops::conv2d(p, z),
             None => z,
         };
-        let mut x = dec.mid_block.forward(cpu::conv2d(&dec.conv_in, z));
+        let mut x = dec.mid_block.forward(ops::conv2d(&dec.conv_in, z));
         for block in &dec.up_blocks {
             for r in &block.resnets {
                 x = r.forward(x, None);
@@ -307,7 +306,7 @@ impl AutoencoderKL {
                 x = up.forward(x, None);
             }
         }
-        fused::norm_silu_conv2d_add(&dec.conv_norm_out, &dec.conv_out, x, fused::ConvAdd::Nothing)
+        ops::norm_silu_conv2d_add(&dec.conv_norm_out, &dec.conv_out, x, ops::ConvAdd::Nothing)
     }
 
     /// diffusers' `tiled_decode`, for images too large to decode at once: latent tiles of

@@ -222,7 +222,7 @@ pub fn load_module<M: Module>(
     let module = module.map(&mut loader);
     match loader.error {
         Some(e) => Err(e),
-        None => Ok(crate::cpu::pad_linear_weights(module)),
+        None => Ok(crate::ops::prepare_weights(module)),
     }
 }
 

@@ -10,11 +10,11 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 
-use crate::config::{read_json, unsupported};
-use crate::cpu;
+use super::resnet::conv2d;
 use crate::error::Result;
-use crate::layers::{conv2d, upsample_nearest};
-use crate::weights::{Weights, load_module};
+use crate::load::config::{read_json, unsupported};
+use crate::load::weights::{Weights, load_module};
+use crate::ops::{self, upsample_nearest};
 
 const COMPONENT: &str = "taesd";
 
@@ -149,12 +149,12 @@ impl TinyDecoder {
     /// Latents as the UNet produces them (TAESD's scaling factor is 1): `[b, 4, h, w]` →
     /// image in `[-1, 1]`, `[b, 3, 8h, 8w]`.
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
-        let mut x = relu(cpu::conv2d(&self.conv_in, (z / 3.0).tanh() * 3.0));
+        let mut x = relu(ops::conv2d(&self.conv_in, (z / 3.0).tanh() * 3.0));
         for stage in &self.stages {
             for b in &stage.blocks {
-                let h = cpu::conv2d(
+                let h = ops::conv2d(
                     &b.conv3,
-                    relu(cpu::conv2d(&b.conv2, relu(cpu::conv2d(&b.conv1, x.clone())))),
+                    relu(ops::conv2d(&b.conv2, relu(ops::conv2d(&b.conv1, x.clone())))),
                 );
                 x = relu(h + x);
             }
@@ -162,7 +162,7 @@ impl TinyDecoder {
                 let [_, _, h, w] = x.dims();
                 x = upsample_nearest(x, 2 * h, 2 * w);
             }
-            x = cpu::conv2d(&stage.conv, x);
+            x = ops::conv2d(&stage.conv, x);
         }
         x * 2.0 - 1.0
     }

@@ -8,15 +8,15 @@ use burn::tensor::Device;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::clip::{self, ClipTextConfig, ClipTextModel};
-use crate::config::read_json;
+use super::config::read_json;
+use super::lora::{self, LoraFile, Target};
+use super::single_file::{self, Arch};
+use super::tokenizer::ClipTokenizer;
+use super::weights::{Weights, load_module};
 use crate::error::{Error, Result};
-use crate::lora::{self, LoraFile, Target};
-use crate::single_file::{self, Arch};
-use crate::tokenizer::ClipTokenizer;
-use crate::unet_2d::{self, UNet2DConditionConfig, UNet2DConditionModel};
-use crate::vae::{self, AutoencoderKL, AutoencoderKLConfig};
-use crate::weights::{Weights, load_module};
+use crate::models::clip::{self, ClipTextConfig, ClipTextModel};
+use crate::models::unet_2d::{self, UNet2DConditionConfig, UNet2DConditionModel};
+use crate::models::vae::{self, AutoencoderKL, AutoencoderKLConfig};
 
 /// Pipelines whose components this crate computes.
 const SUPPORTED: [&str; 6] = [

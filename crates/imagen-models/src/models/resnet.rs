@@ -4,10 +4,9 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 
-use crate::cpu;
-use crate::fused::{self, ConvAdd};
+use crate::ops::{self, ConvAdd};
 
 pub(crate) fn conv2d(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, d: &Device) -> Conv2d {
     Conv2dConfig::new([cin, cout], [k, k])
@@ -52,15 +51,15 @@ impl ResnetBlock2D {
     /// it in every block; the UNet does it once for all) → `[b, cout, h, w]`
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
         let time = match (&self.time_emb_proj, temb) {
-            (Some(proj), Some(t)) => fused::projected(proj, t.clone()),
+            (Some(proj), Some(t)) => ops::projected(proj, t.clone()),
             _ => ConvAdd::Nothing,
         };
-        let h = fused::norm_silu_conv2d_add(&self.norm1, &self.conv1, x.clone(), time);
+        let h = ops::norm_silu_conv2d_add(&self.norm1, &self.conv1, x.clone(), time);
         let shortcut = match &self.conv_shortcut {
-            Some(c) => fused::shortcut(c, x),
+            Some(c) => ops::shortcut(c, x),
             None => ConvAdd::Residual(x),
         };
-        fused::norm_silu_conv2d_add(&self.norm2, &self.conv2, h, shortcut)
+        ops::norm_silu_conv2d_add(&self.norm2, &self.conv2, h, shortcut)
     }
 }
 
@@ -86,7 +85,7 @@ impl Downsample2D {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        cpu::conv2d(&self.conv, x)
+        ops::conv2d(&self.conv, x)
     }
 }
 
@@ -105,27 +104,6 @@ impl Upsample2D {
 
     /// x: `[b, c, h, w]` → `[b, c, size.0, size.1]` (`2h × 2w` when `size` is `None`).
     pub fn forward(&self, x: Tensor<4>, size: Option<[usize; 2]>) -> Tensor<4> {
-        fused::upsample_conv(&self.conv, x, size)
+        ops::upsample_conv(&self.conv, x, size)
     }
-}
-
-/// PyTorch `F.interpolate(mode="nearest")`: source index `floor(dst * (in / out))` in f32.
-pub fn upsample_nearest(x: Tensor<4>, oh: usize, ow: usize) -> Tensor<4> {
-    let [_, _, h, w] = x.dims();
-    if oh == 2 * h && ow == 2 * w {
-        // exactly 2×: src = floor(dst / 2), which the float formula below also gives
-        if let Some(y) = cpu::upsample_2x(&x) {
-            return y;
-        }
-    }
-    let device = x.device();
-    let idx = |input: usize, output: usize| -> Tensor<1, Int> {
-        let scale = input as f32 / output as f32;
-        let v: Vec<i64> = (0..output)
-            .map(|i| ((i as f32 * scale).floor() as usize).min(input - 1) as i64)
-            .collect();
-        Tensor::from_data(TensorData::new(v, [output]), &device)
-    };
-    let x = if oh == h { x } else { x.select(2, idx(h, oh)) };
-    if ow == w { x } else { x.select(3, idx(w, ow)) }
 }

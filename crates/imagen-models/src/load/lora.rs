@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::weights::Weights;
 use crate::error::{Error, Result};
-use crate::weights::Weights;
 
 /// Which network a LoRA entry patches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -257,7 +257,7 @@ impl Patcher<'_> {
         if leaf != "weight" || !(linear || container == "Struct:Conv2d") {
             return None;
         }
-        let path = crate::weights::module_path(&self.path[..self.path.len() - 1], leaf);
+        let path = super::weights::module_path(&self.path[..self.path.len() - 1], leaf);
         let names = (self.keys)(&path)
             .into_iter()
             .filter_map(|k| k.strip_suffix(".weight").map(str::to_owned))
@@ -340,7 +340,7 @@ impl ModuleMapper for Patcher<'_> {
             Ok(None) => param,
             Ok(Some(mut delta)) => {
                 if linear && D == 2 {
-                    delta = crate::weights::transpose_2d(&delta, torch_shape[0], torch_shape[1]);
+                    delta = super::weights::transpose_2d(&delta, torch_shape[0], torch_shape[1]);
                 }
                 let device = self.device.clone();
                 param.map(move |w| w + Tensor::from_data(TensorData::new(delta, dims), &device))

@@ -3,10 +3,10 @@
 //! encoder). The tables turn a diffusers key (what our modules are named after) into its LDM
 //! key; they follow diffusers' own conversion script, generalised to any block count.
 
+use super::weights::Weights;
 use crate::error::{Error, Result};
-use crate::unet_2d::UNet2DConditionConfig;
-use crate::vae::AutoencoderKLConfig;
-use crate::weights::Weights;
+use crate::models::unet_2d::UNet2DConditionConfig;
+use crate::models::vae::AutoencoderKLConfig;
 
 /// What a single file holds, told from its keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

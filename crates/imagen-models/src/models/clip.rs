@@ -6,11 +6,10 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::{Device, Int, Tensor};
 use serde::Deserialize;
 
-use crate::config::unsupported;
-use crate::cpu;
+use super::resnet::linear;
 use crate::error::Result;
-use crate::fused::{self, Act};
-use crate::layers::linear;
+use crate::load::config::unsupported;
+use crate::ops::{self, Act, Stream};
 
 const COMPONENT: &str = "text_encoder";
 
@@ -169,6 +168,18 @@ pub struct ClipEncoderLayer {
     pub layer_norm2: LayerNorm,
 }
 
+impl ClipEncoderLayer {
+    /// `CLIPEncoderLayer`: pre-norm causal self-attention and MLP, each with a residual.
+    /// x: `[b, n, hidden]` → `[b, n, hidden]`
+    fn forward(&self, x: Stream<3>, heads: usize, act: Act, eps: f64) -> Stream<3> {
+        let a = &self.self_attn;
+        let (x, h) = x.layer_norm(&self.layer_norm1, eps);
+        let h = ops::qkv_attention([&a.q_proj, &a.k_proj, &a.v_proj], h, None, heads, true);
+        let (x, h) = ops::linear_residual(&a.out_proj, h, x).layer_norm(&self.layer_norm2, eps);
+        ops::linear_residual(&self.mlp.fc2, ops::linear_act(&self.mlp.fc1, h, act), x)
+    }
+}
+
 #[derive(Module, Debug)]
 pub struct ClipEncoder {
     pub layers: Vec<ClipEncoderLayer>,
@@ -208,33 +219,16 @@ impl ClipTextModel {
         self.run_layers(x, start, self.num_layers())
     }
 
-    /// Layers `start..end` on `x`: `[b, n, hidden]` → `[b, n, hidden]`.
-    fn run_layers(&self, mut x: Tensor<3>, start: usize, end: usize) -> Tensor<3> {
-        let eps = self.layer_norm_eps;
+    /// Layers `start..end` on `x`: `[b, n, hidden]` → `[b, n, hidden]`. Each residual add is
+    /// finished by the layer norm after it (one launch on GPU backends).
+    fn run_layers(&self, x: Tensor<3>, start: usize, end: usize) -> Tensor<3> {
         let end = end.min(self.encoder.layers.len());
-        let layers = &self.encoder.layers[start.min(end)..end];
         let act = if self.quick_gelu { Act::QuickGelu } else { Act::Gelu };
-        // Each residual add also gives the layer norm that follows it (one launch on GPU
-        // backends): the next layer_norm2, then the next layer's layer_norm1.
-        let mut normed = None;
-        for (i, layer) in layers.iter().enumerate() {
-            let a = &layer.self_attn;
-            let h = normed
-                .take()
-                .unwrap_or_else(|| cpu::layer_norm(&layer.layer_norm1, x.clone(), eps));
-            let h = fused::qkv_attention([&a.q_proj, &a.k_proj, &a.v_proj], h, None, self.heads, true);
-            let (sum, h) = fused::linear_add_norm(&a.out_proj, h, x, &layer.layer_norm2, eps);
-            let h = fused::linear_act(&layer.mlp.fc1, h, act);
-            x = match layers.get(i + 1) {
-                Some(next) => {
-                    let (sum, h) = fused::linear_add_norm(&layer.mlp.fc2, h, sum, &next.layer_norm1, eps);
-                    normed = Some(h);
-                    sum
-                }
-                None => fused::linear_add(&layer.mlp.fc2, h, sum),
-            };
-        }
-        x
+        let layers = &self.encoder.layers[start.min(end)..end];
+        let x = layers.iter().fold(Stream::from(x), |x, layer| {
+            layer.forward(x, self.heads, act, self.layer_norm_eps)
+        });
+        x.tensor()
     }
 
     /// What Stable Diffusion pipelines condition on: with `clip_skip` = k (diffusers' meaning),
@@ -266,10 +260,7 @@ impl ClipTextModel {
     /// `final_layer_norm`: one kernel on GPU backends (burn's layer norm is a dozen launches);
     /// elsewhere burn's, as before, so CPU results stay bit-identical.
     fn final_norm(&self, x: Tensor<3>) -> Tensor<3> {
-        if crate::gpu::on_gpu(&x) {
-            return crate::gpu::layer_norm(&self.final_layer_norm, x, self.layer_norm_eps);
-        }
-        self.final_layer_norm.forward(x)
+        ops::layer_norm_gpu_only(&self.final_layer_norm, x, self.layer_norm_eps)
     }
 
     /// `pooler_output`: the final hidden state at each sequence's first `eos` token.

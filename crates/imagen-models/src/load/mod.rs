@@ -1,0 +1,13 @@
+//! Loading what users have on disk into the modules of [`crate::models`]: diffusers folders
+//! ([`folder`]), single-file LDM/SGM checkpoints ([`single_file`]), safetensors → module
+//! parameters with key remapping ([`weights`]), LoRA files ([`lora`]), components' `config.json`
+//! ([`config`]) and the CLIP tokenizer ([`tokenizer`]).
+//!
+//! Where to add a weight format or a checkpoint layout: here.
+
+pub mod config;
+pub mod folder;
+pub mod lora;
+pub mod single_file;
+pub mod tokenizer;
+pub mod weights;
