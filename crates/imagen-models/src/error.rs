@@ -38,6 +38,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Backend(String),
+    #[error("{kind} tensor: {message}")]
+    Quantized { kind: &'static str, message: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 }

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod folder;
 pub mod lora;
+pub mod quants;
 pub mod single_file;
 pub mod tokenizer;
 pub mod weights;
