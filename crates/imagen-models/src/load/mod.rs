@@ -1,7 +1,8 @@
 //! Loading what users have on disk into the modules of [`crate::models`]: diffusers folders
 //! ([`folder`]), single-file LDM/SGM checkpoints ([`single_file`]), safetensors → module
 //! parameters with key remapping ([`weights`]), LoRA files ([`lora`]), components' `config.json`
-//! ([`config`]) and the CLIP tokenizer ([`tokenizer`]).
+//! ([`config`]), the CLIP tokenizer ([`tokenizer`]) and ggml's block-quantized types
+//! ([`quants`]).
 //!
 //! Where to add a weight format or a checkpoint layout: here.
 
