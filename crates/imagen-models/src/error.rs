@@ -38,7 +38,7 @@ pub enum Error {
     },
     #[error("{0}")]
     Backend(String),
-    #[error("{kind} tensor: {message}")]
+    #[error("{kind}: {message}")]
     Quantized { kind: &'static str, message: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),

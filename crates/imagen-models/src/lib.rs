@@ -1,6 +1,6 @@
 //! Stable Diffusion's networks as burn modules, loaded from the checkpoints users have.
 //!
-//! Layers, one direction (`tools/` and the `layers` test check it): [`load`] → [`models`] →
+//! Layers, one direction (`tests/layers.rs` checks it): [`load`] → [`models`] →
 //! [`ops`] → [`cpu`] / `gpu` → burn.
 //!
 //! - [`models`]: the networks (CLIP, UNet, VAE, TAESD and their blocks), shaped like diffusers'
