@@ -40,7 +40,7 @@ pub struct BenchArgs {
     /// cpu or wgpu.
     #[arg(long, default_value = "cpu")]
     backend: String,
-    /// f32, or f16 (GPU backends): the precision weights and activations are computed in.
+    /// f32; f16 (GPU backends); bf16 (cpu with AMX: bf16 conv/linear weights on AMX tiles).
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// One JSON line instead of text.
@@ -96,9 +96,11 @@ fn op(name: &str, c: usize, b: usize, l: usize, device: &Device) -> (Box<dyn FnM
     let n = (b * l * l) as u64;
     match name {
         "conv" => {
-            let conv = Conv2dConfig::new([c, c], [3, 3])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .init(device);
+            let conv = imagen_models::ops::prepare_weights(
+                Conv2dConfig::new([c, c], [3, 3])
+                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                    .init(device),
+            );
             let f = move || first(imagen_models::ops::conv2d(&conv, x.clone()));
             (Box::new(f), 2 * n * (c * c * 9) as u64)
         }

@@ -110,7 +110,8 @@ struct GenerateArgs {
     /// cpu, or wgpu for the GPU.
     #[arg(long, default_value = "cpu")]
     backend: String,
-    /// f32, or f16 (GPU backends: half the memory, faster on most cards).
+    /// f32; f16 (GPU backends: half the memory, faster on most cards); bf16 (cpu backend on CPUs
+    /// with AMX-BF16: conv and linear layers in bf16 on AMX tiles, half the weight memory).
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// Decode with TAESD (a diffusers `AutoencoderTiny` folder, e.g. madebyollin/taesd) instead

@@ -26,7 +26,8 @@ pub struct ServeArgs {
     /// cpu, or wgpu for the GPU.
     #[arg(long)]
     backend: Option<String>,
-    /// f32, or f16 (GPU backends: half the memory, faster on most cards).
+    /// f32; f16 (GPU backends: half the memory, faster on most cards); bf16 (cpu backend on CPUs
+    /// with AMX-BF16: conv and linear layers in bf16 on AMX tiles, half the weight memory).
     #[arg(long)]
     dtype: Option<String>,
     /// Model for requests that name none (default: the first by id).

@@ -28,9 +28,11 @@ pub fn by_name(name: &str) -> Result<Device> {
 }
 
 /// Compute precisions by the names the CLI and API use.
-pub const DTYPES: &[&str] = &["f32", "f16"];
+pub const DTYPES: &[&str] = &["f32", "f16", "bf16"];
 
-/// [`by_name`], with floats computed in `dtype` (`f32` or `f16`). f16 is for GPUs: the device's
+/// [`by_name`], with floats computed in `dtype` (`f32`, `f16` or `bf16`). bf16 is for the CPU
+/// with AMX: conv and linear layers multiply bf16 weights and bf16-rounded activations with f32
+/// sums; everything else stays f32. f16 is for GPUs: the device's
 /// default float type is set before any tensor exists, so weights, activations and every tensor
 /// the models make on the way share it. Refused where the device has no f16 arithmetic (burn's
 /// CPU backend converts f16 to and from f32 around most ops, which is slower than f32 itself).
@@ -39,8 +41,34 @@ pub const DTYPES: &[&str] = &["f32", "f16"];
 /// for a device decides, and a later call asking for another precision on it is an error.
 pub fn open(name: &str, dtype: &str) -> Result<Device> {
     let mut device = by_name(name)?;
+    if name == "cpu" && matches!(dtype, "f32" | "bf16") {
+        // The CPU computes activations in f32 either way; bf16 is the conv/linear weights' type
+        // and the AMX kernels' (see `ops::prepare_weights`), chosen for every load after this.
+        let bf16 = dtype == "bf16";
+        if bf16 && !crate::ops::cpu_bf16_available() {
+            return Err(Error::Backend(
+                "bf16 on the cpu backend needs AMX-BF16 (Intel Xeon 4th generation or later) with the \
+                 Linux permission for tile data; this CPU computes in f32 (--dtype f32)"
+                    .into(),
+            ));
+        }
+        let routes = crate::ops::Routes::current();
+        if routes.cpu_bf16 != bf16 {
+            crate::ops::Routes {
+                cpu_bf16: bf16,
+                ..routes
+            }
+            .set();
+        }
+    }
     let want = match dtype {
         "f32" => FloatDType::F32,
+        "bf16" if name == "cpu" => FloatDType::F32,
+        "bf16" => {
+            return Err(Error::Backend(
+                "bf16 is the cpu backend's low precision (AMX); GPUs compute in f16 (--dtype f16)".into(),
+            ));
+        }
         "f16" if name != "cpu" => FloatDType::F16,
         "f16" => {
             return Err(Error::Backend(
@@ -72,6 +100,9 @@ pub fn open(name: &str, dtype: &str) -> Result<Device> {
 
 /// The float type a device computes in, by the names of [`DTYPES`].
 pub fn dtype_name(device: &Device) -> &'static str {
+    if *device == Device::flex() && crate::ops::Routes::current().cpu_bf16 {
+        return "bf16";
+    }
     match device.settings().float_dtype {
         FloatDType::F16 => "f16",
         FloatDType::BF16 => "bf16",

@@ -9,6 +9,7 @@
 //! Where to add a kernel: a file here working on slices, an entry point below that unwraps the
 //! tensors, a unit test against the naive definition in that file, and the call from the op.
 
+mod amx;
 mod attention;
 mod conv;
 mod conv_avx512;
@@ -16,6 +17,7 @@ mod elementwise;
 mod gemm;
 mod geometry;
 mod linear;
+mod lowp;
 mod norm;
 pub mod profile;
 mod scratch;
@@ -73,10 +75,14 @@ pub fn conv2d(conv: &Conv2d, x: &Tensor<4>, winograd: Winograd) -> Option<Tensor
         PaddingConfig2d::Explicit(t, l, b, r) => [t, l, b, r],
         PaddingConfig2d::Same => return None,
     };
+    let weight = conv.weight.val();
+    let square_stride = conv.stride[0] == conv.stride[1] && conv.stride[0] >= 1;
+    if weight.dtype() == DType::BF16 && square_stride && conv.dilation == [1, 1] && conv.groups == 1 {
+        return conv2d_bf16(conv, x, &weight, pad, conv.stride[0]);
+    }
     if !fast {
         return None;
     }
-    let weight = conv.weight.val();
     let (xs, ws, bias) = (host(x)?, host(&weight)?, host_param(&conv.bias)?);
     let [batch, cin, h, w] = x.dims();
     let [cout, _, kh, kw] = weight.dims();
@@ -94,6 +100,127 @@ pub fn conv2d(conv: &Conv2d, x: &Tensor<4>, winograd: Winograd) -> Option<Tensor
     let _t = profile::Timer::new(profile::Op::Conv);
     let out = conv::conv2d(c, slice(&xs), slice(&ws), bias.as_ref().map(slice), winograd);
     Some(tensor(out, [batch, cout, ho, wo]))
+}
+
+/// [`conv2d`] with weights laid out by [`pack_weights_bf16`], on AMX tiles.
+fn conv2d_bf16(conv: &Conv2d, x: &Tensor<4>, weight: &Tensor<4>, pad: [usize; 4], stride: usize) -> Option<Tensor<4>> {
+    let (xs, bias) = (host(x)?, host_param(&conv.bias)?);
+    let [batch, cin, h, w] = x.dims();
+    let [cout, _, kh, kw] = weight.dims();
+    let ws = packed(weight, lowp::padded(cout, cin), kh * kw)?;
+    let c = geometry::Conv {
+        batch,
+        cin,
+        cout,
+        h,
+        w,
+        kh,
+        kw,
+        pad,
+    };
+    let (ho, wo) = lowp::strided_hw(&c, stride);
+    let _t = profile::Timer::new(profile::Op::Conv);
+    let out = lowp::conv2d(c, stride, slice(&xs), bf16_bits(&ws), bias.as_ref().map(slice));
+    Some(tensor(out, [batch, cout, ho, wo]))
+}
+
+/// The storage of a weight laid out by [`pack_weights_bf16`] (`[m_pad][taps][cin_p]` under a
+/// strided `[cout, cin, kh, kw]` or `[d_in, d_out]` view), checked against that layout.
+fn packed<const D: usize>(t: &Tensor<D>, (m_pad, cin_p): (usize, usize), taps: usize) -> Option<FlexTensor> {
+    if !amx::available() {
+        return None;
+    }
+    let p = t.clone().try_into_primitive::<Flex>().ok()?;
+    let l = p.layout();
+    let want: &[isize] = match D {
+        4 => &[
+            (taps * cin_p) as isize,
+            1,
+            (t.dims()[3] * cin_p) as isize,
+            cin_p as isize,
+        ],
+        2 => &[1, cin_p as isize],
+        _ => return None,
+    };
+    let len = p.storage::<half::bf16>().len();
+    (l.start_offset() == 0 && l.strides() == want && len == m_pad * taps * cin_p).then_some(p)
+}
+
+fn bf16_bits(t: &FlexTensor) -> &[u16] {
+    use half::slice::HalfFloatSliceExt;
+    t.storage::<half::bf16>().reinterpret_cast()
+}
+
+/// Whether this machine computes bf16 weights on AMX tiles (and so [`pack_weights_bf16`] applies).
+pub fn bf16_available() -> bool {
+    amx::available()
+}
+
+/// `module` with every f32 CPU `Conv2d` and `Linear` weight stored in bf16 and laid out for the
+/// AMX kernels (half the memory; burn's own ops still read them as strided tensors once cast).
+/// Other tensors (norms, embeddings, biases) stay f32. Unchanged where AMX is not available.
+pub fn pack_weights_bf16<M: Module>(module: M) -> M {
+    if !amx::available() {
+        return module;
+    }
+    struct Pack {
+        stack: Vec<String>,
+        leaf: String,
+    }
+    impl ModuleMapper for Pack {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.stack.push(container_type.to_owned());
+            self.leaf = name.to_owned();
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.stack.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let container = self.stack.last().map(String::as_str);
+            match (container, self.leaf.as_str(), D) {
+                (Some("Struct:Conv2d"), "weight", 4) | (Some("Struct:Linear"), "weight", 2) => {
+                    param.map(|t| pack_bf16(t.clone()).unwrap_or(t))
+                }
+                _ => param,
+            }
+        }
+    }
+    module.map(&mut Pack {
+        stack: Vec::new(),
+        leaf: String::new(),
+    })
+}
+
+/// One weight as [`pack_weights_bf16`] lays it out; `None` when it is not f32 on the CPU.
+fn pack_bf16<const D: usize>(t: Tensor<D>) -> Option<Tensor<D>> {
+    use half::vec::HalfBitsVecExt;
+    let p = host(&t)?;
+    let dims = t.dims();
+    let view = match D {
+        4 => {
+            let [cout, cin, kh, kw] = [dims[0], dims[1], dims[2], dims[3]];
+            let (m_pad, cin_p) = lowp::padded(cout, cin);
+            let bits = lowp::pack_conv(slice(&p), cout, cin, kh, kw);
+            FlexTensor::from_data(TensorData::new(
+                bits.reinterpret_into::<half::bf16>(),
+                [m_pad, kh, kw, cin_p],
+            ))
+            .narrow(0, 0, cout)
+            .narrow(3, 0, cin)
+            .permute(&[0, 3, 1, 2])
+        }
+        2 => {
+            let [d_in, d_out] = [dims[0], dims[1]];
+            let (m_pad, k_p) = lowp::padded(d_out, d_in);
+            let bits = lowp::pack_linear(slice(&p), d_in, d_out);
+            FlexTensor::from_data(TensorData::new(bits.reinterpret_into::<half::bf16>(), [m_pad, k_p]))
+                .narrow(0, 0, d_out)
+                .narrow(1, 0, d_in)
+                .transpose(0, 1)
+        }
+        _ => return None,
+    };
+    Some(Tensor::from_primitive::<Flex>(view))
 }
 
 /// `norm.forward(x)`, followed by SiLU when `silu`, in one pass on the CPU.
@@ -139,6 +266,17 @@ pub fn attention(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usize, caus
 /// x: `[.., in]` → `[.., out]`
 pub fn linear<const D: usize>(lin: &Linear, x: &Tensor<D>) -> Option<Tensor<D>> {
     let weight = lin.weight.val();
+    if weight.dtype() == DType::BF16 {
+        let (xs, bias) = (host(x)?, host_param(&lin.bias)?);
+        let [d_in, d_out] = weight.dims();
+        let ws = packed(&weight, lowp::padded(d_out, d_in), 1)?;
+        let mut shape = x.dims();
+        let rows = shape[..D - 1].iter().product();
+        let _t = profile::Timer::new(profile::Op::Linear);
+        let out = lowp::linear(slice(&xs), rows, d_in, d_out, bf16_bits(&ws), bias.as_ref().map(slice));
+        shape[D - 1] = d_out;
+        return Some(tensor(out, shape));
+    }
     let (xs, (ws, w_rs), bias) = (host(x)?, host_rows(&weight)?, host_param(&lin.bias)?);
     let [d_in, d_out] = weight.dims();
     let mut shape = x.dims();
@@ -261,6 +399,7 @@ pub fn upsample_2x(x: &Tensor<4>) -> Option<Tensor<4>> {
 /// layer leaves ~0.5 GB there).
 pub fn release_scratch() {
     scratch::release();
+    lowp::release();
     rayon::broadcast(|_| scratch::release());
 }
 

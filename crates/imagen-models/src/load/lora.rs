@@ -235,7 +235,7 @@ pub fn merge<M: Module>(
             )));
         }
     }
-    Ok(module)
+    Ok(crate::ops::prepare_weights(module))
 }
 
 struct Patcher<'a> {
@@ -343,7 +343,15 @@ impl ModuleMapper for Patcher<'_> {
                     delta = super::weights::transpose_2d(&delta, torch_shape[0], torch_shape[1]);
                 }
                 let device = self.device.clone();
-                param.map(move |w| w + Tensor::from_data(TensorData::new(delta, dims), &device))
+                param.map(move |w| {
+                    // bf16 CPU weights (laid out for AMX) are merged in f32 and laid out again below
+                    let w = if w.dtype() == burn::tensor::DType::BF16 {
+                        w.cast(burn::tensor::DType::F32)
+                    } else {
+                        w
+                    };
+                    w + Tensor::from_data(TensorData::new(delta, dims), &device)
+                })
             }
             Err(e) => {
                 self.error = Some(e);

@@ -252,7 +252,7 @@ impl ClipTextModel {
         let projected = self.text_projection.as_ref().map(|proj| {
             // The last layer on top of the penultimate state, then the final norm and pooling.
             let last = self.layers_from(penultimate.clone(), l.saturating_sub(1));
-            proj.forward(Self::pooled(self.final_norm(last), eos_positions))
+            ops::linear_plain(proj, Self::pooled(self.final_norm(last), eos_positions))
         });
         (penultimate, projected)
     }

@@ -36,7 +36,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
             }
         }
     }
-    conv.forward(x)
+    super::conv_like(conv, &x).forward(x)
 }
 
 /// `conv(x) + add`. x: `[b, cin, h, w]` → `[b, cout, ho, wo]`

@@ -18,7 +18,7 @@ pub fn linear<const D: usize>(lin: &Linear, x: Tensor<D>) -> Tensor<D> {
     {
         return y;
     }
-    lin.forward(x)
+    super::linear_plain(lin, x)
 }
 
 /// `x · W` with the leading dims folded into rows, no bias. x: `[.., in]` → `[rows, out]`
@@ -88,7 +88,7 @@ fn bias_act<const D: usize>(lin: &Linear, x: &Tensor<D>, bias: Tensor<1>, act: A
 pub fn linear_silu(lin: &Linear, x: Tensor<2>) -> Tensor<2> {
     match fusable_bias(lin, &x) {
         Some(bias) => bias_act(lin, &x, bias, Act::Silu),
-        None => burn::tensor::activation::silu(lin.forward(x)),
+        None => burn::tensor::activation::silu(super::linear_plain(lin, x)),
     }
 }
 

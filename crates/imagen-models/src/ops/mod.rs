@@ -41,11 +41,60 @@ pub(crate) type Gpu = kernels::Declines;
 /// Whether [`Gpu`] has kernels (the fused routes are never chosen without them).
 pub const GPU_KERNELS: bool = cfg!(cube_kernels);
 
-/// `module` with every linear weight laid out for the CPU kernels (see [`crate::cpu::pad_rows`]):
-/// the loader calls it, and so must anything that builds modules otherwise (`imagen bench`'s
-/// random weights). A no-op for tensors off the CPU.
+/// `module` with its weights laid out for the CPU kernels: conv and linear weights in bf16 for
+/// the AMX kernels when [`Routes::cpu_bf16`] (see [`crate::cpu::pack_weights_bf16`]), linear
+/// weights padded (see [`crate::cpu::pad_rows`]). The loader calls it, and so must anything that
+/// builds modules otherwise (`imagen bench`'s random weights). A no-op for tensors off the CPU;
+/// weights already laid out are left alone.
 pub fn prepare_weights<M: burn::module::Module>(module: M) -> M {
+    let module = if Routes::current().cpu_bf16 {
+        crate::cpu::pack_weights_bf16(module)
+    } else {
+        module
+    };
     crate::cpu::pad_linear_weights(module)
+}
+
+/// Whether this CPU runs bf16 weights (AMX-BF16 present and granted by the OS).
+pub fn cpu_bf16_available() -> bool {
+    crate::cpu::bf16_available()
+}
+
+/// `w` in `like`'s float type: weights stored narrower than the activations (bf16 CPU weights)
+/// for the burn ops that take both, which require one dtype.
+fn same_dtype<const D: usize, const E: usize>(w: Tensor<D>, like: &Tensor<E>) -> Tensor<D> {
+    if w.dtype() == like.dtype() {
+        w
+    } else {
+        w.cast(like.dtype())
+    }
+}
+
+/// `lin` with its weight in `x`'s float type (a cheap clone when it already is).
+fn linear_like<'a, const D: usize>(lin: &'a burn::nn::Linear, x: &Tensor<D>) -> std::borrow::Cow<'a, burn::nn::Linear> {
+    if lin.weight.val().dtype() == x.dtype() {
+        return std::borrow::Cow::Borrowed(lin);
+    }
+    let mut l = lin.clone();
+    l.weight = burn::module::Param::from_tensor(same_dtype(lin.weight.val(), x));
+    std::borrow::Cow::Owned(l)
+}
+
+/// `conv` with its weight in `x`'s float type (a cheap clone when it already is).
+fn conv_like<'a>(conv: &'a burn::nn::conv::Conv2d, x: &Tensor<4>) -> std::borrow::Cow<'a, burn::nn::conv::Conv2d> {
+    if conv.weight.val().dtype() == x.dtype() {
+        return std::borrow::Cow::Borrowed(conv);
+    }
+    let mut c = conv.clone();
+    c.weight = burn::module::Param::from_tensor(same_dtype(conv.weight.val(), x));
+    std::borrow::Cow::Owned(c)
+}
+
+/// `lin.forward(x)` as burn computes it (bit-identical to the goldens where those use it: the time
+/// embedding, CLIP's projection), its weight cast to `x`'s type when stored narrower.
+/// x: `[.., in]` → `[.., out]`
+pub fn linear_plain<const D: usize>(lin: &burn::nn::Linear, x: Tensor<D>) -> Tensor<D> {
+    linear_like(lin, &x).forward(x)
 }
 
 /// Frees the CPU kernels' scratch buffers (a 512² VAE layer leaves ~0.5 GB there).

@@ -39,6 +39,9 @@ pub enum AttentionRoute {
 pub struct Routes {
     /// imagen's CPU kernels (`IMAGEN_CPU_KERNELS=0`: burn's stock ops, for comparison).
     pub cpu_kernels: bool,
+    /// CPU conv and linear weights in bf16 on AMX tiles, laid out at load
+    /// ([`super::prepare_weights`]): set by `device::open("cpu", "bf16")`, not by the environment.
+    pub cpu_bf16: bool,
     pub winograd: Winograd,
     pub gpu_conv: ConvRoute,
     pub gpu_attention: AttentionRoute,
@@ -61,6 +64,7 @@ impl Default for Routes {
     fn default() -> Self {
         Routes {
             cpu_kernels: true,
+            cpu_bf16: false,
             winograd: Winograd::WherePays,
             gpu_conv: ConvRoute::Im2col,
             gpu_attention: AttentionRoute::Matmul,
@@ -91,6 +95,7 @@ impl Routes {
         let on = |k: &str, default: bool| var(k).map_or(default, |v| v != "0");
         Routes {
             cpu_kernels: on("IMAGEN_CPU_KERNELS", d.cpu_kernels),
+            cpu_bf16: d.cpu_bf16,
             winograd: match var("IMAGEN_CPU_WINOGRAD").as_deref() {
                 Some("0") => Winograd::Off,
                 Some("all") => Winograd::Everywhere,
@@ -179,6 +184,7 @@ mod tests {
         let r = Routes::from_vars(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()));
         let want = Routes {
             cpu_kernels: false,
+            cpu_bf16: false,
             winograd: Winograd::Everywhere,
             gpu_conv: ConvRoute::ImplicitGemm,
             gpu_attention: AttentionRoute::Burn,

@@ -262,7 +262,7 @@ impl UNet2DConditionModel {
             .collect();
         let mut temb = self.sinusoid(&ts, self.time_channels, &device);
         if let (Some(proj), Some(cond)) = (&self.time_embedding.cond_proj, timestep_cond) {
-            temb = temb + proj.forward(cond.clone());
+            temb = temb + ops::linear_plain(proj, cond.clone());
         }
         let time = &self.time_embedding;
         let hidden = ops::linear_silu(&time.linear_1, temb);
@@ -277,8 +277,8 @@ impl UNet2DConditionModel {
                     .reshape([rows, 6 * self.add_time_channels]);
                 // [b, text] ++ [b, 6d] → [b, text + 6d]
                 let x = Tensor::cat(vec![cond.text_embeds.clone(), time_ids], 1);
-                let added = add.linear_2.forward(ops::linear_silu(&add.linear_1, x));
-                silu(time.linear_2.forward(hidden) + added)
+                let added = ops::linear_plain(&add.linear_2, ops::linear_silu(&add.linear_1, x));
+                silu(ops::linear_plain(&time.linear_2, hidden) + added)
             }
             _ => ops::linear_silu(&time.linear_2, hidden),
         };

@@ -1,0 +1,337 @@
+//! bf16 GEMM on AMX tiles (Sapphire Rapids and later), through stable `asm!`.
+//!
+//! `C[m×n] = A[m×k] · B[k×n]` in f32, A and B in bf16. A is row-major (the weights, laid out once
+//! at load); B is VNNI-packed: row `p` of B's storage holds the pairs `(B[2p][j], B[2p+1][j])`
+//! for every column `j`, as one `u32` each. The caller describes B as pair-rows `plane` apart,
+//! and K as `taps` segments of `seg_k` each, every segment reading A's columns at its own offset
+//! and B from its own start (a convolution's kernel taps over a shifted input: no im2col).
+//!
+//! The microkernel holds a 32×32 block of C in four tiles (tmm0–3), two A tiles (tmm4–5, 16
+//! rows × 32 k) and two B tiles (tmm6–7, 16 pair-rows × 16 columns), four `tdpbf16ps` per 32 k.
+
+use std::arch::asm;
+use std::sync::OnceLock;
+
+/// Rows and columns of C one microkernel call computes.
+pub(crate) const BLOCK: usize = 32;
+/// k per tile step.
+pub(crate) const KSTEP: usize = 32;
+
+/// Whether this CPU has AMX-BF16 and the OS let this process use the tile registers. Asked once.
+pub(crate) fn available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| cpu_has_amx_bf16() && request_tile_permission())
+}
+
+fn cpu_has_amx_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // `is_x86_feature_detected!("amx-bf16")` is unstable (rust #126622): CPUID leaf 7,
+        // sub-leaf 0, EDX bit 22 (AMX-BF16) and 24 (AMX-TILE).
+        let max = std::arch::x86_64::__cpuid(0).eax;
+        if max < 7 {
+            return false;
+        }
+        let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+        edx & (1 << 22) != 0 && edx & (1 << 24) != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Linux hands out the tile data state only on request (ARCH_REQ_XCOMP_PERM for
+/// XFEATURE_XTILEDATA), once per process.
+fn request_tile_permission() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a syscall with integer arguments; failure is reported by its return value.
+        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    false
+}
+
+/// f32 → bf16 bits, rounding to nearest even (as PyTorch's and AMX's conversions do); NaN stays NaN.
+#[inline(always)]
+pub(crate) fn bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    // branch-free so that packing loops vectorise
+    if x.is_nan() { ((b >> 16) | 0x40) as u16 } else { rounded }
+}
+
+/// A pair of bf16 values as one VNNI element (`lo` first in memory).
+#[inline(always)]
+pub(crate) fn pair(lo: f32, hi: f32) -> u32 {
+    bf16(lo) as u32 | (bf16(hi) as u32) << 16
+}
+
+/// One GEMM's operands: see the module doc.
+#[derive(Clone, Copy)]
+pub(crate) struct Operands<'a> {
+    /// bf16 bits, `m_pad` rows (a multiple of [`BLOCK`], zeros past the real rows) `lda` apart.
+    pub a: &'a [u16],
+    pub lda: usize,
+    pub m_pad: usize,
+    /// VNNI pairs; pair-row `p` of segment `s` starts at `taps[s].1 + p · plane`.
+    pub b: &'a [u32],
+    pub plane: usize,
+    /// k per segment, a multiple of [`KSTEP`].
+    pub seg_k: usize,
+    /// per segment: (first column of A, first element of B)
+    pub taps: &'a [(usize, usize)],
+}
+
+impl Operands<'_> {
+    /// Every address the microkernel reads for column blocks up to `n_end` is in bounds.
+    fn check(&self, n_end: usize) {
+        assert!(self.m_pad.is_multiple_of(BLOCK) && self.seg_k.is_multiple_of(KSTEP));
+        for &(ac, b0) in self.taps {
+            assert!(ac + self.seg_k <= self.lda);
+            assert!(self.a.len() >= (self.m_pad - 1) * self.lda + ac + self.seg_k);
+            if self.seg_k > 0 {
+                assert!(self.b.len() >= b0 + (self.seg_k / 2 - 1) * self.plane + n_end);
+            }
+        }
+    }
+}
+
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// Every tile 16 rows × 64 bytes.
+const CONFIG: TileConfig = TileConfig {
+    palette: 1,
+    start_row: 0,
+    reserved: [0; 14],
+    colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+};
+
+/// k per pass over a task's column blocks: a 32-row block of A this deep (24 KB) stays in L1
+/// while the passes read B from L2; the C blocks go to memory and back between passes.
+const KC: usize = 384;
+
+/// Computes the 32×32 blocks of C with rows `m_blocks` and columns `n_range` (multiples of
+/// [`BLOCK`]), handing each to `emit(m0, n0, block)`, block row-major 32×32.
+///
+/// Loop order: per segment and per `KC` of it, every (row block, column block) pair, so one A
+/// block is reused from L1 across the column blocks; the partial sums live in a buffer of
+/// `m_blocks × n_range` (keep it within L2).
+///
+/// Panics if AMX is not [`available`] or an operand is too short for the range.
+pub(crate) fn gemm(
+    ops: &Operands,
+    m_blocks: std::ops::Range<usize>,
+    n_range: std::ops::Range<usize>,
+    emit: &mut dyn FnMut(usize, usize, &[f32; BLOCK * BLOCK]),
+) {
+    assert!(available(), "AMX-BF16 is not available");
+    assert!(n_range.start.is_multiple_of(BLOCK) && n_range.end.is_multiple_of(BLOCK));
+    assert!(m_blocks.end * BLOCK <= ops.m_pad);
+    ops.check(n_range.end);
+    let (mb_count, nb_count) = (m_blocks.len(), (n_range.end - n_range.start) / BLOCK);
+    // partial sums: block (mb, nb) at ((mb · nb_count) + nb) · 1024, row-major 32×32
+    thread_local! {
+        // reused: a fresh 128 KB buffer per call is an mmap and its page faults every time
+        static ACC: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let mut acc = ACC.with(|a| std::mem::take(&mut *a.borrow_mut()));
+    acc.resize(mb_count * nb_count * BLOCK * BLOCK, 0.0);
+    let cfg = CONFIG;
+    // SAFETY: AMX is available and this process may use it; the config is 64 bytes, aligned.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack)) };
+    let lda_b = ops.lda * 2;
+    let ldb_b = ops.plane * 4;
+    let mut first = true;
+    for &(ac, b0) in ops.taps {
+        for k0 in (0..ops.seg_k).step_by(KC) {
+            let k1 = (k0 + KC).min(ops.seg_k);
+            for (mi, mb) in m_blocks.clone().enumerate() {
+                let a0 = ops.a[mb * BLOCK * ops.lda + ac..].as_ptr();
+                let a1 = a0.wrapping_add(16 * ops.lda);
+                for ni in 0..nb_count {
+                    let n0 = n_range.start + ni * BLOCK;
+                    let c = acc[(mi * nb_count + ni) * BLOCK * BLOCK..].as_mut_ptr();
+                    let (c0, c1, c2, c3) = (
+                        c,
+                        c.wrapping_add(16),
+                        c.wrapping_add(16 * BLOCK),
+                        c.wrapping_add(16 * BLOCK + 16),
+                    );
+                    // SAFETY: four 16×16 f32 quadrants of this block's 32×32 row-major sums.
+                    unsafe {
+                        if first {
+                            asm!(
+                                "tilezero tmm0",
+                                "tilezero tmm1",
+                                "tilezero tmm2",
+                                "tilezero tmm3",
+                                options(nostack, nomem)
+                            );
+                        } else {
+                            asm!(
+                                "tileloadd tmm0, [{c0} + {s}*1]",
+                                "tileloadd tmm1, [{c1} + {s}*1]",
+                                "tileloadd tmm2, [{c2} + {s}*1]",
+                                "tileloadd tmm3, [{c3} + {s}*1]",
+                                c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3,
+                                s = in(reg) BLOCK * 4,
+                                options(nostack, readonly)
+                            );
+                        }
+                    }
+                    let bb = ops.b[b0 + n0..].as_ptr();
+                    for kk in (k0..k1).step_by(KSTEP) {
+                        let (pa0, pa1) = (a0.wrapping_add(kk), a1.wrapping_add(kk));
+                        let pb0 = bb.wrapping_add(kk / 2 * ops.plane);
+                        let pb1 = pb0.wrapping_add(16);
+                        // SAFETY: `check` bounds every row these tiles read (16 rows of 64 bytes
+                        // from each pointer with its stride).
+                        unsafe {
+                            asm!(
+                                "tileloadd tmm4, [{a0} + {sa}*1]",
+                                "tileloadd tmm6, [{b0} + {sb}*1]",
+                                "tdpbf16ps tmm0, tmm4, tmm6",
+                                "tileloadd tmm7, [{b1} + {sb}*1]",
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                "tileloadd tmm5, [{a1} + {sa}*1]",
+                                "tdpbf16ps tmm2, tmm5, tmm6",
+                                "tdpbf16ps tmm3, tmm5, tmm7",
+                                a0 = in(reg) pa0,
+                                a1 = in(reg) pa1,
+                                b0 = in(reg) pb0,
+                                b1 = in(reg) pb1,
+                                sa = in(reg) lda_b,
+                                sb = in(reg) ldb_b,
+                                options(nostack, readonly)
+                            )
+                        };
+                    }
+                    // SAFETY: as for the loads above.
+                    unsafe {
+                        asm!(
+                            "tilestored [{c0} + {s}*1], tmm0",
+                            "tilestored [{c1} + {s}*1], tmm1",
+                            "tilestored [{c2} + {s}*1], tmm2",
+                            "tilestored [{c3} + {s}*1], tmm3",
+                            c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3,
+                            s = in(reg) BLOCK * 4,
+                            options(nostack)
+                        )
+                    };
+                }
+            }
+            first = false;
+        }
+    }
+    // SAFETY: ends this thread's tile use (cheaper context switches).
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    for (mi, mb) in m_blocks.enumerate() {
+        for ni in 0..nb_count {
+            let blk: &[f32; BLOCK * BLOCK] = acc[(mi * nb_count + ni) * BLOCK * BLOCK..][..BLOCK * BLOCK]
+                .try_into()
+                .expect("a whole block");
+            emit(mb * BLOCK, n_range.start + ni * BLOCK, blk);
+        }
+    }
+    ACC.with(|a| *a.borrow_mut() = acc);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn to_f32(b: u16) -> f32 {
+        f32::from_bits((b as u32) << 16)
+    }
+
+    #[test]
+    fn rounding_matches_half() {
+        for x in [
+            0.0f32,
+            1.0,
+            -1.5,
+            2.5,
+            1e-30,
+            65504.0,
+            f32::MAX,
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+        ] {
+            assert_eq!(bf16(x), half::bf16::from_f32(x).to_bits(), "{x}");
+        }
+        assert!(to_f32(bf16(f32::NAN)).is_nan());
+    }
+
+    /// Two segments with their own A columns and B starts, against the f64 definition on the
+    /// bf16-rounded operands.
+    #[test]
+    fn matches_definition() {
+        if !available() {
+            eprintln!("no AMX-BF16 here: skipped");
+            return;
+        }
+        let (m, m_pad, k, n) = (40, 64, 64, 96);
+        let lda = 2 * k + 8;
+        let av: Vec<f32> = (0..m_pad * lda)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect();
+        let a: Vec<u16> = av.iter().map(|&v| bf16(v)).collect();
+        let plane = n + 40;
+        let bv: Vec<f32> = (0..(2 * k) * plane + 64)
+            .map(|i| ((i * 53 % 89) as f32 - 44.0) / 13.0)
+            .collect();
+        // VNNI: pair-row p holds rows 2p, 2p+1 of the logical [pairs·2 × plane] matrix
+        let rows = bv.len() / plane;
+        let b: Vec<u32> = (0..rows / 2 * plane)
+            .map(|i| {
+                pair(
+                    bv[(i / plane * 2) * plane + i % plane],
+                    bv[(i / plane * 2 + 1) * plane + i % plane],
+                )
+            })
+            .collect();
+        let taps = [(8usize, 0usize), (8 + k, (k / 2) * plane + 3)];
+        let ops = Operands {
+            a: &a,
+            lda,
+            m_pad,
+            b: &b,
+            plane,
+            seg_k: k,
+            taps: &taps,
+        };
+        let mut got = vec![f32::NAN; m_pad * n];
+        gemm(&ops, 0..m_pad / BLOCK, 0..n, &mut |m0, n0, blk| {
+            for i in 0..BLOCK {
+                got[(m0 + i) * n + n0..][..BLOCK].copy_from_slice(&blk[i * BLOCK..][..BLOCK]);
+            }
+        });
+        let bf = |i: usize| to_f32(bf16(bv[i]));
+        for i in 0..m {
+            for j in 0..n {
+                let mut want = 0f64;
+                for (s, &(ac, b0)) in taps.iter().enumerate() {
+                    for kk in 0..k {
+                        let (pr, hi) = (kk / 2, kk % 2);
+                        let idx = b0 + pr * plane + j; // VNNI element index
+                        let (row, col) = (idx / plane * 2 + hi, idx % plane);
+                        let _ = s;
+                        want += to_f32(a[i * lda + ac + kk]) as f64 * bf(row * plane + col) as f64;
+                    }
+                }
+                let g = got[i * n + j] as f64;
+                assert!((g - want).abs() <= 1e-3 * (1.0 + want.abs()), "({i},{j}) {g} vs {want}");
+            }
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! Convolutions and linear layers with bf16 weights, on AMX tiles (`amx.rs`): activations are
+//! rounded to bf16 as they are packed, products accumulate in f32, bias and output stay f32.
+//!
+//! Weights are laid out once, at load ([`pack_conv`], [`pack_linear`]): `[m_pad][taps][cin_p]`
+//! bf16, the output channels (m) padded with zero rows to a multiple of 32 and the input
+//! channels of each tap to a multiple of 32. burn sees the same storage as an ordinary strided
+//! `[cout, cin, kh, kw]` (or `[d_in, d_out]`) tensor, so its own ops still read it.
+//!
+//! A convolution is the shifted GEMM of `conv.rs` in bf16: the input is padded once into
+//! channel-pair planes (`[cin_p/2][plane]` of VNNI pairs), tap `(i, j)` reads them shifted by
+//! `i·wp + j`, and the output is computed on the padded width, the extra columns discarded.
+
+use rayon::prelude::*;
+
+use super::amx::{self, BLOCK, KSTEP, Operands};
+use super::geometry::Conv;
+use super::scratch;
+
+/// The padded sizes of a packed weight: `(m_pad, cin_p)`.
+pub(crate) fn padded(m: usize, cin: usize) -> (usize, usize) {
+    (m.next_multiple_of(BLOCK), cin.next_multiple_of(KSTEP))
+}
+
+/// `[cout, cin, kh, kw]` f32 → `[m_pad][kh·kw][cin_p]` bf16 bits.
+pub(crate) fn pack_conv(w: &[f32], cout: usize, cin: usize, kh: usize, kw: usize) -> Vec<u16> {
+    let (m_pad, cin_p) = padded(cout, cin);
+    let taps = kh * kw;
+    let mut out = vec![0u16; m_pad * taps * cin_p];
+    out.par_chunks_mut(taps * cin_p)
+        .take(cout)
+        .enumerate()
+        .for_each(|(o, row)| {
+            for t in 0..taps {
+                for c in 0..cin {
+                    row[t * cin_p + c] = amx::bf16(w[(o * cin + c) * taps + t]);
+                }
+            }
+        });
+    out
+}
+
+/// `[d_in, d_out]` f32 (burn's linear weight) → `[m_pad][k_p]` bf16 bits (`m` = d_out).
+pub(crate) fn pack_linear(w: &[f32], d_in: usize, d_out: usize) -> Vec<u16> {
+    let (m_pad, k_p) = padded(d_out, d_in);
+    let mut out = vec![0u16; m_pad * k_p];
+    out.par_chunks_mut(k_p).take(d_out).enumerate().for_each(|(o, row)| {
+        for (k, r) in row[..d_in].iter_mut().enumerate() {
+            *r = amx::bf16(w[k * d_out + o]);
+        }
+    });
+    out
+}
+
+/// Output columns (of C) per parallel task: 8 blocks, a 256-wide panel of B that stays in L2
+/// while every row block of A streams past it.
+const N_TASK: usize = 8 * BLOCK;
+/// Row blocks of A per pass over a task's panel: 128 rows × k of the weights (≤ 0.7 MB at
+/// k = 2880) stay in L2 across the panel's 8 column blocks.
+const M_CHUNK: usize = 4;
+
+/// A raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: every task writes a disjoint set of elements (its own columns of C).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// # Safety
+    /// `i` must be inside the allocation (as `pointer::add`).
+    unsafe fn at(&self, i: usize) -> *mut f32 {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// Runs `ops` over C's columns `0..n_end` in parallel tasks; `emit(m0, n0, block)` must only
+/// write elements that belong to that block.
+fn run(ops: &Operands, n_end: usize, emit: &(dyn Fn(usize, usize, &[f32; BLOCK * BLOCK]) + Sync)) {
+    let m_blocks = ops.m_pad / BLOCK;
+    (0..n_end.div_ceil(N_TASK)).into_par_iter().for_each(|t| {
+        let cols = t * N_TASK..((t + 1) * N_TASK).min(n_end);
+        for m0 in (0..m_blocks).step_by(M_CHUNK) {
+            amx::gemm(ops, m0..(m0 + M_CHUNK).min(m_blocks), cols.clone(), &mut |m, n, blk| {
+                emit(m, n, blk)
+            });
+        }
+    });
+}
+
+/// The output size of `c` with `stride`.
+pub(crate) fn strided_hw(c: &Conv, stride: usize) -> (usize, usize) {
+    let (ho, wo) = c.out_hw();
+    ((ho - 1) / stride + 1, (wo - 1) / stride + 1)
+}
+
+/// x: `[batch, cin, h, w]`, weight packed by [`pack_conv`], bias `[cout]` →
+/// `[batch, cout, ho, wo]` ([`strided_hw`]). A stride above 1 (the downsamplers: three per UNet)
+/// computes the stride-1 output and keeps every `stride`-th row and column.
+pub(crate) fn conv2d(c: Conv, stride: usize, x: &[f32], weight: &[u16], bias: Option<&[f32]>) -> Vec<f32> {
+    let (m_pad, cin_p) = padded(c.cout, c.cin);
+    let taps = c.kh * c.kw;
+    assert_eq!(x.len(), c.batch * c.cin * c.h * c.w);
+    assert_eq!(weight.len(), m_pad * taps * cin_p);
+    assert!(stride >= 1);
+    let (hp, wp) = c.padded_hw();
+    let (ho1, wo1) = c.out_hw();
+    let (ho, wo) = strided_hw(&c, stride);
+    let n_end = (ho1 * wp).next_multiple_of(BLOCK);
+    // the last block's last tap reads (kh − 1)·wp + kw − 1 past its column
+    let plane = (n_end + (c.kh - 1) * wp + c.kw - 1).max(hp * wp).next_multiple_of(16);
+    let pairs = cin_p / 2;
+    let tap_offsets: Vec<(usize, usize)> = (0..taps).map(|t| (t * cin_p, (t / c.kw) * wp + t % c.kw)).collect();
+    let mut out = scratch::output(c.batch * c.cout * ho * wo);
+    let mut xp = take_pairs(pairs * plane);
+    let [pt, pl, _, _] = c.pad;
+    for bi in 0..c.batch {
+        let xb = &x[bi * c.cin * c.h * c.w..][..c.cin * c.h * c.w];
+        // every element written (borders and tail zero): the buffer is reused uncleared
+        xp.par_chunks_mut(plane).enumerate().for_each(|(p, dst)| {
+            let zeros = vec![0f32; c.w];
+            let chan = |ch: usize, y: usize| {
+                if ch < c.cin {
+                    &xb[(ch * c.h + y) * c.w..][..c.w]
+                } else {
+                    &zeros[..]
+                }
+            };
+            dst[..pt * wp + pl].fill(0);
+            for y in 0..c.h {
+                let row = &mut dst[(y + pt) * wp + pl..][..wp];
+                for ((d, lo), hi) in row.iter_mut().zip(chan(2 * p, y)).zip(chan(2 * p + 1, y)) {
+                    *d = amx::pair(*lo, *hi);
+                }
+                row[c.w..].fill(0); // right border, then the next row's left border
+            }
+            dst[(c.h + pt) * wp + pl..].fill(0);
+        });
+        let ops = Operands {
+            a: weight,
+            lda: taps * cin_p,
+            m_pad,
+            b: &xp,
+            plane,
+            seg_k: cin_p,
+            taps: &tap_offsets,
+        };
+        let dst = Out(out[bi * c.cout * ho * wo..].as_mut_ptr());
+        run(&ops, n_end, &|m0, n0, blk| {
+            // the block's columns as runs of one output row: (first column, output offset, length)
+            let mut runs = [(0usize, 0usize, 0usize); BLOCK];
+            let mut count = 0;
+            let mut j = 0;
+            while j < BLOCK {
+                let n = n0 + j;
+                let (y, x) = (n / wp, n % wp);
+                if stride > 1 {
+                    // single columns: every stride-th of every stride-th row
+                    if y % stride == 0 && x % stride == 0 && y < ho1 && x < wo1 {
+                        runs[count] = (j, (y / stride) * wo + x / stride, 1);
+                        count += 1;
+                    }
+                    j += 1;
+                    continue;
+                }
+                let len = (wp - x).min(BLOCK - j);
+                if y < ho && x < wo {
+                    runs[count] = (j, y * wo + x, len.min(wo - x));
+                    count += 1;
+                }
+                j += len;
+            }
+            for i in 0..BLOCK.min(c.cout.saturating_sub(m0)) {
+                let b = bias.map_or(0.0, |b| b[m0 + i]);
+                let src = &blk[i * BLOCK..][..BLOCK];
+                for &(j, off, len) in &runs[..count] {
+                    // SAFETY: (m0 + i, oy, ox..ox + len) is inside this image's output (len stops
+                    // at wo), and only the task that owns these columns writes them.
+                    let d = unsafe { std::slice::from_raw_parts_mut(dst.at((m0 + i) * ho * wo + off), len) };
+                    for (d, s) in d.iter_mut().zip(&src[j..j + len]) {
+                        *d = s + b;
+                    }
+                }
+            }
+        });
+    }
+    give_pairs(xp);
+    out
+}
+
+thread_local! {
+    static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The calling thread's packed-input buffer, at least `len` long (contents unspecified). Reused:
+/// a fresh one per call is megabytes of page faults.
+fn take_pairs(len: usize) -> Vec<u32> {
+    let mut v = PAIRS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    if v.len() < len {
+        v.resize(len, 0);
+    }
+    v.truncate(len);
+    v
+}
+
+fn give_pairs(v: Vec<u32>) {
+    PAIRS.with(|b| *b.borrow_mut() = v);
+}
+
+/// Frees the calling thread's packed-input buffer (with the other scratch buffers).
+pub(crate) fn release() {
+    PAIRS.with(|b| *b.borrow_mut() = Vec::new());
+}
+
+/// Rows of x per task of the linear layer's transposing pack (a divisor of [`BLOCK`]).
+const ROWS_PER_PACK: usize = 32;
+
+#[derive(Clone, Copy)]
+struct Pairs(*mut u32);
+// SAFETY: tasks write disjoint columns (see the caller).
+unsafe impl Send for Pairs {}
+unsafe impl Sync for Pairs {}
+
+impl Pairs {
+    /// # Safety
+    /// `i` must be inside the allocation (as `pointer::add`).
+    unsafe fn at(&self, i: usize) -> *mut u32 {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// x: `[rows, d_in]`, weight packed by [`pack_linear`], bias `[d_out]` → `[rows, d_out]`.
+pub(crate) fn linear(
+    x: &[f32],
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+    weight: &[u16],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let (m_pad, k_p) = padded(d_out, d_in);
+    assert_eq!(x.len(), rows * d_in);
+    assert_eq!(weight.len(), m_pad * k_p);
+    let n_end = rows.next_multiple_of(BLOCK);
+    let plane = n_end;
+    // B = xᵀ in pairs: pair-row p, column r = (x[r][2p], x[r][2p + 1])
+    let pairs = k_p / 2;
+    let mut xp = take_pairs(pairs * plane);
+    // a blocked transpose: 64 rows of x (≤ 80 KB at d_in = 320) stay in cache while they are
+    // spread over every pair-row; tasks own disjoint columns of xp
+    let xp_out = Pairs(xp.as_mut_ptr());
+    (0..plane / ROWS_PER_PACK).into_par_iter().for_each(|blk| {
+        let r0 = blk * ROWS_PER_PACK;
+        let mut pairs_of_row = [0u32; ROWS_PER_PACK];
+        for p in 0..pairs {
+            for (i, d) in pairs_of_row.iter_mut().enumerate() {
+                let r = r0 + i;
+                *d = if r < rows && 2 * p < d_in {
+                    let row = &x[r * d_in..][..d_in];
+                    amx::pair(row[2 * p], if 2 * p + 1 < d_in { row[2 * p + 1] } else { 0.0 })
+                } else {
+                    0
+                };
+            }
+            // SAFETY: columns r0..r0 + ROWS_PER_PACK of pair-row p, inside xp; only this task
+            // writes these columns.
+            let dst = unsafe { std::slice::from_raw_parts_mut(xp_out.at(p * plane + r0), ROWS_PER_PACK) };
+            dst.copy_from_slice(&pairs_of_row);
+        }
+    });
+    let ops = Operands {
+        a: weight,
+        lda: k_p,
+        m_pad,
+        b: &xp,
+        plane,
+        seg_k: k_p,
+        taps: &[(0, 0)],
+    };
+    let mut out = scratch::output(rows * d_out);
+    let dst = Out(out.as_mut_ptr());
+    run(&ops, n_end, &|m0, n0, blk| {
+        let ms = BLOCK.min(d_out.saturating_sub(m0));
+        for j in 0..BLOCK.min(rows.saturating_sub(n0)) {
+            for i in 0..ms {
+                let b = bias.map_or(0.0, |b| b[m0 + i]);
+                // SAFETY: row n0 + j < rows, column m0 + i < d_out; only this task owns row n0 + j.
+                unsafe { *dst.at((n0 + j) * d_out + m0 + i) = blk[i * BLOCK + j] + b };
+            }
+        }
+    });
+    give_pairs(xp);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::conv::tests::{data, naive};
+    use super::*;
+
+    fn round(v: &[f32]) -> Vec<f32> {
+        v.iter().map(|&x| f32::from_bits((amx::bf16(x) as u32) << 16)).collect()
+    }
+
+    /// Against the f32 definition on bf16-rounded operands (what the tiles multiply).
+    #[test]
+    fn conv_matches_definition() {
+        if !amx::available() {
+            eprintln!("no AMX-BF16 here: skipped");
+            return;
+        }
+        for (batch, cin, cout, h, w, k, pad) in [
+            (2, 4, 40, 9, 7, 3, [1, 1, 1, 1]),
+            (1, 64, 32, 8, 8, 3, [1, 1, 1, 1]),
+            (2, 33, 3, 5, 11, 1, [0; 4]),
+            (1, 8, 70, 6, 6, 3, [0, 1, 2, 0]),
+        ] {
+            let c = Conv {
+                batch,
+                cin,
+                cout,
+                h,
+                w,
+                kh: k,
+                kw: k,
+                pad,
+            };
+            let x = data(batch * cin * h * w, 1);
+            let wt = data(cout * cin * k * k, 2);
+            let bias = data(cout, 3);
+            let want = naive(c, &round(&x), &round(&wt), Some(&bias));
+            let packed = pack_conv(&wt, cout, cin, k, k);
+            let got = conv2d(c, 1, &x, &packed, Some(&bias));
+            // stride 2: every other row and column of the stride-1 result
+            let (ho1, wo1) = c.out_hw();
+            let (ho, wo) = strided_hw(&c, 2);
+            let got2 = conv2d(c, 2, &x, &packed, Some(&bias));
+            for (i, g) in got2.iter().enumerate() {
+                let (bo, y, xx) = (i / (ho * wo), i / wo % ho, i % wo);
+                assert_eq!(*g, got[(bo * ho1 + 2 * y) * wo1 + 2 * xx], "{c:?} stride 2 [{i}]");
+            }
+            assert_eq!(got.len(), want.len());
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-4 * (1.0 + w.abs()) * cin as f32,
+                    "{c:?} [{i}] {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn linear_matches_definition() {
+        if !amx::available() {
+            eprintln!("no AMX-BF16 here: skipped");
+            return;
+        }
+        for (rows, d_in, d_out) in [(77, 48, 40), (5, 320, 96), (130, 33, 33)] {
+            let x = data(rows * d_in, 4);
+            let w = data(d_in * d_out, 5);
+            let bias = data(d_out, 6);
+            let (xr, wr) = (round(&x), round(&w));
+            let got = linear(&x, rows, d_in, d_out, &pack_linear(&w, d_in, d_out), Some(&bias));
+            for r in 0..rows {
+                for o in 0..d_out {
+                    let want = bias[o] + (0..d_in).map(|k| xr[r * d_in + k] * wr[k * d_out + o]).sum::<f32>();
+                    let g = got[r * d_out + o];
+                    assert!(
+                        (g - want).abs() <= 1e-4 * (1.0 + want.abs()) * d_in as f32,
+                        "{r},{o}: {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// Not a test: `cargo test --release --workspace --lib -- --ignored lowp_timing --nocapture`.
+    #[test]
+    #[ignore]
+    fn lowp_timing() {
+        if !amx::available() {
+            return;
+        }
+        let (cin, cout, hw) = (320usize, 320usize, 64usize);
+        let c = Conv {
+            batch: 1,
+            cin,
+            cout,
+            h: hw,
+            w: hw,
+            kh: 3,
+            kw: 3,
+            pad: [1; 4],
+        };
+        let x: Vec<f32> = (0..cin * hw * hw).map(|i| (i % 7) as f32).collect();
+        let w = pack_conv(&vec![0.5; cout * cin * 9], cout, cin, 3, 3);
+        let (_, cin_p) = padded(cout, cin);
+        let wp = hw + 2;
+        let n_end = (hw * wp).next_multiple_of(BLOCK);
+        let plane = (n_end + 2 * wp + 2).next_multiple_of(16);
+        let xp = vec![0u32; cin_p / 2 * plane];
+        let taps: Vec<(usize, usize)> = (0..9).map(|t| (t * cin_p, (t / 3) * wp + t % 3)).collect();
+        let ops = Operands {
+            a: &w,
+            lda: 9 * cin_p,
+            m_pad: 320,
+            b: &xp,
+            plane,
+            seg_k: cin_p,
+            taps: &taps,
+        };
+        let flop = 2.0 * (cout * cin * 9 * hw * hw) as f64;
+        let (mut full, mut g, mut one) = (1f64, 1f64, 1f64);
+        for _ in 0..20 {
+            let t = std::time::Instant::now();
+            let _ = conv2d(c, 1, &x, &w, None);
+            full = full.min(t.elapsed().as_secs_f64());
+            let t = std::time::Instant::now();
+            run(&ops, n_end, &|_, _, _| {});
+            g = g.min(t.elapsed().as_secs_f64());
+            let t = std::time::Instant::now();
+            let mut blk = 0;
+            amx::gemm(&ops, 0..4, 0..8 * BLOCK, &mut |_, _, _| blk += 1);
+            one = one.min(t.elapsed().as_secs_f64() * (10.0 / 4.0) * (n_end as f64 / 256.0));
+        }
+        {
+            eprintln!(
+                "full {:.2} ms ({:.0} GF/s), gemm only {:.2} ms ({:.0} GF/s), one thread {:.2} ms ({:.0} GF/s)",
+                full * 1e3,
+                flop / full / 1e9,
+                g * 1e3,
+                flop / g / 1e9,
+                one * 1e3,
+                flop / one / 1e9
+            );
+        }
+    }
+}
