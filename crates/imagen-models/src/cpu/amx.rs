@@ -62,6 +62,24 @@ pub(crate) fn bf16(x: f32) -> u16 {
     if x.is_nan() { ((b >> 16) | 0x40) as u16 } else { rounded }
 }
 
+super::simd::multiversion! {
+    /// `dst[i] = bf16(src[i])`, vectorised for the CPU at hand (the crate's baseline is SSE2).
+    pub(crate) fn round_into(dst: &mut [u16], src: &[f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = bf16(*s);
+        }
+    }
+}
+
+super::simd::multiversion! {
+    /// `dst[i] = pair(lo[i], hi[i])`, vectorised as [`round_into`].
+    pub(crate) fn pairs_into(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
+        for ((d, l), h) in dst.iter_mut().zip(lo).zip(hi) {
+            *d = pair(*l, *h);
+        }
+    }
+}
+
 /// A pair of bf16 values as one VNNI element (`lo` first in memory).
 #[inline(always)]
 pub(crate) fn pair(lo: f32, hi: f32) -> u32 {
@@ -123,10 +141,6 @@ const KC: usize = 384;
 /// Computes the 32×32 blocks of C with rows `m_blocks` and columns `n_range` (multiples of
 /// [`BLOCK`]), handing each to `emit(m0, n0, block)`, block row-major 32×32.
 ///
-/// Loop order: per segment and per `KC` of it, every (row block, column block) pair, so one A
-/// block is reused from L1 across the column blocks; the partial sums live in a buffer of
-/// `m_blocks × n_range` (keep it within L2).
-///
 /// Panics if AMX is not [`available`] or an operand is too short for the range.
 pub(crate) fn gemm(
     ops: &Operands,
@@ -134,23 +148,71 @@ pub(crate) fn gemm(
     n_range: std::ops::Range<usize>,
     emit: &mut dyn FnMut(usize, usize, &[f32; BLOCK * BLOCK]),
 ) {
-    assert!(available(), "AMX-BF16 is not available");
-    assert!(n_range.start.is_multiple_of(BLOCK) && n_range.end.is_multiple_of(BLOCK));
-    assert!(m_blocks.end * BLOCK <= ops.m_pad);
-    ops.check(n_range.end);
-    let (mb_count, nb_count) = (m_blocks.len(), (n_range.end - n_range.start) / BLOCK);
-    // partial sums: block (mb, nb) at ((mb · nb_count) + nb) · 1024, row-major 32×32
     thread_local! {
         // reused: a fresh 128 KB buffer per call is an mmap and its page faults every time
         static ACC: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    let (mb_count, nb_count) = (m_blocks.len(), n_range.len() / BLOCK);
     let mut acc = ACC.with(|a| std::mem::take(&mut *a.borrow_mut()));
     acc.resize(mb_count * nb_count * BLOCK * BLOCK, 0.0);
+    // block (mi, ni) of the sums at (mi · nb_count + ni) · 1024: row stride 32, block-major
+    gemm_into(ops, m_blocks.clone(), n_range.clone(), &mut acc, Layout::Blocks);
+    let mut blk = [0f32; BLOCK * BLOCK];
+    for (mi, mb) in m_blocks.enumerate() {
+        for ni in 0..nb_count {
+            blk.copy_from_slice(&acc[(mi * nb_count + ni) * BLOCK * BLOCK..][..BLOCK * BLOCK]);
+            emit(mb * BLOCK, n_range.start + ni * BLOCK, &blk);
+        }
+    }
+    ACC.with(|a| *a.borrow_mut() = acc);
+}
+
+/// Where [`gemm_into`] keeps the sums.
+#[derive(Clone, Copy)]
+pub(crate) enum Layout {
+    /// one 32×32 row-major block after another, column blocks innermost
+    Blocks,
+    /// a row-major `[m_blocks·32, n_range.len()]` matrix with this row stride (≥ the width)
+    Rows(usize),
+}
+
+/// C for rows `m_blocks` and columns `n_range` straight into `c` (its first element is
+/// `(m_blocks.start·32, n_range.start)`), laid out as `layout` says.
+///
+/// Loop order: per segment and per `KC` of it, every (row block, column block) pair, so one A
+/// block is reused from L1 across the column blocks; the partial sums go to `c` and back
+/// between passes (keep it within L2).
+///
+/// Panics if AMX is not [`available`], an operand is too short for the range or `c` too small.
+pub(crate) fn gemm_into(
+    ops: &Operands,
+    m_blocks: std::ops::Range<usize>,
+    n_range: std::ops::Range<usize>,
+    c: &mut [f32],
+    layout: Layout,
+) {
+    assert!(available(), "AMX-BF16 is not available");
+    assert!(n_range.start.is_multiple_of(BLOCK) && n_range.end.is_multiple_of(BLOCK));
+    assert!(m_blocks.end * BLOCK <= ops.m_pad);
+    ops.check(n_range.end);
+    let (mb_count, nb_count) = (m_blocks.len(), n_range.len() / BLOCK);
+    // (offset of block (mi, ni), row stride) in elements
+    let (ldc, at): (usize, Box<dyn Fn(usize, usize) -> usize>) = match layout {
+        Layout::Blocks => (BLOCK, Box::new(move |mi, ni| (mi * nb_count + ni) * BLOCK * BLOCK)),
+        Layout::Rows(ld) => {
+            assert!(ld >= n_range.len());
+            (ld, Box::new(move |mi, ni| mi * BLOCK * ld + ni * BLOCK))
+        }
+    };
+    if mb_count > 0 && nb_count > 0 {
+        assert!(c.len() >= at(mb_count - 1, nb_count - 1) + (BLOCK - 1) * ldc + BLOCK);
+    }
     let cfg = CONFIG;
     // SAFETY: AMX is available and this process may use it; the config is 64 bytes, aligned.
     unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack)) };
     let lda_b = ops.lda * 2;
     let ldb_b = ops.plane * 4;
+    let ldc_b = ldc * 4;
     let mut first = true;
     for &(ac, b0) in ops.taps {
         for k0 in (0..ops.seg_k).step_by(KC) {
@@ -160,14 +222,14 @@ pub(crate) fn gemm(
                 let a1 = a0.wrapping_add(16 * ops.lda);
                 for ni in 0..nb_count {
                     let n0 = n_range.start + ni * BLOCK;
-                    let c = acc[(mi * nb_count + ni) * BLOCK * BLOCK..].as_mut_ptr();
+                    let cp = c[at(mi, ni)..].as_mut_ptr();
                     let (c0, c1, c2, c3) = (
-                        c,
-                        c.wrapping_add(16),
-                        c.wrapping_add(16 * BLOCK),
-                        c.wrapping_add(16 * BLOCK + 16),
+                        cp,
+                        cp.wrapping_add(16),
+                        cp.wrapping_add(16 * ldc),
+                        cp.wrapping_add(16 * ldc + 16),
                     );
-                    // SAFETY: four 16×16 f32 quadrants of this block's 32×32 row-major sums.
+                    // SAFETY: four 16×16 f32 quadrants of this block of `c` (bounded above).
                     unsafe {
                         if first {
                             asm!(
@@ -184,7 +246,7 @@ pub(crate) fn gemm(
                                 "tileloadd tmm2, [{c2} + {s}*1]",
                                 "tileloadd tmm3, [{c3} + {s}*1]",
                                 c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3,
-                                s = in(reg) BLOCK * 4,
+                                s = in(reg) ldc_b,
                                 options(nostack, readonly)
                             );
                         }
@@ -224,7 +286,7 @@ pub(crate) fn gemm(
                             "tilestored [{c2} + {s}*1], tmm2",
                             "tilestored [{c3} + {s}*1], tmm3",
                             c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3,
-                            s = in(reg) BLOCK * 4,
+                            s = in(reg) ldc_b,
                             options(nostack)
                         )
                     };
@@ -235,15 +297,6 @@ pub(crate) fn gemm(
     }
     // SAFETY: ends this thread's tile use (cheaper context switches).
     unsafe { asm!("tilerelease", options(nostack, nomem)) };
-    for (mi, mb) in m_blocks.enumerate() {
-        for ni in 0..nb_count {
-            let blk: &[f32; BLOCK * BLOCK] = acc[(mi * nb_count + ni) * BLOCK * BLOCK..][..BLOCK * BLOCK]
-                .try_into()
-                .expect("a whole block");
-            emit(mb * BLOCK, n_range.start + ni * BLOCK, blk);
-        }
-    }
-    ACC.with(|a| *a.borrow_mut() = acc);
 }
 
 #[cfg(test)]

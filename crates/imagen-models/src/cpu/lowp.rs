@@ -39,16 +39,9 @@ pub(crate) fn pack_conv(w: &[f32], cout: usize, cin: usize, kh: usize, kw: usize
     out
 }
 
-/// `[d_in, d_out]` f32 (burn's linear weight) → `[m_pad][k_p]` bf16 bits (`m` = d_out).
-pub(crate) fn pack_linear(w: &[f32], d_in: usize, d_out: usize) -> Vec<u16> {
-    let (m_pad, k_p) = padded(d_out, d_in);
-    let mut out = vec![0u16; m_pad * k_p];
-    out.par_chunks_mut(k_p).take(d_out).enumerate().for_each(|(o, row)| {
-        for (k, r) in row[..d_in].iter_mut().enumerate() {
-            *r = amx::bf16(w[k * d_out + o]);
-        }
-    });
-    out
+/// `[d_in, d_out]` f32 (burn's linear weight) → the same layout in bf16 bits.
+pub(crate) fn pack_linear(w: &[f32]) -> Vec<u16> {
+    w.par_iter().map(|&v| amx::bf16(v)).collect()
 }
 
 /// Output columns (of C) per parallel task: 8 blocks, a 256-wide panel of B that stays in L2
@@ -74,17 +67,16 @@ impl Out {
     }
 }
 
-/// Runs `ops` over C's columns `0..n_end` in parallel tasks; `emit(m0, n0, block)` must only
-/// write elements that belong to that block.
+/// Runs `ops` over C's columns `0..n_end` in parallel tasks, one per (column chunk, row
+/// chunk); `emit(m0, n0, block)` must only write elements that belong to that block.
 fn run(ops: &Operands, n_end: usize, emit: &(dyn Fn(usize, usize, &[f32; BLOCK * BLOCK]) + Sync)) {
     let m_blocks = ops.m_pad / BLOCK;
-    (0..n_end.div_ceil(N_TASK)).into_par_iter().for_each(|t| {
-        let cols = t * N_TASK..((t + 1) * N_TASK).min(n_end);
-        for m0 in (0..m_blocks).step_by(M_CHUNK) {
-            amx::gemm(ops, m0..(m0 + M_CHUNK).min(m_blocks), cols.clone(), &mut |m, n, blk| {
-                emit(m, n, blk)
-            });
-        }
+    let m_chunks = m_blocks.div_ceil(M_CHUNK);
+    (0..n_end.div_ceil(N_TASK) * m_chunks).into_par_iter().for_each(|t| {
+        let (nc, mc) = (t / m_chunks, t % m_chunks);
+        let cols = nc * N_TASK..((nc + 1) * N_TASK).min(n_end);
+        let rows = mc * M_CHUNK..((mc + 1) * M_CHUNK).min(m_blocks);
+        amx::gemm(ops, rows, cols, &mut |m, n, blk| emit(m, n, blk));
     });
 }
 
@@ -129,9 +121,7 @@ pub(crate) fn conv2d(c: Conv, stride: usize, x: &[f32], weight: &[u16], bias: Op
             dst[..pt * wp + pl].fill(0);
             for y in 0..c.h {
                 let row = &mut dst[(y + pt) * wp + pl..][..wp];
-                for ((d, lo), hi) in row.iter_mut().zip(chan(2 * p, y)).zip(chan(2 * p + 1, y)) {
-                    *d = amx::pair(*lo, *hi);
-                }
+                amx::pairs_into(&mut row[..c.w], chan(2 * p, y), chan(2 * p + 1, y));
                 row[c.w..].fill(0); // right border, then the next row's left border
             }
             dst[(c.h + pt) * wp + pl..].fill(0);
@@ -212,25 +202,9 @@ pub(crate) fn release() {
     PAIRS.with(|b| *b.borrow_mut() = Vec::new());
 }
 
-/// Rows of x per task of the linear layer's transposing pack (a divisor of [`BLOCK`]).
-const ROWS_PER_PACK: usize = 32;
-
-#[derive(Clone, Copy)]
-struct Pairs(*mut u32);
-// SAFETY: tasks write disjoint columns (see the caller).
-unsafe impl Send for Pairs {}
-unsafe impl Sync for Pairs {}
-
-impl Pairs {
-    /// # Safety
-    /// `i` must be inside the allocation (as `pointer::add`).
-    unsafe fn at(&self, i: usize) -> *mut u32 {
-        // SAFETY: forwarded to the caller.
-        unsafe { self.0.add(i) }
-    }
-}
-
-/// x: `[rows, d_in]`, weight packed by [`pack_linear`], bias `[d_out]` → `[rows, d_out]`.
+/// x: `[rows, d_in]`, weight `[d_in, d_out]` in bf16 bits ([`pack_linear`]), bias `[d_out]` →
+/// `[rows, d_out]`. x (rounded to bf16) is A, row-major as it is; the weight is B, its row pairs
+/// interleaved per call (O(d_in·d_out), against the GEMM's O(rows·d_in·d_out)).
 pub(crate) fn linear(
     x: &[f32],
     rows: usize,
@@ -239,58 +213,55 @@ pub(crate) fn linear(
     weight: &[u16],
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    let (m_pad, k_p) = padded(d_out, d_in);
     assert_eq!(x.len(), rows * d_in);
-    assert_eq!(weight.len(), m_pad * k_p);
-    let n_end = rows.next_multiple_of(BLOCK);
-    let plane = n_end;
-    // B = xᵀ in pairs: pair-row p, column r = (x[r][2p], x[r][2p + 1])
-    let pairs = k_p / 2;
-    let mut xp = take_pairs(pairs * plane);
-    // a blocked transpose: 64 rows of x (≤ 80 KB at d_in = 320) stay in cache while they are
-    // spread over every pair-row; tasks own disjoint columns of xp
-    let xp_out = Pairs(xp.as_mut_ptr());
-    (0..plane / ROWS_PER_PACK).into_par_iter().for_each(|blk| {
-        let r0 = blk * ROWS_PER_PACK;
-        let mut pairs_of_row = [0u32; ROWS_PER_PACK];
-        for p in 0..pairs {
-            for (i, d) in pairs_of_row.iter_mut().enumerate() {
-                let r = r0 + i;
-                *d = if r < rows && 2 * p < d_in {
-                    let row = &x[r * d_in..][..d_in];
-                    amx::pair(row[2 * p], if 2 * p + 1 < d_in { row[2 * p + 1] } else { 0.0 })
-                } else {
-                    0
-                };
+    assert_eq!(weight.len(), d_in * d_out);
+    let (m_pad, k_p) = padded(rows, d_in);
+    let n_pad = d_out.next_multiple_of(BLOCK);
+    let a: Vec<u16> = {
+        let mut a = vec![0u16; m_pad * k_p];
+        a.par_chunks_mut(k_p)
+            .zip(x.par_chunks(d_in))
+            .for_each(|(dst, src)| amx::round_into(&mut dst[..d_in], src));
+        a
+    };
+    let mut b = take_pairs(k_p / 2 * n_pad);
+    b.par_chunks_mut(n_pad).enumerate().for_each(|(p, dst)| {
+        let row = |k: usize| (k < d_in).then(|| &weight[k * d_out..][..d_out]);
+        match (row(2 * p), row(2 * p + 1)) {
+            (Some(lo), hi) => {
+                for (n, d) in dst[..d_out].iter_mut().enumerate() {
+                    *d = lo[n] as u32 | (hi.map_or(0, |h| h[n]) as u32) << 16;
+                }
+                dst[d_out..].fill(0);
             }
-            // SAFETY: columns r0..r0 + ROWS_PER_PACK of pair-row p, inside xp; only this task
-            // writes these columns.
-            let dst = unsafe { std::slice::from_raw_parts_mut(xp_out.at(p * plane + r0), ROWS_PER_PACK) };
-            dst.copy_from_slice(&pairs_of_row);
+            (None, _) => dst.fill(0),
         }
     });
     let ops = Operands {
-        a: weight,
+        a: &a,
         lda: k_p,
         m_pad,
-        b: &xp,
-        plane,
+        b: &b,
+        plane: n_pad,
         seg_k: k_p,
         taps: &[(0, 0)],
     };
     let mut out = scratch::output(rows * d_out);
     let dst = Out(out.as_mut_ptr());
-    run(&ops, n_end, &|m0, n0, blk| {
-        let ms = BLOCK.min(d_out.saturating_sub(m0));
-        for j in 0..BLOCK.min(rows.saturating_sub(n0)) {
-            for i in 0..ms {
-                let b = bias.map_or(0.0, |b| b[m0 + i]);
-                // SAFETY: row n0 + j < rows, column m0 + i < d_out; only this task owns row n0 + j.
-                unsafe { *dst.at((n0 + j) * d_out + m0 + i) = blk[i * BLOCK + j] + b };
+    run(&ops, n_pad, &|m0, n0, blk| {
+        let cols = BLOCK.min(d_out.saturating_sub(n0));
+        let bias = bias.map(|b| &b[n0..n0 + cols]);
+        for i in 0..BLOCK.min(rows.saturating_sub(m0)) {
+            // SAFETY: row m0 + i < rows, columns n0..n0 + cols < d_out; only this task writes them.
+            let d = unsafe { std::slice::from_raw_parts_mut(dst.at((m0 + i) * d_out + n0), cols) };
+            let src = &blk[i * BLOCK..][..cols];
+            match bias {
+                Some(bias) => d.iter_mut().zip(src).zip(bias).for_each(|((d, s), b)| *d = s + b),
+                None => d.copy_from_slice(src),
             }
         }
     });
-    give_pairs(xp);
+    give_pairs(b);
     out
 }
 
@@ -361,7 +332,7 @@ mod tests {
             let w = data(d_in * d_out, 5);
             let bias = data(d_out, 6);
             let (xr, wr) = (round(&x), round(&w));
-            let got = linear(&x, rows, d_in, d_out, &pack_linear(&w, d_in, d_out), Some(&bias));
+            let got = linear(&x, rows, d_in, d_out, &pack_linear(&w), Some(&bias));
             for r in 0..rows {
                 for o in 0..d_out {
                     let want = bias[o] + (0..d_in).map(|k| xr[r * d_in + k] * wr[k * d_out + o]).sum::<f32>();

@@ -11,6 +11,7 @@
 
 mod amx;
 mod attention;
+mod attention_amx;
 mod conv;
 mod conv_avx512;
 mod elementwise;
@@ -125,7 +126,8 @@ fn conv2d_bf16(conv: &Conv2d, x: &Tensor<4>, weight: &Tensor<4>, pad: [usize; 4]
 }
 
 /// The storage of a weight laid out by [`pack_weights_bf16`] (`[m_pad][taps][cin_p]` under a
-/// strided `[cout, cin, kh, kw]` or `[d_in, d_out]` view), checked against that layout.
+/// strided `[cout, cin, kh, kw]` view; a linear weight contiguous `[d_in, d_out]`, passed as
+/// `(d_in, d_out)`), checked against that layout.
 fn packed<const D: usize>(t: &Tensor<D>, (m_pad, cin_p): (usize, usize), taps: usize) -> Option<FlexTensor> {
     if !amx::available() {
         return None;
@@ -139,7 +141,7 @@ fn packed<const D: usize>(t: &Tensor<D>, (m_pad, cin_p): (usize, usize), taps: u
             (t.dims()[3] * cin_p) as isize,
             cin_p as isize,
         ],
-        2 => &[1, cin_p as isize],
+        2 => &[cin_p as isize, 1],
         _ => return None,
     };
     let len = p.storage::<half::bf16>().len();
@@ -210,13 +212,11 @@ fn pack_bf16<const D: usize>(t: Tensor<D>) -> Option<Tensor<D>> {
             .permute(&[0, 3, 1, 2])
         }
         2 => {
-            let [d_in, d_out] = [dims[0], dims[1]];
-            let (m_pad, k_p) = lowp::padded(d_out, d_in);
-            let bits = lowp::pack_linear(slice(&p), d_in, d_out);
-            FlexTensor::from_data(TensorData::new(bits.reinterpret_into::<half::bf16>(), [m_pad, k_p]))
-                .narrow(0, 0, d_out)
-                .narrow(1, 0, d_in)
-                .transpose(0, 1)
+            let bits = lowp::pack_linear(slice(&p));
+            FlexTensor::from_data(TensorData::new(
+                bits.reinterpret_into::<half::bf16>(),
+                [dims[0], dims[1]],
+            ))
         }
         _ => return None,
     };
@@ -245,7 +245,15 @@ pub fn group_norm(norm: &GroupNorm, x: &Tensor<4>, silu: bool) -> Option<Tensor<
 
 /// Scaled-dot-product attention over interleaved heads.
 /// q: `[b, n, h·d]`, k/v: `[b, m, h·d]` → `[b, n, h·d]`; `None` when the kernels don't apply.
-pub fn attention(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usize, causal: bool) -> Option<Tensor<3>> {
+/// With `bf16` (and AMX present) the products run in bf16 on AMX tiles, statistics in f32.
+pub fn attention(
+    q: &Tensor<3>,
+    k: &Tensor<3>,
+    v: &Tensor<3>,
+    heads: usize,
+    causal: bool,
+    bf16: bool,
+) -> Option<Tensor<3>> {
     let (qs, ks, vs) = (host(q)?, host(k)?, host(v)?);
     let [batch, n, inner] = q.dims();
     let m = k.dims()[1];
@@ -258,7 +266,13 @@ pub fn attention(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usize, caus
         causal,
     };
     let _t = profile::Timer::new(profile::Op::Attention);
-    let out = attention::attention(a, slice(&qs), slice(&ks), slice(&vs));
+    // bf16 only where the products dominate: self-attention over image positions. With few
+    // keys (CLIP's 77, cross-attention) f32 costs little, and bf16 probabilities cost CLIP accuracy.
+    let out = if bf16 && m >= 256 && amx::available() {
+        attention_amx::attention(a, slice(&qs), slice(&ks), slice(&vs))
+    } else {
+        attention::attention(a, slice(&qs), slice(&ks), slice(&vs))
+    };
     Some(tensor(out, [batch, n, inner]))
 }
 
@@ -269,7 +283,7 @@ pub fn linear<const D: usize>(lin: &Linear, x: &Tensor<D>) -> Option<Tensor<D>> 
     if weight.dtype() == DType::BF16 {
         let (xs, bias) = (host(x)?, host_param(&lin.bias)?);
         let [d_in, d_out] = weight.dims();
-        let ws = packed(&weight, lowp::padded(d_out, d_in), 1)?;
+        let ws = packed(&weight, (d_in, d_out), 1)?;
         let mut shape = x.dims();
         let rows = shape[..D - 1].iter().product();
         let _t = profile::Timer::new(profile::Op::Linear);

@@ -17,7 +17,7 @@ use crate::cpu;
 pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, causal: bool) -> Tensor<3> {
     let r = Routes::current();
     if r.cpu_kernels
-        && let Some(out) = cpu::attention(&q, &k, &v, heads, causal)
+        && let Some(out) = cpu::attention(&q, &k, &v, heads, causal, r.cpu_bf16)
     {
         return out;
     }
