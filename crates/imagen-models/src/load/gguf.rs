@@ -43,6 +43,24 @@ pub enum GgmlType {
 }
 
 impl GgmlType {
+    /// The name users know the type by (`q8_0`, `q4_k`, `f16`, ...).
+    pub fn name(self) -> &'static str {
+        use GgmlType::*;
+        match self {
+            F32 => "f32",
+            F16 => "f16",
+            BF16 => "bf16",
+            Q4_0 => "q4_0",
+            Q4_1 => "q4_1",
+            Q5_0 => "q5_0",
+            Q5_1 => "q5_1",
+            Q8_0 => "q8_0",
+            Q4K => "q4_k",
+            Q5K => "q5_k",
+            Q6K => "q6_k",
+        }
+    }
+
     fn from_id(id: u32) -> Option<Self> {
         use GgmlType::*;
         Some(match id {
@@ -99,6 +117,7 @@ pub struct GgufFile {
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: Vec<TensorInfo>,
+    by_name: std::collections::HashMap<String, usize>,
 }
 
 /// A little-endian reader over the header.
@@ -185,12 +204,14 @@ impl GgufFile {
             message: format!("{}: {message}", path.display()),
         };
         let (version, metadata, tensors) = Self::parse(&map).map_err(bad)?;
+        let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         Ok(GgufFile {
             path: path.to_owned(),
             map,
             version,
             metadata,
             tensors,
+            by_name,
         })
     }
 
@@ -256,7 +277,21 @@ impl GgufFile {
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensors.iter().find(|t| t.name == name)
+        self.tensors.get(*self.by_name.get(name)?)
+    }
+
+    /// Whether a file starts with GGUF's magic.
+    pub fn sniff(path: &Path) -> bool {
+        use std::io::Read;
+        let mut magic = [0u8; 4];
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
+            && &magic == b"GGUF"
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The tensor's values in f32 (its shape is [`TensorInfo::shape`]).

@@ -13,6 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensors, TensorInfo};
 
+use super::gguf::GgufFile;
 use crate::error::{Error, Result};
 
 /// One memory-mapped `.safetensors` file with its parsed header.
@@ -59,25 +60,59 @@ impl MappedFile {
     }
 }
 
-/// All tensors of one component (one file, or the shards listed by an `*.index.json`).
+/// All tensors of one component (one file, or the shards listed by an `*.index.json`): safetensors
+/// or GGUF files (told apart by GGUF's magic).
 pub struct Weights {
     files: Vec<MappedFile>,
-    index: HashMap<String, usize>,
+    ggufs: Vec<GgufFile>,
+    /// key → (GGUF?, index into `files` or `ggufs`)
+    index: HashMap<String, (bool, usize)>,
 }
 
 impl Weights {
-    /// Open safetensors files; a key present in several files resolves to the first.
+    /// Open safetensors or GGUF files; a key present in several files resolves to the first.
     pub fn open(paths: &[PathBuf]) -> Result<Self> {
-        let mut files = Vec::with_capacity(paths.len());
+        let (mut files, mut ggufs) = (Vec::new(), Vec::new());
         let mut index = HashMap::new();
-        for (i, p) in paths.iter().enumerate() {
-            let f = MappedFile::open(p)?;
-            for k in f.tensors.keys() {
-                index.entry(k.clone()).or_insert(i);
+        for p in paths {
+            if GgufFile::sniff(p) {
+                let g = GgufFile::open(p)?;
+                for t in &g.tensors {
+                    index.entry(t.name.clone()).or_insert((true, ggufs.len()));
+                }
+                ggufs.push(g);
+            } else {
+                let f = MappedFile::open(p)?;
+                for k in f.tensors.keys() {
+                    index.entry(k.clone()).or_insert((false, files.len()));
+                }
+                files.push(f);
             }
-            files.push(f);
         }
-        Ok(Weights { files, index })
+        Ok(Weights { files, ggufs, index })
+    }
+
+    /// The storage types of the tensors whose keys start with `prefix`, by name (`f32`, `f16`,
+    /// `bf16`, `f8_e4m3`, `q8_0`, ...), each once, sorted.
+    pub fn formats(&self, prefix: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .index
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, &(gguf, i))| {
+                if gguf {
+                    self.ggufs[i].tensor(k).map_or("?", |t| t.kind.name()).to_owned()
+                } else {
+                    self.files[i]
+                        .tensors
+                        .get(k)
+                        .map_or("?".to_owned(), |t| dtype_name(t.dtype))
+                }
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Open a diffusers component's weights: `<stem>[.<variant>].safetensors` or its sharded
@@ -121,18 +156,24 @@ impl Weights {
     }
 
     pub fn shape(&self, key: &str) -> Option<&[usize]> {
-        let f = &self.files[*self.index.get(key)?];
-        f.tensors.get(key).map(|t| t.shape.as_slice())
+        match *self.index.get(key)? {
+            (true, i) => self.ggufs[i].tensor(key).map(|t| t.shape.as_slice()),
+            (false, i) => self.files[i].tensors.get(key).map(|t| t.shape.as_slice()),
+        }
     }
 
-    /// The tensor's values converted to f32, in the file's (row-major) order.
+    /// The tensor's values converted to f32, in the file's (row-major) order; block-quantized
+    /// GGUF tensors dequantised as `gguf.quants` does.
     pub fn read_f32(&self, component: &'static str, key: &str) -> Result<Vec<f32>> {
-        let Some(&fi) = self.index.get(key) else {
+        let Some(&(gguf, fi)) = self.index.get(key) else {
             return Err(Error::MissingTensor {
                 component,
                 key: key.to_owned(),
             });
         };
+        if gguf {
+            return self.ggufs[fi].f32_values(key);
+        }
         let f = &self.files[fi];
         let info = &f.tensors[key];
         let (start, end) = info.data_offsets;
@@ -164,6 +205,12 @@ impl Weights {
                 .chunks_exact(2)
                 .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
+            Dtype::F8_E4M3 => bytes.iter().map(|&b| f8_e4m3fn(b)).collect(),
+            // E5M2 is the upper byte of an f16
+            Dtype::F8_E5M2 => bytes
+                .iter()
+                .map(|&b| half::f16::from_bits((b as u16) << 8).to_f32())
+                .collect(),
             Dtype::F64 => bytes
                 .chunks_exact(8)
                 .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
@@ -178,6 +225,31 @@ impl Weights {
         };
         f.release(f.data_start + start, end - start);
         Ok(out)
+    }
+}
+
+/// An fp8 E4M3FN value (1 sign, 4 exponent bits with bias 7, 3 mantissa bits; no infinities,
+/// `S.1111.111` is NaN), as PyTorch's `float8_e4m3fn` and the fp8 checkpoints use it.
+pub fn f8_e4m3fn(b: u8) -> f32 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let (e, m) = ((b >> 3) & 0xf, b & 0x7);
+    if e == 0xf && m == 0x7 {
+        return f32::NAN;
+    }
+    let v = if e == 0 {
+        m as f32 / 8.0 * 2f32.powi(-6)
+    } else {
+        (1.0 + m as f32 / 8.0) * 2f32.powi(e as i32 - 7)
+    };
+    sign * v
+}
+
+/// safetensors' dtype by the names [`Weights::formats`] uses.
+fn dtype_name(d: Dtype) -> String {
+    match d {
+        Dtype::F8_E4M3 => "f8_e4m3".into(),
+        Dtype::F8_E5M2 => "f8_e5m2".into(),
+        other => format!("{other:?}").to_lowercase(),
     }
 }
 
@@ -403,5 +475,31 @@ mod tests {
         assert_eq!(strip_unit_dims(&[4, 8, 1, 1]), &[4, 8]);
         assert_eq!(strip_unit_dims(&[1]), &[1]);
         assert_ne!(strip_unit_dims(&[4, 8, 3, 3]), strip_unit_dims(&[4, 8]));
+    }
+}
+
+#[cfg(test)]
+mod fp8_tests {
+    use super::*;
+
+    /// Every fp8 bit pattern decodes as PyTorch decodes it (`tools/reference/make_fp8_fixture.py`).
+    #[test]
+    fn fp8_matches_pytorch() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/quants");
+        let w = Weights::open(&[dir.join("fp8.safetensors")]).expect("open");
+        let text = std::fs::read_to_string(dir.join("fp8.json")).expect("json");
+        let want: HashMap<String, Vec<serde_json::Value>> = serde_json::from_str(&text).expect("parse");
+        assert_eq!(w.formats(""), ["f8_e4m3", "f8_e5m2"]);
+        for (key, values) in want {
+            let got = w.read_f32("test", &key).expect("read");
+            assert_eq!(got.len(), 256);
+            for (i, (g, v)) in got.iter().zip(&values).enumerate() {
+                match v {
+                    serde_json::Value::Null => assert!(g.is_nan(), "{key}[{i}] {g}"),
+                    serde_json::Value::String(s) => assert_eq!(*g, s.parse::<f32>().expect("inf"), "{key}[{i}]"),
+                    n => assert_eq!(*g as f64, n.as_f64().expect("number"), "{key}[{i}]"),
+                }
+            }
+        }
     }
 }
