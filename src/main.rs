@@ -50,7 +50,9 @@ enum Command {
 #[derive(clap::Args)]
 struct GenerateArgs {
     /// The diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/),
-    /// or a single-file SD 1.x / 2.x / XL checkpoint (.safetensors, LDM/SGM layout) with --config.
+    /// or a single-file SD 1.x / 2.x / XL checkpoint with --config: .safetensors (LDM/SGM layout,
+    /// f32/f16/bf16/fp8) or .gguf (stable-diffusion.cpp's whole checkpoint, or ComfyUI-GGUF's UNet
+    /// alone with the rest from --config; Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K/F16/BF16).
     #[arg(long)]
     model: PathBuf,
     /// For a single-file --model: a diffusers folder of the same architecture whose configs,

@@ -128,13 +128,25 @@ fn image_to_image_variations_and_formats() {
             "single-v",
             "single-xl",
             "tiny-sd15",
+            "tiny-sd15-q8",
             "tiny-sd2",
             "tiny-sdxl",
             "kohya",
             "peft"
         ]
     );
-    assert_eq!(list["data"][6]["object"], "lora");
+    assert_eq!(list["data"][7]["object"], "lora");
+    // Each model's weight formats, from its files' headers; a GGUF file generates.
+    assert_eq!(list["data"][3]["weight_formats"]["unet"], json!(["f32"]));
+    let q8 = &list["data"][4];
+    assert_eq!(q8["format"], "gguf");
+    assert_eq!(q8["weight_formats"]["unet"], json!(["f16", "f32", "q8_0"]));
+    let r = s.post(
+        "/v1/text-to-image",
+        &key,
+        &json!({"prompt": PROMPT, "model": "tiny-sd15-q8", "steps": 2, "seed": 5}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(
         (list["data"][2]["family"].as_str(), list["data"][2]["format"].as_str()),
         (Some("sdxl"), Some("single-file"))

@@ -71,6 +71,13 @@ impl Env {
             r#"{"config": "tiny-sd15", "prediction_type": "v_prediction"}"#,
         )
         .expect("sidecar");
+        // A GGUF checkpoint (stable-diffusion.cpp's layout, Q8_0 blocks), served the same way.
+        std::fs::copy(
+            fixture("single-file/tiny-sd15-q8_0.gguf"),
+            models.join("tiny-sd15-q8.gguf"),
+        )
+        .expect("gguf");
+        std::fs::write(models.join("tiny-sd15-q8.json"), r#"{"config": "tiny-sd15"}"#).expect("sidecar");
         let data = tmp.path().join("data");
         let config = (!toml.is_empty()).then(|| {
             let p = tmp.path().join("imagen.toml");

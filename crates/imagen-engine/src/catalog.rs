@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use imagen_models::DiffusersFolder;
+use imagen_models::load::gguf::GgufFile;
 use imagen_models::load::lora::LoraFile;
+use imagen_models::load::single_file;
+use imagen_models::load::weights::Weights;
 use serde::Serialize;
 
 use crate::error::Result;
@@ -23,7 +26,7 @@ pub struct ModelInfo {
     /// The sidecar's `prediction_type`, overriding the config folder's scheduler.
     #[serde(skip)]
     pub prediction_override: Option<String>,
-    /// `diffusers` (a folder) or `single-file`.
+    /// `diffusers` (a folder), `single-file` (safetensors) or `gguf`.
     pub format: String,
     /// `sd15` (OpenAI CLIP text encoder, quick-GELU), `sd21` (OpenCLIP text encoder, GELU,
     /// v-prediction), `sd21-base` (OpenCLIP, ε-prediction), `sdxl` (two text encoders).
@@ -34,6 +37,10 @@ pub struct ModelInfo {
     pub default_scheduler: String,
     pub default_steps: usize,
     pub default_guidance_scale: f64,
+    /// How each network's weights are stored, from the files' headers: `{"unet": ["f32",
+    /// "q8_0"], "vae": ["f16"], ...}` (`f32`, `f16`, `bf16`, `f8_e4m3`, `f8_e5m2`, and GGUF's
+    /// block types `q8_0`, `q4_0`, `q4_k`, ...).
+    pub weight_formats: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl ModelInfo {
@@ -74,6 +81,7 @@ impl ModelInfo {
             default_scheduler: kind.name().into(),
             default_steps: steps,
             default_guidance_scale: guidance,
+            weight_formats: owned(folder.weight_formats()),
         })
     }
 }
@@ -88,7 +96,8 @@ pub struct LoraInfo {
     pub base_family: String,
 }
 
-/// A single-file checkpoint `ID.safetensors` with its sidecar `ID.json`:
+/// A single-file checkpoint `ID.safetensors` or `ID.gguf` (a whole checkpoint, or a UNet alone)
+/// with its sidecar `ID.json`:
 /// `{"config": "<model id in this directory, or a path>", "prediction_type": "v_prediction"?}`:
 /// the diffusers folder of the same architecture whose configs, tokenizer and scheduler it uses,
 /// and optionally the prediction type when it differs from that folder's.
@@ -121,8 +130,19 @@ fn single_file(dir: &Path, file: &Path, id: &str) -> std::result::Result<ModelIn
         info.prediction_type = p.to_owned();
         info.prediction_override = Some(p.to_owned());
     }
-    info.format = "single-file".into();
+    let weights = Weights::open(&[file.to_owned()]).map_err(|e| e.to_string())?;
+    let mut formats = owned(single_file::weight_formats(&weights));
+    if single_file::unet_only(&weights) {
+        // the other networks come from the config folder
+        formats = info.weight_formats.clone().into_iter().chain(formats).collect();
+    }
+    info.weight_formats = formats;
+    info.format = if GgufFile::sniff(file) { "gguf" } else { "single-file" }.into();
     Ok(info)
+}
+
+fn owned(m: std::collections::BTreeMap<&'static str, Vec<String>>) -> std::collections::BTreeMap<String, Vec<String>> {
+    m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
 /// A models directory's contents.
@@ -147,10 +167,15 @@ pub fn scan(dir: &Path) -> std::io::Result<Scan> {
     }
     for path in files
         .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors" || e == "gguf"))
     {
         let id = path.file_stem().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
-        match LoraFile::probe(path) {
+        let probe = if path.extension().is_some_and(|e| e == "gguf") {
+            None
+        } else {
+            LoraFile::probe(path)
+        };
+        match probe {
             Some(xl) => loras.push(LoraInfo {
                 id,
                 path: path.clone(),

@@ -107,6 +107,19 @@ impl DiffusersFolder {
         Weights::open_component(&self.root.join(component), stem, &variants)
     }
 
+    /// How each network's weights are stored (`unet` → `["f16"]`, ...): from the files' headers.
+    pub fn weight_formats(&self) -> std::collections::BTreeMap<&'static str, Vec<String>> {
+        [
+            ("unet", "diffusion_pytorch_model"),
+            ("vae", "diffusion_pytorch_model"),
+            ("text_encoder", "model"),
+            ("text_encoder_2", "model"),
+        ]
+        .into_iter()
+        .filter_map(|(component, stem)| Some((component, self.weights(component, stem).ok()?.formats(""))))
+        .collect()
+    }
+
     pub fn tokenizer(&self) -> Result<ClipTokenizer> {
         ClipTokenizer::from_dir(&self.root.join("tokenizer"))
     }
@@ -187,6 +200,9 @@ pub struct StableDiffusion {
     /// Overrides the scheduler config's `prediction_type` (a single file converted from a
     /// v-prediction model, with a config folder that says epsilon).
     pub prediction_type: Option<String>,
+    /// How each network's weights are stored in the files they were read from (`unet`,
+    /// `text_encoder`, `text_encoder_2`, `vae` → `["f16", "q8_0"]`, ...), for reporting.
+    pub weight_formats: std::collections::BTreeMap<&'static str, Vec<String>>,
 }
 
 impl StableDiffusion {
@@ -202,6 +218,7 @@ impl StableDiffusion {
         } else {
             None
         };
+        let weight_formats = folder.weight_formats();
         Ok(StableDiffusion {
             tokenizer: folder.tokenizer()?,
             text_encoder: folder.load_text_encoder(device)?,
@@ -212,6 +229,7 @@ impl StableDiffusion {
             vae_config,
             folder,
             prediction_type: None,
+            weight_formats,
         })
     }
 
@@ -219,9 +237,27 @@ impl StableDiffusion {
     /// configs, tokenizer and scheduler of `config`, a diffusers folder of the same architecture
     /// (its weights are not read). SD 1.x, 2.x (OpenCLIP text tower) and SDXL (SGM
     /// `conditioner.embedders`) files; the architecture is read from the keys and must match.
+    ///
+    /// The file may be safetensors or GGUF (stable-diffusion.cpp's and ComfyUI-GGUF's: the same
+    /// names, block-quantized tensors dequantised as they are read). A UNet-only file (the
+    /// UNet's keys without `model.diffusion_model.`, as ComfyUI-GGUF ships them) takes the text
+    /// encoders and VAE from `config`'s own weights.
     pub fn load_single_file(file: &Path, config: &Path, device: &Device) -> Result<Self> {
         let folder = DiffusersFolder::open(config)?;
         let weights = Weights::open(&[file.to_owned()])?;
+        if single_file::unet_only(&weights) {
+            let mut sd = Self::load_without_unet(folder, device)?;
+            let c = &sd.unet_config;
+            let keys = |p: &str| -> Vec<String> {
+                unet_2d::checkpoint_keys(p)
+                    .iter()
+                    .map(|k| single_file::unet_key(k, c))
+                    .collect()
+            };
+            sd.unet = load_module(sd.unet_config.init(device), &weights, "unet", &keys, device)?;
+            sd.weight_formats.extend(single_file::weight_formats(&weights));
+            return Ok(sd);
+        }
         let arch = single_file::detect(&weights)?;
         let te_config = folder.text_encoder_config()?;
         let folder_arch = match (folder.is_xl(), te_config.hidden_act.as_str()) {
@@ -301,6 +337,36 @@ impl StableDiffusion {
             vae_config,
             folder,
             prediction_type: None,
+            weight_formats: single_file::weight_formats(&weights),
+        })
+    }
+
+    /// [`Self::load`] with the UNet left as its config's lazily initialised module (its random
+    /// initialisers never run unless it is used): for a UNet read from elsewhere.
+    fn load_without_unet(folder: DiffusersFolder, device: &Device) -> Result<Self> {
+        let (unet_config, vae_config) = (folder.unet_config()?, folder.vae_config()?);
+        let text_encoder_2 = if folder.is_xl() {
+            let c = folder.clip_config("text_encoder_2")?;
+            Some((
+                ClipTokenizer::from_dir(&folder.root.join("tokenizer_2"))?,
+                folder.load_clip("text_encoder_2", &c, device)?,
+            ))
+        } else {
+            None
+        };
+        let mut weight_formats = folder.weight_formats();
+        weight_formats.remove("unet");
+        Ok(StableDiffusion {
+            tokenizer: folder.tokenizer()?,
+            text_encoder: folder.load_text_encoder(device)?,
+            text_encoder_2,
+            unet: unet_config.init(device),
+            vae: folder.load_vae_with(&vae_config, device)?,
+            unet_config,
+            vae_config,
+            folder,
+            prediction_type: None,
+            weight_formats,
         })
     }
 

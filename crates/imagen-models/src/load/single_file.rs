@@ -19,6 +19,38 @@ pub enum Arch {
     Sdxl,
 }
 
+/// A UNet alone under its LDM names without `model.diffusion_model.` (ComfyUI-GGUF's UNet files).
+pub fn unet_only(weights: &Weights) -> bool {
+    let has = |p: &str| weights.keys().any(|k| k.starts_with(p));
+    has("input_blocks.") && has("out.") && !has("model.diffusion_model.")
+}
+
+/// How each network's weights are stored in a single file (by its key prefixes; a UNet-only
+/// file: `unet` alone).
+pub fn weight_formats(weights: &Weights) -> std::collections::BTreeMap<&'static str, Vec<String>> {
+    if unet_only(weights) {
+        return [("unet", weights.formats(""))].into_iter().collect();
+    }
+    let sdxl = weights.keys().any(|k| k.starts_with("conditioner.embedders.1."));
+    [
+        ("unet", "model.diffusion_model."),
+        ("vae", "first_stage_model."),
+        (
+            "text_encoder",
+            if sdxl {
+                "conditioner.embedders.0."
+            } else {
+                "cond_stage_model."
+            },
+        ),
+        ("text_encoder_2", "conditioner.embedders.1."),
+    ]
+    .into_iter()
+    .map(|(c, prefix)| (c, weights.formats(prefix)))
+    .filter(|(_, f)| !f.is_empty())
+    .collect()
+}
+
 pub fn detect(weights: &Weights) -> Result<Arch> {
     let has = |p: &str| weights.keys().any(|k| k.starts_with(p));
     if !has("model.diffusion_model.") {
