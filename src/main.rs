@@ -1,7 +1,9 @@
 //! `imagen`: the command line. `generate` makes images; `inspect` checks a model folder;
-//! `serve` runs the HTTP API; `keys` manages its API keys.
+//! `serve` runs the HTTP API; `keys` manages its API keys; `bench` times components;
+//! `quantize` writes GGUF.
 
 mod bench;
+mod quantize;
 mod serve;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +47,8 @@ enum Command {
     Keys(serve::KeysCommand),
     /// Time one component of a full-size architecture with random weights (GFLOP/s, peak RSS).
     Bench(Box<bench::BenchArgs>),
+    /// Write a checkpoint as GGUF with block-quantized weights (Q8_0, Q5_1, Q5_0, Q4_1, Q4_0).
+    Quantize(Box<quantize::QuantizeArgs>),
 }
 
 #[derive(clap::Args)]
@@ -154,6 +158,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve::serve(*args),
         Command::Keys(cmd) => serve::keys(cmd),
         Command::Bench(args) => bench::run(*args),
+        Command::Quantize(args) => quantize::run(*args),
         Command::Inspect { model, backend } => {
             let device = device::by_name(&backend)?;
             let t = Instant::now();

@@ -326,3 +326,69 @@ fn taesd_decodes_instead_of_the_vae() {
         "a different decoder ran"
     );
 }
+
+/// `imagen quantize` writes what the `gguf` package writes for the same checkpoint and rule
+/// (`tools/reference/make_gguf_pipeline_fixture.py`): every tensor's name, shape, type and bytes.
+#[test]
+fn quantize_writes_what_the_gguf_package_writes() {
+    use imagen_models::load::gguf::GgufFile;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = fixture("single-file/tiny-sd15.safetensors");
+    for (kind, unet_only, reference) in [
+        ("q8_0", false, "single-file/tiny-sd15-q8_0.gguf"),
+        ("q4_0", true, "single-file/tiny-sd15-unet-q4_0.gguf"),
+    ] {
+        let out = tmp.path().join(format!("{kind}.gguf"));
+        let mut args = vec![
+            "quantize",
+            src.to_str().expect("path"),
+            "--type",
+            kind,
+            "--out",
+            out.to_str().expect("path"),
+        ];
+        if unet_only {
+            args.push("--unet-only");
+        }
+        let o = imagen(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let (got, want) = (
+            GgufFile::open(&out).expect("ours"),
+            GgufFile::open(&fixture(reference)).expect("gguf's"),
+        );
+        assert_eq!(got.tensors.len(), want.tensors.len(), "{kind}");
+        for t in &want.tensors {
+            let g = got.tensor(&t.name).unwrap_or_else(|| panic!("{kind}: no `{}`", t.name));
+            assert_eq!((&g.shape, g.kind), (&t.shape, t.kind), "{kind}: `{}`", t.name);
+            assert!(
+                got.raw(&t.name) == want.raw(&t.name),
+                "{kind}: `{}` bytes differ",
+                t.name
+            );
+        }
+    }
+    // unknown types and non-checkpoints are one-line errors
+    let o = imagen(&[
+        "quantize",
+        src.to_str().expect("path"),
+        "--type",
+        "q3_k",
+        "--out",
+        "/dev/null",
+    ]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("q8_0"));
+    let not_sd = fixture("golden/quants/fp8.safetensors");
+    let o = imagen(&[
+        "quantize",
+        not_sd.to_str().expect("path"),
+        "--type",
+        "q8_0",
+        "--out",
+        "/dev/null",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("not a single-file") && !err.contains("panicked"),
+        "{err}"
+    );
+}

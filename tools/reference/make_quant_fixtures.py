@@ -5,7 +5,7 @@ the reference imagen's `load::quants` must match bit for bit. Run by hand:
 
 Writes tests/fixtures/golden/quants/NAME.blocks (the raw blocks) and NAME.f32 (little-endian f32
 values) per type: random bytes with every f16 scale field set to a finite random value (random
-bytes there could be NaN or infinity), 3 blocks each.
+bytes there could be NaN or infinity), 3 blocks each. And `quantize_fixtures` below.
 """
 
 from pathlib import Path
@@ -38,5 +38,23 @@ def main():
         print(t.name, values.size, float(np.abs(values).max()))
 
 
+
+def quantize_fixtures():
+    """`gguf.quants.quantize` of one f32 input (8 blocks: random scales, a zero block, a block with
+    one outlier, ties at .5) per type imagen's `imagen quantize` writes: quantize_input.f32 and
+    NAME.quantized."""
+    from gguf.quants import quantize
+
+    rng = np.random.default_rng(19)
+    x = rng.normal(0, 1, size=(8, 32)).astype(np.float32) * rng.uniform(0.001, 3, size=(8, 1)).astype(np.float32)
+    x[2] = 0
+    x[3, 7] = 40.0
+    x[4] = np.arange(32, dtype=np.float32) / 2 - 8
+    (OUT / "quantize_input.f32").write_bytes(x.astype("<f4").tobytes())
+    for t in [T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1]:
+        (OUT / f"{t.name.lower()}.quantized").write_bytes(quantize(x, t).tobytes())
+
+
 if __name__ == "__main__":
     main()
+    quantize_fixtures()

@@ -61,6 +61,32 @@ impl GgmlType {
         }
     }
 
+    /// The type's id in GGUF files.
+    pub fn id(self) -> u32 {
+        use GgmlType::*;
+        match self {
+            F32 => 0,
+            F16 => 1,
+            Q4_0 => 2,
+            Q4_1 => 3,
+            Q5_0 => 6,
+            Q5_1 => 7,
+            Q8_0 => 8,
+            Q4K => 12,
+            Q5K => 13,
+            Q6K => 14,
+            BF16 => 30,
+        }
+    }
+
+    /// By [`name`](Self::name).
+    pub fn from_name(name: &str) -> Option<Self> {
+        use GgmlType::*;
+        [F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4K, Q5K, Q6K]
+            .into_iter()
+            .find(|t| t.name() == name)
+    }
+
     fn from_id(id: u32) -> Option<Self> {
         use GgmlType::*;
         Some(match id {
@@ -80,7 +106,8 @@ impl GgmlType {
     }
 
     /// (values per block, bytes per block)
-    fn block(self) -> (usize, usize) {
+    /// (values per block, bytes per block); 1 value per "block" for the float types.
+    pub fn block(self) -> (usize, usize) {
         fn of<T: BlockType>() -> (usize, usize) {
             (T::BLOCK, T::BYTES)
         }
@@ -278,6 +305,11 @@ impl GgufFile {
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.get(*self.by_name.get(name)?)
+    }
+
+    /// The tensor's stored bytes (blocks as they are in the file).
+    pub fn raw(&self, name: &str) -> Option<&[u8]> {
+        self.tensor(name).map(|t| &self.map[t.range.clone()])
     }
 
     /// Whether a file starts with GGUF's magic.

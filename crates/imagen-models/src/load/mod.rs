@@ -10,6 +10,7 @@ pub mod config;
 pub mod folder;
 pub mod gguf;
 pub mod lora;
+pub mod quantize;
 pub mod quants;
 pub mod single_file;
 pub mod tokenizer;
