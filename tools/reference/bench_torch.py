@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch side of the SD 1.5 benchmark (`benches/sd15.rs` is the Rust side): the full-size UNet at
 64x64 latents, batch 2, and the VAE decode of 64x64 latents to 512x512, random weights, fp32, CPU.
+`--component X --dtype bf16 --error`: the model in bf16 (as `imagen bench --dtype bf16`), timed, and
+its max relative error against the same weights and inputs in fp32.
 
     .venv/bin/python tools/reference/bench_torch.py [--runs 3] [--threads 2] [--only unet|vae-decode|sdxl-unet]
 
@@ -82,7 +84,8 @@ def component_bench(a):
 
     c = a.channels or 320  # default: the UNet's first level (all three archs)
 
-    dtype = {"fp32": torch.float32, "fp16": torch.float16}[a.dtype]
+    dtype = {"fp32": torch.float32, "f32": torch.float32, "fp16": torch.float16, "f16": torch.float16,
+             "bf16": torch.bfloat16}[a.dtype]
 
     def build(device):
         with torch.device(device):
@@ -104,18 +107,22 @@ def component_bench(a):
                 m[k] = [t.to(dtype) for t in v] if isinstance(v, list) else v.to(dtype)
             return m
 
-    def work(m, device):
-        lat = torch.randn(b, 4, l, l, device=device, dtype=dtype)
-        ctx = torch.randn(b, 77, ctx_dim, device=device, dtype=dtype)
+    def work(m, device, dtype=dtype):
+        # drawn in f32 and cast: the same values (up to rounding) whatever the dtype
+        def randn(*shape):
+            return torch.randn(*shape, device=device).to(dtype)
+
+        lat = randn(b, 4, l, l)
+        ctx = randn(b, 77, ctx_dim)
         ids = torch.randint(0, 49407, (b, 77), device=device)
         t = torch.tensor([981.0] * b, device=device)
-        added = {"text_embeds": torch.randn(b, 1280, device=device, dtype=dtype),
+        added = {"text_embeds": randn(b, 1280),
                  "time_ids": torch.tensor([[l * 8.0, l * 8.0, 0, 0, l * 8.0, l * 8.0]] * b, device=device,
                                           dtype=dtype)}
         kw = {"added_cond_kwargs": added} if xl else {}
 
-        img = torch.randn(b, c, l, l, device=device, dtype=dtype)
-        seq = torch.randn(b, l * l, c, device=device, dtype=dtype)  # a projection's output: contiguous
+        img = randn(b, c, l, l)
+        seq = randn(b, l * l, c)  # a projection's output: contiguous
 
         def run():
             if a.component == "conv":
@@ -149,13 +156,25 @@ def component_bench(a):
         gflop = counter.get_total_flops() / 1e9
         cuda = a.device == "cuda"
         sync = torch.cuda.synchronize if cuda else (lambda: None)
-        med, runs = bench(work(build(a.device), a.device), a.runs, sync)
+        models = build(a.device)
+        run = work(models, a.device)
+        med, runs = bench(run, a.runs, sync)
+        error = None
+        if a.error:
+            torch.manual_seed(1)
+            out = work(models, a.device)()
+            for k, v in models.items():
+                models[k] = [t.float() for t in v] if isinstance(v, list) else v.float()
+            torch.manual_seed(1)
+            ref = work(models, a.device, torch.float32)()
+            out, ref = (x[0] if isinstance(x, list) else x for x in (out, ref))
+            error = ((out.float() - ref).abs().max() / ref.abs().max()).item()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     where = torch.cuda.get_device_name() if cuda else f"cpu-{a.threads}t"
     extra = {"peak_device_bytes": torch.cuda.max_memory_allocated()} if cuda else {}
     print(json.dumps({"tool": f"torch-{torch.__version__}-{where}", "arch": a.arch, "component": a.component,
                       "dtype": a.dtype, "median_s": med, "runs_s": runs, "gflop": gflop, "gflop_per_s": gflop / med,
-                      "peak_rss_bytes": rss, **extra}))
+                      "peak_rss_bytes": rss, **extra, **({"rel_error_vs_fp32": error} if a.error else {})}))
 
 
 def main():
@@ -170,7 +189,9 @@ def main():
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--channels", type=int, help="channels of the single-op components (default 320)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--dtype", default="fp32", help="fp32 or fp16")
+    ap.add_argument("--dtype", default="fp32", help="fp32, fp16 or bf16 (the model and its inputs cast)")
+    ap.add_argument("--error", action="store_true",
+                    help="also run the same weights and inputs in fp32 once and report max|out − out_fp32| / max|out_fp32|")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.component:
