@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// Also report the time spent in each of imagen's CPU kernels (per timed run, averaged).
     #[arg(long)]
     profile: bool,
+    /// unet / vae-decode with --dtype bf16: also run the same random weights and inputs once in
+    /// f32 and once in bf16 and report max |bf16 − f32| / max |f32| (after the timing).
+    #[arg(long)]
+    error: bool,
 }
 
 struct Arch {
@@ -149,7 +153,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .set();
     }
     let device: Device = device::open(&a.backend, &a.dtype)?;
-    let dtype_bytes = burn::tensor::DType::from(device.settings().float_dtype).size();
+    // bf16 on the CPU: conv and linear weights (nearly all parameters) in bf16
+    let dtype_bytes = match device::dtype_name(&device) {
+        "bf16" => 2,
+        _ => burn::tensor::DType::from(device.settings().float_dtype).size(),
+    };
     let (b, l) = (a.batch, a.latent);
     let ctx: usize = arch.text.iter().map(|t| t.hidden_size).sum();
     let xl = arch.text.len() == 2;
@@ -267,6 +275,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     // GPU pools keep their pages once taken, so what they reserve after the runs is their peak.
     let device_bytes = device.memory_pool_usage().map(|u| u.bytes_reserved);
     let n = runs_s.len() as f64;
+    let error = if a.error {
+        Some(bf16_error(&a.component, &arch, b, l, &device)?)
+    } else {
+        None
+    };
     let kernels: serde_json::Map<String, serde_json::Value> = profile::totals()
         .into_iter()
         .filter(|_| a.profile)
@@ -284,7 +297,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "tool": "imagen", "arch": a.arch, "component": a.component, "backend": a.backend, "dtype": a.dtype,
                 "shape": shape, "median_s": median, "runs_s": runs_s, "gflop": gflop,
                 "gflop_per_s": gflop / median, "peak_rss_bytes": rss, "weights_bytes": params * dtype_bytes,
-                "device_reserved_bytes": device_bytes,
+                "device_reserved_bytes": device_bytes, "rel_error_vs_f32": error,
                 "kernels": a.profile.then_some(&kernels),
             })
         );
@@ -302,6 +315,79 @@ pub fn run(a: BenchArgs) -> Result<()> {
         for (k, v) in &kernels {
             println!("  {k}: {v}");
         }
+        if let Some(e) = error {
+            println!("  bf16 vs f32 (same weights and inputs): max relative error {e:.3e}");
+        }
     }
     Ok(())
+}
+
+/// The component once with f32 weights and once with the same weights laid out in bf16 (the AMX
+/// route), on the same inputs: max |bf16 − f32| / max |f32| (`--error`).
+fn bf16_error(component: &str, arch: &Arch, b: usize, l: usize, device: &Device) -> Result<f32> {
+    use burn::module::{Module, ModuleMapper, Param};
+    use imagen_models::ops::{Routes, cpu_bf16_available, prepare_weights};
+    if !cpu_bf16_available() {
+        bail!("--error compares the bf16 (AMX) route with f32: this CPU has no AMX-BF16");
+    }
+    /// Reads every parameter, so that a clone shares the values instead of initialising anew.
+    struct Materialise;
+    impl ModuleMapper for Materialise {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.map(|t| t)
+        }
+    }
+    let routes = Routes::current();
+    let (f32_routes, bf16_routes) = (
+        Routes {
+            cpu_bf16: false,
+            ..routes
+        },
+        Routes {
+            cpu_bf16: true,
+            ..routes
+        },
+    );
+    let z = Tensor::<4>::random([b, 4, l, l], Distribution::Normal(0.0, 1.0), device);
+    let ctx: usize = arch.text.iter().map(|t| t.hidden_size).sum();
+    let context = Tensor::<3>::random([b, 77, ctx], Distribution::Normal(0.0, 1.0), device);
+    let cond = (arch.text.len() == 2).then(|| AddedCond {
+        text_embeds: Tensor::random([b, 1280], Distribution::Normal(0.0, 1.0), device),
+        time_ids: vec![[(l * 8) as f32, (l * 8) as f32, 0.0, 0.0, (l * 8) as f32, (l * 8) as f32]; b],
+    });
+    let (want, got) = match component {
+        "unet" => {
+            let f32_net = f32_routes.scoped(|| prepare_weights(arch.unet.init(device).map(&mut Materialise)));
+            let bf16_net = bf16_routes.scoped(|| prepare_weights(f32_net.clone()));
+            let run = |net: &imagen_models::models::unet_2d::UNet2DConditionModel| {
+                net.forward_with(z.clone(), &[981.0], &context, cond.as_ref(), None)
+            };
+            (
+                f32_routes.scoped(|| run(&f32_net)),
+                bf16_routes.scoped(|| run(&bf16_net)),
+            )
+        }
+        "vae-decode" => {
+            let f32_vae = f32_routes.scoped(|| prepare_weights(arch.vae.init(device).map(&mut Materialise)));
+            let bf16_vae = bf16_routes.scoped(|| prepare_weights(f32_vae.clone()));
+            (
+                f32_routes.scoped(|| f32_vae.decode(z.clone())),
+                bf16_routes.scoped(|| bf16_vae.decode(z.clone())),
+            )
+        }
+        other => bail!("--error is for unet and vae-decode, not {other}"),
+    };
+    let (want, got) = (
+        want.into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        got.into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+    );
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE);
+    let diff = want.iter().zip(&got).fold(0f32, |m, (w, g)| m.max((w - g).abs()));
+    Ok(diff / scale)
 }
