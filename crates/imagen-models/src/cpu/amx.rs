@@ -93,9 +93,13 @@ pub(crate) struct Operands<'a> {
     pub a: &'a [u16],
     pub lda: usize,
     pub m_pad: usize,
-    /// VNNI pairs; pair-row `p` of segment `s` starts at `taps[s].1 + p · plane`.
+    /// VNNI pairs; column `n` of pair-row `p` of segment `s` is at
+    /// `taps[s].1 + (n / 32) · n_block + n % 32 + p · plane`: with `n_block` = 32 a plain
+    /// row-major `[pairs][plane]`, with `n_block` = pairs · 32 and `plane` = 32 blocked by 32
+    /// columns (each tile's 16 rows contiguous).
     pub b: &'a [u32],
     pub plane: usize,
+    pub n_block: usize,
     /// k per segment, a multiple of [`KSTEP`].
     pub seg_k: usize,
     /// per segment: (first column of A, first element of B)
@@ -109,8 +113,9 @@ impl Operands<'_> {
         for &(ac, b0) in self.taps {
             assert!(ac + self.seg_k <= self.lda);
             assert!(self.a.len() >= (self.m_pad - 1) * self.lda + ac + self.seg_k);
-            if self.seg_k > 0 {
-                assert!(self.b.len() >= b0 + (self.seg_k / 2 - 1) * self.plane + n_end);
+            if self.seg_k > 0 && n_end > 0 {
+                let last_block = (n_end / BLOCK - 1) * self.n_block;
+                assert!(self.b.len() >= b0 + last_block + (self.seg_k / 2 - 1) * self.plane + BLOCK);
             }
         }
     }
@@ -251,7 +256,7 @@ pub(crate) fn gemm_into(
                             );
                         }
                     }
-                    let bb = ops.b[b0 + n0..].as_ptr();
+                    let bb = ops.b[b0 + n0 / BLOCK * ops.n_block..].as_ptr();
                     for kk in (k0..k1).step_by(KSTEP) {
                         let (pa0, pa1) = (a0.wrapping_add(kk), a1.wrapping_add(kk));
                         let pb0 = bb.wrapping_add(kk / 2 * ops.plane);
@@ -360,6 +365,7 @@ mod tests {
             m_pad,
             b: &b,
             plane,
+            n_block: BLOCK,
             seg_k: k,
             taps: &taps,
         };

@@ -99,7 +99,7 @@ pub(crate) fn attention(a: Attn, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
 
 multiversion! {
     /// `row[..valid] = exp(row − max)`, `row[valid..] = 0`; returns `1 / Σ`.
-    pub(super) fn softmax_unnormalised(row: &mut [f32], valid: usize) -> f32 {
+    fn softmax_unnormalised(row: &mut [f32], valid: usize) -> f32 {
         let (live, masked) = row.split_at_mut(valid);
         masked.fill(0.0);
         let max = simd::max(live);

@@ -6,8 +6,9 @@
 use rayon::prelude::*;
 
 use super::amx::{self, BLOCK, Layout, Operands};
-use super::attention::{Attn, softmax_unnormalised};
+use super::attention::Attn;
 use super::scratch;
+use super::simd::{self, multiversion};
 
 /// Queries per task (two row blocks of the tile GEMM).
 const TILE: usize = 2 * BLOCK;
@@ -36,8 +37,10 @@ pub(crate) fn attention(a: Attn, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
     // k-dim of S = q·kᵀ is d (padded to dp); of P·v it is m (padded to mp); outputs dp wide
     let dp = a.d.next_multiple_of(BLOCK);
     let mp = a.m.next_multiple_of(BLOCK);
-    // per (batch, head): kᵀ as pairs of d [dp/2][mp], v as pairs of m [mp/2][dp]
+    // per (batch, head): kᵀ as pairs of d blocked by 32 keys [mp/32][dp/2][32] (each B tile's
+    // rows contiguous), v as pairs of m [mp/2][dp]
     let (kt_len, v_len) = (dp / 2 * mp, mp / 2 * dp);
+    let kt_block = dp / 2 * BLOCK;
     let mut kt = vec![0u32; a.batch * a.heads * kt_len];
     let mut vp = vec![0u32; a.batch * a.heads * v_len];
     kt.par_chunks_mut(kt_len)
@@ -50,7 +53,7 @@ pub(crate) fn attention(a: Attn, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
                 let kr = &k[(b * a.m + j) * inner + h * a.d..][..a.d];
                 for p in 0..a.d.div_ceil(2) {
                     let hi = if 2 * p + 1 < a.d { kr[2 * p + 1] } else { 0.0 };
-                    kt[p * mp + j] = amx::pair(kr[2 * p], hi);
+                    kt[j / BLOCK * kt_block + p * BLOCK + j % BLOCK] = amx::pair(kr[2 * p], hi);
                 }
             }
             for p in 0..a.m.div_ceil(2) {
@@ -92,7 +95,8 @@ pub(crate) fn attention(a: Attn, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
                 lda: dp,
                 m_pad: TILE,
                 b: &kt[bh * kt_len..][..kt_len],
-                plane: mp,
+                plane: BLOCK,
+                n_block: kt_block,
                 seg_k: dp,
                 taps: &[(0, 0)],
             };
@@ -100,8 +104,7 @@ pub(crate) fn attention(a: Attn, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
             let mut inv_sums = [0f32; TILE];
             for (i, row) in scores.chunks_mut(mp).take(rows).enumerate() {
                 let valid = if a.causal { (r0 + i + 1).min(a.m) } else { a.m };
-                inv_sums[i] = softmax_unnormalised(row, valid);
-                amx::round_into(&mut pa[i * mp..][..mp], row);
+                inv_sums[i] = softmax_to_bf16(row, valid, &mut pa[i * mp..][..mp]);
             }
             pa[rows * mp..].fill(0);
             let o_ops = Operands {
@@ -110,6 +113,7 @@ pub(crate) fn attention(a: Attn, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
                 m_pad: TILE,
                 b: &vp[bh * v_len..][..v_len],
                 plane: dp,
+                n_block: BLOCK,
                 seg_k: mp,
                 taps: &[(0, 0)],
             };
@@ -124,6 +128,33 @@ pub(crate) fn attention(a: Attn, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
         },
     );
     out
+}
+
+multiversion! {
+    /// `p[..valid] = bf16(exp(row − max))`, `p[valid..] = 0`, in one pass after the max;
+    /// returns `1 / Σ` of the unrounded exponentials (f32 statistics, as PyTorch's bf16 SDPA).
+    fn softmax_to_bf16(row: &[f32], valid: usize, p: &mut [u16]) -> f32 {
+        let (live, out) = (&row[..valid], &mut p[..valid]);
+        let max = simd::max(live);
+        let mut acc = [0f32; simd::LANES];
+        let mut chunks = live.chunks_exact(simd::LANES);
+        let mut outs = out.chunks_exact_mut(simd::LANES);
+        for (c, o) in (&mut chunks).zip(&mut outs) {
+            for i in 0..simd::LANES {
+                let e = simd::exp(c[i] - max);
+                acc[i] += e;
+                o[i] = amx::bf16(e);
+            }
+        }
+        let mut total: f64 = acc.iter().map(|&a| a as f64).sum();
+        for (x, o) in chunks.remainder().iter().zip(outs.into_remainder()) {
+            let e = simd::exp(*x - max);
+            total += e as f64;
+            *o = amx::bf16(e);
+        }
+        p[valid..].fill(0);
+        (1.0 / total) as f32
+    }
 }
 
 #[cfg(test)]

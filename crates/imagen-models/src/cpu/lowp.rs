@@ -132,6 +132,7 @@ pub(crate) fn conv2d(c: Conv, stride: usize, x: &[f32], weight: &[u16], bias: Op
             m_pad,
             b: &xp,
             plane,
+            n_block: BLOCK,
             seg_k: cin_p,
             taps: &tap_offsets,
         };
@@ -243,6 +244,7 @@ pub(crate) fn linear(
         m_pad,
         b: &b,
         plane: n_pad,
+        n_block: BLOCK,
         seg_k: k_p,
         taps: &[(0, 0)],
     };
@@ -383,6 +385,7 @@ mod timing {
             m_pad: 320,
             b: &xp,
             plane,
+            n_block: BLOCK,
             seg_k: cin_p,
             taps: &taps,
         };
