@@ -62,9 +62,87 @@ pub(crate) fn bf16(x: f32) -> u16 {
     if x.is_nan() { ((b >> 16) | 0x40) as u16 } else { rounded }
 }
 
+/// Whether the CPU rounds f32 to bf16 itself (`vcvtneps2bf16`, AVX512-BF16; every AMX CPU has it).
+pub(crate) fn native_bf16() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    #[cfg(target_arch = "x86_64")]
+    return *OK.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
+    });
+    #[cfg(not(target_arch = "x86_64"))]
+    return *OK.get_or_init(|| false);
+}
+
+/// 16 values rounded to bf16 by the CPU (to nearest even, as [`bf16`]; NaN stays NaN, but
+/// subnormal inputs become zero: below 1.2e-38, where no weight or activation lives).
+///
+/// # Safety
+/// AVX512-BF16 must be present ([`native_bf16`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+pub(crate) unsafe fn round16(src: &[f32; 16]) -> [u16; 16] {
+    use std::arch::x86_64::*;
+    // SAFETY: 16 f32 in, 16 u16 out; the features are the caller's promise.
+    unsafe {
+        let b = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr()));
+        std::mem::transmute::<__m256bh, [u16; 16]>(b)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn round_native(dst: &mut [u16], src: &[f32]) {
+    let mut d = dst.chunks_exact_mut(16);
+    let mut s = src.chunks_exact(16);
+    for (d, s) in (&mut d).zip(&mut s) {
+        // SAFETY: the features are enabled on this function.
+        d.copy_from_slice(&unsafe { round16(s.try_into().expect("16")) });
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = bf16(*s);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn pairs_native(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
+    let mut d = dst.chunks_exact_mut(16);
+    let (mut l, mut h) = (lo.chunks_exact(16), hi.chunks_exact(16));
+    for ((d, l), h) in (&mut d).zip(&mut l).zip(&mut h) {
+        // SAFETY: the features are enabled on this function.
+        let (a, b) = unsafe { (round16(l.try_into().expect("16")), round16(h.try_into().expect("16"))) };
+        for i in 0..16 {
+            d[i] = a[i] as u32 | (b[i] as u32) << 16;
+        }
+    }
+    for ((d, l), h) in d.into_remainder().iter_mut().zip(l.remainder()).zip(h.remainder()) {
+        *d = pair(*l, *h);
+    }
+}
+
+/// `dst[i] = bf16(src[i])`: the CPU's conversion where it has one, else vectorised bit arithmetic.
+pub(crate) fn round_into(dst: &mut [u16], src: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if native_bf16() {
+        // SAFETY: the features were detected.
+        return unsafe { round_native(dst, src) };
+    }
+    round_soft(dst, src)
+}
+
+/// `dst[i] = pair(lo[i], hi[i])`, as [`round_into`].
+pub(crate) fn pairs_into(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if native_bf16() {
+        // SAFETY: the features were detected.
+        return unsafe { pairs_native(dst, lo, hi) };
+    }
+    pairs_soft(dst, lo, hi)
+}
+
 super::simd::multiversion! {
-    /// `dst[i] = bf16(src[i])`, vectorised for the CPU at hand (the crate's baseline is SSE2).
-    pub(crate) fn round_into(dst: &mut [u16], src: &[f32]) {
+    fn round_soft(dst: &mut [u16], src: &[f32]) {
         for (d, s) in dst.iter_mut().zip(src) {
             *d = bf16(*s);
         }
@@ -72,8 +150,7 @@ super::simd::multiversion! {
 }
 
 super::simd::multiversion! {
-    /// `dst[i] = pair(lo[i], hi[i])`, vectorised as [`round_into`].
-    pub(crate) fn pairs_into(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
+    fn pairs_soft(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
         for ((d, l), h) in dst.iter_mut().zip(lo).zip(hi) {
             *d = pair(*l, *h);
         }
@@ -328,6 +405,21 @@ mod tests {
             assert_eq!(bf16(x), half::bf16::from_f32(x).to_bits(), "{x}");
         }
         assert!(to_f32(bf16(f32::NAN)).is_nan());
+    }
+
+    #[test]
+    fn native_rounding_matches_soft_rounding() {
+        let src: Vec<f32> = (0..1000)
+            .map(|i| ((i * 7919) % 2003) as f32 * 0.37 - 300.0 + i as f32 / 7.0)
+            .collect();
+        let (mut a, mut b) = (vec![0u16; src.len()], vec![0u16; src.len()]);
+        round_into(&mut a, &src);
+        round_soft(&mut b, &src);
+        assert_eq!(a, b);
+        let (mut p, mut q) = (vec![0u32; 500], vec![0u32; 500]);
+        pairs_into(&mut p, &src[..500], &src[500..]);
+        pairs_soft(&mut q, &src[..500], &src[500..]);
+        assert_eq!(p, q);
     }
 
     /// Two segments with their own A columns and B starts, against the f64 definition on the

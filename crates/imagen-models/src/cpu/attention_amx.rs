@@ -104,7 +104,7 @@ pub(crate) fn attention(a: Attn, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
             let mut inv_sums = [0f32; TILE];
             for (i, row) in scores.chunks_mut(mp).take(rows).enumerate() {
                 let valid = if a.causal { (r0 + i + 1).min(a.m) } else { a.m };
-                inv_sums[i] = softmax_to_bf16(row, valid, &mut pa[i * mp..][..mp]);
+                inv_sums[i] = softmax_row(row, valid, &mut pa[i * mp..][..mp]);
             }
             pa[rows * mp..].fill(0);
             let o_ops = Operands {
@@ -155,6 +155,47 @@ multiversion! {
         p[valid..].fill(0);
         (1.0 / total) as f32
     }
+}
+
+/// [`softmax_to_bf16`], with the CPU's own bf16 rounding where it has one.
+fn softmax_row(row: &[f32], valid: usize, p: &mut [u16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if amx::native_bf16() {
+        // SAFETY: the features were detected.
+        return unsafe { softmax_to_bf16_native(row, valid, p) };
+    }
+    softmax_to_bf16(row, valid, p)
+}
+
+/// [`softmax_to_bf16`] with the CPU's own bf16 rounding.
+///
+/// # Safety
+/// AVX512-BF16 must be present (`amx::native_bf16`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,avx512bf16")]
+unsafe fn softmax_to_bf16_native(row: &[f32], valid: usize, p: &mut [u16]) -> f32 {
+    let (live, out) = (&row[..valid], &mut p[..valid]);
+    let max = simd::max(live);
+    let mut acc = [0f32; 16];
+    let mut chunks = live.chunks_exact(16);
+    let mut outs = out.chunks_exact_mut(16);
+    for (c, o) in (&mut chunks).zip(&mut outs) {
+        let mut e = [0f32; 16];
+        for i in 0..16 {
+            e[i] = simd::exp(c[i] - max);
+            acc[i] += e[i];
+        }
+        // SAFETY: the features are enabled on this function.
+        o.copy_from_slice(&unsafe { amx::round16(&e) });
+    }
+    let mut total: f64 = acc.iter().map(|&a| a as f64).sum();
+    for (x, o) in chunks.remainder().iter().zip(outs.into_remainder()) {
+        let e = simd::exp(*x - max);
+        total += e as f64;
+        *o = amx::bf16(e);
+    }
+    p[valid..].fill(0);
+    (1.0 / total) as f32
 }
 
 #[cfg(test)]
