@@ -7,26 +7,12 @@ use rayon::prelude::*;
 
 use super::amx::{self, BLOCK, Layout, Operands};
 use super::attention::Attn;
+use super::lowp::Out;
 use super::scratch;
 use super::simd::{self, multiversion};
 
 /// Queries per task (two row blocks of the tile GEMM).
 const TILE: usize = 2 * BLOCK;
-
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: tasks write disjoint (rows, head) regions of the output.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// # Safety
-    /// `i` must be inside the allocation (as `pointer::add`).
-    unsafe fn at(&self, i: usize) -> *mut f32 {
-        // SAFETY: forwarded to the caller.
-        unsafe { self.0.add(i) }
-    }
-}
 
 /// q: `[batch, n, heads·d]`, k/v: `[batch, m, heads·d]` → `[batch, n, heads·d]`. Panics without AMX.
 pub(crate) fn attention(a: Attn, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {

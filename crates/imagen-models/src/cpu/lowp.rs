@@ -51,17 +51,18 @@ const N_TASK: usize = 8 * BLOCK;
 /// k = 2880) stay in L2 across the panel's 8 column blocks.
 const M_CHUNK: usize = 4;
 
-/// A raw output pointer shared by tasks that write disjoint elements.
+/// A raw output pointer shared by tasks that write disjoint elements (here and in
+/// `attention_amx.rs`).
 #[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: every task writes a disjoint set of elements (its own columns of C).
+pub(super) struct Out(pub(super) *mut f32);
+// SAFETY: every user has each task write a disjoint set of elements.
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
 impl Out {
     /// # Safety
     /// `i` must be inside the allocation (as `pointer::add`).
-    unsafe fn at(&self, i: usize) -> *mut f32 {
+    pub(super) unsafe fn at(&self, i: usize) -> *mut f32 {
         // SAFETY: forwarded to the caller.
         unsafe { self.0.add(i) }
     }

@@ -165,11 +165,28 @@ pub fn pack_weights_bf16<M: Module>(module: M) -> M {
     if !amx::available() {
         return module;
     }
-    struct Pack {
+    map_layer_weights(module, Layout::Bf16)
+}
+
+/// How [`map_layer_weights`] lays out conv and linear weights.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// linear weights' rows padded ([`pad_rows`]), conv weights untouched
+    PadRows,
+    /// both in bf16 for the AMX kernels ([`pack_bf16`])
+    Bf16,
+}
+
+/// `module` with its `Conv2d` and `Linear` weights laid out as `layout` says.
+fn map_layer_weights<M: Module>(module: M, layout: Layout) -> M {
+    struct Layer {
+        /// for each entered field, the type of the struct holding it
         stack: Vec<String>,
+        /// the field entered last
         leaf: String,
+        layout: Layout,
     }
-    impl ModuleMapper for Pack {
+    impl ModuleMapper for Layer {
         fn enter_module(&mut self, name: &str, container_type: &str) {
             self.stack.push(container_type.to_owned());
             self.leaf = name.to_owned();
@@ -178,18 +195,22 @@ pub fn pack_weights_bf16<M: Module>(module: M) -> M {
             self.stack.pop();
         }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            // burn enters each field with the type of the struct holding it (as the loader reads)
             let container = self.stack.last().map(String::as_str);
-            match (container, self.leaf.as_str(), D) {
-                (Some("Struct:Conv2d"), "weight", 4) | (Some("Struct:Linear"), "weight", 2) => {
+            match (container, self.leaf.as_str(), D, self.layout) {
+                (Some("Struct:Linear"), "weight", 2, Layout::PadRows) => param.map(pad_rows),
+                (Some("Struct:Conv2d"), "weight", 4, Layout::Bf16)
+                | (Some("Struct:Linear"), "weight", 2, Layout::Bf16) => {
                     param.map(|t| pack_bf16(t.clone()).unwrap_or(t))
                 }
                 _ => param,
             }
         }
     }
-    module.map(&mut Pack {
+    module.map(&mut Layer {
         stack: Vec::new(),
         leaf: String::new(),
+        layout,
     })
 }
 
@@ -318,34 +339,7 @@ fn host_rows(t: &Tensor<2>) -> Option<(FlexTensor, usize)> {
 /// `module` with every `Linear` weight passed through [`pad_rows`]: the loader calls it, and so
 /// must anything that builds modules otherwise (`imagen bench`'s random weights).
 pub fn pad_linear_weights<M: Module>(module: M) -> M {
-    struct Pad {
-        /// for each entered field, the type of the struct holding it
-        stack: Vec<String>,
-        /// the field entered last
-        leaf: String,
-    }
-    impl ModuleMapper for Pad {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.stack.push(container_type.to_owned());
-            self.leaf = name.to_owned();
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.stack.pop();
-        }
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            // burn enters each field with the type of the struct holding it (as the loader reads)
-            let container = self.stack.last().map(String::as_str);
-            if container == Some("Struct:Linear") && self.leaf == "weight" {
-                param.map(pad_rows)
-            } else {
-                param
-            }
-        }
-    }
-    module.map(&mut Pad {
-        stack: Vec::new(),
-        leaf: String::new(),
-    })
+    map_layer_weights(module, Layout::PadRows)
 }
 
 /// A `[rows, cols]` (`D = 2`) f32 CPU matrix that GEMMs read in place (linear weights), re-laid out with

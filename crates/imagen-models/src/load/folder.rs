@@ -207,30 +207,10 @@ pub struct StableDiffusion {
 
 impl StableDiffusion {
     pub fn load(root: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let folder = DiffusersFolder::open(root)?;
-        let (unet_config, vae_config) = (folder.unet_config()?, folder.vae_config()?);
-        let text_encoder_2 = if folder.is_xl() {
-            let c = folder.clip_config("text_encoder_2")?;
-            Some((
-                ClipTokenizer::from_dir(&folder.root.join("tokenizer_2"))?,
-                folder.load_clip("text_encoder_2", &c, device)?,
-            ))
-        } else {
-            None
-        };
-        let weight_formats = folder.weight_formats();
-        Ok(StableDiffusion {
-            tokenizer: folder.tokenizer()?,
-            text_encoder: folder.load_text_encoder(device)?,
-            text_encoder_2,
-            unet: folder.load_unet_with(&unet_config, device)?,
-            vae: folder.load_vae_with(&vae_config, device)?,
-            unet_config,
-            vae_config,
-            folder,
-            prediction_type: None,
-            weight_formats,
-        })
+        let mut sd = Self::load_without_unet(DiffusersFolder::open(root)?, device)?;
+        sd.unet = sd.folder.load_unet_with(&sd.unet_config, device)?;
+        sd.weight_formats = sd.folder.weight_formats();
+        Ok(sd)
     }
 
     /// A single-file checkpoint (original LDM layout, as A1111/CivitAI ship them), with the
@@ -341,8 +321,9 @@ impl StableDiffusion {
         })
     }
 
-    /// [`Self::load`] with the UNet left as its config's lazily initialised module (its random
-    /// initialisers never run unless it is used): for a UNet read from elsewhere.
+    /// A folder's pipeline with the UNet left as its config's lazily initialised module (its
+    /// random initialisers never run unless it is used): [`Self::load`] reads it next, a UNet-only
+    /// single file replaces it.
     fn load_without_unet(folder: DiffusersFolder, device: &Device) -> Result<Self> {
         let (unet_config, vae_config) = (folder.unet_config()?, folder.vae_config()?);
         let text_encoder_2 = if folder.is_xl() {
