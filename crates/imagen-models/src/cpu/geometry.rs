@@ -15,6 +15,21 @@ pub(crate) struct Conv {
 }
 
 impl Conv {
+    /// From burn's `[b, cin, h, w]` input and `[cout, cin, kh, kw]` weight dims.
+    pub fn of(x: [usize; 4], weight: [usize; 4], pad: [usize; 4]) -> Conv {
+        let ([batch, cin, h, w], [cout, _, kh, kw]) = (x, weight);
+        Conv {
+            batch,
+            cin,
+            cout,
+            h,
+            w,
+            kh,
+            kw,
+            pad,
+        }
+    }
+
     /// Padded input size `(hp, wp)`.
     pub fn padded_hw(&self) -> (usize, usize) {
         let [t, l, b, r] = self.pad;

@@ -85,19 +85,9 @@ pub fn conv2d(conv: &Conv2d, x: &Tensor<4>, winograd: Winograd) -> Option<Tensor
         return None;
     }
     let (xs, ws, bias) = (host(x)?, host(&weight)?, host_param(&conv.bias)?);
-    let [batch, cin, h, w] = x.dims();
-    let [cout, _, kh, kw] = weight.dims();
-    let c = geometry::Conv {
-        batch,
-        cin,
-        cout,
-        h,
-        w,
-        kh,
-        kw,
-        pad,
-    };
+    let c = geometry::Conv::of(x.dims(), weight.dims(), pad);
     let (ho, wo) = c.out_hw();
+    let (batch, cout) = (c.batch, c.cout);
     let _t = profile::Timer::new(profile::Op::Conv);
     let out = conv::conv2d(c, slice(&xs), slice(&ws), bias.as_ref().map(slice), winograd);
     Some(tensor(out, [batch, cout, ho, wo]))
@@ -106,20 +96,10 @@ pub fn conv2d(conv: &Conv2d, x: &Tensor<4>, winograd: Winograd) -> Option<Tensor
 /// [`conv2d`] with weights laid out by [`pack_weights_bf16`], on AMX tiles.
 fn conv2d_bf16(conv: &Conv2d, x: &Tensor<4>, weight: &Tensor<4>, pad: [usize; 4], stride: usize) -> Option<Tensor<4>> {
     let (xs, bias) = (host(x)?, host_param(&conv.bias)?);
-    let [batch, cin, h, w] = x.dims();
-    let [cout, _, kh, kw] = weight.dims();
-    let ws = packed(weight, lowp::padded(cout, cin), kh * kw)?;
-    let c = geometry::Conv {
-        batch,
-        cin,
-        cout,
-        h,
-        w,
-        kh,
-        kw,
-        pad,
-    };
+    let c = geometry::Conv::of(x.dims(), weight.dims(), pad);
+    let ws = packed(weight, lowp::padded(c.cout, c.cin), c.kh * c.kw)?;
     let (ho, wo) = lowp::strided_hw(&c, stride);
+    let (batch, cout) = (c.batch, c.cout);
     let _t = profile::Timer::new(profile::Op::Conv);
     let out = lowp::conv2d(c, stride, slice(&xs), bf16_bits(&ws), bias.as_ref().map(slice));
     Some(tensor(out, [batch, cout, ho, wo]))
