@@ -149,8 +149,8 @@ pub fn pack_weights_bf16<M: Module>(module: M) -> M {
 }
 
 /// How [`map_layer_weights`] lays out conv and linear weights.
-#[derive(Clone, Copy, PartialEq)]
-enum Layout {
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Layout {
     /// linear weights' rows padded ([`pad_rows`]), conv weights untouched
     PadRows,
     /// both in bf16 for the AMX kernels ([`pack_bf16`])
@@ -176,15 +176,9 @@ fn map_layer_weights<M: Module>(module: M, layout: Layout) -> M {
         }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
             // burn enters each field with the type of the struct holding it (as the loader reads)
-            let container = self.stack.last().map(String::as_str);
-            match (container, self.leaf.as_str(), D, self.layout) {
-                (Some("Struct:Linear"), "weight", 2, Layout::PadRows) => param.map(pad_rows),
-                (Some("Struct:Conv2d"), "weight", 4, Layout::Bf16)
-                | (Some("Struct:Linear"), "weight", 2, Layout::Bf16) => {
-                    param.map(|t| pack_bf16(t.clone()).unwrap_or(t))
-                }
-                _ => param,
-            }
+            let container = self.stack.last().map(String::as_str).unwrap_or_default();
+            let (container, leaf, layout) = (container.to_owned(), self.leaf.clone(), self.layout);
+            param.map(|t| layer_weight(&container, &leaf, t, layout))
         }
     }
     module.map(&mut Layer {
@@ -192,6 +186,23 @@ fn map_layer_weights<M: Module>(module: M, layout: Layout) -> M {
         leaf: String::new(),
         layout,
     })
+}
+
+/// One parameter laid out as [`map_layer_weights`] lays out a module's: `container` is the type
+/// of the struct holding it as burn's mapper names it (`Struct:Linear`), `leaf` its field. The
+/// loader calls it as each tensor is read, so that a whole f32 module never exists at once.
+pub fn layer_weight<const D: usize>(container: &str, leaf: &str, t: Tensor<D>, layout: Layout) -> Tensor<D> {
+    match (container, leaf, D, layout) {
+        ("Struct:Linear", "weight", 2, Layout::PadRows) => pad_rows(t),
+        ("Struct:Conv2d", "weight", 4, Layout::Bf16) | ("Struct:Linear", "weight", 2, Layout::Bf16) => {
+            if amx::available() {
+                pack_bf16(t.clone()).unwrap_or(t)
+            } else {
+                t
+            }
+        }
+        _ => t,
+    }
 }
 
 /// One weight as [`pack_weights_bf16`] lays it out; `None` when it is not f32 on the CPU.

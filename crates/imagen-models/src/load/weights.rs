@@ -348,7 +348,11 @@ impl Loader<'_> {
             values = transpose_2d(&values, want[0], want[1]);
         }
         let data = TensorData::new(values, expected.to_vec());
-        Ok(Tensor::from_data(data, self.device))
+        Ok(crate::ops::prepare_weight(
+            &container,
+            leaf,
+            Tensor::from_data(data, self.device),
+        ))
     }
 }
 

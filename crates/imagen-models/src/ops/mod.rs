@@ -55,6 +55,19 @@ pub fn prepare_weights<M: burn::module::Module>(module: M) -> M {
     crate::cpu::pad_linear_weights(module)
 }
 
+/// One parameter as [`prepare_weights`] lays it out, for the loader to apply as each tensor is
+/// read (so a whole f32 module is never resident before packing). `container` is the type of
+/// the struct holding it as burn's `ModuleMapper` names it (`Struct:Conv2d`), `leaf` its field.
+pub fn prepare_weight<const D: usize>(container: &str, leaf: &str, t: Tensor<D>) -> Tensor<D> {
+    use crate::cpu::{Layout, layer_weight};
+    let t = if Routes::current().cpu_bf16 {
+        layer_weight(container, leaf, t, Layout::Bf16)
+    } else {
+        t
+    };
+    layer_weight(container, leaf, t, Layout::PadRows)
+}
+
 /// Whether this CPU runs bf16 weights (AMX-BF16 present and granted by the OS).
 pub fn cpu_bf16_available() -> bool {
     crate::cpu::bf16_available()
