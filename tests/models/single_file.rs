@@ -1,7 +1,9 @@
 //! Single-file checkpoints against the diffusers folders they were converted from.
 
-use burn::tensor::Device;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{DType, Device, Tensor};
 use imagen_models::StableDiffusion;
+use imagen_models::ops::Routes;
 
 use crate::common::{cases, fixture, png_diff};
 use crate::generate::check_case;
@@ -104,6 +106,50 @@ fn gguf_files_generate_the_f32_image_within_their_rounding() {
     )
     .expect("dequantised");
     assert_eq!(render(&gguf, &case, &device), render(&dequantised, &case, &device));
+    // ...because its linear weights stayed Q4_0 in memory (dequantised per call) and compute
+    // the dequantised values exactly; dequantised at load instead: the same image
+    assert!(quantized_weights(&gguf.unet) > 0, "no linear weight kept quantized");
+    let at_load = Routes {
+        keep_quantized: false,
+        ..Routes::current()
+    };
+    let unpacked = at_load
+        .scoped(|| {
+            StableDiffusion::load_single_file(&fixture("single-file/tiny-sd15-unet-q4_0.gguf"), &config, &device)
+        })
+        .expect("gguf");
+    assert_eq!(quantized_weights(&unpacked.unet), 0);
+    assert_eq!(render(&gguf, &case, &device), render(&unpacked, &case, &device));
+    // the same on the bf16 AMX route: weights kept Q8_0 round to the bf16 their f32 values round to
+    if imagen_models::ops::cpu_bf16_available() {
+        let q8 = fixture("single-file/tiny-sd15-q8_0.gguf");
+        let bf16 = Routes {
+            cpu_bf16: true,
+            ..Routes::current()
+        };
+        let kept = bf16
+            .scoped(|| StableDiffusion::load_single_file(&q8, &config, &device))
+            .expect("q8");
+        let loaded = Routes {
+            keep_quantized: false,
+            ..bf16
+        }
+        .scoped(|| StableDiffusion::load_single_file(&q8, &config, &device))
+        .expect("q8");
+        assert!(quantized_weights(&kept.unet) > 0 && quantized_weights(&loaded.unet) == 0);
+        // Not bit for bit: the layers burn computes (the time embedding) read a kept weight
+        // dequantised to f32 but a weight packed at load as bf16; the two images differ by bf16's
+        // own noise (max 10/255 here), and are as far from the f32 file's image.
+        let (a, b) = bf16.scoped(|| (render(&kept, &case, &device), render(&loaded, &case, &device)));
+        let ((max_k, mean_k), (max_l, mean_l)) = (png_diff(&rgb(a), &want), png_diff(&rgb(b), &want));
+        println!(
+            "bf16 from the f32 image: Q8_0 kept max {max_k}, mean {mean_k:.3}; dequantised max {max_l}, mean {mean_l:.3}"
+        );
+        assert!(
+            mean_k <= 1.5 * mean_l && max_k <= 2 * max_l.max(4),
+            "kept {max_k}/{mean_k} vs dequantised at load {max_l}/{mean_l}"
+        );
+    }
     // a UNet-only file for another architecture names the first tensor that does not fit
     let e = StableDiffusion::load_single_file(
         &fixture("single-file/tiny-sd15-unet-q4_0.gguf"),
@@ -117,4 +163,19 @@ fn gguf_files_generate_the_f32_image_within_their_rounding() {
         e.contains("unet") && e.contains("input_blocks") || e.contains("shape"),
         "{e}"
     );
+}
+
+/// How many of `m`'s parameters are stored block-quantized.
+fn quantized_weights<M: Module>(m: &M) -> usize {
+    struct Count(usize);
+    impl ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if matches!(p.val().dtype(), DType::QFloat(_)) {
+                self.0 += 1;
+            }
+        }
+    }
+    let mut c = Count(0);
+    m.visit(&mut c);
+    c.0
 }

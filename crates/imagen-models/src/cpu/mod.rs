@@ -21,6 +21,7 @@ mod linear;
 mod lowp;
 mod norm;
 pub mod profile;
+pub mod quant;
 mod scratch;
 mod simd;
 mod winograd;
@@ -288,29 +289,51 @@ pub fn attention(
     Some(tensor(out, [batch, n, inner]))
 }
 
-/// `lin.forward(x)` as one GEMM over all leading dims on the CPU.
+/// `lin.forward(x)` as one GEMM over all leading dims on the CPU. Weights kept quantized
+/// ([`quant`]) run in bf16 on AMX tiles when `bf16` (and AMX is present), else in f32.
 /// x: `[.., in]` → `[.., out]`
-pub fn linear<const D: usize>(lin: &Linear, x: &Tensor<D>) -> Option<Tensor<D>> {
+pub fn linear<const D: usize>(lin: &Linear, x: &Tensor<D>, bf16: bool) -> Option<Tensor<D>> {
     let weight = lin.weight.val();
-    if weight.dtype() == DType::BF16 {
-        let (xs, bias) = (host(x)?, host_param(&lin.bias)?);
-        let [d_in, d_out] = weight.dims();
-        let ws = packed(&weight, (d_in, d_out), 1)?;
-        let mut shape = x.dims();
-        let rows = shape[..D - 1].iter().product();
-        let _t = profile::Timer::new(profile::Op::Linear);
-        let out = lowp::linear(slice(&xs), rows, d_in, d_out, bf16_bits(&ws), bias.as_ref().map(slice));
-        shape[D - 1] = d_out;
-        return Some(tensor(out, shape));
-    }
-    let (xs, (ws, w_rs), bias) = (host(x)?, host_rows(&weight)?, host_param(&lin.bias)?);
     let [d_in, d_out] = weight.dims();
     let mut shape = x.dims();
     let rows = shape[..D - 1].iter().product();
+    shape[D - 1] = d_out;
+    if let Some(stored) = quant::storage(&weight) {
+        let (xs, bias) = (host(x)?, host_param(&lin.bias)?);
+        let w = quant::parts(&stored, [d_in, d_out])?;
+        let bias = bias.as_ref().map(slice);
+        let _t = profile::Timer::new(profile::Op::Linear);
+        let out = if bf16 && amx::available() {
+            lowp::linear(slice(&xs), rows, lowp::Weight::Q8(w), bias)
+        } else {
+            // rows padded as `pad_rows` pads f32 weights
+            let stride = if d_out.is_multiple_of(32) { d_out + 16 } else { d_out };
+            let mut f = scratch::take(scratch::DEQUANTISED, d_in * stride);
+            for k in 0..d_in {
+                w.row_into(k, &mut f[k * stride..]);
+            }
+            let out = linear::linear(slice(&xs), rows, d_in, d_out, (&f, stride), bias);
+            scratch::give(scratch::DEQUANTISED, f);
+            out
+        };
+        return Some(tensor(out, shape));
+    }
+    if weight.dtype() == DType::BF16 {
+        let (xs, bias) = (host(x)?, host_param(&lin.bias)?);
+        let ws = packed(&weight, (d_in, d_out), 1)?;
+        let _t = profile::Timer::new(profile::Op::Linear);
+        let w = lowp::Weight::Bf16 {
+            bits: bf16_bits(&ws),
+            d_in,
+            d_out,
+        };
+        let out = lowp::linear(slice(&xs), rows, w, bias.as_ref().map(slice));
+        return Some(tensor(out, shape));
+    }
+    let (xs, (ws, w_rs), bias) = (host(x)?, host_rows(&weight)?, host_param(&lin.bias)?);
     let _t = profile::Timer::new(profile::Op::Linear);
     let w = &ws.storage::<f32>()[ws.layout().start_offset()..];
     let out = linear::linear(slice(&xs), rows, d_in, d_out, (w, w_rs), bias.as_ref().map(slice));
-    shape[D - 1] = d_out;
     Some(tensor(out, shape))
 }
 
@@ -420,7 +443,7 @@ mod tests {
             assert_eq!(rs, stride);
             let x = Tensor::<3>::random([2, 37, d_in], Distribution::Normal(0.0, 1.0), &device);
             let want = lin.forward(x.clone()).into_data().try_to_vec::<f32>().expect("f32");
-            let got = linear(&lin, &x)
+            let got = linear(&lin, &x, false)
                 .expect("f32 on flex")
                 .into_data()
                 .try_to_vec::<f32>()

@@ -6,8 +6,11 @@ use std::cell::RefCell;
 
 /// 0: padded conv input; 1: wide conv output (calling thread); 2, 3: a Winograd block's
 /// transformed input and products (rayon's threads); 4, 5: Winograd's transformed weights and
-/// padded input (calling thread).
-const SLOTS: usize = 6;
+/// padded input (calling thread); [`DEQUANTISED`].
+const SLOTS: usize = 7;
+
+/// A quantized linear weight dequantised to f32 for one call (calling thread).
+pub(crate) const DEQUANTISED: usize = 6;
 
 thread_local! {
     static BUFFERS: RefCell<[Vec<f32>; SLOTS]> = const { RefCell::new([const { Vec::new() }; SLOTS]) };

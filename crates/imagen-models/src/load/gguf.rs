@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 use memmap2::Mmap;
 
-use super::quants::{BlockType, Q4_0, Q4_1, Q4K, Q5_0, Q5_1, Q5K, Q6K, Q8_0, dequantize_row};
+use super::quants::{BlockType, Q4_0, Q4_1, Q4K, Q5_0, Q5_1, Q5K, Q6K, Q8_0, dequantize_row, symmetric_row};
 use crate::error::{Error, Result};
 
 /// A metadata value.
@@ -312,6 +312,21 @@ impl GgufFile {
         self.tensor(name).map(|t| &self.map[t.range.clone()])
     }
 
+    /// Drops the tensor's mapped pages from the process once its values are copied out (as
+    /// safetensors' loader does: otherwise a loading model is resident twice).
+    pub(crate) fn release(&self, name: &str) {
+        let Some(t) = self.tensor(name) else { return };
+        #[cfg(unix)]
+        // SAFETY: the map is read-only and file-backed, and callers hold no reference into the
+        // range (they copied its values out), so dropping the pages loses nothing.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, t.range.start, t.range.len())
+        };
+        #[cfg(not(unix))]
+        let _ = t;
+    }
+
     /// Whether a file starts with GGUF's magic.
     pub fn sniff(path: &Path) -> bool {
         use std::io::Read;
@@ -324,6 +339,19 @@ impl GgufFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The tensor as whole values and one f32 scale per 32 consecutive values, in the file's
+    /// order, when its type is one that is stored so (Q8_0, Q5_0, Q4_0); `None` otherwise.
+    pub fn symmetric(&self, name: &str) -> Option<(Vec<i8>, Vec<f32>)> {
+        let t = self.tensor(name)?;
+        let b = &self.map[t.range.clone()];
+        match t.kind {
+            GgmlType::Q8_0 => symmetric_row::<Q8_0>(b),
+            GgmlType::Q5_0 => symmetric_row::<Q5_0>(b),
+            GgmlType::Q4_0 => symmetric_row::<Q4_0>(b),
+            _ => None,
+        }
     }
 
     /// The tensor's values in f32 (its shape is [`TensorInfo::shape`]).

@@ -344,11 +344,13 @@ impl ModuleMapper for Patcher<'_> {
                 }
                 let device = self.device.clone();
                 param.map(move |w| {
-                    // bf16 CPU weights (laid out for AMX) are merged in f32 and laid out again below
-                    let w = if w.dtype() == burn::tensor::DType::BF16 {
-                        w.cast(burn::tensor::DType::F32)
-                    } else {
-                        w
+                    // bf16 CPU weights (laid out for AMX) are merged in f32 and laid out again
+                    // below; quantized ones are merged dequantised and stay so (re-quantizing
+                    // would round the update away)
+                    let w = match w.dtype() {
+                        burn::tensor::DType::BF16 => w.cast(burn::tensor::DType::F32),
+                        burn::tensor::DType::QFloat(_) => w.dequantize(),
+                        _ => w,
                     };
                     w + Tensor::from_data(TensorData::new(delta, dims), &device)
                 })

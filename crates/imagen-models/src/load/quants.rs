@@ -16,6 +16,12 @@ pub trait BlockType: Sized {
     fn read(b: &[u8]) -> Self;
     /// Its `BLOCK` values into `out`.
     fn dequantize(&self, out: &mut [f32]);
+    /// The block as `y = d·q` with one scale and whole `q` in `-128..=127`, for the types that
+    /// are that (Q8_0, Q5_0, Q4_0): kept so in memory ([`symmetric_row`]), each product is exact
+    /// in f32 and equals [`dequantize`](Self::dequantize)'s.
+    fn symmetric(&self) -> Option<(f32, [i8; 32])> {
+        None
+    }
 }
 
 fn half(b: &[u8], at: usize) -> f32 {
@@ -48,6 +54,9 @@ impl BlockType for Q8_0 {
         for (y, &q) in out.iter_mut().zip(&self.qs) {
             *y = q as f32 * self.d;
         }
+    }
+    fn symmetric(&self) -> Option<(f32, [i8; 32])> {
+        Some((self.d, self.qs))
     }
 }
 
@@ -85,6 +94,14 @@ impl<const M: bool> BlockType for Q4<M> {
                 out[j + 16] = (hi - 8) as f32 * self.d;
             }
         }
+    }
+    fn symmetric(&self) -> Option<(f32, [i8; 32])> {
+        let mut q = [0i8; 32];
+        for (j, &b) in self.qs.iter().enumerate() {
+            q[j] = (b & 0xF) as i8 - 8;
+            q[j + 16] = (b >> 4) as i8 - 8;
+        }
+        (!M).then_some((self.d, q))
     }
 }
 
@@ -126,6 +143,16 @@ impl<const M: bool> BlockType for Q5<M> {
                 out[j + 16] = (hi as i32 - 16) as f32 * self.d;
             }
         }
+    }
+    fn symmetric(&self) -> Option<(f32, [i8; 32])> {
+        let mut q = [0i8; 32];
+        for (j, &b) in self.qs.iter().enumerate() {
+            let h0 = ((self.qh >> j) << 4) & 0x10;
+            let h1 = (self.qh >> (j + 12)) & 0x10;
+            q[j] = ((b as u32 & 0xF) | h0) as i8 - 16;
+            q[j + 16] = ((b as u32 >> 4) | h1) as i8 - 16;
+        }
+        (!M).then_some((self.d, q))
     }
 }
 
@@ -242,6 +269,22 @@ pub fn dequantize_row<T: BlockType>(bytes: &[u8]) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// A row of `T` blocks as whole values and one scale per 32 (`y = scales[i / 32]·q[i]`);
+/// `None` for the types that are not [`symmetric`](BlockType::symmetric).
+pub fn symmetric_row<T: BlockType>(bytes: &[u8]) -> Option<(Vec<i8>, Vec<f32>)> {
+    if T::BLOCK != 32 || !bytes.len().is_multiple_of(T::BYTES) {
+        return None;
+    }
+    let blocks = bytes.len() / T::BYTES;
+    let (mut q, mut scales) = (Vec::with_capacity(blocks * 32), Vec::with_capacity(blocks));
+    for b in bytes.chunks(T::BYTES) {
+        let (d, qs) = T::read(b).symmetric()?;
+        scales.push(d);
+        q.extend_from_slice(&qs);
+    }
+    Some((q, scales))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +318,28 @@ mod tests {
         matches_gguf::<Q4K>();
         matches_gguf::<Q5K>();
         matches_gguf::<Q6K>();
+    }
+
+    /// `d·q` from [`symmetric_row`] is bit for bit the dequantised value (so weights kept as
+    /// int8 + scale compute exactly what dequantised weights do).
+    fn symmetric_matches<T: BlockType>() {
+        let name = T::NAME.to_lowercase();
+        let blocks = fixture(&name, "blocks");
+        let want = dequantize_row::<T>(&blocks).expect("whole blocks");
+        let (q, scales) = symmetric_row::<T>(&blocks).expect("symmetric type");
+        for (i, w) in want.iter().enumerate() {
+            let got = scales[i / 32] * q[i] as f32;
+            assert_eq!(got.to_bits(), w.to_bits(), "{name}[{i}]");
+        }
+    }
+
+    #[test]
+    fn symmetric_types_split_into_ints_and_scales() {
+        symmetric_matches::<Q8_0>();
+        symmetric_matches::<Q5_0>();
+        symmetric_matches::<Q4_0>();
+        assert!(symmetric_row::<Q4_1>(&fixture("q4_1", "blocks")).is_none());
+        assert!(symmetric_row::<Q6K>(&fixture("q6_k", "blocks")).is_none());
     }
 
     #[test]

@@ -162,6 +162,19 @@ impl Weights {
         }
     }
 
+    /// A GGUF tensor stored as whole values with one scale per 32 (Q8_0, Q5_0, Q4_0), as
+    /// [`GgufFile::symmetric`] reads it: kept that way in memory, it is half the size of bf16.
+    /// `None` for every other tensor.
+    pub fn read_symmetric(&self, key: &str) -> Option<(Vec<i8>, Vec<f32>)> {
+        let &(gguf, fi) = self.index.get(key)?;
+        if !gguf {
+            return None;
+        }
+        let out = self.ggufs[fi].symmetric(key)?;
+        self.ggufs[fi].release(key);
+        Some(out)
+    }
+
     /// The tensor's values converted to f32, in the file's (row-major) order; block-quantized
     /// GGUF tensors dequantised as `gguf.quants` does.
     pub fn read_f32(&self, component: &'static str, key: &str) -> Result<Vec<f32>> {
@@ -172,7 +185,9 @@ impl Weights {
             });
         };
         if gguf {
-            return self.ggufs[fi].f32_values(key);
+            let values = self.ggufs[fi].f32_values(key);
+            self.ggufs[fi].release(key);
+            return values;
         }
         let f = &self.files[fi];
         let info = &f.tensors[key];
@@ -343,6 +358,13 @@ impl Loader<'_> {
                 found,
             });
         }
+        if transpose
+            && view == View::Whole
+            && self.device.clone() == Device::flex()
+            && let Some(t) = self.quantized(base, &want)
+        {
+            return Ok(t);
+        }
         let mut values = view.apply(self.weights.read_f32(self.component, base)?, &stored);
         if transpose {
             values = transpose_2d(&values, want[0], want[1]);
@@ -353,6 +375,21 @@ impl Loader<'_> {
             leaf,
             Tensor::from_data(data, self.device),
         ))
+    }
+}
+
+impl Loader<'_> {
+    /// A linear weight (`[d_out, d_in]` in the file) kept block-quantized on the CPU, when the
+    /// file stores it so and the route keeps such weights ([`crate::ops::quantized_linear_weight`]).
+    fn quantized<const D: usize>(&self, key: &str, want: &[usize]) -> Option<Tensor<D>> {
+        let &[d_out, d_in] = want else { return None };
+        if D != 2 || !crate::ops::Routes::current().keep_quantized {
+            return None;
+        }
+        let (q, scales) = self.weights.read_symmetric(key)?;
+        let t = crate::ops::quantized_linear_weight(&q, &scales, d_out, d_in)?;
+        // D is 2 (checked above); a dispatch tensor carries its own shape.
+        Some(Tensor::from_dispatch(t.into_dispatch()))
     }
 }
 

@@ -13,8 +13,9 @@ use crate::cpu;
 
 /// `lin(x)`. x: `[.., in]` → `[.., out]`
 pub fn linear<const D: usize>(lin: &Linear, x: Tensor<D>) -> Tensor<D> {
-    if Routes::current().cpu_kernels
-        && let Some(y) = cpu::linear(lin, &x)
+    let r = Routes::current();
+    if r.cpu_kernels
+        && let Some(y) = cpu::linear(lin, &x, r.cpu_bf16)
     {
         return y;
     }

@@ -68,6 +68,17 @@ pub fn prepare_weight<const D: usize>(container: &str, leaf: &str, t: Tensor<D>)
     layer_weight(container, leaf, t, Layout::PadRows)
 }
 
+/// A linear layer's weight `[d_in, d_out]` kept block-quantized in memory (see
+/// [`crate::cpu::quant`]), from a PyTorch-layout `[d_out, d_in]` weight's whole values and
+/// per-32 scales; `None` when `d_in` is not a whole number of blocks or where the route keeps
+/// no quantized weights ([`Routes::keep_quantized`]).
+pub fn quantized_linear_weight(q: &[i8], scales: &[f32], d_out: usize, d_in: usize) -> Option<Tensor<2>> {
+    if !Routes::current().keep_quantized {
+        return None;
+    }
+    crate::cpu::quant::from_rows(q, scales, d_out, d_in)
+}
+
 /// Whether this CPU runs bf16 weights (AMX-BF16 present and granted by the OS).
 pub fn cpu_bf16_available() -> bool {
     crate::cpu::bf16_available()
@@ -76,6 +87,12 @@ pub fn cpu_bf16_available() -> bool {
 /// `w` in `like`'s float type: weights stored narrower than the activations (bf16 CPU weights)
 /// for the burn ops that take both, which require one dtype.
 fn same_dtype<const D: usize, const E: usize>(w: Tensor<D>, like: &Tensor<E>) -> Tensor<D> {
+    // weights kept quantized (`cpu::quant`) are read through burn's own dequantisation
+    let w = if matches!(w.dtype(), burn::tensor::DType::QFloat(_)) {
+        w.dequantize()
+    } else {
+        w
+    };
     if w.dtype() == like.dtype() {
         w
     } else {

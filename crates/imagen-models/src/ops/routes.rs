@@ -42,6 +42,10 @@ pub struct Routes {
     /// CPU conv and linear weights in bf16 on AMX tiles, laid out at load
     /// ([`super::prepare_weights`]): set by `device::open("cpu", "bf16")`, not by the environment.
     pub cpu_bf16: bool,
+    /// GGUF linear weights in Q8_0/Q5_0/Q4_0 stay block-quantized in CPU memory, dequantised a
+    /// layer per call (`IMAGEN_KEEP_QUANTIZED=0`: dequantised at load, the same results in more
+    /// memory).
+    pub keep_quantized: bool,
     pub winograd: Winograd,
     pub gpu_conv: ConvRoute,
     pub gpu_attention: AttentionRoute,
@@ -65,6 +69,7 @@ impl Default for Routes {
         Routes {
             cpu_kernels: true,
             cpu_bf16: false,
+            keep_quantized: true,
             winograd: Winograd::WherePays,
             gpu_conv: ConvRoute::Im2col,
             gpu_attention: AttentionRoute::Matmul,
@@ -96,6 +101,7 @@ impl Routes {
         Routes {
             cpu_kernels: on("IMAGEN_CPU_KERNELS", d.cpu_kernels),
             cpu_bf16: d.cpu_bf16,
+            keep_quantized: on("IMAGEN_KEEP_QUANTIZED", d.keep_quantized),
             winograd: match var("IMAGEN_CPU_WINOGRAD").as_deref() {
                 Some("0") => Winograd::Off,
                 Some("all") => Winograd::Everywhere,
@@ -185,6 +191,7 @@ mod tests {
         let want = Routes {
             cpu_kernels: false,
             cpu_bf16: false,
+            keep_quantized: true,
             winograd: Winograd::Everywhere,
             gpu_conv: ConvRoute::ImplicitGemm,
             gpu_attention: AttentionRoute::Burn,
