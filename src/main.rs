@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use imagen_engine::pipeline::{denoise_with, tensor_to_images, variations};
 use imagen_engine::rng::RngKind;
 use imagen_engine::scheduler::SamplerKind;
-use imagen_engine::{GenerateRequest, InitImage, generate};
+use imagen_engine::{GenerateRequest, InitImage, generate_once};
 use imagen_models::load::lora::LoraFile;
 use imagen_models::{StableDiffusion, device};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -325,7 +325,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             }
             tensor_to_images(decoder.decode(latents / scale))?
         }
-        _ => generate(&sd, &req, &device, &mut progress)?,
+        _ => generate_once(sd, &req, &device, &mut progress)?,
     };
     bar.finish_and_clear();
 

@@ -5,7 +5,7 @@ use burn::tensor::Device;
 use imagen_engine::pipeline::denoise;
 use imagen_engine::rng::RngKind;
 use imagen_engine::scheduler::SamplerKind;
-use imagen_engine::{GenerateRequest, InitImage, generate};
+use imagen_engine::{GenerateRequest, InitImage, generate, generate_once};
 use imagen_models::StableDiffusion;
 use serde_json::Value;
 
@@ -51,6 +51,22 @@ fn distilled_models_match_diffusers_pngs() {
             check_case(&sd, case, &device);
         }
     }
+}
+
+/// The CLI's one-shot run, which drops the UNet and text encoders before decoding, makes the
+/// same images as the server's resident model.
+#[test]
+fn one_shot_generation_equals_resident() {
+    let device = Device::flex();
+    let case = cases("cases.json")
+        .into_iter()
+        .find(|c| c["model"] == "tiny-sd15")
+        .expect("a tiny-sd15 case");
+    let req = case_request(&case);
+    let sd = StableDiffusion::load(fixture("tiny-sd15"), &device).expect("load");
+    let resident = generate(&sd, &req, &device, &mut |_, _| true).expect("generate");
+    let once = generate_once(sd, &req, &device, &mut |_, _| true).expect("generate_once");
+    assert!(resident == once, "one-shot images differ");
 }
 
 #[test]

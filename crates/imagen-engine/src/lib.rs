@@ -9,4 +9,4 @@ pub mod scheduler;
 pub mod worker;
 
 pub use error::{Error, Result};
-pub use pipeline::{GenerateRequest, InitImage, generate, generate_seeded};
+pub use pipeline::{GenerateRequest, InitImage, generate, generate_once, generate_seeded};

@@ -6,6 +6,7 @@ use image::{GrayImage, RgbImage};
 use imagen_models::StableDiffusion;
 use imagen_models::load::tokenizer::ClipTokenizer;
 use imagen_models::models::unet_2d::AddedCond;
+use imagen_models::models::vae::{AutoencoderKL, AutoencoderKLConfig};
 
 /// CLIP's end-of-text token.
 const EOS: u32 = 49407;
@@ -97,15 +98,44 @@ pub fn generate(
     progress: Progress,
 ) -> Result<Vec<RgbImage>> {
     let latents = denoise(sd, req, device, progress)?;
-    let z = latents / sd.vae_config.scaling_factor as f32;
+    decode(&sd.vae, &sd.vae_config, latents)
+}
+
+/// [`generate`] for a run that owns the model and ends with it (the CLI's): the UNet and text
+/// encoders are dropped once the latents are made, so the VAE decode's activations do not
+/// stack on their weights (stable-diffusion.cpp's CLI frees each model after use too). The
+/// same images as [`generate`].
+pub fn generate_once(
+    sd: StableDiffusion,
+    req: &GenerateRequest,
+    device: &Device,
+    progress: Progress,
+) -> Result<Vec<RgbImage>> {
+    let latents = denoise(&sd, req, device, progress)?;
+    let StableDiffusion {
+        vae,
+        vae_config,
+        unet,
+        text_encoder,
+        text_encoder_2,
+        ..
+    } = sd;
+    drop((unet, text_encoder, text_encoder_2));
+    imagen_models::ops::release_scratch();
+    decode(&vae, &vae_config, latents)
+}
+
+/// The VAE-scaled latents `[b, c, h/8, w/8]` decoded to images.
+fn decode(vae: &AutoencoderKL, config: &AutoencoderKLConfig, latents: Tensor<4>) -> Result<Vec<RgbImage>> {
+    let z = latents / config.scaling_factor as f32;
     // Images over twice the VAE's native size (e.g. 1024² and up for SD 1.5) are decoded in
     // tiles, as diffusers' `enable_vae_tiling` does: bounded memory, seams blended away.
-    let tile = sd.vae_config.sample_size / sd.vae_config.scale_factor();
+    let tile = config.sample_size / config.scale_factor();
     let [_, _, h, w] = z.dims();
     let images = if tile > 0 && (h > 2 * tile || w > 2 * tile) {
-        sd.vae.decode_tiled(z, tile, 0.25)
+        vae.decode_tiled(z, tile, 0.25)
     } else {
-        sd.vae.decode(z)
+        vae.decode(z)
     };
     tensor_to_images(images)
 }

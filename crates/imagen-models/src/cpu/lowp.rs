@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::amx::{self, BLOCK, KSTEP, Operands};
 use super::geometry::Conv;
+use super::norm;
 use super::quant::Q8;
 use super::scratch;
 
@@ -88,13 +89,43 @@ pub(crate) fn strided_hw(c: &Conv, stride: usize) -> (usize, usize) {
     ((ho - 1) / stride + 1, (wo - 1) / stride + 1)
 }
 
-/// x: `[batch, cin, h, w]`, weight packed by [`pack_conv`], bias `[cout]` →
+/// A convolution's input and what is done to it as it is read (so that the normalised or
+/// upsampled tensor is never built: at a 512² VAE layer each is 134–268 MB).
+#[derive(Clone, Copy)]
+pub(crate) struct Input<'a> {
+    /// `[batch, cin, h / up, w / up]` for a conv whose input is `c.h × c.w`
+    pub x: &'a [f32],
+    /// per `(batch, channel)`: `x·scale + shift` ([`norm::affine`], the group norm's), then SiLU
+    /// when `silu`
+    pub affine: Option<&'a [(f32, f32)]>,
+    pub silu: bool,
+    /// nearest-neighbour upsampling factor (1 or 2)
+    pub up: usize,
+}
+
+impl<'a> Input<'a> {
+    pub(crate) fn plain(x: &'a [f32]) -> Self {
+        Input {
+            x,
+            affine: None,
+            silu: false,
+            up: 1,
+        }
+    }
+}
+
+/// x: `[batch, cin, h, w]` (as `input` says), weight packed by [`pack_conv`], bias `[cout]` →
 /// `[batch, cout, ho, wo]` ([`strided_hw`]). A stride above 1 (the downsamplers: three per UNet)
 /// computes the stride-1 output and keeps every `stride`-th row and column.
-pub(crate) fn conv2d(c: Conv, stride: usize, x: &[f32], weight: &[u16], bias: Option<&[f32]>) -> Vec<f32> {
+pub(crate) fn conv2d(c: Conv, stride: usize, input: Input, weight: &[u16], bias: Option<&[f32]>) -> Vec<f32> {
     let (m_pad, cin_p) = padded(c.cout, c.cin);
     let taps = c.kh * c.kw;
-    assert_eq!(x.len(), c.batch * c.cin * c.h * c.w);
+    let up = input.up;
+    assert!(up >= 1 && c.h.is_multiple_of(up) && c.w.is_multiple_of(up));
+    let (hs, ws) = (c.h / up, c.w / up);
+    let x = input.x;
+    assert_eq!(x.len(), c.batch * c.cin * hs * ws);
+    let plain = input.affine.is_none() && up == 1;
     assert_eq!(weight.len(), m_pad * taps * cin_p);
     assert!(stride >= 1);
     let (hp, wp) = c.padded_hw();
@@ -109,21 +140,46 @@ pub(crate) fn conv2d(c: Conv, stride: usize, x: &[f32], weight: &[u16], bias: Op
     let mut xp = take_pairs(pairs * plane);
     let [pt, pl, _, _] = c.pad;
     for bi in 0..c.batch {
-        let xb = &x[bi * c.cin * c.h * c.w..][..c.cin * c.h * c.w];
+        let xb = &x[bi * c.cin * hs * ws..][..c.cin * hs * ws];
+        let affine = input.affine.map(|a| &a[bi * c.cin..][..c.cin]);
         // every element written (borders and tail zero): the buffer is reused uncleared
         xp.par_chunks_mut(plane).enumerate().for_each(|(p, dst)| {
             let zeros = vec![0f32; c.w];
             let chan = |ch: usize, y: usize| {
                 if ch < c.cin {
-                    &xb[(ch * c.h + y) * c.w..][..c.w]
+                    &xb[(ch * hs + y / up) * ws..][..ws]
                 } else {
-                    &zeros[..]
+                    &zeros[..ws]
+                }
+            };
+            // row y of channel ch as the conv sees it: normalised, then upsampled
+            let (mut lo, mut hi, mut t) = (vec![0f32; c.w], vec![0f32; c.w], vec![0f32; ws]);
+            let mut seen = |ch: usize, y: usize, out: &mut [f32]| {
+                let src = match affine {
+                    Some(a) if ch < c.cin => {
+                        norm::affine(&mut t, chan(ch, y), a[ch], input.silu);
+                        &t[..]
+                    }
+                    _ => chan(ch, y),
+                };
+                if up == 1 {
+                    out.copy_from_slice(src);
+                } else {
+                    for (o, v) in out.chunks_exact_mut(up).zip(src) {
+                        o.fill(*v);
+                    }
                 }
             };
             dst[..pt * wp + pl].fill(0);
             for y in 0..c.h {
                 let row = &mut dst[(y + pt) * wp + pl..][..wp];
-                amx::pairs_into(&mut row[..c.w], chan(2 * p, y), chan(2 * p + 1, y));
+                if plain {
+                    amx::pairs_into(&mut row[..c.w], chan(2 * p, y), chan(2 * p + 1, y));
+                } else {
+                    seen(2 * p, y, &mut lo);
+                    seen(2 * p + 1, y, &mut hi);
+                    amx::pairs_into(&mut row[..c.w], &lo, &hi);
+                }
                 row[c.w..].fill(0); // right border, then the next row's left border
             }
             dst[(c.h + pt) * wp + pl..].fill(0);
@@ -342,11 +398,11 @@ mod tests {
             let bias = data(cout, 3);
             let want = naive(c, &round(&x), &round(&wt), Some(&bias));
             let packed = pack_conv(&wt, cout, cin, k, k);
-            let got = conv2d(c, 1, &x, &packed, Some(&bias));
+            let got = conv2d(c, 1, Input::plain(&x), &packed, Some(&bias));
             // stride 2: every other row and column of the stride-1 result
             let (ho1, wo1) = c.out_hw();
             let (ho, wo) = strided_hw(&c, 2);
-            let got2 = conv2d(c, 2, &x, &packed, Some(&bias));
+            let got2 = conv2d(c, 2, Input::plain(&x), &packed, Some(&bias));
             for (i, g) in got2.iter().enumerate() {
                 let (bo, y, xx) = (i / (ho * wo), i / wo % ho, i % wo);
                 assert_eq!(*g, got[(bo * ho1 + 2 * y) * wo1 + 2 * xx], "{c:?} stride 2 [{i}]");
@@ -393,6 +449,53 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Normalising and upsampling as the input is read gives bit for bit what the conv gives
+    /// on the group norm's output, upsampled.
+    #[test]
+    fn fused_input_equals_separate_ops() {
+        if !amx::available() {
+            eprintln!("no AMX-BF16 here: skipped");
+            return;
+        }
+        let (batch, cin, cout, hs, ws, groups) = (2, 12, 20, 5, 7, 3);
+        let x = data(batch * cin * hs * ws, 9);
+        let (gamma, beta) = (data(cin, 10), data(cin, 11));
+        let params = norm::affine_params(&x, batch, cin, hs * ws, groups, Some(&gamma), Some(&beta), 1e-6);
+        let normed = norm::group_norm(&x, batch, cin, hs * ws, groups, Some(&gamma), Some(&beta), 1e-6, true);
+        let mut upsampled = vec![0f32; normed.len() * 4];
+        for (i, v) in upsampled.iter_mut().enumerate() {
+            let (bc, y, xx) = (i / (4 * hs * ws), i / (2 * ws) % (2 * hs), i % (2 * ws));
+            *v = normed[(bc * hs + y / 2) * ws + xx / 2];
+        }
+        let wt = data(cout * cin * 9, 12);
+        let packed = pack_conv(&wt, cout, cin, 3, 3);
+        for up in [1, 2] {
+            let c = Conv {
+                batch,
+                cin,
+                cout,
+                h: hs * up,
+                w: ws * up,
+                kh: 3,
+                kw: 3,
+                pad: [1; 4],
+            };
+            let separate = if up == 1 { &normed } else { &upsampled };
+            let want = conv2d(c, 1, Input::plain(separate), &packed, None);
+            let input = Input {
+                x: &x,
+                affine: Some(&params),
+                silu: true,
+                up,
+            };
+            let got = conv2d(c, 1, input, &packed, None);
+            assert!(
+                got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()),
+                "up {up}"
+            );
         }
     }
 
@@ -479,7 +582,7 @@ mod timing {
         let (mut full, mut g, mut one) = (1f64, 1f64, 1f64);
         for _ in 0..20 {
             let t = std::time::Instant::now();
-            let _ = conv2d(c, 1, &x, &w, None);
+            let _ = conv2d(c, 1, Input::plain(&x), &w, None);
             full = full.min(t.elapsed().as_secs_f64());
             let t = std::time::Instant::now();
             run(&ops, n_end, &|_, _, _| {});

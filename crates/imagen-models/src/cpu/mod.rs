@@ -96,14 +96,90 @@ pub fn conv2d(conv: &Conv2d, x: &Tensor<4>, winograd: Winograd) -> Option<Tensor
 
 /// [`conv2d`] with weights laid out by [`pack_weights_bf16`], on AMX tiles.
 fn conv2d_bf16(conv: &Conv2d, x: &Tensor<4>, weight: &Tensor<4>, pad: [usize; 4], stride: usize) -> Option<Tensor<4>> {
-    let (xs, bias) = (host(x)?, host_param(&conv.bias)?);
-    let c = geometry::Conv::of(x.dims(), weight.dims(), pad);
+    let xs = host(x)?;
+    bf16_conv(conv, x.dims(), weight, pad, stride, lowp::Input::plain(slice(&xs)))
+}
+
+/// The AMX convolution of `input` (`dims` as the conv sees it), weights packed.
+fn bf16_conv(
+    conv: &Conv2d,
+    dims: [usize; 4],
+    weight: &Tensor<4>,
+    pad: [usize; 4],
+    stride: usize,
+    input: lowp::Input,
+) -> Option<Tensor<4>> {
+    let bias = host_param(&conv.bias)?;
+    let c = geometry::Conv::of(dims, weight.dims(), pad);
     let ws = packed(weight, lowp::padded(c.cout, c.cin), c.kh * c.kw)?;
     let (ho, wo) = lowp::strided_hw(&c, stride);
     let (batch, cout) = (c.batch, c.cout);
     let _t = profile::Timer::new(profile::Op::Conv);
-    let out = lowp::conv2d(c, stride, slice(&xs), bf16_bits(&ws), bias.as_ref().map(slice));
+    let out = lowp::conv2d(c, stride, input, bf16_bits(&ws), bias.as_ref().map(slice));
     Some(tensor(out, [batch, cout, ho, wo]))
+}
+
+/// The stride-1 ungrouped conv's padding, when its weights are packed for the AMX kernels.
+fn packed_conv(conv: &Conv2d) -> Option<(Tensor<4>, [usize; 4])> {
+    let weight = conv.weight.val();
+    let pad = match conv.padding {
+        PaddingConfig2d::Explicit(t, l, b, r) => [t, l, b, r],
+        PaddingConfig2d::Valid => [0; 4],
+        PaddingConfig2d::Same => return None,
+    };
+    let simple = conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1;
+    (simple && weight.dtype() == DType::BF16).then_some((weight, pad))
+}
+
+/// `conv(silu(norm(x)))` on AMX tiles, the input normalised as the convolution reads it (the
+/// normalised tensor is never built); `None` unless the conv's weights are packed in bf16.
+/// x: `[b, cin, h, w]` → `[b, cout, h', w']`
+pub fn norm_silu_conv2d(norm: &GroupNorm, conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
+    let (weight, pad) = packed_conv(conv)?;
+    let (xs, gamma, beta) = (host(x)?, host_param(&norm.gamma)?, host_param(&norm.beta)?);
+    let [b, c, h, w] = x.dims();
+    let params = {
+        let _t = profile::Timer::new(profile::Op::GroupNorm);
+        norm::affine_params(
+            slice(&xs),
+            b,
+            c,
+            h * w,
+            norm.num_groups,
+            gamma.as_ref().map(slice),
+            beta.as_ref().map(slice),
+            norm.epsilon,
+        )
+    };
+    let input = lowp::Input {
+        x: slice(&xs),
+        affine: Some(&params),
+        silu: true,
+        up: 1,
+    };
+    bf16_conv(conv, x.dims(), &weight, pad, 1, input)
+}
+
+/// `conv(upsample_nearest_2x(x))` on AMX tiles, the input upsampled as the convolution reads it;
+/// `None` unless the conv's weights are packed in bf16.
+/// x: `[b, cin, h, w]` → `[b, cout, 2h', 2w']`
+pub fn upsample2_conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
+    let (weight, pad) = packed_conv(conv)?;
+    let xs = host(x)?;
+    let [b, c, h, w] = x.dims();
+    bf16_conv(
+        conv,
+        [b, c, 2 * h, 2 * w],
+        &weight,
+        pad,
+        1,
+        lowp::Input {
+            x: slice(&xs),
+            affine: None,
+            silu: false,
+            up: 2,
+        },
+    )
 }
 
 /// The storage of a weight laid out by [`pack_weights_bf16`] (`[m_pad][taps][cin_p]` under a
@@ -423,6 +499,18 @@ pub fn release_scratch() {
     scratch::release();
     lowp::release();
     rayon::broadcast(|_| scratch::release());
+    trim_heap();
+}
+
+/// Hands freed heap pages back to the OS. glibc keeps blocks under its (self-raising, up to
+/// 32 MB) mmap threshold in its arenas after `free`, so without this a dropped model or
+/// scratch buffer stays in the process's resident set.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 #[cfg(test)]

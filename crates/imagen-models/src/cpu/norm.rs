@@ -21,10 +21,36 @@ pub(crate) fn group_norm(
 ) -> Vec<f32> {
     assert_eq!(x.len(), batch * channels * spatial);
     assert_eq!(channels % groups, 0);
+    let params = affine_params(x, batch, channels, spatial, groups, gamma, beta, eps);
+    let mut out = scratch::output(x.len());
+    out.par_chunks_mut(spatial)
+        .zip(x.par_chunks(spatial))
+        .zip(&params)
+        .for_each(|((d, s), &p)| affine(d, s, p, silu));
+    out
+}
+
+/// Per `(batch, channel)`, the `(scale, shift)` that [`group_norm`] applies to that channel
+/// (`y = x·scale + shift`, then SiLU): a convolution that normalises its input as it reads it
+/// ([`affine`] per row) computes exactly what `group_norm` then the convolution do.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn affine_params(
+    x: &[f32],
+    batch: usize,
+    channels: usize,
+    spatial: usize,
+    groups: usize,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    eps: f64,
+) -> Vec<(f32, f32)> {
+    assert_eq!(x.len(), batch * channels * spatial);
+    assert_eq!(channels % groups, 0);
     let per = channels / groups;
     let group_len = per * spatial;
-    let mut out = scratch::output(x.len());
-    out.par_chunks_mut(group_len)
+    let mut params = vec![(0f32, 0f32); batch * channels];
+    params
+        .par_chunks_mut(per)
         .zip(x.par_chunks(group_len))
         .enumerate()
         .for_each(|(bg, (dst, src))| {
@@ -32,15 +58,15 @@ pub(crate) fn group_norm(
             let mean = sum(src) / group_len as f64;
             let var = sum_sq_dev(src, mean as f32) / group_len as f64;
             let rstd = 1.0 / (var + eps).sqrt();
-            for (c, (d, s)) in dst.chunks_mut(spatial).zip(src.chunks(spatial)).enumerate() {
+            for (c, d) in dst.iter_mut().enumerate() {
                 let ch = g * per + c;
                 let gm = gamma.map_or(1.0, |v| v[ch] as f64);
                 let scale = rstd * gm;
                 let shift = beta.map_or(0.0, |v| v[ch] as f64) - mean * scale;
-                affine(d, s, scale as f32, shift as f32, silu);
+                *d = (scale as f32, shift as f32);
             }
         });
-    out
+    params
 }
 
 multiversion! {
@@ -51,8 +77,13 @@ multiversion! {
     fn sum_sq_dev(xs: &[f32], mean: f32) -> f64 { simd::sum_sq_dev(xs, mean) }
 }
 
+/// `dst = src·scale + shift`, then SiLU when `silu`: one channel's rows of [`group_norm`].
+pub(crate) fn affine(dst: &mut [f32], src: &[f32], (scale, shift): (f32, f32), silu: bool) {
+    affine_rows(dst, src, scale, shift, silu)
+}
+
 multiversion! {
-    fn affine(dst: &mut [f32], src: &[f32], scale: f32, shift: f32, silu: bool) {
+    fn affine_rows(dst: &mut [f32], src: &[f32], scale: f32, shift: f32, silu: bool) {
         if silu {
             for (d, &s) in dst.iter_mut().zip(src) {
                 let y = s * scale + shift;

@@ -50,7 +50,7 @@ pub fn conv2d_add(conv: &Conv2d, x: Tensor<4>, add: ConvAdd) -> Tensor<4> {
 }
 
 /// `conv(silu(norm(x))) + add`, the resnets' and output heads' norm → conv; on GPU backends
-/// the normalisation happens as the convolution reads its windows.
+/// and on the CPU's bf16 route the normalisation happens as the convolution reads its input.
 /// x: `[b, cin, h, w]` → `[b, cout, ho, wo]`
 pub fn norm_silu_conv2d_add(norm: &GroupNorm, conv: &Conv2d, x: Tensor<4>, add: ConvAdd) -> Tensor<4> {
     if on_gpu(&x)
@@ -58,11 +58,16 @@ pub fn norm_silu_conv2d_add(norm: &GroupNorm, conv: &Conv2d, x: Tensor<4>, add: 
     {
         return y;
     }
+    if Routes::current().cpu_kernels
+        && let Some(y) = cpu::norm_silu_conv2d(norm, conv, &x)
+    {
+        return add.apply(y);
+    }
     conv2d_add(conv, group_norm(norm, x, true), add)
 }
 
-/// `conv(upsample_nearest(x))` to `size` (`2h × 2w` when `None`); on GPU backends the 2× case
-/// reads the windows straight from `x`, never building the upsampled tensor.
+/// `conv(upsample_nearest(x))` to `size` (`2h × 2w` when `None`); on GPU backends and on the
+/// CPU's bf16 route the 2× case reads straight from `x`, never building the upsampled tensor.
 /// x: `[b, cin, h, w]` → `[b, cout, size]`
 pub fn upsample_conv(conv: &Conv2d, x: Tensor<4>, size: Option<[usize; 2]>) -> Tensor<4> {
     let [_, _, h, w] = x.dims();
@@ -70,6 +75,12 @@ pub fn upsample_conv(conv: &Conv2d, x: Tensor<4>, size: Option<[usize; 2]>) -> T
     if [oh, ow] == [2 * h, 2 * w]
         && on_gpu(&x)
         && let Some(y) = conv2d_fused(&Routes::current(), conv, &x, 2, None, &ConvAdd::Nothing)
+    {
+        return y;
+    }
+    if [oh, ow] == [2 * h, 2 * w]
+        && Routes::current().cpu_kernels
+        && let Some(y) = cpu::upsample2_conv2d(conv, &x)
     {
         return y;
     }
