@@ -40,7 +40,7 @@ pub struct BenchArgs {
     /// cpu or wgpu.
     #[arg(long, default_value = "cpu")]
     backend: String,
-    /// f32; f16 (GPU backends); bf16 (cpu with AMX: bf16 conv/linear weights on AMX tiles).
+    /// f32; f16 (GPU backends); bf16 (cpu with AMX or AVX512-BF16: bf16 conv/linear weights).
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// One JSON line instead of text.
@@ -299,6 +299,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "gflop_per_s": gflop / median, "peak_rss_bytes": rss, "weights_bytes": params * dtype_bytes,
                 "device_reserved_bytes": device_bytes, "rel_error_vs_f32": error,
                 "kernels": a.profile.then_some(&kernels),
+                "cpu_bf16_kernel": (a.dtype == "bf16").then(imagen_models::ops::cpu_bf16_kernel).flatten(),
             })
         );
     } else {
@@ -328,7 +329,7 @@ fn bf16_error(component: &str, arch: &Arch, b: usize, l: usize, device: &Device)
     use burn::module::{Module, ModuleMapper, Param};
     use imagen_models::ops::{Routes, cpu_bf16_available, prepare_weights};
     if !cpu_bf16_available() {
-        bail!("--error compares the bf16 (AMX) route with f32: this CPU has no AMX-BF16");
+        bail!("--error compares the bf16 route with f32: this CPU has neither AMX-BF16 nor AVX512-BF16");
     }
     /// Reads every parameter, so that a clone shares the values instead of initialising anew.
     struct Materialise;

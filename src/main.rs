@@ -117,7 +117,8 @@ struct GenerateArgs {
     #[arg(long, default_value = "cpu")]
     backend: String,
     /// f32; f16 (GPU backends: half the memory, faster on most cards); bf16 (cpu backend on CPUs
-    /// with AMX-BF16: conv and linear layers in bf16 on AMX tiles, half the weight memory).
+    /// with AMX-BF16 or AVX512-BF16: conv and linear layers in bf16, half the weight memory;
+    /// IMAGEN_CPU_AMX=0 uses AVX512-BF16 even where AMX exists).
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// Decode with TAESD (a diffusers `AutoencoderTiny` folder, e.g. madebyollin/taesd) instead

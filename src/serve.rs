@@ -27,7 +27,8 @@ pub struct ServeArgs {
     #[arg(long)]
     backend: Option<String>,
     /// f32; f16 (GPU backends: half the memory, faster on most cards); bf16 (cpu backend on CPUs
-    /// with AMX-BF16: conv and linear layers in bf16 on AMX tiles, half the weight memory).
+    /// with AMX-BF16 or AVX512-BF16: conv and linear layers in bf16, half the weight memory;
+    /// IMAGEN_CPU_AMX=0 uses AVX512-BF16 even where AMX exists).
     #[arg(long)]
     dtype: Option<String>,
     /// Model for requests that name none (default: the first by id).

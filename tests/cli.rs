@@ -393,9 +393,9 @@ fn quantize_writes_what_the_gguf_package_writes() {
     );
 }
 
-/// `--dtype bf16` through the real binary: on a CPU with AMX-BF16 the diffusers image within bf16's
-/// rounding (mean ≤ 3/255; the f32 route matches within 2/255 per pixel); elsewhere a one-line
-/// error saying what is missing.
+/// `--dtype bf16` through the real binary: on a CPU with AMX-BF16 or AVX512-BF16 the diffusers
+/// image within bf16's rounding (mean ≤ 3/255; the f32 route matches within 2/255 per pixel), on
+/// tiles and on dot products; elsewhere a one-line error saying what is missing.
 #[test]
 fn bf16_generates_close_to_the_diffusers_image_or_says_why_not() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -412,8 +412,9 @@ fn bf16_generates_close_to_the_diffusers_image_or_says_why_not() {
         "bf16",
     ]);
     let o = imagen(&args);
-    let amx = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains(" amx_bf16"));
-    if !amx {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let amx = cpuinfo.contains(" amx_bf16");
+    if !amx && !cpuinfo.contains(" avx512_bf16") {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
             !o.status.success() && err.contains("AMX-BF16") && !err.contains("panicked"),
@@ -434,4 +435,24 @@ fn bf16_generates_close_to_the_diffusers_image_or_says_why_not() {
         .collect();
     let mean = diffs.iter().map(|&d| d as f64).sum::<f64>() / diffs.len() as f64;
     assert!(mean <= 3.0, "bf16: mean difference {mean:.3}/255");
+    // the same on AVX512-BF16 dot products instead of tiles (what CPUs without AMX run)
+    let o = Command::new(env!("CARGO_BIN_EXE_imagen"))
+        .args(&args)
+        .env("IMAGEN_CPU_AMX", "0")
+        .output()
+        .expect("run imagen");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dots = image::open(&out).expect("png").to_rgb8();
+    let mean = dots
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| a.abs_diff(*b) as f64)
+        .sum::<f64>()
+        / diffs.len() as f64;
+    assert!(mean <= 3.0, "bf16 on dot products: mean difference {mean:.3}/255");
+    if amx {
+        // other sums, other roundings: a different image, so the tiles did not run again
+        assert!(dots != got, "IMAGEN_CPU_AMX=0 changed nothing");
+    }
 }

@@ -30,8 +30,8 @@ pub fn by_name(name: &str) -> Result<Device> {
 /// Compute precisions by the names the CLI and API use.
 pub const DTYPES: &[&str] = &["f32", "f16", "bf16"];
 
-/// [`by_name`], with floats computed in `dtype` (`f32`, `f16` or `bf16`). bf16 is for the CPU
-/// with AMX: conv and linear layers multiply bf16 weights and bf16-rounded activations with f32
+/// [`by_name`], with floats computed in `dtype` (`f32`, `f16` or `bf16`). bf16 is for CPUs
+/// with AMX or AVX512-BF16: conv and linear layers multiply bf16 weights and bf16-rounded activations with f32
 /// sums; everything else stays f32. f16 is for GPUs: the device's
 /// default float type is set before any tensor exists, so weights, activations and every tensor
 /// the models make on the way share it. Refused where the device has no f16 arithmetic (burn's
@@ -47,12 +47,14 @@ pub fn open(name: &str, dtype: &str) -> Result<Device> {
         let bf16 = dtype == "bf16";
         if bf16 && !crate::ops::cpu_bf16_available() {
             return Err(Error::Backend(
-                "bf16 on the cpu backend needs AMX-BF16 (Intel Xeon 4th generation or later) with the \
-                 Linux permission for tile data; this CPU computes in f32 (--dtype f32)"
+                "bf16 on the cpu backend needs AMX-BF16 (Intel Xeon 4th generation or later, with the \
+                 Linux permission for tile data) or AVX512-BF16 (AMD Zen 4 and later, Intel Cooper \
+                 Lake); this CPU computes in f32 (--dtype f32)"
                     .into(),
             ));
         }
         let routes = crate::ops::Routes::current();
+        crate::cpu::bf16_on_tiles(routes.cpu_amx);
         if routes.cpu_bf16 != bf16 {
             crate::ops::Routes {
                 cpu_bf16: bf16,

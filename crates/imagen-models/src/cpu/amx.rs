@@ -11,16 +11,52 @@
 
 use std::arch::asm;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::dot_bf16;
 
 /// Rows and columns of C one microkernel call computes.
 pub(crate) const BLOCK: usize = 32;
 /// k per tile step.
 pub(crate) const KSTEP: usize = 32;
 
-/// Whether this CPU has AMX-BF16 and the OS let this process use the tile registers. Asked once.
+/// Whether this CPU runs the bf16 GEMM: on AMX tiles ([`tiles`]), or else on AVX512-BF16 dot
+/// products (`dot_bf16.rs`, same operands and results).
 pub(crate) fn available() -> bool {
+    tiles() || dot_bf16::available()
+}
+
+/// Whether this CPU has AMX-BF16 and the OS let this process use the tile registers. Asked once.
+pub(crate) fn tiles() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| cpu_has_amx_bf16() && request_tile_permission())
+}
+
+/// Which instructions [`gemm_into`] uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    Tiles,
+    DotProducts,
+}
+
+/// Tiles where the CPU has them, unless [`prefer_tiles`] said not to.
+static USE_TILES: AtomicBool = AtomicBool::new(true);
+
+/// Whether the GEMM may use AMX tiles (`false`: AVX512-BF16 dot products even where tiles
+/// exist, to measure or test what CPUs without AMX run). Process-wide.
+pub(crate) fn prefer_tiles(on: bool) {
+    USE_TILES.store(on, Ordering::Relaxed);
+}
+
+impl Kernel {
+    /// The kernel [`gemm_into`] uses on this CPU.
+    pub(crate) fn chosen() -> Kernel {
+        if tiles() && USE_TILES.load(Ordering::Relaxed) {
+            Kernel::Tiles
+        } else {
+            Kernel::DotProducts
+        }
+    }
 }
 
 fn cpu_has_amx_bf16() -> bool {
@@ -265,7 +301,8 @@ pub(crate) enum Layout {
 /// block is reused from L1 across the column blocks; the partial sums go to `c` and back
 /// between passes (keep it within L2).
 ///
-/// Panics if AMX is not [`available`], an operand is too short for the range or `c` too small.
+/// Panics if the bf16 GEMM is not [`available`], an operand is too short for the range or `c`
+/// too small.
 pub(crate) fn gemm_into(
     ops: &Operands,
     m_blocks: std::ops::Range<usize>,
@@ -273,7 +310,18 @@ pub(crate) fn gemm_into(
     c: &mut [f32],
     layout: Layout,
 ) {
-    assert!(available(), "AMX-BF16 is not available");
+    gemm_into_with(Kernel::chosen(), ops, m_blocks, n_range, c, layout)
+}
+
+/// [`gemm_into`] with a given kernel.
+fn gemm_into_with(
+    kernel: Kernel,
+    ops: &Operands,
+    m_blocks: std::ops::Range<usize>,
+    n_range: std::ops::Range<usize>,
+    c: &mut [f32],
+    layout: Layout,
+) {
     assert!(n_range.start.is_multiple_of(BLOCK) && n_range.end.is_multiple_of(BLOCK));
     assert!(m_blocks.end * BLOCK <= ops.m_pad);
     ops.check(n_range.end);
@@ -289,6 +337,10 @@ pub(crate) fn gemm_into(
     if mb_count > 0 && nb_count > 0 {
         assert!(c.len() >= at(mb_count - 1, nb_count - 1) + (BLOCK - 1) * ldc + BLOCK);
     }
+    if kernel == Kernel::DotProducts {
+        return dot_bf16::gemm_blocks(ops, m_blocks, n_range, c, &*at, ldc);
+    }
+    assert!(tiles(), "AMX-BF16 is not available");
     let cfg = CONFIG;
     // SAFETY: AMX is available and this process may use it; the config is 64 bytes, aligned.
     unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack)) };
@@ -426,10 +478,6 @@ mod tests {
     /// bf16-rounded operands.
     #[test]
     fn matches_definition() {
-        if !available() {
-            eprintln!("no AMX-BF16 here: skipped");
-            return;
-        }
         let (m, m_pad, k, n) = (40, 64, 64, 96);
         let lda = 2 * k + 8;
         let av: Vec<f32> = (0..m_pad * lda)
@@ -461,28 +509,36 @@ mod tests {
             seg_k: k,
             taps: &taps,
         };
-        let mut got = vec![f32::NAN; m_pad * n];
-        gemm(&ops, 0..m_pad / BLOCK, 0..n, &mut |m0, n0, blk| {
-            for i in 0..BLOCK {
-                got[(m0 + i) * n + n0..][..BLOCK].copy_from_slice(&blk[i * BLOCK..][..BLOCK]);
-            }
-        });
         let bf = |i: usize| to_f32(bf16(bv[i]));
-        for i in 0..m {
-            for j in 0..n {
-                let mut want = 0f64;
-                for (s, &(ac, b0)) in taps.iter().enumerate() {
-                    for kk in 0..k {
-                        let (pr, hi) = (kk / 2, kk % 2);
-                        let idx = b0 + pr * plane + j; // VNNI element index
-                        let (row, col) = (idx / plane * 2 + hi, idx % plane);
-                        let _ = s;
-                        want += to_f32(a[i * lda + ac + kk]) as f64 * bf(row * plane + col) as f64;
+        let check = |got: &[f32], kernel: Kernel| {
+            for i in 0..m {
+                for j in 0..n {
+                    let mut want = 0f64;
+                    for (s, &(ac, b0)) in taps.iter().enumerate() {
+                        for kk in 0..k {
+                            let (pr, hi) = (kk / 2, kk % 2);
+                            let idx = b0 + pr * plane + j; // VNNI element index
+                            let (row, col) = (idx / plane * 2 + hi, idx % plane);
+                            let _ = s;
+                            want += to_f32(a[i * lda + ac + kk]) as f64 * bf(row * plane + col) as f64;
+                        }
                     }
+                    let g = got[i * n + j] as f64;
+                    assert!(
+                        (g - want).abs() <= 1e-3 * (1.0 + want.abs()),
+                        "{kernel:?} ({i},{j}) {g} vs {want}"
+                    );
                 }
-                let g = got[i * n + j] as f64;
-                assert!((g - want).abs() <= 1e-3 * (1.0 + want.abs()), "({i},{j}) {g} vs {want}");
             }
+        };
+        for kernel in [Kernel::Tiles, Kernel::DotProducts] {
+            if kernel == Kernel::Tiles && !tiles() || kernel == Kernel::DotProducts && !dot_bf16::available() {
+                eprintln!("{kernel:?}: not on this CPU, skipped");
+                continue;
+            }
+            let mut got = vec![f32::NAN; m_pad * n];
+            gemm_into_with(kernel, &ops, 0..m_pad / BLOCK, 0..n, &mut got, Layout::Rows(n));
+            check(&got, kernel);
         }
     }
 }

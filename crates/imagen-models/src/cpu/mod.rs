@@ -14,6 +14,7 @@ mod attention;
 mod attention_amx;
 mod conv;
 mod conv_avx512;
+mod dot_bf16;
 mod elementwise;
 mod gemm;
 mod geometry;
@@ -210,9 +211,24 @@ fn bf16_bits(t: &FlexTensor) -> &[u16] {
     t.storage::<half::bf16>().reinterpret_cast()
 }
 
-/// Whether this machine computes bf16 weights on AMX tiles (and so [`pack_weights_bf16`] applies).
+/// Whether this machine computes bf16 weights (on AMX tiles, or AVX512-BF16 dot products; and so
+/// [`pack_weights_bf16`] applies).
 pub fn bf16_available() -> bool {
     amx::available()
+}
+
+/// Whether the bf16 GEMM may use AMX tiles where they exist (`false`: AVX512-BF16 dot products,
+/// as on CPUs without AMX). Process-wide; the same results within bf16's rounding.
+pub fn bf16_on_tiles(on: bool) {
+    amx::prefer_tiles(on)
+}
+
+/// The instructions the bf16 GEMM uses on this CPU: `amx`, `avx512-bf16`, or `None`.
+pub fn bf16_kernel() -> Option<&'static str> {
+    amx::available().then(|| match amx::Kernel::chosen() {
+        amx::Kernel::Tiles => "amx",
+        amx::Kernel::DotProducts => "avx512-bf16",
+    })
 }
 
 /// `module` with every f32 CPU `Conv2d` and `Linear` weight stored in bf16 and laid out for the

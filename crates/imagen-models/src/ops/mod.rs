@@ -79,9 +79,15 @@ pub fn quantized_linear_weight(q: &[i8], scales: &[f32], d_out: usize, d_in: usi
     crate::cpu::quant::from_rows(q, scales, d_out, d_in)
 }
 
-/// Whether this CPU runs bf16 weights (AMX-BF16 present and granted by the OS).
+/// Whether this CPU runs bf16 weights (AMX-BF16 present and granted by the OS, or AVX512-BF16).
 pub fn cpu_bf16_available() -> bool {
     crate::cpu::bf16_available()
+}
+
+/// The instructions the CPU's bf16 GEMM uses (`amx`, `avx512-bf16`), per [`Routes::cpu_amx`]
+/// as `device::open` applied it; `None` without bf16 support.
+pub fn cpu_bf16_kernel() -> Option<&'static str> {
+    crate::cpu::bf16_kernel()
 }
 
 /// `w` in `like`'s float type: weights stored narrower than the activations (bf16 CPU weights)

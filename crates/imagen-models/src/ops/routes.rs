@@ -46,6 +46,9 @@ pub struct Routes {
     /// layer per call (`IMAGEN_KEEP_QUANTIZED=0`: dequantised at load, the same results in more
     /// memory).
     pub keep_quantized: bool,
+    /// The bf16 GEMM on AMX tiles where the CPU has them (`IMAGEN_CPU_AMX=0`: AVX512-BF16 dot
+    /// products, what CPUs without AMX run). Applied process-wide by `device::open`.
+    pub cpu_amx: bool,
     pub winograd: Winograd,
     pub gpu_conv: ConvRoute,
     pub gpu_attention: AttentionRoute,
@@ -70,6 +73,7 @@ impl Default for Routes {
             cpu_kernels: true,
             cpu_bf16: false,
             keep_quantized: true,
+            cpu_amx: true,
             winograd: Winograd::WherePays,
             gpu_conv: ConvRoute::Im2col,
             gpu_attention: AttentionRoute::Matmul,
@@ -102,6 +106,7 @@ impl Routes {
             cpu_kernels: on("IMAGEN_CPU_KERNELS", d.cpu_kernels),
             cpu_bf16: d.cpu_bf16,
             keep_quantized: on("IMAGEN_KEEP_QUANTIZED", d.keep_quantized),
+            cpu_amx: on("IMAGEN_CPU_AMX", d.cpu_amx),
             winograd: match var("IMAGEN_CPU_WINOGRAD").as_deref() {
                 Some("0") => Winograd::Off,
                 Some("all") => Winograd::Everywhere,
@@ -192,6 +197,7 @@ mod tests {
             cpu_kernels: false,
             cpu_bf16: false,
             keep_quantized: true,
+            cpu_amx: true,
             winograd: Winograd::Everywhere,
             gpu_conv: ConvRoute::ImplicitGemm,
             gpu_attention: AttentionRoute::Burn,
