@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::amx::{BLOCK, Operands};
+use super::operands::{BLOCK, Operands};
 
 /// Whether this CPU has AVX512-BF16 (and AVX-512F). Asked once.
 pub(crate) fn available() -> bool {

@@ -21,6 +21,7 @@ mod geometry;
 mod linear;
 mod lowp;
 mod norm;
+mod operands;
 pub mod profile;
 pub mod quant;
 mod scratch;
