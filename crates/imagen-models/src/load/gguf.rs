@@ -341,8 +341,9 @@ impl GgufFile {
         &self.path
     }
 
-    /// The tensor as whole values and one f32 scale per 32 consecutive values, in the file's
-    /// order, when its type is one that is stored so (Q8_0, Q5_0, Q4_0); `None` otherwise.
+    /// The tensor as whole values and one f32 scale per 32 consecutive values (16 for Q6_K), in
+    /// the file's order, when its type is one that is stored so (Q8_0, Q5_0, Q4_0, Q6_K); `None`
+    /// otherwise.
     pub fn symmetric(&self, name: &str) -> Option<(Vec<i8>, Vec<f32>)> {
         let t = self.tensor(name)?;
         let b = &self.map[t.range.clone()];
@@ -350,6 +351,7 @@ impl GgufFile {
             GgmlType::Q8_0 => symmetric_row::<Q8_0>(b),
             GgmlType::Q5_0 => symmetric_row::<Q5_0>(b),
             GgmlType::Q4_0 => symmetric_row::<Q4_0>(b),
+            GgmlType::Q6K => symmetric_row::<Q6K>(b),
             _ => None,
         }
     }

@@ -16,11 +16,14 @@ pub trait BlockType: Sized {
     fn read(b: &[u8]) -> Self;
     /// Its `BLOCK` values into `out`.
     fn dequantize(&self, out: &mut [f32]);
-    /// The block as `y = d·q` with one scale and whole `q` in `-128..=127`, for the types that
-    /// are that (Q8_0, Q5_0, Q4_0): kept so in memory ([`symmetric_row`]), each product is exact
-    /// in f32 and equals [`dequantize`](Self::dequantize)'s.
-    fn symmetric(&self) -> Option<(f32, [i8; 32])> {
-        None
+    /// Values per scale in [`symmetric`](Self::symmetric).
+    const SUB: usize = 32;
+    /// The block as `y = s·q`, one scale `s` per [`SUB`](Self::SUB) values and whole `q` in
+    /// `-128..=127`, appended to `scales` and `q`, for the types that are that (Q8_0, Q5_0, Q4_0;
+    /// Q6_K with `s = d·sc` per 16): kept so in memory ([`symmetric_row`]), each product equals
+    /// [`dequantize`](Self::dequantize)'s bit for bit. `false` for the other types.
+    fn symmetric(&self, _scales: &mut Vec<f32>, _q: &mut Vec<i8>) -> bool {
+        false
     }
 }
 
@@ -55,8 +58,10 @@ impl BlockType for Q8_0 {
             *y = q as f32 * self.d;
         }
     }
-    fn symmetric(&self) -> Option<(f32, [i8; 32])> {
-        Some((self.d, self.qs))
+    fn symmetric(&self, scales: &mut Vec<f32>, q: &mut Vec<i8>) -> bool {
+        scales.push(self.d);
+        q.extend_from_slice(&self.qs);
+        true
     }
 }
 
@@ -95,13 +100,17 @@ impl<const M: bool> BlockType for Q4<M> {
             }
         }
     }
-    fn symmetric(&self) -> Option<(f32, [i8; 32])> {
+    fn symmetric(&self, scales: &mut Vec<f32>, out: &mut Vec<i8>) -> bool {
         let mut q = [0i8; 32];
         for (j, &b) in self.qs.iter().enumerate() {
             q[j] = (b & 0xF) as i8 - 8;
             q[j + 16] = (b >> 4) as i8 - 8;
         }
-        (!M).then_some((self.d, q))
+        if !M {
+            scales.push(self.d);
+            out.extend_from_slice(&q);
+        }
+        !M
     }
 }
 
@@ -144,7 +153,7 @@ impl<const M: bool> BlockType for Q5<M> {
             }
         }
     }
-    fn symmetric(&self) -> Option<(f32, [i8; 32])> {
+    fn symmetric(&self, scales: &mut Vec<f32>, out: &mut Vec<i8>) -> bool {
         let mut q = [0i8; 32];
         for (j, &b) in self.qs.iter().enumerate() {
             let h0 = ((self.qh >> j) << 4) & 0x10;
@@ -152,7 +161,11 @@ impl<const M: bool> BlockType for Q5<M> {
             q[j] = ((b as u32 & 0xF) | h0) as i8 - 16;
             q[j + 16] = ((b as u32 >> 4) | h1) as i8 - 16;
         }
-        (!M).then_some((self.d, q))
+        if !M {
+            scales.push(self.d);
+            out.extend_from_slice(&q);
+        }
+        !M
     }
 }
 
@@ -248,6 +261,24 @@ impl BlockType for Q6K {
             }
         }
     }
+    // y = (d·sc)·q, evaluated in that order above: d·sc is exact in f32 (11 × 8 bits)
+    const SUB: usize = 16;
+    fn symmetric(&self, scales: &mut Vec<f32>, out: &mut Vec<i8>) -> bool {
+        scales.extend(self.scales.iter().map(|&sc| self.d * sc as f32));
+        let mut q = [0i8; 256];
+        for (n, y) in q.chunks_mut(128).enumerate() {
+            let (ql, qh) = (&self.ql[64 * n..], &self.qh[32 * n..]);
+            for l in 0..32 {
+                let v = |low: u8, shift: u32| ((low | ((qh[l] >> shift) & 3) << 4) as i8) - 32;
+                y[l] = v(ql[l] & 0xF, 0);
+                y[l + 32] = v(ql[l + 32] & 0xF, 2);
+                y[l + 64] = v(ql[l] >> 4, 4);
+                y[l + 96] = v(ql[l + 32] >> 4, 6);
+            }
+        }
+        out.extend_from_slice(&q);
+        true
+    }
 }
 
 /// Every value of a row of `T` blocks. `bytes.len()` must be a whole number of blocks.
@@ -269,18 +300,19 @@ pub fn dequantize_row<T: BlockType>(bytes: &[u8]) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// A row of `T` blocks as whole values and one scale per 32 (`y = scales[i / 32]·q[i]`);
+/// A row of `T` blocks as whole values, one scale per `T::SUB` (`y = scales[i / SUB]·q[i]`);
 /// `None` for the types that are not [`symmetric`](BlockType::symmetric).
 pub fn symmetric_row<T: BlockType>(bytes: &[u8]) -> Option<(Vec<i8>, Vec<f32>)> {
-    if T::BLOCK != 32 || !bytes.len().is_multiple_of(T::BYTES) {
+    if !bytes.len().is_multiple_of(T::BYTES) {
         return None;
     }
     let blocks = bytes.len() / T::BYTES;
-    let (mut q, mut scales) = (Vec::with_capacity(blocks * 32), Vec::with_capacity(blocks));
+    let mut q = Vec::with_capacity(blocks * T::BLOCK);
+    let mut scales = Vec::with_capacity(blocks * T::BLOCK / T::SUB);
     for b in bytes.chunks(T::BYTES) {
-        let (d, qs) = T::read(b).symmetric()?;
-        scales.push(d);
-        q.extend_from_slice(&qs);
+        if !T::read(b).symmetric(&mut scales, &mut q) {
+            return None;
+        }
     }
     Some((q, scales))
 }
@@ -328,7 +360,7 @@ mod tests {
         let want = dequantize_row::<T>(&blocks).expect("whole blocks");
         let (q, scales) = symmetric_row::<T>(&blocks).expect("symmetric type");
         for (i, w) in want.iter().enumerate() {
-            let got = scales[i / 32] * q[i] as f32;
+            let got = scales[i / T::SUB] * q[i] as f32;
             assert_eq!(got.to_bits(), w.to_bits(), "{name}[{i}]");
         }
     }
@@ -338,8 +370,9 @@ mod tests {
         symmetric_matches::<Q8_0>();
         symmetric_matches::<Q5_0>();
         symmetric_matches::<Q4_0>();
+        symmetric_matches::<Q6K>();
         assert!(symmetric_row::<Q4_1>(&fixture("q4_1", "blocks")).is_none());
-        assert!(symmetric_row::<Q6K>(&fixture("q6_k", "blocks")).is_none());
+        assert!(symmetric_row::<Q4K>(&fixture("q4_k", "blocks")).is_none());
     }
 
     #[test]

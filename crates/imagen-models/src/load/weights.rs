@@ -162,7 +162,7 @@ impl Weights {
         }
     }
 
-    /// A GGUF tensor stored as whole values with one scale per 32 (Q8_0, Q5_0, Q4_0), as
+    /// A GGUF tensor stored as whole values with one scale per 32 or 16 (Q8_0, Q5_0, Q4_0, Q6_K), as
     /// [`GgufFile::symmetric`] reads it: kept that way in memory, it is half the size of bf16.
     /// `None` for every other tensor.
     pub fn read_symmetric(&self, key: &str) -> Option<(Vec<i8>, Vec<f32>)> {

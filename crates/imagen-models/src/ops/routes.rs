@@ -42,7 +42,7 @@ pub struct Routes {
     /// CPU conv and linear weights in bf16 on AMX tiles, laid out at load
     /// ([`super::prepare_weights`]): set by `device::open("cpu", "bf16")`, not by the environment.
     pub cpu_bf16: bool,
-    /// GGUF linear weights in Q8_0/Q5_0/Q4_0 stay block-quantized in CPU memory, dequantised a
+    /// GGUF linear weights in Q8_0/Q5_0/Q4_0/Q6_K stay block-quantized in CPU memory, dequantised a
     /// layer per call (`IMAGEN_KEEP_QUANTIZED=0`: dequantised at load, the same results in more
     /// memory).
     pub keep_quantized: bool,

@@ -162,9 +162,9 @@ mod tests {
             eprintln!("no AMX-BF16 here: skipped");
             return;
         }
-        for (rows, d_out, d_in) in [(77, 40, 64), (130, 33, 96), (4, 320, 32)] {
+        for (rows, d_out, d_in, block) in [(77, 40, 64, 32), (130, 33, 96, 32), (4, 320, 32, 32), (9, 48, 80, 16)] {
             let q: Vec<i8> = (0..d_out * d_in).map(|i| ((i * 53 % 251) as i32 - 125) as i8).collect();
-            let s: Vec<f32> = (0..d_out * d_in / 32).map(|i| 1e-3 * (1 + i % 5) as f32).collect();
+            let s: Vec<f32> = (0..d_out * d_in / block).map(|i| 1e-3 * (1 + i % 5) as f32).collect();
             let t = crate::cpu::quant::from_rows(&q, &s, d_out, d_in).expect("whole blocks");
             let stored = crate::cpu::quant::storage(&t).expect("quantized");
             let w = crate::cpu::quant::parts(&stored, [d_in, d_out]).expect("parts");
