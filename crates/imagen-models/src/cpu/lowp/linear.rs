@@ -115,6 +115,17 @@ mod tests {
     use super::super::pack_linear;
     use super::*;
 
+    /// [`linear`] with the f32 weight `w` packed as the loader packs it.
+    fn packed_bf16(x: &[f32], rows: usize, w: &[f32], (d_in, d_out): (usize, usize), bias: &[f32]) -> Vec<f32> {
+        let bits = pack_linear(w);
+        let weight = Weight::Bf16 {
+            bits: &bits,
+            d_in,
+            d_out,
+        };
+        linear(x, rows, weight, Some(bias))
+    }
+
     fn round(v: &[f32]) -> Vec<f32> {
         v.iter().map(|&x| f32::from_bits((amx::bf16(x) as u32) << 16)).collect()
     }
@@ -130,17 +141,7 @@ mod tests {
             let w = data(d_in * d_out, 5);
             let bias = data(d_out, 6);
             let (xr, wr) = (round(&x), round(&w));
-            let bits = pack_linear(&w);
-            let got = linear(
-                &x,
-                rows,
-                Weight::Bf16 {
-                    bits: &bits,
-                    d_in,
-                    d_out,
-                },
-                Some(&bias),
-            );
+            let got = packed_bf16(&x, rows, &w, (d_in, d_out), &bias);
             for r in 0..rows {
                 for o in 0..d_out {
                     let want = bias[o] + (0..d_in).map(|k| xr[r * d_in + k] * wr[k * d_out + o]).sum::<f32>();
@@ -173,17 +174,7 @@ mod tests {
                 w.row_into(k, &mut f[k * d_out..]);
             }
             let (x, bias) = (data(rows * d_in, 7), data(d_out, 8));
-            let bits = pack_linear(&f);
-            let want = linear(
-                &x,
-                rows,
-                Weight::Bf16 {
-                    bits: &bits,
-                    d_in,
-                    d_out,
-                },
-                Some(&bias),
-            );
+            let want = packed_bf16(&x, rows, &f, (d_in, d_out), &bias);
             let got = linear(&x, rows, Weight::Q8(w), Some(&bias));
             assert!(
                 got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()),
