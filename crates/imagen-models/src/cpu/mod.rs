@@ -138,21 +138,8 @@ fn packed_conv(conv: &Conv2d) -> Option<(Tensor<4>, [usize; 4])> {
 /// x: `[b, cin, h, w]` → `[b, cout, h', w']`
 pub fn norm_silu_conv2d(norm: &GroupNorm, conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
     let (weight, pad) = packed_conv(conv)?;
-    let (xs, gamma, beta) = (host(x)?, host_param(&norm.gamma)?, host_param(&norm.beta)?);
-    let [b, c, h, w] = x.dims();
-    let params = {
-        let _t = profile::Timer::new(profile::Op::GroupNorm);
-        norm::affine_params(
-            slice(&xs),
-            b,
-            c,
-            h * w,
-            norm.num_groups,
-            gamma.as_ref().map(slice),
-            beta.as_ref().map(slice),
-            norm.epsilon,
-        )
-    };
+    let xs = host(x)?;
+    let params = group_norm_params(norm, &xs, x.dims())?;
     let input = lowp::Input {
         x: slice(&xs),
         affine: Some(&params),
@@ -332,11 +319,21 @@ fn pack_bf16<const D: usize>(t: Tensor<D>) -> Option<Tensor<D>> {
 /// `norm.forward(x)`, followed by SiLU when `silu`, in one pass on the CPU.
 /// x: `[b, c, h, w]` → same shape
 pub fn group_norm(norm: &GroupNorm, x: &Tensor<4>, silu: bool) -> Option<Tensor<4>> {
-    let (xs, gamma, beta) = (host(x)?, host_param(&norm.gamma)?, host_param(&norm.beta)?);
+    let xs = host(x)?;
+    let params = group_norm_params(norm, &xs, x.dims())?;
     let [b, c, h, w] = x.dims();
     let _t = profile::Timer::new(profile::Op::GroupNorm);
-    let out = norm::group_norm(
-        slice(&xs),
+    let out = norm::normalise(slice(&xs), h * w, &params, silu);
+    Some(tensor(out, [b, c, h, w]))
+}
+
+/// `norm`'s per-(batch, channel) `(scale, shift)` over `xs` (`dims` `[b, c, h, w]`), as
+/// [`norm::affine_params`] computes them; `None` when γ or β is not usable.
+fn group_norm_params(norm: &GroupNorm, xs: &FlexTensor, [b, c, h, w]: [usize; 4]) -> Option<Vec<(f32, f32)>> {
+    let (gamma, beta) = (host_param(&norm.gamma)?, host_param(&norm.beta)?);
+    let _t = profile::Timer::new(profile::Op::GroupNorm);
+    Some(norm::affine_params(
+        slice(xs),
         b,
         c,
         h * w,
@@ -344,9 +341,7 @@ pub fn group_norm(norm: &GroupNorm, x: &Tensor<4>, silu: bool) -> Option<Tensor<
         gamma.as_ref().map(slice),
         beta.as_ref().map(slice),
         norm.epsilon,
-        silu,
-    );
-    Some(tensor(out, [b, c, h, w]))
+    ))
 }
 
 /// Scaled-dot-product attention over interleaved heads.
@@ -399,8 +394,7 @@ pub fn linear<const D: usize>(lin: &Linear, x: &Tensor<D>, bf16: bool) -> Option
         let out = if bf16 && amx::available() {
             lowp::linear(slice(&xs), rows, lowp::Weight::Q8(w), bias)
         } else {
-            // rows padded as `pad_rows` pads f32 weights
-            let stride = if d_out.is_multiple_of(32) { d_out + 16 } else { d_out };
+            let stride = padded_stride(d_out);
             let mut f = scratch::take(scratch::DEQUANTISED, d_in * stride);
             for k in 0..d_in {
                 w.row_into(k, &mut f[k * stride..]);
@@ -466,13 +460,19 @@ pub fn pad_rows<const D: usize>(t: Tensor<D>) -> Tensor<D> {
     let Some(src) = p.as_slice::<f32>() else {
         return t;
     };
-    let stride = cols + 16;
+    let stride = padded_stride(cols);
     let mut padded = vec![0f32; rows * stride];
     for (d, s) in padded.chunks_mut(stride).zip(src.chunks(cols)) {
         d[..cols].copy_from_slice(s);
     }
     let wide = FlexTensor::from_data(TensorData::new(padded, [rows, stride]));
     Tensor::from_primitive::<Flex>(wide.narrow(1, 0, cols))
+}
+
+/// The row stride [`pad_rows`] gives a matrix `cols` wide (a quantized weight dequantised per
+/// call gets the same): one cache line more when `cols` is a multiple of 32.
+fn padded_stride(cols: usize) -> usize {
+    if cols.is_multiple_of(32) { cols + 16 } else { cols }
 }
 
 /// `ln.forward(x)`; burn keeps `LayerNorm`'s epsilon private, so the caller passes the one it

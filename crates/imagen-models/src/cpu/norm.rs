@@ -6,7 +6,9 @@ use super::scratch;
 use super::simd::{self, multiversion};
 
 /// x: `[batch, channels, spatial]` → same shape; `(x − mean_g) / √(var_g + eps) · γ_c + β_c`
-/// over each group of `channels / groups` channels, then `y · σ(y)` when `silu`.
+/// over each group of `channels / groups` channels, then `y · σ(y)` when `silu`: the two passes
+/// ([`affine_params`], [`normalise`]) as one, the reference the tests hold the kernels to.
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn group_norm(
     x: &[f32],
@@ -22,10 +24,17 @@ pub(crate) fn group_norm(
     assert_eq!(x.len(), batch * channels * spatial);
     assert_eq!(channels % groups, 0);
     let params = affine_params(x, batch, channels, spatial, groups, gamma, beta, eps);
+    normalise(x, spatial, &params, silu)
+}
+
+/// Each channel of `x` (`spatial` values each) through [`affine`] with its `params` entry (from
+/// [`affine_params`]): [`group_norm`]'s second pass.
+pub(crate) fn normalise(x: &[f32], spatial: usize, params: &[(f32, f32)], silu: bool) -> Vec<f32> {
+    assert_eq!(x.len(), spatial * params.len());
     let mut out = scratch::output(x.len());
     out.par_chunks_mut(spatial)
         .zip(x.par_chunks(spatial))
-        .zip(&params)
+        .zip(params)
         .for_each(|((d, s), &p)| affine(d, s, p, silu));
     out
 }

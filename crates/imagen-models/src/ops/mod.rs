@@ -70,12 +70,9 @@ pub fn prepare_weight<const D: usize>(container: &str, leaf: &str, t: Tensor<D>)
 
 /// A linear layer's weight `[d_in, d_out]` kept block-quantized in memory (see
 /// [`crate::cpu::quant`]), from a PyTorch-layout `[d_out, d_in]` weight's whole values and
-/// per-32 scales; `None` when `d_in` is not a whole number of blocks or where the route keeps
-/// no quantized weights ([`Routes::keep_quantized`]).
+/// per-32 (or per-16) scales; `None` when the lengths disagree or `d_in` is not a whole number
+/// of blocks. The loader asks for it where [`Routes::keep_quantized`].
 pub fn quantized_linear_weight(q: &[i8], scales: &[f32], d_out: usize, d_in: usize) -> Option<Tensor<2>> {
-    if !Routes::current().keep_quantized {
-        return None;
-    }
     crate::cpu::quant::from_rows(q, scales, d_out, d_in)
 }
 
