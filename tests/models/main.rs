@@ -3,6 +3,7 @@
 
 mod bf16;
 mod common;
+mod flux;
 mod generate;
 mod loader;
 mod lora;

@@ -30,4 +30,5 @@ pub mod models;
 pub mod ops;
 
 pub use error::{Error, Result};
-pub use load::folder::{DiffusersFolder, StableDiffusion};
+pub use load::flux::Flux;
+pub use load::folder::{DiffusersFolder, Family, StableDiffusion};

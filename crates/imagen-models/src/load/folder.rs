@@ -19,14 +19,69 @@ use crate::models::unet_2d::{self, UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::vae::{self, AutoencoderKL, AutoencoderKLConfig};
 
 /// Pipelines whose components this crate computes.
-const SUPPORTED: [&str; 6] = [
+const SUPPORTED: [&str; 9] = [
     "StableDiffusionPipeline",
     "LatentConsistencyModelPipeline",
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionInpaintPipeline",
     "StableDiffusionXLPipeline",
     "StableDiffusionXLImg2ImgPipeline",
+    "FluxPipeline",
+    "FluxImg2ImgPipeline",
+    "FluxInpaintPipeline",
 ];
+
+/// The model families: each has its own networks and pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// SD 1.x / 2.x / XL and their distillations (UNet, CLIP, VAE).
+    StableDiffusion,
+    /// FLUX.1 (transformer, CLIP-L + T5, 16-channel VAE).
+    Flux,
+}
+
+impl Family {
+    fn of(pipeline_class: &str) -> Self {
+        if pipeline_class.starts_with("Flux") {
+            Family::Flux
+        } else {
+            Family::StableDiffusion
+        }
+    }
+
+    /// The name `GET /v1/models` reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::StableDiffusion => "stable-diffusion",
+            Family::Flux => "flux",
+        }
+    }
+
+    /// The component folders a diffusers pipeline of this family must have.
+    fn components(self, xl: bool) -> &'static [&'static str] {
+        match (self, xl) {
+            (Family::Flux, _) => &[
+                "transformer",
+                "vae",
+                "text_encoder",
+                "text_encoder_2",
+                "tokenizer",
+                "tokenizer_2",
+                "scheduler",
+            ],
+            (Family::StableDiffusion, true) => &[
+                "unet",
+                "vae",
+                "text_encoder",
+                "tokenizer",
+                "scheduler",
+                "text_encoder_2",
+                "tokenizer_2",
+            ],
+            (Family::StableDiffusion, false) => &["unet", "vae", "text_encoder", "tokenizer", "scheduler"],
+        }
+    }
+}
 
 #[derive(Deserialize, Debug, Clone)]
 struct ModelIndex {
@@ -69,11 +124,7 @@ impl DiffusersFolder {
             )));
         }
         let xl = index.class_name.starts_with("StableDiffusionXL");
-        let second: &[&str] = if xl { &["text_encoder_2", "tokenizer_2"] } else { &[] };
-        for &sub in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]
-            .iter()
-            .chain(second)
-        {
+        for &sub in Family::of(&index.class_name).components(xl) {
             if !root.join(sub).is_dir() {
                 return Err(Error::Folder(format!(
                     "{}: missing the `{sub}/` component folder",
@@ -91,6 +142,10 @@ impl DiffusersFolder {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    pub fn family(&self) -> Family {
+        Family::of(&self.pipeline_class)
     }
 
     pub fn component_config<T: DeserializeOwned>(&self, component: &str) -> Result<T> {
@@ -111,6 +166,7 @@ impl DiffusersFolder {
     pub fn weight_formats(&self) -> std::collections::BTreeMap<&'static str, Vec<String>> {
         [
             ("unet", "diffusion_pytorch_model"),
+            ("transformer", "diffusion_pytorch_model"),
             ("vae", "diffusion_pytorch_model"),
             ("text_encoder", "model"),
             ("text_encoder_2", "model"),
@@ -207,7 +263,15 @@ pub struct StableDiffusion {
 
 impl StableDiffusion {
     pub fn load(root: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let mut sd = Self::load_without_unet(DiffusersFolder::open(root)?, device)?;
+        let folder = DiffusersFolder::open(root)?;
+        if folder.family() != Family::StableDiffusion {
+            return Err(Error::Folder(format!(
+                "{}: a {} pipeline, not Stable Diffusion",
+                folder.root.display(),
+                folder.pipeline_class
+            )));
+        }
+        let mut sd = Self::load_without_unet(folder, device)?;
         sd.unet = sd.folder.load_unet_with(&sd.unet_config, device)?;
         sd.weight_formats = sd.folder.weight_formats();
         Ok(sd)

@@ -326,7 +326,10 @@ struct Loader<'a> {
 impl Loader<'_> {
     fn load<const D: usize>(&mut self, expected: &[usize]) -> Result<Tensor<D>> {
         let (name, container) = self.path.last().cloned().unwrap_or_default();
-        let is_norm = container == "Struct:GroupNorm" || container == "Struct:LayerNorm";
+        let is_norm = matches!(
+            container.as_str(),
+            "Struct:GroupNorm" | "Struct:LayerNorm" | "Struct:RmsNorm"
+        );
         let leaf = match name.as_str() {
             "gamma" if is_norm => "weight",
             "beta" if is_norm => "bias",

@@ -2,8 +2,9 @@
 //! one file per component, the checkpoints' key names kept as field names. Model code calls
 //! [`crate::ops`] only, never a kernel or a backend check.
 //!
-//! - [`clip`]: the CLIP text encoder; [`unet_2d`]: the denoising UNet; [`vae`]: the KL
-//!   autoencoder; [`taesd`]: the tiny autoencoder's decoder;
+//! - [`clip`]: the CLIP text encoder; [`t5`]: the T5 v1.1 encoder; [`unet_2d`]: the denoising
+//!   UNet; [`flux`]: FLUX.1's transformer; [`vae`]: the KL autoencoder; [`taesd`]: the tiny
+//!   autoencoder's decoder; [`embeddings`]: the transformers' timestep/text/RoPE embeddings;
 //! - [`attention`]: attention, feed-forward, transformer blocks; [`resnet`]: ResNet blocks,
 //!   down/up-sampling and module constructors with PyTorch's defaults.
 //!
@@ -14,7 +15,10 @@
 
 pub mod attention;
 pub mod clip;
+pub mod embeddings;
+pub mod flux;
 pub mod resnet;
+pub mod t5;
 pub mod taesd;
 pub mod unet_2d;
 pub mod vae;

@@ -160,3 +160,41 @@ fn fused(qkv: [Tensor<3>; 3], biases: Option<[Tensor<1>; 3]>, heads: usize, caus
     Gpu::attention_output(probs.clone(), vh.clone())
         .or_else(|| Some(probs.matmul(vh).swap_dims(1, 2).reshape([b, n, inner])))
 }
+
+/// Attention with an additive bias on the scores and an explicit scale (T5: relative position
+/// bias, scale 1). q: `[b, n, h·d]`, k/v: `[b, m, h·d]`, bias: `[1 or b, h, n, m]` → `[b, n, h·d]`
+pub fn attention_biased(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    bias: Tensor<4>,
+    heads: usize,
+    scale: f64,
+) -> Tensor<3> {
+    let [b, n, inner] = q.dims();
+    let m = k.dims()[1];
+    let d = inner / heads;
+    let split = |t: Tensor<3>, len: usize| t.reshape([b, len, heads, d]).swap_dims(1, 2);
+    let [_, h, bn, bm] = bias.dims();
+    let bias = bias.expand([b, h, bn, bm]);
+    let opts = AttentionModuleOptions {
+        scale: Some(scale),
+        ..Default::default()
+    };
+    let out = burn::tensor::module::attention(split(q, n), split(k, m), split(v, m), None, Some(bias), opts);
+    out.swap_dims(1, 2).reshape([b, n, inner])
+}
+
+/// Rotary position embedding on interleaved pairs (diffusers' `apply_rotary_emb`,
+/// `use_real_unbind_dim=-1`): each pair (x₀, x₁) becomes (x₀·cos − x₁·sin, x₁·cos + x₀·sin).
+/// x: `[b, n, h, d]`, cos/sin: `[n, d]` (each frequency repeated for its pair) → `[b, n, h, d]`
+pub fn rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
+    let [b, n, h, d] = x.dims();
+    let pairs = x.clone().reshape([b, n, h, d / 2, 2]);
+    let real = pairs.clone().narrow(4, 0, 1);
+    let imag = pairs.narrow(4, 1, 1);
+    let rotated = Tensor::cat(vec![imag.neg(), real], 4).reshape([b, n, h, d]);
+    let c = cos.clone().reshape([1, n, 1, d]);
+    let s = sin.clone().reshape([1, n, 1, d]);
+    x * c + rotated * s
+}

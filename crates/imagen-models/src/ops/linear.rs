@@ -56,7 +56,7 @@ pub fn linear_act(lin: &Linear, x: Tensor<3>, act: Act) -> Tensor<3> {
                 .flatten()
                 .unwrap_or_else(|| act_reference(h, act))
         }
-        Act::Silu => burn::tensor::activation::silu(h),
+        Act::Silu | Act::GeluTanh => act_reference(h, act),
     }
 }
 
@@ -70,6 +70,12 @@ fn act_reference<const D: usize>(x: Tensor<D>, act: Act) -> Tensor<D> {
             hidden * gelu(x.narrow(D - 1, k / 2, k / 2))
         }
         Act::Gelu => gelu(x),
+        // burn's `gelu_approximate` takes x³ by `powf`, undefined for x < 0 in WGSL
+        Act::GeluTanh => {
+            let cube = x.clone() * x.clone() * x.clone();
+            let inner = (x.clone() + cube * 0.044715) * (2.0 / std::f64::consts::PI).sqrt();
+            x * (inner.tanh() + 1.0) * 0.5
+        }
         Act::QuickGelu => x.clone() * sigmoid(x * 1.702),
         Act::Silu => silu(x),
     }

@@ -129,3 +129,22 @@ pub(super) fn add_layer_norm(
     let normed = layer_norm(ln, sum.clone(), eps);
     (sum, normed)
 }
+
+/// RMS norm (T5's `T5LayerNorm`, torch's `RMSNorm`): `x / √(mean(x²) + ε) · γ`, the statistics
+/// over the last axis. x: `[.., dim]` → same shape
+pub fn rms_norm<const D: usize>(norm: &burn::nn::RmsNorm, x: Tensor<D>) -> Tensor<D> {
+    let gamma = super::same_dtype(norm.gamma.val(), &x);
+    let ms = x.clone().powi_scalar(2).mean_dim(D - 1);
+    x * (ms + norm.epsilon).sqrt().recip() * gamma.unsqueeze()
+}
+
+/// A layer norm without affine parameters (`elementwise_affine=False`), then adaLN's
+/// modulation: `norm(x) · (1 + scale) + shift`, per sample.
+/// x: `[b, n, dim]`, shift/scale: `[b, dim]` → `[b, n, dim]`
+pub fn modulated_layer_norm(x: Tensor<3>, shift: Tensor<2>, scale: Tensor<2>, eps: f64) -> Tensor<3> {
+    let mean = x.clone().mean_dim(2);
+    let centred = x - mean;
+    let var = centred.clone().powi_scalar(2).mean_dim(2);
+    let normed = centred * (var + eps).sqrt().recip();
+    normed * (scale.unsqueeze_dim::<3>(1) + 1.0) + shift.unsqueeze_dim::<3>(1)
+}

@@ -14,6 +14,9 @@ pub enum Act {
     Gelu,
     /// CLIP's quick GELU, `x·σ(1.702x)`.
     QuickGelu,
+    /// GELU's tanh approximation (`gelu(approximate="tanh")`, T5's `gelu_new`; FLUX and SD3's
+    /// feed-forwards).
+    GeluTanh,
     /// SiLU, `x·σ(x)` (the time embedding's MLP).
     Silu,
 }
