@@ -12,12 +12,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use imagen_engine::pipeline::{denoise_with, tensor_to_images, variations};
+use imagen_engine::pipeline::tensor_to_images;
 use imagen_engine::rng::RngKind;
 use imagen_engine::scheduler::SamplerKind;
-use imagen_engine::{GenerateRequest, InitImage, generate_once};
+use imagen_engine::{GenerateRequest, InitImage, Model};
+use imagen_models::device;
 use imagen_models::load::lora::LoraFile;
-use imagen_models::{StableDiffusion, device};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -79,12 +79,21 @@ struct GenerateArgs {
     /// Image height in pixels, a multiple of 8. Default: as --width.
     #[arg(long)]
     height: Option<usize>,
-    /// Denoising steps (image-to-image runs floor(steps × strength) of them).
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
-    /// Classifier-free guidance scale; 1 or less skips the unconditional pass.
-    #[arg(long, default_value_t = 7.5)]
-    guidance: f64,
+    /// Denoising steps (image-to-image runs floor(steps × strength) of them). Default: the
+    /// model's (50; FLUX.1-schnell 4, FLUX.1-dev 28).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale; 1 or less skips the unconditional pass. FLUX.1-dev: its
+    /// distilled guidance. Default: the model's (7.5; SDXL 5; FLUX.1-schnell 0, dev 3.5).
+    #[arg(long)]
+    guidance: Option<f64>,
+    /// T5-conditioned models (FLUX): tokens the prompt is padded/truncated to (default: the
+    /// model's, FLUX.1-schnell 256, dev 512).
+    #[arg(long)]
+    max_sequence_length: Option<usize>,
+    /// FLUX: true classifier-free guidance with --negative-prompt (> 1 to enable).
+    #[arg(long)]
+    true_cfg_scale: Option<f64>,
     /// Sampler: pndm, ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lcm. Default: the model's own
     /// (scheduler/scheduler_config.json).
     #[arg(long)]
@@ -163,14 +172,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect { model, backend } => {
             let device = device::by_name(&backend)?;
             let t = Instant::now();
-            let sd = StableDiffusion::load(&model, &device).with_context(|| format!("loading {}", model.display()))?;
-            println!("pipeline:     {}", sd.folder.pipeline_class);
-            println!("parameters:   {}", sd.num_params());
-            println!(
-                "native size:  {}px",
-                sd.unet_config.sample_size * sd.vae_config.scale_factor()
-            );
-            println!("unet blocks:  {:?}", sd.unet_config.block_out_channels);
+            let m = Model::load(&model, None, &device).with_context(|| format!("loading {}", model.display()))?;
+            println!("pipeline:     {}", m.folder().pipeline_class);
+            println!("family:       {}", m.family().name());
+            println!("parameters:   {}", m.num_params());
+            println!("native size:  {}px", m.native_size());
+            if let Model::StableDiffusion(sd) = &m {
+                println!("unet blocks:  {:?}", sd.unet_config.block_out_channels);
+            }
             println!("loaded in:    {:.2?} on {backend}", t.elapsed());
             Ok(())
         }
@@ -239,22 +248,26 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
                 a.model.display()
             );
         };
-        StableDiffusion::load_single_file(&a.model, config, &device)
+        Model::load(config, Some(&a.model), &device)
     } else {
-        StableDiffusion::load(&a.model, &device)
+        Model::load(&a.model, None, &device)
     }
     .with_context(|| format!("loading {}", a.model.display()))?;
     if let Some(p) = &a.prediction_type {
         if !matches!(p.as_str(), "epsilon" | "v_prediction") {
             bail!("--prediction-type must be epsilon or v_prediction (got {p:?})");
         }
-        sd.prediction_type = Some(p.clone());
+        sd.set_prediction_type(Some(p.clone()))?;
     }
     if !loras.is_empty() {
         let refs: Vec<(&LoraFile, f32)> = loras.iter().map(|(f, s)| (f, *s)).collect();
         sd = sd.with_loras(&refs, &device)?;
     }
-    let native = sd.unet_config.sample_size * sd.vae_config.scale_factor();
+    if taesd.is_some() && sd.family() != imagen_models::Family::StableDiffusion {
+        bail!("--taesd decodes Stable Diffusion latents only (a FLUX tiny decoder, taef1, is not supported yet)");
+    }
+    let native = sd.native_size();
+    let (default_steps, default_guidance) = sd.default_steps_guidance();
     let (dw, dh) = source
         .as_ref()
         .map_or((native, native), |i| (i.width() as usize, i.height() as usize));
@@ -271,13 +284,15 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         negative_prompt: a.negative_prompt,
         width,
         height,
-        steps: a.steps,
-        guidance: a.guidance,
+        steps: a.steps.unwrap_or(default_steps),
+        guidance: a.guidance.unwrap_or(default_guidance),
         scheduler,
         seed,
         rng,
         num_images: a.num_images,
         long_prompt: a.long_prompt,
+        max_sequence_length: a.max_sequence_length,
+        true_cfg_scale: a.true_cfg_scale,
         init: match a.init_image.as_ref().and(source.clone()) {
             Some(image) => Some(InitImage {
                 image,
@@ -305,7 +320,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let started = Instant::now();
     let images = match (&a.variations_of, source, &taesd) {
         (Some(_), _, Some(_)) => bail!("--taesd does not combine with --variations-of yet"),
-        (Some(_), Some(img), None) => variations(&sd, &req, &img, a.strength, &device, &mut progress)?,
+        (Some(_), Some(img), None) => sd.variations(&req, &img, a.strength, &device, &mut progress)?,
         // TAESD decodes the UNet's latents directly (its scaling factor is 1).
         (_, _, Some((config, decoder))) => {
             let scale = config.scaling_factor as f32;
@@ -320,13 +335,13 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
                     .and_then(|images| save_images(&images, &dir.join(format!("step-{step:03}.png"))));
                 failed = saved.err();
             };
-            let latents = denoise_with(&sd, &req, &device, &mut progress, &mut preview)?;
+            let latents = sd.denoise_with(&req, &device, &mut progress, &mut preview)?;
             if let Some(e) = failed {
                 return Err(e.context("writing a step preview"));
             }
             tensor_to_images(decoder.decode(latents / scale))?
         }
-        _ => generate_once(sd, &req, &device, &mut progress)?,
+        _ => sd.generate_once(&req, &device, &mut progress)?,
     };
     bar.finish_and_clear();
 

@@ -456,3 +456,38 @@ fn bf16_generates_close_to_the_diffusers_image_or_says_why_not() {
         assert!(dots != got, "IMAGEN_CPU_AMX=0 changed nothing");
     }
 }
+
+/// A FLUX.1 folder through the same command: the model's own defaults (schnell: 4 steps, no
+/// guidance) give diffusers' image; what FLUX does not take is a one-line error.
+#[test]
+fn flux_generates_through_the_cli() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("flux.png");
+    let model = fixture("tiny-flux-schnell");
+    let (model, out_s) = (model.to_str().expect("utf8"), out.to_str().expect("utf8"));
+    let base = [
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "a photograph of an astronaut riding a horse",
+        "--seed",
+        "42",
+        "--width",
+        "64",
+        "--output",
+        out_s,
+        "--quiet",
+    ];
+    let o = imagen(&base);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_matches_golden(&out, "golden/generate/tiny-flux-schnell-txt2img.png");
+    let mut args = base.to_vec();
+    args.extend(["--negative-prompt", "blurry"]);
+    let o = imagen(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("negative prompt") && err.lines().count() == 1,
+        "{err}"
+    );
+}

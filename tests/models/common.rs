@@ -158,6 +158,8 @@ pub fn case_request(case: &Value) -> GenerateRequest {
         rng: RngKind::Torch,
         num_images: 1,
         long_prompt: false,
+        max_sequence_length: None,
+        true_cfg_scale: None,
         init: case["init"].as_str().map(|p| imagen_engine::InitImage {
             image: load_png(p),
             strength: case["strength"].as_f64().expect("strength"),

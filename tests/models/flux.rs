@@ -3,10 +3,14 @@
 //! encoding, and diffusers' FluxPipeline / FluxImg2ImgPipeline PNGs.
 
 use burn::tensor::{Device, Tensor};
+use imagen_engine::flux::encode_prompt;
+use imagen_engine::rng::RngKind;
+use imagen_engine::{Error, GenerateRequest, InitImage, Model};
 use imagen_models::Flux;
 use imagen_models::models::flux::{FluxInputs, FluxTransformer2DModel};
+use serde_json::Value;
 
-use crate::common::{Golden, assert_close, fixture};
+use crate::common::{Golden, assert_close, cases, fixture, load_png, png_diff};
 
 const TOL: f32 = 1e-4;
 
@@ -51,6 +55,133 @@ fn components_match(model: &str, prefix: &str, device: &Device) {
 
     let decoded = flux.vae.decode(g.tensor(&key("vae_z"), device));
     assert_close(&g, &key("vae_out"), decoded, TOL);
+
+    // the pipeline's prompt encoding: T5 states at the model's default length, CLIP pooled
+    let max_len = flux.default_max_sequence_length();
+    let p = encode_prompt(&flux, "a photograph of an astronaut riding a horse", max_len, device).expect("encode");
+    assert_close(&g, &key("prompt_embeds"), p.embeds, TOL);
+    assert_close(&g, &key("pooled"), p.pooled, TOL);
+}
+
+/// The request a `cases-flux.json` case describes.
+fn case_request(case: &Value) -> GenerateRequest {
+    let f = |k: &str| case[k].as_f64().unwrap_or_else(|| panic!("{k}"));
+    let true_cfg = f("true_cfg_scale");
+    GenerateRequest {
+        prompt: case["prompt"].as_str().expect("prompt").into(),
+        negative_prompt: case["negative_prompt"].as_str().unwrap_or("").into(),
+        width: f("width") as usize,
+        height: f("height") as usize,
+        steps: f("steps") as usize,
+        guidance: f("guidance"),
+        scheduler: None,
+        seed: f("seed") as u64,
+        rng: RngKind::Torch,
+        num_images: 1,
+        init: case["init"].as_str().map(|p| InitImage {
+            image: load_png(p),
+            strength: f("strength"),
+            mask: None,
+        }),
+        long_prompt: false,
+        max_sequence_length: Some(f("max_sequence_length") as usize),
+        true_cfg_scale: (true_cfg > 1.0).then_some(true_cfg),
+    }
+}
+
+/// Every FLUX case (txt2img schnell/dev/true CFG, img2img schnell/dev) against diffusers' PNG:
+/// max ≤ 2/255, mean ≤ 0.1/255.
+fn generations_match(device: &Device, max_seq: u64) {
+    let all: Vec<Value> = cases("cases-flux.json")
+        .into_iter()
+        .filter(|c| c["max_sequence_length"].as_u64().is_some_and(|n| n <= max_seq))
+        .collect();
+    let expected = all.len();
+    let mut checked = 0;
+    for model in ["tiny-flux-schnell", "tiny-flux-dev"] {
+        let m = Model::load(&fixture(model), None, device).expect("load");
+        for case in all.iter().filter(|c| c["model"] == model) {
+            let got = m
+                .generate(&case_request(case), device, &mut |_, _| true)
+                .unwrap_or_else(|e| panic!("{}: {e}", case["png"]));
+            let (max, mean) = png_diff(&got[0], &load_png(case["png"].as_str().expect("png")));
+            println!("{}: max {max}/255, mean {mean:.4}/255", case["png"]);
+            assert!(
+                max <= 2 && mean <= 0.1,
+                "{}: max {max}/255, mean {mean:.4}/255",
+                case["png"]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked == expected && expected > 0, "{checked} of {expected} cases ran");
+}
+
+#[test]
+fn flux_generations_match_diffusers_pngs() {
+    generations_match(&Device::flex(), 512);
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn flux_on_wgpu_matches_diffusers() {
+    if let Some(d) = crate::common::wgpu_device() {
+        components_match("tiny-flux-dev", "dev_", &d);
+        // the cases at 64 T5 tokens (true CFG, both img2img): lavapipe is slow
+        generations_match(&d, 64);
+    }
+}
+
+/// Parameters FLUX does not take are refused by name, not ignored.
+#[test]
+fn flux_refuses_what_it_does_not_take() {
+    let device = Device::flex();
+    let schnell = Model::load(&fixture("tiny-flux-schnell"), None, &device).expect("load");
+    let dev = Model::load(&fixture("tiny-flux-dev"), None, &device).expect("load");
+    let req = |edit: &dyn Fn(&mut GenerateRequest)| {
+        let mut r = GenerateRequest {
+            prompt: "a cat".into(),
+            negative_prompt: String::new(),
+            width: 32,
+            height: 32,
+            steps: 1,
+            guidance: 0.0,
+            scheduler: None,
+            seed: 0,
+            rng: RngKind::Torch,
+            num_images: 1,
+            init: None,
+            long_prompt: false,
+            max_sequence_length: Some(16),
+            true_cfg_scale: None,
+        };
+        edit(&mut r);
+        r
+    };
+    let refused = |m: &Model, req: GenerateRequest, needle: &str| match m.generate(&req, &device, &mut |_, _| true) {
+        Err(Error::BadInput(msg)) => assert!(msg.contains(needle), "{msg}"),
+        Err(e) => panic!("{needle}: {e}"),
+        Ok(_) => panic!("{needle}: accepted"),
+    };
+    let negative = |r: &mut GenerateRequest| r.negative_prompt = "blurry".into();
+    refused(&schnell, req(&negative), "negative prompt");
+    refused(&dev, req(&negative), "true_cfg_scale");
+    refused(&schnell, req(&|r| r.guidance = 3.5), "guidance");
+    refused(&dev, req(&|r| r.width = 40), "multiples of 16");
+    refused(
+        &dev,
+        req(&|r| r.scheduler = Some(imagen_engine::scheduler::SamplerKind::Ddim)),
+        "ddim",
+    );
+    refused(&dev, req(&|r| r.long_prompt = true), "long_prompt");
+    // and a FLUX-only parameter on Stable Diffusion
+    let sd = Model::load(&fixture("tiny-sd15"), None, &device).expect("load");
+    refused(&sd, req(&|_| {}), "max_sequence_length");
+    // a request FLUX does take runs
+    assert!(dev.generate(&req(&|_| {}), &device, &mut |_, _| true).is_ok());
+    // the defaults diffusers documents
+    assert_eq!(schnell.default_steps_guidance(), (4, 0.0));
+    assert_eq!(dev.default_steps_guidance(), (28, 3.5));
 }
 
 #[test]

@@ -99,6 +99,8 @@ fn mask_repaints_only_the_white_area() {
         rng: RngKind::Torch,
         num_images: 1,
         long_prompt: false,
+        max_sequence_length: None,
+        true_cfg_scale: None,
         init: Some(InitImage {
             image: init.clone(),
             strength: 1.0,
@@ -158,6 +160,8 @@ fn large_images_decode_in_tiles() {
         rng: RngKind::Torch,
         num_images: 1,
         long_prompt: false,
+        max_sequence_length: None,
+        true_cfg_scale: None,
         init: None,
     };
     let got = generate(&sd, &req, &device, &mut |_, _| true).expect("generate");

@@ -54,6 +54,8 @@ pub fn render(sd: &StableDiffusion, case: &serde_json::Value, device: &Device) -
         num_images: 1,
         init: None,
         long_prompt: false,
+        max_sequence_length: None,
+        true_cfg_scale: None,
     };
     generate(sd, &req, device, &mut |_, _| true)
         .expect("generate")

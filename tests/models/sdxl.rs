@@ -27,6 +27,8 @@ fn request(prompt: &str, negative: &str) -> GenerateRequest {
         rng: RngKind::Torch,
         num_images: 1,
         long_prompt: false,
+        max_sequence_length: None,
+        true_cfg_scale: None,
         init: None,
     }
 }

@@ -2,6 +2,7 @@
 
 mod contract;
 mod errors;
+mod flux;
 mod harness;
 mod limits;
 mod openai;

@@ -188,6 +188,7 @@ def main():
         guidance = 3.5 if model.endswith("dev") else 0.0
         seq = 64
         img = i2i(PROMPTS[0], image=init, strength=strength, num_inference_steps=steps, guidance_scale=guidance,
+                  width=64, height=64,
                   max_sequence_length=seq, generator=gen, output_type="np").images
         png = f"{model}-img2img.png"
         save_png(img, png)

@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use imagen_models::DiffusersFolder;
 use imagen_models::load::gguf::GgufFile;
 use imagen_models::load::lora::LoraFile;
 use imagen_models::load::single_file;
 use imagen_models::load::weights::Weights;
+use imagen_models::models::flux::FluxConfig;
+use imagen_models::{DiffusersFolder, Family};
 use serde::Serialize;
 
 use crate::error::Result;
@@ -29,7 +30,8 @@ pub struct ModelInfo {
     /// `diffusers` (a folder), `single-file` (safetensors) or `gguf`.
     pub format: String,
     /// `sd15` (OpenAI CLIP text encoder, quick-GELU), `sd21` (OpenCLIP text encoder, GELU,
-    /// v-prediction), `sd21-base` (OpenCLIP, ε-prediction), `sdxl` (two text encoders).
+    /// v-prediction), `sd21-base` (OpenCLIP, ε-prediction), `sdxl` (two text encoders),
+    /// `flux` (FLUX.1: transformer, CLIP-L + T5).
     pub family: String,
     /// Width = height the model was trained at.
     pub native_size: usize,
@@ -46,6 +48,9 @@ pub struct ModelInfo {
 impl ModelInfo {
     pub fn describe(id: &str, path: &Path) -> Result<Self> {
         let folder = DiffusersFolder::open(path)?;
+        if folder.family() == Family::Flux {
+            return Self::describe_flux(id, path, &folder);
+        }
         let unet = folder.unet_config()?;
         let text = folder.text_encoder_config()?;
         let vae = folder.vae_config()?;
@@ -79,6 +84,35 @@ impl ModelInfo {
             native_size: unet.sample_size * vae.scale_factor(),
             prediction_type: sched.prediction_type.clone(),
             default_scheduler: kind.name().into(),
+            default_steps: steps,
+            default_guidance_scale: guidance,
+            weight_formats: owned(folder.weight_formats()),
+        })
+    }
+}
+
+impl ModelInfo {
+    /// A FLUX.1 folder: `flux`, flow prediction, Euler; schnell (no guidance embedding) 4 steps
+    /// without guidance, dev 28 at 3.5 (diffusers' documented settings).
+    fn describe_flux(id: &str, path: &Path, folder: &DiffusersFolder) -> Result<Self> {
+        let transformer: FluxConfig = folder.component_config("transformer")?;
+        transformer.validate()?;
+        let vae = folder.vae_config()?;
+        let (steps, guidance) = if transformer.guidance_embeds {
+            (28, 3.5)
+        } else {
+            (4, 0.0)
+        };
+        Ok(ModelInfo {
+            id: id.to_owned(),
+            path: path.to_owned(),
+            single_file: None,
+            prediction_override: None,
+            format: "diffusers".into(),
+            family: Family::Flux.name().into(),
+            native_size: 128 * vae.scale_factor(),
+            prediction_type: "flow".into(),
+            default_scheduler: SamplerKind::Euler.name().into(),
             default_steps: steps,
             default_guidance_scale: guidance,
             weight_formats: owned(folder.weight_formats()),

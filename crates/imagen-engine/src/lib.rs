@@ -3,10 +3,13 @@
 
 pub mod catalog;
 pub mod error;
+pub mod flux;
+pub mod model;
 pub mod pipeline;
 pub mod rng;
 pub mod scheduler;
 pub mod worker;
 
 pub use error::{Error, Result};
+pub use model::Model;
 pub use pipeline::{GenerateRequest, InitImage, generate, generate_once, generate_seeded};

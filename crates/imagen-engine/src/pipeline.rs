@@ -43,6 +43,11 @@ pub struct GenerateRequest {
     /// Prompts over 75 tokens: encode 75-token chunks separately and concatenate them (the
     /// A1111/ComfyUI convention) instead of truncating as diffusers does.
     pub long_prompt: bool,
+    /// T5 tokens the prompt is padded/truncated to (FLUX, SD3); `None`: the model's default.
+    pub max_sequence_length: Option<usize>,
+    /// True classifier-free guidance with the negative prompt on guidance-distilled models
+    /// (diffusers' FLUX `true_cfg_scale`); `None` or ≤ 1: off.
+    pub true_cfg_scale: Option<f64>,
 }
 
 /// Called after each step with (step, total); return `false` to cancel.
@@ -125,9 +130,13 @@ pub fn generate_once(
     decode(&vae, &vae_config, latents)
 }
 
-/// The VAE-scaled latents `[b, c, h/8, w/8]` decoded to images.
-fn decode(vae: &AutoencoderKL, config: &AutoencoderKLConfig, latents: Tensor<4>) -> Result<Vec<RgbImage>> {
-    let z = latents / config.scaling_factor as f32;
+/// The VAE-scaled latents `[b, c, h/8, w/8]` decoded to images (unscaled, then shifted back
+/// by the VAE's `shift_factor` where it has one: FLUX, SD3).
+pub(crate) fn decode(vae: &AutoencoderKL, config: &AutoencoderKLConfig, latents: Tensor<4>) -> Result<Vec<RgbImage>> {
+    let mut z = latents / config.scaling_factor as f32;
+    if let Some(shift) = config.shift_factor {
+        z = z + shift as f32;
+    }
     // Images over twice the VAE's native size (e.g. 1024² and up for SD 1.5) are decoded in
     // tiles, as diffusers' `enable_vae_tiling` does: bounded memory, seams blended away.
     let tile = config.sample_size / config.scale_factor();
@@ -154,6 +163,11 @@ pub fn denoise_with(
     on_step: StepLatents,
 ) -> Result<Tensor<4>> {
     validate(req)?;
+    if req.max_sequence_length.is_some() || req.true_cfg_scale.is_some() {
+        return Err(Error::BadInput(
+            "max_sequence_length and true_cfg_scale apply to T5-conditioned models (FLUX, SD3)".into(),
+        ));
+    }
     let mut sampler = sampler_for(sd, req)?;
     let mut rng = req.rng.generator(req.seed);
     let b = req.num_images;
@@ -380,39 +394,17 @@ pub fn tensor_to_images(t: Tensor<4>) -> Result<Vec<RgbImage>> {
         .collect()
 }
 
-/// `num_images` images, image `i` generated alone from seed `seed + i`, so any one of them can
-/// be reproduced by itself (`seed + i`, one image). This is the server's batch semantics; the
-/// CLI's [`generate`] keeps diffusers' (one generator for the whole batch). Progress counts the
-/// steps of all images together.
+/// [`crate::Model::generate_seeded`] for a Stable Diffusion model.
 pub fn generate_seeded(
     sd: &StableDiffusion,
     req: &GenerateRequest,
     device: &Device,
     progress: Progress,
 ) -> Result<Vec<(RgbImage, u64)>> {
-    validate(req)?;
-    let n = req.num_images;
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let seed = req.seed.wrapping_add(i as u64);
-        let one = GenerateRequest {
-            prompt: req.prompt.clone(),
-            negative_prompt: req.negative_prompt.clone(),
-            seed,
-            num_images: 1,
-            init: req.init.clone(),
-            ..*req
-        };
-        let mut each = |step: usize, total: usize| progress(i * total + step, n * total);
-        let image = generate(sd, &one, device, &mut each)?.into_iter().next();
-        out.extend(image.map(|im| (im, seed)));
-    }
-    Ok(out)
+    crate::Model::StableDiffusion(Box::new(sd.clone())).generate_seeded(req, device, progress)
 }
 
-/// Variations of an image: image-to-image from it at `strength`, each variation with its own
-/// seed (`seed`, `seed + 1`, …) so every one can be reproduced alone. The prompt is optional
-/// (an empty prompt still conditions the UNet, as an unconditional pass would).
+/// [`crate::Model::variations`] for a Stable Diffusion model.
 pub fn variations(
     sd: &StableDiffusion,
     base: &GenerateRequest,
@@ -421,18 +413,5 @@ pub fn variations(
     device: &Device,
     progress: Progress,
 ) -> Result<Vec<RgbImage>> {
-    let req = GenerateRequest {
-        prompt: base.prompt.clone(),
-        negative_prompt: base.negative_prompt.clone(),
-        init: Some(InitImage {
-            image: image.clone(),
-            strength,
-            mask: None,
-        }),
-        ..*base
-    };
-    Ok(generate_seeded(sd, &req, device, progress)?
-        .into_iter()
-        .map(|(im, _)| im)
-        .collect())
+    crate::Model::StableDiffusion(Box::new(sd.clone())).variations(base, image, strength, device, progress)
 }

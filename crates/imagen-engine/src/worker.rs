@@ -10,12 +10,12 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use burn::tensor::Device;
 use image::RgbImage;
-use imagen_models::StableDiffusion;
 use imagen_models::load::lora::LoraFile;
 
 use crate::catalog::{LoraInfo, ModelInfo};
 use crate::error::{Error, Result};
-use crate::pipeline::{GenerateRequest, generate_seeded};
+use crate::model::Model;
+use crate::pipeline::GenerateRequest;
 
 /// One finished image and the seed that reproduces it alone.
 pub struct Generated {
@@ -123,7 +123,7 @@ struct EngineThread {
     /// Parsed LoRA files, kept once read (they are small next to a model).
     lora_files: HashMap<String, Arc<LoraFile>>,
     /// Most recently used last.
-    loaded: Vec<(String, Arc<StableDiffusion>)>,
+    loaded: Vec<(String, Arc<Model>)>,
     device: Device,
     max_loaded: usize,
     ready: Arc<AtomicBool>,
@@ -169,7 +169,7 @@ impl EngineThread {
             events(JobEvent::Progress { step, total });
             true
         };
-        let images = generate_seeded(&sd, &job.request, &self.device, &mut progress)?;
+        let images = sd.generate_seeded(&job.request, &self.device, &mut progress)?;
         Ok(images
             .into_iter()
             .map(|(image, seed)| Generated { image, seed })
@@ -190,7 +190,7 @@ impl EngineThread {
     }
 
     /// The loaded model, loading it (and dropping the least recently used) when needed.
-    fn model(&mut self, id: &str) -> Result<Arc<StableDiffusion>> {
+    fn model(&mut self, id: &str) -> Result<Arc<Model>> {
         if let Some(pos) = self.loaded.iter().position(|(m, _)| m == id) {
             let entry = self.loaded.remove(pos);
             let sd = entry.1.clone();
@@ -204,11 +204,8 @@ impl EngineThread {
         if self.loaded.len() >= self.max_loaded {
             self.loaded.remove(0);
         }
-        let mut sd = match &info.single_file {
-            Some(file) => StableDiffusion::load_single_file(file, &info.path, &self.device)?,
-            None => StableDiffusion::load(&info.path, &self.device)?,
-        };
-        sd.prediction_type = info.prediction_override.clone();
+        let mut sd = Model::load(&info.path, info.single_file.as_deref(), &self.device)?;
+        sd.set_prediction_type(info.prediction_override.clone())?;
         let sd = Arc::new(sd);
         self.loaded.push((id.to_owned(), sd.clone()));
         self.ready.store(true, Ordering::SeqCst);

@@ -4,9 +4,11 @@
 //!
 //! [`Sampler`] holds one run; the multistep rules (PNDM, DPM-Solver++) live in `multistep.rs`.
 
+mod flow;
 mod multistep;
 mod sampler;
 
+pub use flow::{dynamic_shift_mu, first_step_for_strength as flow_first_step, flow_sigmas};
 pub use sampler::Sampler;
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -55,6 +57,17 @@ pub struct SchedulerConfig {
     // LCMScheduler
     pub original_inference_steps: usize,
     pub timestep_scaling: f64,
+    // FlowMatchEulerDiscreteScheduler
+    pub shift: f64,
+    pub use_dynamic_shifting: bool,
+    pub base_shift: f64,
+    pub max_shift: f64,
+    pub base_image_seq_len: usize,
+    pub max_image_seq_len: usize,
+    pub time_shift_type: String,
+    pub shift_terminal: Option<f64>,
+    pub invert_sigmas: bool,
+    pub stochastic_sampling: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -89,6 +102,16 @@ impl Default for SchedulerConfig {
             use_flow_sigmas: false,
             original_inference_steps: 50,
             timestep_scaling: 10.0,
+            shift: 1.0,
+            use_dynamic_shifting: false,
+            base_shift: 0.5,
+            max_shift: 1.15,
+            base_image_seq_len: 256,
+            max_image_seq_len: 4096,
+            time_shift_type: "exponential".into(),
+            shift_terminal: None,
+            invert_sigmas: false,
+            stochastic_sampling: false,
         }
     }
 }
@@ -183,11 +206,13 @@ impl NoiseSchedule {
     }
 }
 
-/// Axis 2: what the UNet predicts.
+/// Axis 2: what the model predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prediction {
     Epsilon,
     V,
+    /// Flow matching's velocity `ε − x₀` (FLUX, SD3), on a σ schedule from 1 to 0.
+    Flow,
 }
 
 impl Prediction {

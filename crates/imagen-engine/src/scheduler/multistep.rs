@@ -142,6 +142,7 @@ fn pndm_prev_sample(s: &Sampler, sample: Tensor<4>, t: i64, prev_t: i64, out: Te
     let out = match s.prediction {
         Prediction::Epsilon => out,
         Prediction::V => out * a.sqrt() as f32 + sample.clone() * b.sqrt() as f32,
+        Prediction::Flow => unreachable!("{}", super::sampler::FLOW_ONLY_EULER),
     };
     let sample_coeff = (a_prev / a).sqrt();
     let denom = a * b_prev.sqrt() + (a * b * a_prev).sqrt();
@@ -236,6 +237,7 @@ impl DpmSolver {
         let x0 = match s.prediction {
             Prediction::Epsilon => (sample.clone() - out * sigma_s0 as f32) / alpha_s0 as f32,
             Prediction::V => sample.clone() * alpha_s0 as f32 - out * sigma_s0 as f32,
+            Prediction::Flow => unreachable!("{}", super::sampler::FLOW_ONLY_EULER),
         };
         let lower_final = i + 1 == n && (self.euler_at_final || (self.lower_order_final && n < 15) || self.final_zero);
         let lambda = |a: f64, s: f64| a.ln() - s.ln();

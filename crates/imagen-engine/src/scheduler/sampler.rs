@@ -8,6 +8,10 @@ use super::{NoiseSchedule, Prediction, SamplerKind, SchedulerConfig, noise_like}
 use crate::error::{Error, Result};
 use crate::rng::NoiseSource;
 
+/// Why the DDPM-space rules never see a flow prediction.
+pub(super) const FLOW_ONLY_EULER: &str =
+    "flow-matching runs use the Euler rule only (Sampler::flow refuses the others)";
+
 /// The running state a sampler's update rule keeps between steps.
 enum State {
     None,
@@ -31,6 +35,8 @@ pub struct Sampler {
     leading: bool,
     /// LCM's boundary-condition time scale.
     timestep_scaling: f64,
+    /// Flow matching: re-noise each step instead of following the velocity.
+    stochastic: bool,
     state: State,
 }
 
@@ -114,7 +120,49 @@ impl Sampler {
             schedule,
             leading: spacing == "leading",
             timestep_scaling: config.timestep_scaling,
+            stochastic: false,
             state,
+        })
+    }
+
+    /// A flow-matching run (FLUX, SD3): σ from [`super::flow_sigmas`], timesteps σ·1000 (f32,
+    /// as diffusers' `timesteps`), the Euler rule on the velocity. Samplers that do not apply
+    /// to flow models are refused by name.
+    pub fn flow(
+        kind: SamplerKind,
+        config: &SchedulerConfig,
+        steps: usize,
+        given: Option<Vec<f64>>,
+        mu: Option<f64>,
+    ) -> Result<Self> {
+        if steps == 0 {
+            return Err(Error::BadInput("steps must be at least 1".into()));
+        }
+        if kind != SamplerKind::Euler {
+            return Err(Error::BadInput(format!(
+                "scheduler {} does not apply to flow-matching models (FLUX, SD3); use euler",
+                kind.name()
+            )));
+        }
+        let mut sigmas = super::flow_sigmas(config, steps, given, mu)?;
+        let t = config.num_train_timesteps as f32;
+        let timesteps = sigmas.iter().map(|&s| (s as f32 * t) as f64).collect();
+        sigmas.push(0.0);
+        Ok(Sampler {
+            kind,
+            schedule: NoiseSchedule {
+                alphas_cumprod: Vec::new(),
+            },
+            prediction: Prediction::Flow,
+            timesteps,
+            sigmas,
+            step_ratio: 0,
+            final_alpha: 1.0,
+            clip_sample: None,
+            leading: false,
+            timestep_scaling: 0.0,
+            stochastic: config.stochastic_sampling,
+            state: State::None,
         })
     }
 
@@ -135,7 +183,7 @@ impl Sampler {
 
     /// Noise level the initial latents are scaled by (pure-noise start).
     pub fn init_noise_sigma(&self) -> f64 {
-        if !self.kind.sigma_space() {
+        if !self.kind.sigma_space() || self.prediction == Prediction::Flow {
             return 1.0;
         }
         let max = self.sigmas.iter().copied().fold(0.0, f64::max);
@@ -144,7 +192,7 @@ impl Sampler {
 
     /// `scale_model_input` for step `i`: x / √(σ² + 1) for σ-space samplers.
     pub fn scale_model_input(&self, x: Tensor<4>, i: usize) -> Tensor<4> {
-        if self.kind.sigma_space() {
+        if self.kind.sigma_space() && self.prediction != Prediction::Flow {
             let s = self.sigmas[i];
             x / ((s * s + 1.0).sqrt() as f32)
         } else {
@@ -154,6 +202,11 @@ impl Sampler {
 
     /// `add_noise` at step `i` (the first image-to-image step).
     pub fn add_noise(&self, x0: Tensor<4>, noise: Tensor<4>, i: usize) -> Tensor<4> {
+        if self.prediction == Prediction::Flow {
+            // `scale_noise`: σ·ε + (1 − σ)·x₀
+            let s = self.sigmas[i] as f32;
+            return noise * s + x0 * (1.0 - s);
+        }
         match self.kind {
             SamplerKind::Euler | SamplerKind::EulerAncestral => x0 + noise * self.sigmas[i] as f32,
             // DPM-Solver++ noises at its own σ (Karras σ fall between training timesteps).
@@ -191,13 +244,14 @@ impl Sampler {
                 sample.clone() * a.sqrt() as f32 - out.clone() * b.sqrt() as f32,
                 out * a.sqrt() as f32 + sample * b.sqrt() as f32,
             ),
+            Prediction::Flow => unreachable!("{}", FLOW_ONLY_EULER),
         }
     }
 
     /// x̂₀ from a σ-space sample (Euler family).
     fn denoised_sigma(&self, out: Tensor<4>, sample: Tensor<4>, sigma: f64) -> Tensor<4> {
         match self.prediction {
-            Prediction::Epsilon => sample - out * sigma as f32,
+            Prediction::Epsilon | Prediction::Flow => sample - out * sigma as f32,
             Prediction::V => {
                 out * (-sigma / (sigma * sigma + 1.0).sqrt()) as f32 + sample / (sigma * sigma + 1.0) as f32
             }
@@ -206,6 +260,15 @@ impl Sampler {
 
     fn step_euler(&self, out: Tensor<4>, i: usize, sample: Tensor<4>, rng: &mut dyn NoiseSource) -> Tensor<4> {
         let (sigma, next) = (self.sigmas[i], self.sigmas[i + 1]);
+        if self.prediction == Prediction::Flow {
+            // diffusers' dt is the difference of the f32 σ's
+            if !self.stochastic {
+                return sample + out * (next as f32 - sigma as f32);
+            }
+            let x0 = sample - out * sigma as f32;
+            let (dims, device) = (x0.dims(), x0.device());
+            return x0 * (1.0 - next as f32) + noise_like(rng, dims, &device) * next as f32;
+        }
         let x0 = self.denoised_sigma(out, sample.clone(), sigma);
         let derivative = (sample.clone() - x0) / sigma as f32;
         if self.kind == SamplerKind::Euler {

@@ -44,6 +44,8 @@ pub struct GenerationBody {
     variation_strength: Option<f64>,
     mask: Option<String>,
     long_prompt: Option<bool>,
+    max_sequence_length: Option<usize>,
+    true_cfg_scale: Option<f64>,
     loras: Option<Vec<LoraSpec>>,
 }
 
@@ -110,6 +112,8 @@ impl GenerationBody {
             strength: self.strength.or(self.variation_strength),
             mask,
             long_prompt: self.long_prompt.unwrap_or(false),
+            max_sequence_length: self.max_sequence_length,
+            true_cfg_scale: self.true_cfg_scale,
             loras: self
                 .loras
                 .unwrap_or_default()

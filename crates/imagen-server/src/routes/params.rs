@@ -42,6 +42,10 @@ pub struct Params {
     pub mask: Option<GrayImage>,
     /// Encode prompts over 75 tokens in chunks instead of truncating.
     pub long_prompt: bool,
+    /// T5 tokens (FLUX, SD3); the model's default when absent.
+    pub max_sequence_length: Option<usize>,
+    /// True CFG with the negative prompt (FLUX).
+    pub true_cfg_scale: Option<f64>,
     /// (LoRA id, scale) merged for this request only.
     pub loras: Vec<(String, f32)>,
 }
@@ -274,6 +278,8 @@ impl Params {
                 num_images,
                 init,
                 long_prompt: self.long_prompt,
+                max_sequence_length: self.max_sequence_length,
+                true_cfg_scale: self.true_cfg_scale,
             },
             output,
             response_format,

@@ -1,0 +1,203 @@
+//! A loaded model of any family, behind the one interface the worker, the server and the CLI
+//! use: they pick it from the model folder ([`Model::load`]) and call [`Model::generate`] and
+//! friends. Each family's pipeline lives in its own module (`pipeline` for Stable Diffusion,
+//! `flux` for FLUX.1); adding a family is a variant here and its module.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor};
+use image::RgbImage;
+use imagen_models::load::lora::LoraFile;
+use imagen_models::{DiffusersFolder, Family, Flux, StableDiffusion};
+
+use crate::error::{Error, Result};
+use crate::pipeline::{self, GenerateRequest, InitImage, Progress, StepLatents};
+
+/// Every component of one model, loaded. Cloning is cheap: the weights are shared.
+#[derive(Clone)]
+pub enum Model {
+    StableDiffusion(Box<StableDiffusion>),
+    Flux(Box<Flux>),
+}
+
+impl Model {
+    /// The model in a diffusers folder, or a single-file checkpoint with `folder` giving its
+    /// configs (Stable Diffusion only, for now).
+    pub fn load(folder: &Path, single_file: Option<&Path>, device: &Device) -> Result<Self> {
+        let family = DiffusersFolder::open(folder)?.family();
+        Ok(match (family, single_file) {
+            (Family::StableDiffusion, Some(file)) => {
+                Model::StableDiffusion(Box::new(StableDiffusion::load_single_file(file, folder, device)?))
+            }
+            (Family::StableDiffusion, None) => Model::StableDiffusion(Box::new(StableDiffusion::load(folder, device)?)),
+            (Family::Flux, None) => Model::Flux(Box::new(Flux::load(folder, device)?)),
+            (Family::Flux, Some(_)) => {
+                return Err(Error::BadInput(
+                    "single-file FLUX checkpoints are not supported yet".into(),
+                ));
+            }
+        })
+    }
+
+    pub fn family(&self) -> Family {
+        match self {
+            Model::StableDiffusion(_) => Family::StableDiffusion,
+            Model::Flux(_) => Family::Flux,
+        }
+    }
+
+    pub fn folder(&self) -> &DiffusersFolder {
+        match self {
+            Model::StableDiffusion(sd) => &sd.folder,
+            Model::Flux(f) => &f.folder,
+        }
+    }
+
+    /// Width = height the model generates by default.
+    pub fn native_size(&self) -> usize {
+        match self {
+            Model::StableDiffusion(sd) => sd.unet_config.sample_size * sd.vae_config.scale_factor(),
+            // diffusers' FluxPipeline: `default_sample_size` 128 latents
+            Model::Flux(f) => 128 * f.vae_config.scale_factor(),
+        }
+    }
+
+    /// (steps, guidance) when a request names none: diffusers' pipeline defaults, or the
+    /// distilled variant's (FLUX.1-schnell 4 steps without guidance; dev 28 at 3.5).
+    pub fn default_steps_guidance(&self) -> (usize, f64) {
+        match self {
+            Model::StableDiffusion(sd) if sd.folder.is_xl() => (50, 5.0),
+            Model::StableDiffusion(_) => (50, 7.5),
+            Model::Flux(f) if f.transformer.takes_guidance() => (28, 3.5),
+            Model::Flux(_) => (4, 0.0),
+        }
+    }
+
+    pub fn num_params(&self) -> usize {
+        match self {
+            Model::StableDiffusion(sd) => sd.num_params(),
+            Model::Flux(f) => f.num_params(),
+        }
+    }
+
+    pub fn weight_formats(&self) -> &BTreeMap<&'static str, Vec<String>> {
+        match self {
+            Model::StableDiffusion(sd) => &sd.weight_formats,
+            Model::Flux(f) => &f.weight_formats,
+        }
+    }
+
+    /// Overrides the scheduler's `prediction_type` (Stable Diffusion single files).
+    pub fn set_prediction_type(&mut self, p: Option<String>) -> Result<()> {
+        match self {
+            Model::StableDiffusion(sd) => sd.prediction_type = p,
+            Model::Flux(_) if p.is_none() => {}
+            Model::Flux(_) => {
+                return Err(Error::BadInput(
+                    "FLUX models predict flow; no prediction_type override".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A copy with `loras` merged; `self` is unchanged.
+    pub fn with_loras(&self, loras: &[(&LoraFile, f32)], device: &Device) -> Result<Self> {
+        match self {
+            Model::StableDiffusion(sd) => Ok(Model::StableDiffusion(Box::new(sd.with_loras(loras, device)?))),
+            Model::Flux(_) => Err(Error::BadInput("LoRA for FLUX models is not supported yet".into())),
+        }
+    }
+
+    /// Run one request; returns `num_images` images (one generator for the batch, as diffusers).
+    pub fn generate(&self, req: &GenerateRequest, device: &Device, progress: Progress) -> Result<Vec<RgbImage>> {
+        match self {
+            Model::StableDiffusion(sd) => pipeline::generate(sd, req, device, progress),
+            Model::Flux(f) => crate::flux::generate(f, req, device, progress),
+        }
+    }
+
+    /// [`Self::generate`] for a run that owns the model and ends with it (the CLI's): the
+    /// denoiser and text encoders are dropped before the VAE decode.
+    pub fn generate_once(self, req: &GenerateRequest, device: &Device, progress: Progress) -> Result<Vec<RgbImage>> {
+        match self {
+            Model::StableDiffusion(sd) => pipeline::generate_once(*sd, req, device, progress),
+            Model::Flux(f) => {
+                let latents = crate::flux::denoise(&f, req, device, progress, &mut |_, _| {})?;
+                let Flux { vae, vae_config, .. } = *f;
+                imagen_models::ops::release_scratch();
+                pipeline::decode(&vae, &vae_config, latents)
+            }
+        }
+    }
+
+    /// The denoising loop alone, handing the latents to `on_step` after every step (TAESD
+    /// previews): the final latents, VAE-scaled.
+    pub fn denoise_with(
+        &self,
+        req: &GenerateRequest,
+        device: &Device,
+        progress: Progress,
+        on_step: StepLatents,
+    ) -> Result<Tensor<4>> {
+        match self {
+            Model::StableDiffusion(sd) => pipeline::denoise_with(sd, req, device, progress, on_step),
+            Model::Flux(f) => crate::flux::denoise(f, req, device, progress, on_step),
+        }
+    }
+
+    /// `num_images` images, image `i` generated alone from seed `seed + i` (the server's batch
+    /// semantics: any one can be reproduced by itself). Progress counts all images' steps.
+    pub fn generate_seeded(
+        &self,
+        req: &GenerateRequest,
+        device: &Device,
+        progress: Progress,
+    ) -> Result<Vec<(RgbImage, u64)>> {
+        pipeline::validate(req)?;
+        let n = req.num_images;
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let seed = req.seed.wrapping_add(i as u64);
+            let one = GenerateRequest {
+                prompt: req.prompt.clone(),
+                negative_prompt: req.negative_prompt.clone(),
+                seed,
+                num_images: 1,
+                init: req.init.clone(),
+                ..*req
+            };
+            let mut each = |step: usize, total: usize| progress(i * total + step, n * total);
+            let image = self.generate(&one, device, &mut each)?.into_iter().next();
+            out.extend(image.map(|im| (im, seed)));
+        }
+        Ok(out)
+    }
+
+    /// Variations of an image: image-to-image from it at `strength`, each with its own seed.
+    pub fn variations(
+        &self,
+        base: &GenerateRequest,
+        image: &RgbImage,
+        strength: f64,
+        device: &Device,
+        progress: Progress,
+    ) -> Result<Vec<RgbImage>> {
+        let req = GenerateRequest {
+            prompt: base.prompt.clone(),
+            negative_prompt: base.negative_prompt.clone(),
+            init: Some(InitImage {
+                image: image.clone(),
+                strength,
+                mask: None,
+            }),
+            ..*base
+        };
+        Ok(self
+            .generate_seeded(&req, device, progress)?
+            .into_iter()
+            .map(|(im, _)| im)
+            .collect())
+    }
+}

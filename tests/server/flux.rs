@@ -1,0 +1,97 @@
+//! FLUX.1 through the server: listed with its family and defaults, generating diffusers' images
+//! (text-to-image with the model's default steps/guidance, true CFG, image-to-image), and
+//! parameters FLUX does not take refused with a 400.
+
+use serde_json::json;
+
+use crate::harness::{Env, assert_golden, b64, copy_dir, first_b64_image, fixture};
+
+const PROMPT: &str = "a photograph of an astronaut riding a horse";
+
+#[test]
+fn flux_models_are_listed_and_generate_diffusers_images() {
+    let env = Env::new();
+    for m in ["tiny-flux-schnell", "tiny-flux-dev"] {
+        copy_dir(&fixture(m), &env.models.join(m));
+    }
+    let key = env.key("pro", &[]);
+    let s = env.serve();
+
+    let list = s.get("/v1/models", Some(&key)).json();
+    let model = |id: &str| {
+        list["data"]
+            .as_array()
+            .and_then(|a| a.iter().find(|m| m["id"] == id))
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not listed: {list}"))
+    };
+    let (schnell, dev) = (model("tiny-flux-schnell"), model("tiny-flux-dev"));
+    assert_eq!(schnell["family"], "flux");
+    assert_eq!(schnell["prediction_type"], "flow");
+    assert_eq!(
+        (
+            schnell["default_steps"].as_u64(),
+            schnell["default_guidance_scale"].as_f64()
+        ),
+        (Some(4), Some(0.0))
+    );
+    assert_eq!(
+        (dev["default_steps"].as_u64(), dev["default_guidance_scale"].as_f64()),
+        (Some(28), Some(3.5))
+    );
+    assert_eq!(dev["weight_formats"]["transformer"], json!(["f32"]));
+
+    // schnell's defaults: 4 steps, no guidance (the golden was made with them)
+    let r = s.post(
+        "/v1/text-to-image",
+        &key,
+        &json!({"prompt": PROMPT, "model": "tiny-flux-schnell", "width": 64, "height": 64, "seed": 42,
+                "max_sequence_length": 256, "response_format": "b64_json"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_golden(&first_b64_image(&r.json()), "tiny-flux-schnell-txt2img.png");
+
+    // dev with true CFG
+    let r = s.post(
+        "/v1/text-to-image",
+        &key,
+        &json!({"prompt": PROMPT, "model": "tiny-flux-dev", "width": 48, "height": 64, "seed": 42, "steps": 4,
+                "negative_prompt": "blurry, low quality", "true_cfg_scale": 2.0, "max_sequence_length": 64,
+                "response_format": "b64_json"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_golden(&first_b64_image(&r.json()), "tiny-flux-dev-txt2img-cfg.png");
+
+    // image-to-image (FluxImg2ImgPipeline's strength rounding)
+    let init = std::fs::read(fixture("golden/generate/tiny-sd15-init.png")).expect("init");
+    let r = s.post(
+        "/v1/image-to-image",
+        &key,
+        &json!({"prompt": PROMPT, "model": "tiny-flux-dev", "image": b64(&init), "strength": 0.7, "steps": 6,
+                "seed": 99, "max_sequence_length": 64, "response_format": "b64_json"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_golden(&first_b64_image(&r.json()), "tiny-flux-dev-img2img.png");
+
+    // what FLUX does not take: a clear 400 in the contract's shape
+    for (body, needle) in [
+        (
+            json!({"prompt": PROMPT, "model": "tiny-flux-schnell", "negative_prompt": "blurry", "width": 32,
+                "height": 32}),
+            "negative prompt",
+        ),
+        (
+            json!({"prompt": PROMPT, "model": "tiny-flux-dev", "scheduler": "dpmpp_2m", "width": 32, "height": 32}),
+            "dpmpp_2m",
+        ),
+        (
+            json!({"prompt": PROMPT, "model": "tiny-sd15", "max_sequence_length": 64}),
+            "max_sequence_length",
+        ),
+    ] {
+        let r = s.post("/v1/text-to-image", &key, &body);
+        r.assert_error(400, "bad_request");
+        let msg = r.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(msg.contains(needle), "{needle}: {msg}");
+    }
+}
