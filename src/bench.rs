@@ -12,9 +12,11 @@ use imagen_models::models::clip::ClipTextConfig;
 use imagen_models::models::unet_2d::{AddedCond, UNet2DConditionConfig};
 use imagen_models::models::vae::AutoencoderKLConfig;
 
+mod flux;
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// sd15, sd21 or sdxl.
+    /// sd15, sd21, sdxl, or flux (`--component blocks`).
     #[arg(long, default_value = "sd15")]
     arch: String,
     /// unet, vae-decode, text-encoder or pipeline (text encoder + steps × UNet + VAE decode);
@@ -34,6 +36,9 @@ pub struct BenchArgs {
     /// UNet evaluations in `pipeline`.
     #[arg(long, default_value_t = 1)]
     steps: usize,
+    /// FLUX: T5 tokens of the prompt (FLUX.1-dev 512, schnell 256).
+    #[arg(long, default_value_t = 512)]
+    text_tokens: usize,
     /// Timed runs after one warm-up run; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -143,6 +148,9 @@ fn peak_rss_bytes() -> Option<u64> {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.arch == "flux" {
+        return flux::run(&a);
+    }
     let arch = arch(&a.arch)?;
     if a.stock {
         let routes = imagen_models::ops::Routes::current();

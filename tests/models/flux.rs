@@ -193,3 +193,48 @@ fn flux_schnell_components_match_diffusers() {
 fn flux_dev_components_match_diffusers() {
     components_match("tiny-flux-dev", "dev_", &Device::flex());
 }
+
+/// FLUX transformers as users download them, with the rest from the diffusers folder: Black
+/// Forest Labs' single-file layout gives the folder's image; its Q8_0 GGUF (ComfyUI-GGUF's
+/// convention) gives diffusers' image on the same dequantised weights, the blocks kept quantized
+/// in memory or dequantised at load alike.
+#[test]
+fn flux_single_files_load_to_the_same_image() {
+    let device = Device::flex();
+    let folder = fixture("tiny-flux-dev");
+    let all = cases("cases-flux.json");
+    let case = all
+        .iter()
+        .find(|c| c["png"] == "tiny-flux-dev-txt2img-cfg.png")
+        .expect("cfg case");
+    let run = |m: &Model| {
+        m.generate(&case_request(case), &device, &mut |_, _| true)
+            .expect("generate")
+            .remove(0)
+    };
+    let check = |got: &image::RgbImage, png: &str| {
+        let (max, mean) = png_diff(got, &load_png(png));
+        println!("{png}: max {max}/255, mean {mean:.4}/255");
+        assert!(max <= 2 && mean <= 0.1, "{png}: max {max}/255, mean {mean:.4}/255");
+    };
+
+    let bfl = Model::load(
+        &folder,
+        Some(&fixture("single-file/tiny-flux-dev-bfl.safetensors")),
+        &device,
+    )
+    .expect("bfl");
+    check(&run(&bfl), "tiny-flux-dev-txt2img-cfg.png");
+
+    let gguf = fixture("single-file/tiny-flux-dev-q8_0.gguf");
+    let kept = Model::load(&folder, Some(&gguf), &device).expect("gguf");
+    assert_eq!(kept.weight_formats()["transformer"], ["f32", "q8_0"]);
+    let image = run(&kept);
+    check(&image, "tiny-flux-dev-q8_0.png");
+    let routes = imagen_models::ops::Routes {
+        keep_quantized: false,
+        ..imagen_models::ops::Routes::current()
+    };
+    let dequantised = routes.scoped(|| run(&Model::load(&folder, Some(&gguf), &device).expect("gguf")));
+    assert_eq!(image, dequantised, "kept-quantized and dequantised-at-load differ");
+}

@@ -73,9 +73,9 @@ def t5_encoder() -> T5EncoderModel:
 
 def transformer(guidance: bool) -> FluxTransformer2DModel:
     return FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=8,
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=8, guidance_embeds=guidance,
-        axes_dims_rope=(2, 2, 4),
+        axes_dims_rope=(4, 6, 6),
     ).eval()
 
 

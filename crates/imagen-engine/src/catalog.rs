@@ -165,6 +165,18 @@ fn single_file(dir: &Path, file: &Path, id: &str) -> std::result::Result<ModelIn
         info.prediction_override = Some(p.to_owned());
     }
     let weights = Weights::open(&[file.to_owned()]).map_err(|e| e.to_string())?;
+    if info.family == Family::Flux.name() {
+        // a FLUX transformer file; the other networks come from the config folder
+        let prefix = if weights.keys().any(|k| k.starts_with("model.diffusion_model.")) {
+            "model.diffusion_model."
+        } else {
+            ""
+        };
+        info.weight_formats
+            .insert("transformer".into(), weights.formats(prefix));
+        info.format = if GgufFile::sniff(file) { "gguf" } else { "single-file" }.into();
+        return Ok(info);
+    }
     let mut formats = owned(single_file::weight_formats(&weights));
     if single_file::unet_only(&weights) {
         // the other networks come from the config folder

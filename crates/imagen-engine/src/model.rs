@@ -23,7 +23,7 @@ pub enum Model {
 
 impl Model {
     /// The model in a diffusers folder, or a single-file checkpoint with `folder` giving its
-    /// configs (Stable Diffusion only, for now).
+    /// configs (and, for a FLUX transformer file, its text encoders and VAE).
     pub fn load(folder: &Path, single_file: Option<&Path>, device: &Device) -> Result<Self> {
         let family = DiffusersFolder::open(folder)?.family();
         Ok(match (family, single_file) {
@@ -32,11 +32,7 @@ impl Model {
             }
             (Family::StableDiffusion, None) => Model::StableDiffusion(Box::new(StableDiffusion::load(folder, device)?)),
             (Family::Flux, None) => Model::Flux(Box::new(Flux::load(folder, device)?)),
-            (Family::Flux, Some(_)) => {
-                return Err(Error::BadInput(
-                    "single-file FLUX checkpoints are not supported yet".into(),
-                ));
-            }
+            (Family::Flux, Some(file)) => Model::Flux(Box::new(Flux::load_single_file(file, folder, device)?)),
         })
     }
 

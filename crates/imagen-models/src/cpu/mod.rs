@@ -14,6 +14,7 @@ mod attention;
 mod attention_amx;
 mod conv;
 mod conv_avx512;
+mod dit;
 mod dot_bf16;
 mod elementwise;
 mod gemm;
@@ -27,6 +28,8 @@ pub mod quant;
 mod scratch;
 mod simd;
 mod winograd;
+
+pub use dit::{gated_add, gelu_tanh, modulated_layer_norm, rms_norm_rope};
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::conv::Conv2d;

@@ -7,10 +7,11 @@ use std::path::Path;
 use burn::module::Module;
 use burn::tensor::Device;
 
+use super::bfl;
 use super::folder::{DiffusersFolder, Family};
 use super::t5_tokenizer::T5Tokenizer;
 use super::tokenizer::ClipTokenizer;
-use super::weights::load_module;
+use super::weights::{Weights, load_module};
 use crate::error::{Error, Result};
 use crate::models::clip::ClipTextModel;
 use crate::models::flux::{self, FluxConfig, FluxTransformer2DModel};
@@ -35,6 +36,12 @@ pub struct Flux {
 
 impl Flux {
     pub fn load(root: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Self::load_parts(root.as_ref(), device, true)
+    }
+
+    /// The folder's components; its transformer's weights only `with_transformer` (else the
+    /// config's lazily initialised module, which a single file replaces).
+    fn load_parts(root: &Path, device: &Device, with_transformer: bool) -> Result<Self> {
         let folder = DiffusersFolder::open(root)?;
         if folder.family() != Family::Flux {
             return Err(Error::Folder(format!(
@@ -58,7 +65,6 @@ impl Flux {
             )));
         }
         let te2 = folder.weights("text_encoder_2", "model")?;
-        let tr = folder.weights("transformer", "diffusion_pytorch_model")?;
         let text_encoder_2 = load_module(
             t5_config.init(device),
             &te2,
@@ -66,13 +72,22 @@ impl Flux {
             &t5::checkpoint_keys,
             device,
         )?;
-        let transformer = load_module(
-            transformer_config.init(device),
-            &tr,
-            "transformer",
-            &flux::checkpoint_keys,
-            device,
-        )?;
+        let transformer = if with_transformer {
+            let tr = folder.weights("transformer", "diffusion_pytorch_model")?;
+            load_module(
+                transformer_config.init(device),
+                &tr,
+                "transformer",
+                &flux::checkpoint_keys,
+                device,
+            )?
+        } else {
+            transformer_config.init(device)
+        };
+        let mut weight_formats = folder.weight_formats();
+        if !with_transformer {
+            weight_formats.remove("transformer");
+        }
         Ok(Flux {
             tokenizer: folder.tokenizer()?,
             text_encoder: folder.load_text_encoder_with(&te_config, device)?,
@@ -82,9 +97,35 @@ impl Flux {
             transformer_config,
             vae: folder.load_vae_with(&vae_config, device)?,
             vae_config,
-            weight_formats: folder.weight_formats(),
+            weight_formats,
             folder,
         })
+    }
+
+    /// A transformer-only single file as users download FLUX.1 (Black Forest Labs' layout, or
+    /// diffusers' names; safetensors in f32/bf16/fp8, or GGUF with block-quantized weights kept
+    /// so on the CPU), bare or under `model.diffusion_model.`, with the text encoders, VAE,
+    /// tokenizers and configs of `config`, a FLUX diffusers folder of the same architecture.
+    pub fn load_single_file(file: &Path, config: &Path, device: &Device) -> Result<Self> {
+        let mut flux = Self::load_parts(config, device, false)?;
+        let weights = Weights::open(&[file.to_owned()])?;
+        let c = flux.transformer_config.clone();
+        let prefix = if weights.keys().any(|k| k.starts_with("model.diffusion_model.")) {
+            "model.diffusion_model."
+        } else {
+            ""
+        };
+        let bfl_layout = bfl::is_bfl(weights.keys());
+        let keys = |p: &str| -> Vec<String> {
+            flux::checkpoint_keys(p)
+                .iter()
+                .filter_map(|k| if bfl_layout { bfl::key(k, &c) } else { Some(k.clone()) })
+                .map(|k| format!("{prefix}{k}"))
+                .collect()
+        };
+        flux.transformer = load_module(c.init(device), &weights, "transformer", &keys, device)?;
+        flux.weight_formats.insert("transformer", weights.formats(prefix));
+        Ok(flux)
     }
 
     /// Parameters across the networks (for reporting).

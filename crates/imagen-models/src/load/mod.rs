@@ -7,6 +7,7 @@
 //!
 //! Where to add a weight format or a checkpoint layout: here.
 
+pub mod bfl;
 pub mod config;
 pub mod flux;
 pub mod folder;
@@ -17,4 +18,5 @@ pub mod quants;
 pub mod single_file;
 pub mod t5_tokenizer;
 pub mod tokenizer;
+pub mod view;
 pub mod weights;

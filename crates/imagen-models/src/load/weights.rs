@@ -14,6 +14,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensors, TensorInfo};
 
 use super::gguf::GgufFile;
+pub(crate) use super::view::{View, transpose_2d};
 use crate::error::{Error, Result};
 
 /// One memory-mapped `.safetensors` file with its parsed header.
@@ -362,9 +363,9 @@ impl Loader<'_> {
             });
         }
         if transpose
-            && view == View::Whole
+            && view.row_span(stored.first().copied().unwrap_or(0)).is_some()
             && self.device.clone() == Device::flex()
-            && let Some(t) = self.quantized(base, &want)
+            && let Some(t) = self.quantized(base, view, &stored, &want)
         {
             return Ok(t);
         }
@@ -384,12 +385,21 @@ impl Loader<'_> {
 impl Loader<'_> {
     /// A linear weight (`[d_out, d_in]` in the file) kept block-quantized on the CPU, when the
     /// file stores it so and the route keeps such weights ([`crate::ops::quantized_linear_weight`]).
-    fn quantized<const D: usize>(&self, key: &str, want: &[usize]) -> Option<Tensor<D>> {
+    /// A row view (FLUX's fused q/k/v) keeps its rows' blocks: ggml's blocks run along rows.
+    fn quantized<const D: usize>(&self, key: &str, view: View, stored: &[usize], want: &[usize]) -> Option<Tensor<D>> {
         let &[d_out, d_in] = want else { return None };
         if D != 2 || !crate::ops::Routes::current().keep_quantized {
             return None;
         }
+        let (start, count) = view.row_span(*stored.first()?)?;
         let (q, scales) = self.weights.read_symmetric(key)?;
+        let rows = stored[0];
+        let (qr, sr) = (q.len() / rows, scales.len() / rows);
+        if count != d_out || qr != d_in {
+            return None;
+        }
+        let q = q[start * qr..(start + count) * qr].to_vec();
+        let scales = scales[start * sr..(start + count) * sr].to_vec();
         let t = crate::ops::quantized_linear_weight(&q, &scales, d_out, d_in)?;
         // D is 2 (checked above); a dispatch tensor carries its own shape.
         Some(Tensor::from_dispatch(t.into_dispatch()))
@@ -408,55 +418,6 @@ pub(crate) fn module_path(stack: &[(String, String)], leaf: &str) -> String {
     parts.join(".")
 }
 
-/// A checkpoint key may name a view of a stored tensor: `name#rows=k/n` is the k-th of n equal
-/// row blocks (OpenCLIP's fused q/k/v `in_proj`), `name#T` a 2-D tensor stored transposed
-/// (OpenCLIP's `text_projection`, applied as x·P).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum View {
-    Whole,
-    Rows(usize, usize),
-    Transposed,
-}
-
-impl View {
-    pub(crate) fn parse(key: &str) -> (&str, View) {
-        let Some((base, view)) = key.split_once('#') else {
-            return (key, View::Whole);
-        };
-        let parsed = match view {
-            "T" => Some(View::Transposed),
-            v => v
-                .strip_prefix("rows=")
-                .and_then(|r| r.split_once('/'))
-                .and_then(|(k, n)| Some(View::Rows(k.parse().ok()?, n.parse().ok()?)))
-                .filter(|v| matches!(v, View::Rows(k, n) if k < n)),
-        };
-        match parsed {
-            Some(v) => (base, v),
-            None => (key, View::Whole),
-        }
-    }
-
-    fn shape(self, stored: &[usize]) -> Vec<usize> {
-        match (self, stored) {
-            (View::Rows(_, n), [rows, rest @ ..]) => std::iter::once(rows / n).chain(rest.iter().copied()).collect(),
-            (View::Transposed, [a, b]) => vec![*b, *a],
-            _ => stored.to_vec(),
-        }
-    }
-
-    fn apply(self, values: Vec<f32>, stored: &[usize]) -> Vec<f32> {
-        match (self, stored) {
-            (View::Rows(k, n), [rows, ..]) => {
-                let block = values.len() / rows.max(&1) * (rows / n);
-                values[k * block..(k + 1) * block].to_vec()
-            }
-            (View::Transposed, [a, b]) => transpose_2d(&values, *a, *b),
-            _ => values,
-        }
-    }
-}
-
 /// Shapes equal up to trailing size-1 dimensions (a 1×1 conv weight stored for a linear layer
 /// and vice versa, as SD 2 and LDM checkpoints do).
 fn strip_unit_dims(s: &[usize]) -> &[usize] {
@@ -465,16 +426,6 @@ fn strip_unit_dims(s: &[usize]) -> &[usize] {
         end -= 1;
     }
     &s[..end]
-}
-
-pub(crate) fn transpose_2d(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; v.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = v[r * cols + c];
-        }
-    }
-    out
 }
 
 impl ModuleMapper for Loader<'_> {

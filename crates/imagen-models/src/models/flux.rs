@@ -191,32 +191,27 @@ pub struct FluxAttention {
 /// Rotary tables for the joint sequence: (cos, sin), each `[n, head_dim]`.
 pub type Rope = (Tensor<2>, Tensor<2>);
 
-/// q, k, v of `x` with the q/k norms, heads split: each `[b, n, h, d]`.
-fn project([q, k, v]: [&Linear; 3], [nq, nk]: [&RmsNorm; 2], x: Tensor<3>, heads: usize) -> [Tensor<4>; 3] {
+/// q, k, v of `x`, heads split: each `[b, n, h, d]`.
+fn project([q, k, v]: [&Linear; 3], x: Tensor<3>, heads: usize) -> [Tensor<4>; 3] {
     let [b, n, dim] = x.dims();
     let split = |t: Tensor<3>| t.reshape([b, n, heads, dim / heads]);
     [
-        ops::rms_norm(nq, split(ops::linear(q, x.clone()))),
-        ops::rms_norm(nk, split(ops::linear(k, x.clone()))),
+        split(ops::linear(q, x.clone())),
+        split(ops::linear(k, x.clone())),
         split(ops::linear(v, x)),
     ]
 }
 
-/// Joint attention over `[text ‖ image]` with RoPE: `[b, n, h·d]`.
-fn joint_attention([q, k, v]: [Tensor<4>; 3], rope: &Rope, heads: usize) -> Tensor<3> {
+/// Attention over the joint sequence: q, k already normed and rotated, `[b, n, h, d]` each →
+/// `[b, n, h·d]`.
+fn joint_attention([q, k, v]: [Tensor<4>; 3], heads: usize) -> Tensor<3> {
     let [b, n, h, d] = q.dims();
-    let q = ops::rope(q, &rope.0, &rope.1).reshape([b, n, h * d]);
-    let k = ops::rope(k, &rope.0, &rope.1).reshape([b, n, h * d]);
-    ops::attention(q, k, v.reshape([b, n, h * d]), heads, false)
+    let flat = |t: Tensor<4>| t.reshape([b, n, h * d]);
+    ops::attention(flat(q), flat(k), flat(v), heads, false)
 }
 
 fn modulate(x: Tensor<3>, shift: &Tensor<2>, scale: &Tensor<2>) -> Tensor<3> {
     ops::modulated_layer_norm(x, shift.clone(), scale.clone(), EPS)
-}
-
-/// `gate[:, None] · x`
-fn gated(gate: &Tensor<2>, x: Tensor<3>) -> Tensor<3> {
-    x * gate.clone().unsqueeze_dim::<3>(1)
 }
 
 #[derive(Module, Debug)]
@@ -253,29 +248,28 @@ impl FluxTransformerBlock {
             unreachable!("double-stream blocks are built with their text projections")
         };
         let n_txt = ctx.dims()[1];
-        let img = project(
-            [&a.to_q, &a.to_k, &a.to_v],
-            [&a.norm_q, &a.norm_k],
-            modulate(x.clone(), &m[0], &m[1]),
-            heads,
-        );
-        let txt = project([aq, ak, av], [nq, nk], modulate(ctx.clone(), &c[0], &c[1]), heads);
-        let [iq, ik, iv] = img;
-        let [tq, tk, tv] = txt;
-        let joint = [
-            Tensor::cat(vec![tq, iq], 1),
-            Tensor::cat(vec![tk, ik], 1),
-            Tensor::cat(vec![tv, iv], 1),
+        let [iq, ik, iv] = project([&a.to_q, &a.to_k, &a.to_v], modulate(x.clone(), &m[0], &m[1]), heads);
+        let [tq, tk, tv] = project([aq, ak, av], modulate(ctx.clone(), &c[0], &c[1]), heads);
+        // text first in the joint sequence: the image tokens' rotary positions start after it
+        let (cos, sin) = rope;
+        let q = vec![
+            ops::rms_norm_rope(nq, tq, cos, sin, 0),
+            ops::rms_norm_rope(&a.norm_q, iq, cos, sin, n_txt),
         ];
-        let h = joint_attention(joint, rope, heads);
+        let k = vec![
+            ops::rms_norm_rope(nk, tk, cos, sin, 0),
+            ops::rms_norm_rope(&a.norm_k, ik, cos, sin, n_txt),
+        ];
+        let joint = [Tensor::cat(q, 1), Tensor::cat(k, 1), Tensor::cat(vec![tv, iv], 1)];
+        let h = joint_attention(joint, heads);
         let [b, n, inner] = h.dims();
         let h_txt = h.clone().slice([0..b, 0..n_txt, 0..inner]);
         let h_img = h.slice([0..b, n_txt..n, 0..inner]);
 
-        let x = x + gated(&m[2], ops::linear(out, h_img));
-        let x = x.clone() + gated(&m[5], self.ff.forward(modulate(x, &m[3], &m[4])));
-        let ctx = ctx + gated(&c[2], ops::linear(add_out, h_txt));
-        let ctx = ctx.clone() + gated(&c[5], self.ff_context.forward(modulate(ctx, &c[3], &c[4])));
+        let x = ops::gated_add(x, &m[2], ops::linear(out, h_img));
+        let x = ops::gated_add(x.clone(), &m[5], self.ff.forward(modulate(x, &m[3], &m[4])));
+        let ctx = ops::gated_add(ctx, &c[2], ops::linear(add_out, h_txt));
+        let ctx = ops::gated_add(ctx.clone(), &c[5], self.ff_context.forward(modulate(ctx, &c[3], &c[4])));
         (x, ctx)
     }
 }
@@ -295,9 +289,12 @@ impl FluxSingleTransformerBlock {
         let normed = modulate(x.clone(), &m[0], &m[1]);
         let mlp = ops::linear_act(&self.proj_mlp, normed.clone(), Act::GeluTanh);
         let a = &self.attn;
-        let qkv = project([&a.to_q, &a.to_k, &a.to_v], [&a.norm_q, &a.norm_k], normed, heads);
-        let h = joint_attention(qkv, rope, heads);
-        x + gated(&m[2], ops::linear(&self.proj_out, Tensor::cat(vec![h, mlp], 2)))
+        let [q, k, v] = project([&a.to_q, &a.to_k, &a.to_v], normed, heads);
+        let (cos, sin) = rope;
+        let q = ops::rms_norm_rope(&a.norm_q, q, cos, sin, 0);
+        let k = ops::rms_norm_rope(&a.norm_k, k, cos, sin, 0);
+        let h = joint_attention([q, k, v], heads);
+        ops::gated_add(x, &m[2], ops::linear(&self.proj_out, Tensor::cat(vec![h, mlp], 2)))
     }
 }
 

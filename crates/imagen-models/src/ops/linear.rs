@@ -56,7 +56,11 @@ pub fn linear_act(lin: &Linear, x: Tensor<3>, act: Act) -> Tensor<3> {
                 .flatten()
                 .unwrap_or_else(|| act_reference(h, act))
         }
-        Act::Silu | Act::GeluTanh => act_reference(h, act),
+        Act::GeluTanh => cpu_kernels
+            .then(|| cpu::gelu_tanh(&h))
+            .flatten()
+            .unwrap_or_else(|| act_reference(h, act)),
+        Act::Silu => act_reference(h, act),
     }
 }
 

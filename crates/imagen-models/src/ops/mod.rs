@@ -26,7 +26,7 @@ use burn::tensor::{Device, Tensor};
 pub use attention::{attention, attention_biased, q_attention, qkv_attention, rope};
 pub use conv::{conv2d, conv2d_add, norm_silu_conv2d_add, shortcut, upsample_conv};
 pub use linear::{Stream, linear, linear_act, linear_residual, linear_silu, proj_in, proj_out_add, projected};
-pub use norm::{group_norm, layer_norm, layer_norm_gpu_only, modulated_layer_norm, rms_norm};
+pub use norm::{gated_add, group_norm, layer_norm, layer_norm_gpu_only, modulated_layer_norm, rms_norm, rms_norm_rope};
 pub use resample::{cat_channels, upsample_nearest};
 pub use routes::{AttentionRoute, ConvRoute, Routes, Winograd};
 pub use types::{Act, ConvAdd, Pointwise};

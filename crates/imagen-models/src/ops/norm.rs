@@ -142,9 +142,49 @@ pub fn rms_norm<const D: usize>(norm: &burn::nn::RmsNorm, x: Tensor<D>) -> Tenso
 /// modulation: `norm(x) · (1 + scale) + shift`, per sample.
 /// x: `[b, n, dim]`, shift/scale: `[b, dim]` → `[b, n, dim]`
 pub fn modulated_layer_norm(x: Tensor<3>, shift: Tensor<2>, scale: Tensor<2>, eps: f64) -> Tensor<3> {
+    if Routes::current().cpu_kernels
+        && let Some(y) = cpu::modulated_layer_norm(&x, &shift, &scale, eps)
+    {
+        return y;
+    }
     let mean = x.clone().mean_dim(2);
     let centred = x - mean;
     let var = centred.clone().powi_scalar(2).mean_dim(2);
     let normed = centred * (var + eps).sqrt().recip();
     normed * (scale.unsqueeze_dim::<3>(1) + 1.0) + shift.unsqueeze_dim::<3>(1)
+}
+
+/// Per head: [`rms_norm`], then the rotary embedding ([`super::rope`]) of positions
+/// `offset..offset + n` of the tables (a stream placed after `offset` tokens of a joint
+/// sequence). x: `[b, n, h, d]`, cos/sin: `[≥ offset + n, d]` → `[b, n, h, d]`
+pub fn rms_norm_rope(
+    norm: &burn::nn::RmsNorm,
+    x: Tensor<4>,
+    cos: &Tensor<2>,
+    sin: &Tensor<2>,
+    offset: usize,
+) -> Tensor<4> {
+    if Routes::current().cpu_kernels
+        && let Some(y) = cpu::rms_norm_rope(&x, &norm.gamma.val(), norm.epsilon, cos, sin, offset)
+    {
+        return y;
+    }
+    let n = x.dims()[1];
+    let d = cos.dims()[1];
+    let (c, s) = (
+        cos.clone().slice([offset..offset + n, 0..d]),
+        sin.clone().slice([offset..offset + n, 0..d]),
+    );
+    super::rope(rms_norm(norm, x), &c, &s)
+}
+
+/// `x + gate · y`, the gate per sample (adaLN-Zero's gated residuals).
+/// x/y: `[b, n, dim]`, gate: `[b, dim]` → `[b, n, dim]`
+pub fn gated_add(x: Tensor<3>, gate: &Tensor<2>, y: Tensor<3>) -> Tensor<3> {
+    if Routes::current().cpu_kernels
+        && let Some(out) = cpu::gated_add(&x, gate, &y)
+    {
+        return out;
+    }
+    x + y * gate.clone().unsqueeze_dim::<3>(1)
 }
