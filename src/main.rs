@@ -80,15 +80,15 @@ struct GenerateArgs {
     #[arg(long)]
     height: Option<usize>,
     /// Denoising steps (image-to-image runs floor(steps × strength) of them). Default: the
-    /// model's (50; FLUX.1-schnell 4, FLUX.1-dev 28).
+    /// model's (50; FLUX.1-schnell 4, FLUX.1-dev 28, SD3.5 Medium 40, Large 28).
     #[arg(long)]
     steps: Option<usize>,
     /// Classifier-free guidance scale; 1 or less skips the unconditional pass. FLUX.1-dev: its
     /// distilled guidance. Default: the model's (7.5; SDXL 5; FLUX.1-schnell 0, dev 3.5).
     #[arg(long)]
     guidance: Option<f64>,
-    /// T5-conditioned models (FLUX): tokens the prompt is padded/truncated to (default: the
-    /// model's, FLUX.1-schnell 256, dev 512).
+    /// T5-conditioned models (FLUX, SD3): tokens the prompt is padded/truncated to (default:
+    /// the model's, FLUX.1-schnell 256, dev 512, SD3 256).
     #[arg(long)]
     max_sequence_length: Option<usize>,
     /// FLUX: true classifier-free guidance with --negative-prompt (> 1 to enable).

@@ -8,6 +8,7 @@ mod generate;
 mod loader;
 mod lora;
 mod parity;
+mod sd3;
 mod sdxl;
 mod single_file;
 mod tokenizer;

@@ -1,6 +1,7 @@
-//! FLUX.1 through the server: listed with its family and defaults, generating diffusers' images
-//! (text-to-image with the model's default steps/guidance, true CFG, image-to-image), and
-//! parameters FLUX does not take refused with a 400.
+//! The diffusion transformers through the server (FLUX.1, SD3.5): listed with their family and
+//! defaults, generating diffusers' images (text-to-image with the model's default
+//! steps/guidance, true CFG, image-to-image), and parameters a family does not take refused with
+//! a 400.
 
 use serde_json::json;
 
@@ -11,7 +12,7 @@ const PROMPT: &str = "a photograph of an astronaut riding a horse";
 #[test]
 fn flux_models_are_listed_and_generate_diffusers_images() {
     let env = Env::new();
-    for m in ["tiny-flux-schnell", "tiny-flux-dev"] {
+    for m in ["tiny-flux-schnell", "tiny-flux-dev", "tiny-sd35"] {
         copy_dir(&fixture(m), &env.models.join(m));
     }
     let key = env.key("pro", &[]);
@@ -40,6 +41,22 @@ fn flux_models_are_listed_and_generate_diffusers_images() {
         (Some(28), Some(3.5))
     );
     assert_eq!(dev["weight_formats"]["transformer"], json!(["f32"]));
+    let sd35 = model("tiny-sd35");
+    assert_eq!(
+        (sd35["family"].as_str(), sd35["default_steps"].as_u64()),
+        (Some("sd3"), Some(40))
+    );
+
+    // SD3.5 with CFG and a negative prompt
+    let r = s.post(
+        "/v1/text-to-image",
+        &key,
+        &json!({"prompt": PROMPT, "model": "tiny-sd35", "negative_prompt": "blurry, low quality", "width": 64,
+                "height": 64, "steps": 5, "guidance_scale": 4.5, "seed": 42, "max_sequence_length": 64,
+                "response_format": "b64_json"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_golden(&first_b64_image(&r.json()), "tiny-sd35-txt2img.png");
 
     // schnell's defaults: 4 steps, no guidance (the golden was made with them)
     let r = s.post(

@@ -7,6 +7,7 @@ use imagen_models::load::lora::LoraFile;
 use imagen_models::load::single_file;
 use imagen_models::load::weights::Weights;
 use imagen_models::models::flux::FluxConfig;
+use imagen_models::models::sd3::Sd3Config;
 use imagen_models::{DiffusersFolder, Family};
 use serde::Serialize;
 
@@ -48,8 +49,10 @@ pub struct ModelInfo {
 impl ModelInfo {
     pub fn describe(id: &str, path: &Path) -> Result<Self> {
         let folder = DiffusersFolder::open(path)?;
-        if folder.family() == Family::Flux {
-            return Self::describe_flux(id, path, &folder);
+        match folder.family() {
+            Family::Flux => return Self::describe_flux(id, path, &folder),
+            Family::Sd3 => return Self::describe_sd3(id, path, &folder),
+            Family::StableDiffusion => {}
         }
         let unet = folder.unet_config()?;
         let text = folder.text_encoder_config()?;
@@ -111,6 +114,30 @@ impl ModelInfo {
             format: "diffusers".into(),
             family: Family::Flux.name().into(),
             native_size: 128 * vae.scale_factor(),
+            prediction_type: "flow".into(),
+            default_scheduler: SamplerKind::Euler.name().into(),
+            default_steps: steps,
+            default_guidance_scale: guidance,
+            weight_formats: owned(folder.weight_formats()),
+        })
+    }
+}
+
+impl ModelInfo {
+    /// An SD3 / 3.5 folder: `sd3`, flow prediction, Euler, diffusers' documented steps/guidance.
+    fn describe_sd3(id: &str, path: &Path, folder: &DiffusersFolder) -> Result<Self> {
+        let transformer: Sd3Config = folder.component_config("transformer")?;
+        transformer.validate()?;
+        let vae = folder.vae_config()?;
+        let (steps, guidance) = crate::model::sd3_defaults(&transformer);
+        Ok(ModelInfo {
+            id: id.to_owned(),
+            path: path.to_owned(),
+            single_file: None,
+            prediction_override: None,
+            format: "diffusers".into(),
+            family: Family::Sd3.name().into(),
+            native_size: transformer.sample_size * vae.scale_factor(),
             prediction_type: "flow".into(),
             default_scheduler: SamplerKind::Euler.name().into(),
             default_steps: steps,

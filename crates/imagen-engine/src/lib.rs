@@ -8,6 +8,7 @@ pub mod model;
 pub mod pipeline;
 pub mod rng;
 pub mod scheduler;
+pub mod sd3;
 pub mod worker;
 
 pub use error::{Error, Result};

@@ -9,7 +9,7 @@ use std::path::Path;
 use burn::tensor::{Device, Tensor};
 use image::RgbImage;
 use imagen_models::load::lora::LoraFile;
-use imagen_models::{DiffusersFolder, Family, Flux, StableDiffusion};
+use imagen_models::{DiffusersFolder, Family, Flux, Sd3, StableDiffusion};
 
 use crate::error::{Error, Result};
 use crate::pipeline::{self, GenerateRequest, InitImage, Progress, StepLatents};
@@ -19,6 +19,7 @@ use crate::pipeline::{self, GenerateRequest, InitImage, Progress, StepLatents};
 pub enum Model {
     StableDiffusion(Box<StableDiffusion>),
     Flux(Box<Flux>),
+    Sd3(Box<Sd3>),
 }
 
 impl Model {
@@ -32,6 +33,12 @@ impl Model {
             }
             (Family::StableDiffusion, None) => Model::StableDiffusion(Box::new(StableDiffusion::load(folder, device)?)),
             (Family::Flux, None) => Model::Flux(Box::new(Flux::load(folder, device)?)),
+            (Family::Sd3, None) => Model::Sd3(Box::new(Sd3::load(folder, device)?)),
+            (Family::Sd3, Some(_)) => {
+                return Err(Error::BadInput(
+                    "single-file SD3 checkpoints are not supported yet".into(),
+                ));
+            }
             (Family::Flux, Some(file)) => Model::Flux(Box::new(Flux::load_single_file(file, folder, device)?)),
         })
     }
@@ -40,6 +47,7 @@ impl Model {
         match self {
             Model::StableDiffusion(_) => Family::StableDiffusion,
             Model::Flux(_) => Family::Flux,
+            Model::Sd3(_) => Family::Sd3,
         }
     }
 
@@ -47,6 +55,7 @@ impl Model {
         match self {
             Model::StableDiffusion(sd) => &sd.folder,
             Model::Flux(f) => &f.folder,
+            Model::Sd3(s) => &s.folder,
         }
     }
 
@@ -56,6 +65,7 @@ impl Model {
             Model::StableDiffusion(sd) => sd.unet_config.sample_size * sd.vae_config.scale_factor(),
             // diffusers' FluxPipeline: `default_sample_size` 128 latents
             Model::Flux(f) => 128 * f.vae_config.scale_factor(),
+            Model::Sd3(s) => s.transformer_config.sample_size * s.vae_config.scale_factor(),
         }
     }
 
@@ -67,6 +77,7 @@ impl Model {
             Model::StableDiffusion(_) => (50, 7.5),
             Model::Flux(f) if f.transformer.takes_guidance() => (28, 3.5),
             Model::Flux(_) => (4, 0.0),
+            Model::Sd3(s) => sd3_defaults(&s.transformer_config),
         }
     }
 
@@ -74,6 +85,7 @@ impl Model {
         match self {
             Model::StableDiffusion(sd) => sd.num_params(),
             Model::Flux(f) => f.num_params(),
+            Model::Sd3(s) => s.num_params(),
         }
     }
 
@@ -81,6 +93,7 @@ impl Model {
         match self {
             Model::StableDiffusion(sd) => &sd.weight_formats,
             Model::Flux(f) => &f.weight_formats,
+            Model::Sd3(s) => &s.weight_formats,
         }
     }
 
@@ -88,10 +101,10 @@ impl Model {
     pub fn set_prediction_type(&mut self, p: Option<String>) -> Result<()> {
         match self {
             Model::StableDiffusion(sd) => sd.prediction_type = p,
-            Model::Flux(_) if p.is_none() => {}
-            Model::Flux(_) => {
+            Model::Flux(_) | Model::Sd3(_) if p.is_none() => {}
+            Model::Flux(_) | Model::Sd3(_) => {
                 return Err(Error::BadInput(
-                    "FLUX models predict flow; no prediction_type override".into(),
+                    "flow-matching models take no prediction_type override".into(),
                 ));
             }
         }
@@ -102,7 +115,10 @@ impl Model {
     pub fn with_loras(&self, loras: &[(&LoraFile, f32)], device: &Device) -> Result<Self> {
         match self {
             Model::StableDiffusion(sd) => Ok(Model::StableDiffusion(Box::new(sd.with_loras(loras, device)?))),
-            Model::Flux(_) => Err(Error::BadInput("LoRA for FLUX models is not supported yet".into())),
+            Model::Flux(_) | Model::Sd3(_) => Err(Error::BadInput(format!(
+                "LoRA for {} models is not supported yet",
+                self.family().name()
+            ))),
         }
     }
 
@@ -111,6 +127,7 @@ impl Model {
         match self {
             Model::StableDiffusion(sd) => pipeline::generate(sd, req, device, progress),
             Model::Flux(f) => crate::flux::generate(f, req, device, progress),
+            Model::Sd3(s) => crate::sd3::generate(s, req, device, progress),
         }
     }
 
@@ -122,6 +139,12 @@ impl Model {
             Model::Flux(f) => {
                 let latents = crate::flux::denoise(&f, req, device, progress, &mut |_, _| {})?;
                 let Flux { vae, vae_config, .. } = *f;
+                imagen_models::ops::release_scratch();
+                pipeline::decode(&vae, &vae_config, latents)
+            }
+            Model::Sd3(s) => {
+                let latents = crate::sd3::denoise(&s, req, device, progress, &mut |_, _| {})?;
+                let Sd3 { vae, vae_config, .. } = *s;
                 imagen_models::ops::release_scratch();
                 pipeline::decode(&vae, &vae_config, latents)
             }
@@ -140,6 +163,7 @@ impl Model {
         match self {
             Model::StableDiffusion(sd) => pipeline::denoise_with(sd, req, device, progress, on_step),
             Model::Flux(f) => crate::flux::denoise(f, req, device, progress, on_step),
+            Model::Sd3(s) => crate::sd3::denoise(s, req, device, progress, on_step),
         }
     }
 
@@ -195,5 +219,15 @@ impl Model {
             .into_iter()
             .map(|(im, _)| im)
             .collect())
+    }
+}
+
+/// diffusers' documented settings: SD3.5 Medium (dual attention) 40 steps at 4.5, SD3.5 Large
+/// (RMS q/k norms) 28 at 3.5, SD3 Medium 28 at 7.
+pub fn sd3_defaults(c: &imagen_models::models::sd3::Sd3Config) -> (usize, f64) {
+    match (c.dual_attention_layers.is_empty(), c.qk_norm.is_some()) {
+        (false, _) => (40, 4.5),
+        (true, true) => (28, 3.5),
+        (true, false) => (28, 7.0),
     }
 }

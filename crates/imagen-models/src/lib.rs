@@ -32,3 +32,4 @@ pub mod ops;
 pub use error::{Error, Result};
 pub use load::flux::Flux;
 pub use load::folder::{DiffusersFolder, Family, StableDiffusion};
+pub use load::sd3::Sd3;

@@ -19,7 +19,7 @@ use crate::models::unet_2d::{self, UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::vae::{self, AutoencoderKL, AutoencoderKLConfig};
 
 /// Pipelines whose components this crate computes.
-const SUPPORTED: [&str; 9] = [
+const SUPPORTED: [&str; 11] = [
     "StableDiffusionPipeline",
     "LatentConsistencyModelPipeline",
     "StableDiffusionImg2ImgPipeline",
@@ -29,6 +29,8 @@ const SUPPORTED: [&str; 9] = [
     "FluxPipeline",
     "FluxImg2ImgPipeline",
     "FluxInpaintPipeline",
+    "StableDiffusion3Pipeline",
+    "StableDiffusion3Img2ImgPipeline",
 ];
 
 /// The model families: each has its own networks and pipeline.
@@ -38,12 +40,16 @@ pub enum Family {
     StableDiffusion,
     /// FLUX.1 (transformer, CLIP-L + T5, 16-channel VAE).
     Flux,
+    /// Stable Diffusion 3 / 3.5 (MMDiT, CLIP-L + CLIP-G + optional T5, 16-channel VAE).
+    Sd3,
 }
 
 impl Family {
     fn of(pipeline_class: &str) -> Self {
         if pipeline_class.starts_with("Flux") {
             Family::Flux
+        } else if pipeline_class.starts_with("StableDiffusion3") {
+            Family::Sd3
         } else {
             Family::StableDiffusion
         }
@@ -54,6 +60,7 @@ impl Family {
         match self {
             Family::StableDiffusion => "stable-diffusion",
             Family::Flux => "flux",
+            Family::Sd3 => "sd3",
         }
     }
 
@@ -61,6 +68,16 @@ impl Family {
     fn components(self, xl: bool) -> &'static [&'static str] {
         match (self, xl) {
             (Family::Flux, _) => &[
+                "transformer",
+                "vae",
+                "text_encoder",
+                "text_encoder_2",
+                "tokenizer",
+                "tokenizer_2",
+                "scheduler",
+            ],
+            // T5 (`text_encoder_3`) is optional: SD3 runs without it (zeros in its place)
+            (Family::Sd3, _) => &[
                 "transformer",
                 "vae",
                 "text_encoder",
@@ -170,6 +187,7 @@ impl DiffusersFolder {
             ("vae", "diffusion_pytorch_model"),
             ("text_encoder", "model"),
             ("text_encoder_2", "model"),
+            ("text_encoder_3", "model"),
         ]
         .into_iter()
         .filter_map(|(component, stem)| Some((component, self.weights(component, stem).ok()?.formats(""))))

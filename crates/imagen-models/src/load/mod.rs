@@ -15,6 +15,7 @@ pub mod gguf;
 pub mod lora;
 pub mod quantize;
 pub mod quants;
+pub mod sd3;
 pub mod single_file;
 pub mod t5_tokenizer;
 pub mod tokenizer;

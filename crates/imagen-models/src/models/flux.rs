@@ -8,6 +8,7 @@ use burn::nn::{Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 
+use super::dit::{AdaNorm, EPS, FeedForward, modulate};
 use super::embeddings::{TimeTextEmbed, rope_tables};
 use super::resnet::linear;
 use crate::error::Result;
@@ -50,9 +51,6 @@ impl Default for FluxConfig {
         }
     }
 }
-
-/// The norms' epsilon in every FLUX block (layer norms and q/k RMS norms).
-const EPS: f64 = 1e-6;
 
 impl FluxConfig {
     pub fn validate(&self) -> Result<()> {
@@ -134,42 +132,6 @@ impl FluxConfig {
     }
 }
 
-/// The modulation of adaLN: `linear(silu(temb))`, split into `parts` vectors of `dim`.
-#[derive(Module, Debug)]
-pub struct AdaNorm {
-    pub linear: Linear,
-}
-
-impl AdaNorm {
-    fn new(dim: usize, parts: usize, d: &Device) -> Self {
-        AdaNorm {
-            linear: linear(dim, parts * dim, true, d),
-        }
-    }
-
-    /// temb: `[b, dim]` → `parts` × `[b, dim]`
-    fn chunks(&self, temb: &Tensor<2>) -> Vec<Tensor<2>> {
-        let emb = ops::linear(&self.linear, burn::tensor::activation::silu(temb.clone()));
-        let [_, total] = emb.dims();
-        let dim = temb.dims()[1];
-        (0..total / dim).map(|i| emb.clone().narrow(1, i * dim, dim)).collect()
-    }
-}
-
-#[derive(Module, Debug)]
-pub struct FeedForward {
-    /// `net.0.proj`, GELU (tanh) after it
-    pub proj: Linear,
-    /// `net.2`
-    pub out: Linear,
-}
-
-impl FeedForward {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        ops::linear(&self.out, ops::linear_act(&self.proj, x, Act::GeluTanh))
-    }
-}
-
 /// `FluxAttention`: q/k/v with per-head RMS norms; the double-stream blocks' text projections
 /// (`add_*`) and output projections; single-stream blocks have neither.
 #[derive(Module, Debug)]
@@ -208,10 +170,6 @@ fn joint_attention([q, k, v]: [Tensor<4>; 3], heads: usize) -> Tensor<3> {
     let [b, n, h, d] = q.dims();
     let flat = |t: Tensor<4>| t.reshape([b, n, h * d]);
     ops::attention(flat(q), flat(k), flat(v), heads, false)
-}
-
-fn modulate(x: Tensor<3>, shift: &Tensor<2>, scale: &Tensor<2>) -> Tensor<3> {
-    ops::modulated_layer_norm(x, shift.clone(), scale.clone(), EPS)
 }
 
 #[derive(Module, Debug)]

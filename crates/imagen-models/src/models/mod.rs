@@ -3,7 +3,7 @@
 //! [`crate::ops`] only, never a kernel or a backend check.
 //!
 //! - [`clip`]: the CLIP text encoder; [`t5`]: the T5 v1.1 encoder; [`unet_2d`]: the denoising
-//!   UNet; [`flux`]: FLUX.1's transformer; [`vae`]: the KL autoencoder; [`taesd`]: the tiny
+//!   UNet; [`flux`]: FLUX.1's transformer; [`sd3`]: SD3/3.5's MMDiT; [`dit`]: what they share; [`vae`]: the KL autoencoder; [`taesd`]: the tiny
 //!   autoencoder's decoder; [`embeddings`]: the transformers' timestep/text/RoPE embeddings;
 //! - [`attention`]: attention, feed-forward, transformer blocks; [`resnet`]: ResNet blocks,
 //!   down/up-sampling and module constructors with PyTorch's defaults.
@@ -15,9 +15,11 @@
 
 pub mod attention;
 pub mod clip;
+pub mod dit;
 pub mod embeddings;
 pub mod flux;
 pub mod resnet;
+pub mod sd3;
 pub mod t5;
 pub mod taesd;
 pub mod unet_2d;

@@ -1,0 +1,202 @@
+//! Stable Diffusion 3 / 3.5 text-to-image and image-to-image, step for step as diffusers'
+//! `StableDiffusion3Pipeline` and `StableDiffusion3Img2ImgPipeline`: both CLIPs' penultimate
+//! states side by side (zero-padded to T5's width) followed by T5's states, pooled projections
+//! concatenated, classifier-free guidance with the negative prompt, flow-matching Euler.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use image::RgbImage;
+use imagen_models::Sd3;
+use imagen_models::load::tokenizer::ClipTokenizer;
+use imagen_models::models::clip::ClipTextModel;
+
+use crate::error::{Error, Result};
+use crate::pipeline::{GenerateRequest, Progress, StepLatents, decode, image_to_tensor};
+use crate::scheduler::{Sampler, SamplerKind, SchedulerConfig, dynamic_shift_mu, flow_first_step, noise_like};
+
+/// diffusers' default T5 length for SD3.
+pub const DEFAULT_MAX_SEQUENCE_LENGTH: usize = 256;
+
+/// The prompt as the transformer takes it: `[b, 77 + n, joint]` and `[b, pooled]`.
+pub struct Sd3Prompt {
+    pub embeds: Tensor<3>,
+    pub pooled: Tensor<2>,
+}
+
+pub fn validate(sd3: &Sd3, req: &GenerateRequest) -> Result<()> {
+    crate::pipeline::validate(req)?;
+    let bad = |m: &str| Err(Error::BadInput(m.into()));
+    let f = sd3.vae_config.scale_factor() * sd3.transformer_config.patch_size;
+    if !req.width.is_multiple_of(f) || !req.height.is_multiple_of(f) {
+        return Err(Error::BadInput(format!(
+            "SD3 needs width and height in multiples of {f} (got {}x{})",
+            req.width, req.height
+        )));
+    }
+    let max = sd3.transformer.max_latent_side() * sd3.vae_config.scale_factor();
+    if req.width > max || req.height > max {
+        return Err(Error::BadInput(format!("this SD3 model generates at most {max}x{max}")));
+    }
+    if req.true_cfg_scale.is_some() {
+        return bad("true_cfg_scale applies to FLUX; SD3 guides with guidance_scale");
+    }
+    if req.long_prompt {
+        return bad("long_prompt applies to SD 1.x/2.x/XL; SD3 reads long prompts through T5 (max_sequence_length)");
+    }
+    if req.init.as_ref().is_some_and(|i| i.mask.is_some()) {
+        return bad("masked edits (inpainting) are not supported for SD3 yet");
+    }
+    if req.max_sequence_length.is_some_and(|n| n == 0 || n > 512) {
+        return bad("max_sequence_length must be between 1 and 512");
+    }
+    Ok(())
+}
+
+/// Token ids of `text` for a CLIP tokenizer, with the first end-of-text position.
+fn clip_ids(tok: &ClipTokenizer, text: &str, device: &Device) -> Result<(Tensor<2, Int>, usize)> {
+    let ids = tok.encode(text)?;
+    let n = ids.len();
+    let eos = ids.iter().position(|&t| t == tok.eos_id()).unwrap_or(n - 1);
+    let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+    Ok((Tensor::from_data(TensorData::new(ids, [1, n]), device), eos))
+}
+
+/// `encode_prompt` for one text: (`[1, 77 + max_len, joint]`, `[1, pooled]`).
+pub fn encode_prompt(sd3: &Sd3, text: &str, max_len: usize, device: &Device) -> Result<Sd3Prompt> {
+    let clip = |tok: &ClipTokenizer, te: &ClipTextModel| -> Result<(Tensor<3>, Tensor<2>)> {
+        let (ids, eos) = clip_ids(tok, text, device)?;
+        let (hidden, pooled) = te.penultimate_and_projected(ids, &[eos]);
+        let pooled = pooled.ok_or_else(|| Error::BadInput("an SD3 text encoder has no text_projection".into()))?;
+        Ok((hidden, pooled))
+    };
+    let (h1, p1) = clip(&sd3.tokenizer, &sd3.text_encoder)?;
+    let (h2, p2) = clip(&sd3.tokenizer_2, &sd3.text_encoder_2)?;
+    let clip_states = Tensor::cat(vec![h1, h2], 2);
+    let joint = sd3.transformer_config.joint_attention_dim;
+    let [_, n, width] = clip_states.dims();
+    if width > joint {
+        return Err(Error::BadInput(format!(
+            "the CLIP states are {width} wide, more than the transformer's {joint}"
+        )));
+    }
+    let clip_states = if width < joint {
+        Tensor::cat(vec![clip_states, Tensor::zeros([1, n, joint - width], device)], 2)
+    } else {
+        clip_states
+    };
+    let t5 = match &sd3.t5 {
+        Some((tok, te)) => {
+            let ids: Vec<i64> = tok.encode(text, max_len)?.into_iter().map(i64::from).collect();
+            te.forward(Tensor::from_data(TensorData::new(ids, [1, max_len]), device))
+        }
+        None => Tensor::zeros([1, max_len, joint], device),
+    };
+    Ok(Sd3Prompt {
+        embeds: Tensor::cat(vec![clip_states, t5], 1),
+        pooled: Tensor::cat(vec![p1, p2], 1),
+    })
+}
+
+fn sampler(sd3: &Sd3, req: &GenerateRequest, image_seq_len: usize) -> Result<Sampler> {
+    let config: SchedulerConfig = sd3.folder.component_config("scheduler")?;
+    let class = config.class_name.as_deref().unwrap_or("");
+    if class != "FlowMatchEulerDiscreteScheduler" {
+        return Err(Error::BadInput(format!(
+            "the model's scheduler {class:?} is not supported for SD3"
+        )));
+    }
+    let mu = config
+        .use_dynamic_shifting
+        .then(|| dynamic_shift_mu(&config, image_seq_len));
+    Sampler::flow(
+        req.scheduler.unwrap_or(SamplerKind::Euler),
+        &config,
+        req.steps,
+        None,
+        mu,
+    )
+}
+
+/// Run one request; returns `num_images` images (one generator for the batch, as diffusers).
+pub fn generate(sd3: &Sd3, req: &GenerateRequest, device: &Device, progress: Progress) -> Result<Vec<RgbImage>> {
+    let latents = denoise(sd3, req, device, progress, &mut |_, _| {})?;
+    decode(&sd3.vae, &sd3.vae_config, latents)
+}
+
+/// The denoising loop: the final latents `[b, 16, h/8, w/8]` (VAE-scaled and shifted).
+pub fn denoise(
+    sd3: &Sd3,
+    req: &GenerateRequest,
+    device: &Device,
+    progress: Progress,
+    on_step: StepLatents,
+) -> Result<Tensor<4>> {
+    validate(sd3, req)?;
+    let b = req.num_images;
+    let max_len = req.max_sequence_length.unwrap_or(DEFAULT_MAX_SEQUENCE_LENGTH);
+    let cfg = req.guidance > 1.0;
+    let repeat = |p: Sd3Prompt| Sd3Prompt {
+        embeds: Tensor::cat(vec![p.embeds; b], 0),
+        pooled: Tensor::cat(vec![p.pooled; b], 0),
+    };
+    let mut prompt = repeat(encode_prompt(sd3, &req.prompt, max_len, device)?);
+    if cfg {
+        let neg = repeat(encode_prompt(sd3, &req.negative_prompt, max_len, device)?);
+        prompt = Sd3Prompt {
+            embeds: Tensor::cat(vec![neg.embeds, prompt.embeds], 0),
+            pooled: Tensor::cat(vec![neg.pooled, prompt.pooled], 0),
+        };
+    }
+
+    let f = sd3.vae_config.scale_factor();
+    let (lh, lw) = (req.height / f, req.width / f);
+    let p = sd3.transformer_config.patch_size;
+    let dims = [b, sd3.transformer_config.in_channels, lh, lw];
+    let mut sampler = sampler(sd3, req, (lh / p) * (lw / p))?;
+    let mut rng = req.rng.generator(req.seed);
+    let (mut latents, first) = match &req.init {
+        None => (noise_like(rng.as_mut(), dims, device), 0),
+        Some(init) => {
+            let first = flow_first_step(req.steps, init.strength);
+            if first >= sampler.timesteps().len() {
+                return Err(Error::BadInput("strength too low: no denoising step would run".into()));
+            }
+            let image = Tensor::cat(vec![image_to_tensor(&init.image, device); b], 0);
+            let dist = sd3.vae.encode(image);
+            let sample = dist.mean.clone() + dist.std * noise_like(rng.as_mut(), dist.mean.dims(), device);
+            let shift = sd3.vae_config.shift_factor.unwrap_or(0.0) as f32;
+            let x0 = (sample - shift) * sd3.vae_config.scaling_factor as f32;
+            let noise = noise_like(rng.as_mut(), dims, device);
+            (sampler.add_noise(x0, noise, first), first)
+        }
+    };
+    let timesteps = sampler.timesteps().to_vec();
+    let total = timesteps.len() - first;
+    for (i, &t) in timesteps.iter().enumerate().skip(first) {
+        let input = if cfg {
+            Tensor::cat(vec![latents.clone(), latents.clone()], 0)
+        } else {
+            latents.clone()
+        };
+        let rows = input.dims()[0];
+        let out = sd3.transformer.forward(
+            input,
+            prompt.embeds.clone(),
+            prompt.pooled.clone(),
+            &vec![t as f32; rows],
+        );
+        let pred = if cfg {
+            let [n, c, h, w] = out.dims();
+            let uncond = out.clone().slice([0..n / 2, 0..c, 0..h, 0..w]);
+            let text = out.slice([n / 2..n, 0..c, 0..h, 0..w]);
+            uncond.clone() + (text - uncond) * req.guidance as f32
+        } else {
+            out
+        };
+        latents = sampler.step(pred, i, latents, rng.as_mut());
+        on_step(i - first + 1, &latents);
+        if !progress(i - first + 1, total) {
+            return Err(Error::Cancelled);
+        }
+    }
+    Ok(latents)
+}
