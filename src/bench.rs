@@ -12,11 +12,11 @@ use imagen_models::models::clip::ClipTextConfig;
 use imagen_models::models::unet_2d::{AddedCond, UNet2DConditionConfig};
 use imagen_models::models::vae::AutoencoderKLConfig;
 
-mod flux;
+mod dit;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// sd15, sd21, sdxl, or flux (`--component blocks`).
+    /// sd15, sd21, sdxl, flux (`--component blocks`) or sd35m (`--component transformer`).
     #[arg(long, default_value = "sd15")]
     arch: String,
     /// unet, vae-decode, text-encoder or pipeline (text encoder + steps × UNet + VAE decode);
@@ -148,8 +148,8 @@ fn peak_rss_bytes() -> Option<u64> {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    if a.arch == "flux" {
-        return flux::run(&a);
+    if a.arch == "flux" || a.arch == "sd35m" {
+        return dit::run(&a);
     }
     let arch = arch(&a.arch)?;
     if a.stock {

@@ -238,3 +238,36 @@ fn flux_single_files_load_to_the_same_image() {
     let dequantised = routes.scoped(|| run(&Model::load(&folder, Some(&gguf), &device).expect("gguf")));
     assert_eq!(image, dequantised, "kept-quantized and dequantised-at-load differ");
 }
+
+/// A FLUX LoRA in diffusers/PEFT names and the same update under kohya's BFL names (fused q/k/v
+/// stacked block-diagonally, alpha ≠ rank) both give diffusers' `load_lora_weights` +
+/// `fuse_lora(0.8)` image; the base model is untouched afterwards.
+#[test]
+fn flux_loras_match_diffusers_fused() {
+    use imagen_models::load::lora::LoraFile;
+    let device = Device::flex();
+    let base = Model::load(&fixture("tiny-flux-dev"), None, &device).expect("load");
+    let all = cases("cases-flux.json");
+    let case = all
+        .iter()
+        .find(|c| c["png"] == "tiny-flux-dev-txt2img-cfg.png")
+        .expect("cfg case");
+    let run = |m: &Model| {
+        m.generate(&case_request(case), &device, &mut |_, _| true)
+            .expect("generate")
+            .remove(0)
+    };
+    for file in ["tiny-flux-peft.safetensors", "tiny-flux-kohya.safetensors"] {
+        let lora = LoraFile::open(&fixture(&format!("loras/{file}"))).expect("lora");
+        assert_eq!(LoraFile::probe(&fixture(&format!("loras/{file}"))), Some("flux"));
+        let patched = base.with_loras(&[(&lora, 0.8)], &device).expect("merge");
+        let (max, mean) = png_diff(&run(&patched), &load_png("tiny-flux-dev-lora.png"));
+        println!("{file}: max {max}/255, mean {mean:.4}/255");
+        assert!(max <= 2 && mean <= 0.1, "{file}: max {max}/255, mean {mean:.4}/255");
+    }
+    let (max, _) = png_diff(&run(&base), &load_png("tiny-flux-dev-txt2img-cfg.png"));
+    assert!(max <= 2, "the base model changed: {max}");
+    // an SD LoRA does not fit FLUX
+    let sd = LoraFile::open(&fixture("loras/tiny-peft.safetensors")).expect("lora");
+    assert!(base.with_loras(&[(&sd, 1.0)], &device).is_err());
+}

@@ -15,6 +15,11 @@ fn flux_models_are_listed_and_generate_diffusers_images() {
     for m in ["tiny-flux-schnell", "tiny-flux-dev", "tiny-sd35"] {
         copy_dir(&fixture(m), &env.models.join(m));
     }
+    std::fs::copy(
+        fixture("loras/tiny-flux-peft.safetensors"),
+        env.models.join("loras/flux-peft.safetensors"),
+    )
+    .expect("lora");
     let key = env.key("pro", &[]);
     let s = env.serve();
 
@@ -78,6 +83,25 @@ fn flux_models_are_listed_and_generate_diffusers_images() {
     );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_golden(&first_b64_image(&r.json()), "tiny-flux-dev-txt2img-cfg.png");
+
+    // the same with a FLUX LoRA for this request only (diffusers' fuse_lora at 0.8)
+    let flux_lora = model("flux-peft");
+    assert_eq!(flux_lora["base_family"], "flux");
+    let r = s.post(
+        "/v1/text-to-image",
+        &key,
+        &json!({"prompt": PROMPT, "model": "tiny-flux-dev", "width": 48, "height": 64, "seed": 42, "steps": 4,
+                "negative_prompt": "blurry, low quality", "true_cfg_scale": 2.0, "max_sequence_length": 64,
+                "loras": [{"name": "flux-peft", "scale": 0.8}], "response_format": "b64_json"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_golden(&first_b64_image(&r.json()), "tiny-flux-dev-lora.png");
+    let r = s.post(
+        "/v1/text-to-image",
+        &key,
+        &json!({"prompt": PROMPT, "model": "tiny-flux-dev", "width": 32, "height": 32, "loras": [{"name": "kohya"}]}),
+    );
+    r.assert_error(400, "bad_request");
 
     // image-to-image (FluxImg2ImgPipeline's strength rounding)
     let init = std::fs::read(fixture("golden/generate/tiny-sd15-init.png")).expect("init");

@@ -153,7 +153,8 @@ pub struct LoraInfo {
     pub id: String,
     #[serde(skip)]
     pub path: PathBuf,
-    /// `sdxl` when it patches a second text encoder, else `sd` (SD 1.x / 2.x).
+    /// `flux` when it patches a transformer, `sdxl` when it patches a second text encoder, else
+    /// `sd` (SD 1.x / 2.x).
     pub base_family: String,
 }
 
@@ -249,10 +250,10 @@ pub fn scan(dir: &Path) -> std::io::Result<Scan> {
             LoraFile::probe(path)
         };
         match probe {
-            Some(xl) => loras.push(LoraInfo {
+            Some(family) => loras.push(LoraInfo {
                 id,
                 path: path.clone(),
-                base_family: if xl { "sdxl" } else { "sd" }.into(),
+                base_family: family.into(),
             }),
             None => match single_file(dir, path, &id) {
                 Ok(info) => models.push(info),

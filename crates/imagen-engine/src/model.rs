@@ -115,7 +115,8 @@ impl Model {
     pub fn with_loras(&self, loras: &[(&LoraFile, f32)], device: &Device) -> Result<Self> {
         match self {
             Model::StableDiffusion(sd) => Ok(Model::StableDiffusion(Box::new(sd.with_loras(loras, device)?))),
-            Model::Flux(_) | Model::Sd3(_) => Err(Error::BadInput(format!(
+            Model::Flux(f) => Ok(Model::Flux(Box::new(f.with_loras(loras, device)?))),
+            Model::Sd3(_) => Err(Error::BadInput(format!(
                 "LoRA for {} models is not supported yet",
                 self.family().name()
             ))),

@@ -9,6 +9,7 @@ use burn::tensor::Device;
 
 use super::bfl;
 use super::folder::{DiffusersFolder, Family};
+use super::lora::{self, LoraFile, Target};
 use super::t5_tokenizer::T5Tokenizer;
 use super::tokenizer::ClipTokenizer;
 use super::weights::{Weights, load_module};
@@ -126,6 +127,36 @@ impl Flux {
         flux.transformer = load_module(c.init(device), &weights, "transformer", &keys, device)?;
         flux.weight_formats.insert("transformer", weights.formats(prefix));
         Ok(flux)
+    }
+
+    /// A copy with `loras` (file, scale) merged into the transformer (diffusers/PEFT names, or
+    /// kohya's with Black Forest Labs' module names: fused q/k/v updates split by rows) and the
+    /// CLIP encoder; `self` is unchanged, unpatched weights shared.
+    pub fn with_loras(&self, loras: &[(&LoraFile, f32)], device: &Device) -> Result<Self> {
+        for (lora, _) in loras {
+            if lora.patches(Target::Unet) || lora.patches(Target::TextEncoder(1)) {
+                return Err(Error::Folder(format!(
+                    "{}: a Stable Diffusion LoRA (it patches a UNet or a second text encoder), not a FLUX one",
+                    lora.path.display()
+                )));
+            }
+        }
+        let mut out = self.clone();
+        let c = self.transformer_config.clone();
+        let keys = |p: &str| -> Vec<String> {
+            let diffusers = flux::checkpoint_keys(p);
+            let bfl_keys: Vec<String> = diffusers.iter().filter_map(|k| bfl::key(k, &c)).collect();
+            diffusers.into_iter().chain(bfl_keys).collect()
+        };
+        out.transformer = lora::merge(out.transformer, Target::Transformer, loras, &keys, device)?;
+        out.text_encoder = lora::merge(
+            out.text_encoder,
+            Target::TextEncoder(0),
+            loras,
+            &crate::models::clip::checkpoint_keys,
+            device,
+        )?;
+        Ok(out)
     }
 
     /// Parameters across the networks (for reporting).

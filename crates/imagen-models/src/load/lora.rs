@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::view::View;
 use super::weights::Weights;
 use crate::error::{Error, Result};
 
@@ -18,6 +19,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
     Unet,
+    /// A diffusion transformer (FLUX: diffusers' `transformer.…` or kohya's BFL names).
+    Transformer,
     /// 0: `text_encoder`, 1: `text_encoder_2` (SDXL).
     TextEncoder(u8),
 }
@@ -90,18 +93,25 @@ impl LoraFile {
         })
     }
 
-    /// Whether `path` is a LoRA file (every tensor name parses), without reading the tensors;
-    /// `Some(true)` when it also patches a second text encoder (an SDXL LoRA).
-    pub fn probe(path: &Path) -> Option<bool> {
+    /// Whether `path` is a LoRA file (every tensor name parses), without reading the tensors,
+    /// and the family it is for: `flux` (it patches a transformer), `sdxl` (a second text
+    /// encoder), else `sd`.
+    pub fn probe(path: &Path) -> Option<&'static str> {
         let weights = Weights::open(&[path.to_owned()]).ok()?;
-        let mut xl = false;
-        let mut any = false;
+        let (mut xl, mut dit, mut any) = (false, false, false);
         for key in weights.keys() {
             let (target, _, _) = parse_key(key)?;
             xl |= target == Target::TextEncoder(1);
+            dit |= target == Target::Transformer;
             any = true;
         }
-        any.then_some(xl)
+        any.then_some(if dit {
+            "flux"
+        } else if xl {
+            "sdxl"
+        } else {
+            "sd"
+        })
     }
 
     fn find(&self, target: Target, module: &str) -> Option<&Pair> {
@@ -111,6 +121,11 @@ impl LoraFile {
             module.to_owned()
         };
         self.entries.get(&(target, name))
+    }
+
+    /// Whether it has updates for `target`.
+    pub fn patches(&self, target: Target) -> bool {
+        self.count(target) > 0
     }
 
     /// Every entry for `target`, to check they all found a weight.
@@ -141,7 +156,25 @@ fn parse_key(key: &str) -> Option<(Target, String, Part)> {
             }
             _ => return None,
         };
+        // kohya's FLUX files: Black Forest Labs' module names under `lora_unet_`
+        const BFL: [&str; 9] = [
+            "double_blocks_",
+            "single_blocks_",
+            "final_layer_",
+            "img_in",
+            "txt_in",
+            "time_in_",
+            "vector_in_",
+            "guidance_in_",
+            "distilled_guidance",
+        ];
+        if let Some(m) = name.strip_prefix("unet_")
+            && BFL.iter().any(|p| m.starts_with(p))
+        {
+            return Some((Target::Transformer, m.to_owned(), part));
+        }
         for (prefix, target) in [
+            ("transformer_", Target::Transformer),
             ("unet_", Target::Unet),
             ("te1_", Target::TextEncoder(0)),
             ("te2_", Target::TextEncoder(1)),
@@ -156,6 +189,7 @@ fn parse_key(key: &str) -> Option<(Target, String, Part)> {
     let (prefix, rest) = key.split_once('.')?;
     let target = match prefix {
         "unet" => Target::Unet,
+        "transformer" => Target::Transformer,
         "text_encoder" => Target::TextEncoder(0),
         "text_encoder_2" => Target::TextEncoder(1),
         _ => return None,
@@ -190,6 +224,7 @@ fn peft_alphas(path: &Path) -> HashMap<Target, f32> {
     if let Some(meta) = read() {
         for (prefix, target) in [
             ("unet", Target::Unet),
+            ("transformer", Target::Transformer),
             ("text_encoder", Target::TextEncoder(0)),
             ("text_encoder_2", Target::TextEncoder(1)),
         ] {
@@ -217,7 +252,7 @@ pub fn merge<M: Module>(
         keys,
         device,
         path: Vec::new(),
-        used: vec![0; loras.len()],
+        used: vec![std::collections::HashSet::new(); loras.len()],
         error: None,
     };
     let module = module.map(&mut patcher);
@@ -225,8 +260,8 @@ pub fn merge<M: Module>(
         return Err(e);
     }
     for ((lora, _), used) in loras.iter().zip(&patcher.used) {
-        let total = lora.count(target);
-        if *used != total {
+        let (total, used) = (lora.count(target), used.len());
+        if used != total {
             return Err(Error::Folder(format!(
                 "{}: {} of its {total} {target:?} updates fit no weight of this model (a LoRA for another \
                  architecture, or names this loader does not know)",
@@ -244,14 +279,16 @@ struct Patcher<'a> {
     keys: &'a dyn Fn(&str) -> Vec<String>,
     device: &'a Device,
     path: Vec<(String, String)>,
-    used: Vec<usize>,
+    /// Per LoRA, the modules it patched (a fused module serves several weights).
+    used: Vec<std::collections::HashSet<String>>,
     error: Option<Error>,
 }
 
 impl Patcher<'_> {
-    /// The checkpoint module names of the weight being visited (without `.weight`), if it is a
-    /// Linear or Conv2d weight.
-    fn module_names(&self) -> Option<(Vec<String>, bool)> {
+    /// The checkpoint module names of the weight being visited (without `.weight`), each with
+    /// the view of that module's weight it is (a fused FLUX q/k/v's rows), if it is a Linear or
+    /// Conv2d weight.
+    fn module_names(&self) -> Option<(Vec<(String, View)>, bool)> {
         let (leaf, container) = self.path.last()?;
         let linear = container == "Struct:Linear";
         if leaf != "weight" || !(linear || container == "Struct:Conv2d") {
@@ -259,8 +296,11 @@ impl Patcher<'_> {
         }
         let path = super::weights::module_path(&self.path[..self.path.len() - 1], leaf);
         let names = (self.keys)(&path)
-            .into_iter()
-            .filter_map(|k| k.strip_suffix(".weight").map(str::to_owned))
+            .iter()
+            .filter_map(|k| {
+                let (base, view) = View::parse(k);
+                Some((base.strip_suffix(".weight")?.to_owned(), view))
+            })
             .collect();
         Some((names, linear))
     }
@@ -273,22 +313,30 @@ impl Patcher<'_> {
         let numel: usize = shape_torch.iter().product();
         let mut total: Option<Vec<f32>> = None;
         for (i, (lora, scale)) in self.loras.iter().enumerate() {
-            let Some(pair) = names.iter().find_map(|n| lora.find(self.target, n)) else {
+            let Some((name, pair, view)) = names
+                .iter()
+                .find_map(|(n, view)| Some((n, lora.find(self.target, n)?, *view)))
+            else {
                 continue;
             };
-            self.used[i] += 1;
+            self.used[i].insert(name.clone());
             let (Some((ds, down)), Some((us, up))) = (&pair.down, &pair.up) else {
                 continue;
             };
             let rank = ds[0];
-            let out = us[0];
+            let out_full = us[0];
             let inner: usize = ds[1..].iter().product();
+            // a view of a fused module's update: its rows (q of a fused q/k/v), or its halves swapped
+            let out = match view {
+                View::SwapHalves | View::Whole => out_full,
+                v => v.row_span(out_full).map_or(0, |(_, n)| n),
+            };
             if us.len() < 2 || us[1] != rank || out * inner != numel {
                 return Err(Error::ShapeMismatch {
                     component: COMPONENT,
                     key: format!(
                         "{} ({})",
-                        names.first().cloned().unwrap_or_default(),
+                        names.first().map(|(n, _)| n.clone()).unwrap_or_default(),
                         lora.path.display()
                     ),
                     expected: shape_torch.to_vec(),
@@ -297,13 +345,14 @@ impl Patcher<'_> {
             }
             let factor = scale * pair.alpha.unwrap_or(rank as f32) / rank as f32;
             // [out, rank] · [rank, inner] on the device.
-            let u = Tensor::<2>::from_data(TensorData::new(up.clone(), [out, rank]), self.device);
             let d = Tensor::<2>::from_data(TensorData::new(down.clone(), [rank, inner]), self.device);
+            let u = Tensor::<2>::from_data(TensorData::new(up.clone(), [out_full, rank]), self.device);
             let prod: Vec<f32> = (u.matmul(d) * factor)
                 .into_data()
                 .convert::<f32>()
                 .try_to_vec::<f32>()
                 .map_err(|e| Error::Backend(format!("{e:?}")))?;
+            let prod = view.apply(prod, &[out_full, inner]);
             total = Some(match total {
                 None => prod,
                 Some(t) => t.iter().zip(&prod).map(|(a, b)| a + b).collect(),

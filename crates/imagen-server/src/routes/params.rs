@@ -101,7 +101,12 @@ impl Params {
                     format!("unknown LoRA {name:?} (available: {})", known.join(", ")),
                 ));
             };
-            if (info.base_family == "sdxl") != (model.family == "sdxl") {
+            // an SD LoRA fits SD 1.x/2.x; sdxl and flux ones their own family
+            let family = match model.family.as_str() {
+                "sdxl" | "flux" => model.family.as_str(),
+                _ => "sd",
+            };
+            if info.base_family != family {
                 return Err(bad(
                     "loras",
                     format!(
