@@ -134,3 +134,24 @@ fn sd3_refuses_what_it_does_not_take() {
     assert!(m.generate(&req(&|_| {}), &device, &mut |_, _| true).is_ok());
     assert_eq!(m.default_steps_guidance(), (40, 4.5));
 }
+
+/// Stability AI's single-file layout (MMDiT under its original names, VAE and all three text
+/// encoders in the file) with the folder's configs: the folder's image.
+#[test]
+fn sd35_single_file_loads_to_the_same_image() {
+    let device = Device::flex();
+    let m = Model::load(
+        &fixture("tiny-sd35"),
+        Some(&fixture("single-file/tiny-sd35.safetensors")),
+        &device,
+    )
+    .expect("single file");
+    for component in ["transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"] {
+        assert_eq!(m.weight_formats()[component], ["f32"], "{component}");
+    }
+    let all = cases("cases-sd3.json");
+    let case = all.iter().find(|c| c["png"] == "tiny-sd35-txt2img.png").expect("case");
+    let got = m.generate(&request(case), &device, &mut |_, _| true).expect("generate");
+    let (max, mean) = png_diff(&got[0], &load_png("tiny-sd35-txt2img.png"));
+    assert!(max <= 2 && mean <= 0.1, "max {max}/255, mean {mean:.4}/255");
+}

@@ -193,8 +193,9 @@ fn single_file(dir: &Path, file: &Path, id: &str) -> std::result::Result<ModelIn
         info.prediction_override = Some(p.to_owned());
     }
     let weights = Weights::open(&[file.to_owned()]).map_err(|e| e.to_string())?;
-    if info.family == Family::Flux.name() {
-        // a FLUX transformer file; the other networks come from the config folder
+    if info.family == Family::Flux.name() || info.family == Family::Sd3.name() {
+        // a diffusion transformer's file (the other networks from the config folder unless
+        // the file has them: reported by the loaded model)
         let prefix = if weights.keys().any(|k| k.starts_with("model.diffusion_model.")) {
             "model.diffusion_model."
         } else {

@@ -34,11 +34,7 @@ impl Model {
             (Family::StableDiffusion, None) => Model::StableDiffusion(Box::new(StableDiffusion::load(folder, device)?)),
             (Family::Flux, None) => Model::Flux(Box::new(Flux::load(folder, device)?)),
             (Family::Sd3, None) => Model::Sd3(Box::new(Sd3::load(folder, device)?)),
-            (Family::Sd3, Some(_)) => {
-                return Err(Error::BadInput(
-                    "single-file SD3 checkpoints are not supported yet".into(),
-                ));
-            }
+            (Family::Sd3, Some(file)) => Model::Sd3(Box::new(Sd3::load_single_file(file, folder, device)?)),
             (Family::Flux, Some(file)) => Model::Flux(Box::new(Flux::load_single_file(file, folder, device)?)),
         })
     }

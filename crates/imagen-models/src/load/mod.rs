@@ -13,6 +13,7 @@ pub mod flux;
 pub mod folder;
 pub mod gguf;
 pub mod lora;
+pub mod mmdit;
 pub mod quantize;
 pub mod quants;
 pub mod sd3;

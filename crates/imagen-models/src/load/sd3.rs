@@ -10,12 +10,13 @@ use burn::tensor::Device;
 use super::folder::{DiffusersFolder, Family};
 use super::t5_tokenizer::T5Tokenizer;
 use super::tokenizer::ClipTokenizer;
-use super::weights::load_module;
+use super::weights::{Weights, load_module};
+use super::{mmdit, single_file};
 use crate::error::{Error, Result};
-use crate::models::clip::ClipTextModel;
+use crate::models::clip::{self, ClipTextModel};
 use crate::models::sd3::{self, Sd3Config, Sd3Transformer2DModel};
 use crate::models::t5::{self, T5Config, T5EncoderModel};
-use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::models::vae::{self, AutoencoderKL, AutoencoderKLConfig};
 
 /// Every component of an SD3 pipeline, loaded. Cloning is cheap: the weights are shared.
 #[derive(Clone)]
@@ -36,6 +37,12 @@ pub struct Sd3 {
 
 impl Sd3 {
     pub fn load(root: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Self::load_parts(root.as_ref(), device, true)
+    }
+
+    /// The folder's components; its transformer's weights only `with_transformer` (else the
+    /// config's lazily initialised module, which a single file replaces).
+    fn load_parts(root: &Path, device: &Device, with_transformer: bool) -> Result<Self> {
         let folder = DiffusersFolder::open(root)?;
         if folder.family() != Family::Sd3 {
             return Err(Error::Folder(format!(
@@ -68,14 +75,18 @@ impl Sd3 {
         } else {
             None
         };
-        let tr = folder.weights("transformer", "diffusion_pytorch_model")?;
-        let transformer = load_module(
-            transformer_config.init(device),
-            &tr,
-            "transformer",
-            &sd3::checkpoint_keys,
-            device,
-        )?;
+        let transformer = if with_transformer {
+            let tr = folder.weights("transformer", "diffusion_pytorch_model")?;
+            load_module(
+                transformer_config.init(device),
+                &tr,
+                "transformer",
+                &sd3::checkpoint_keys,
+                device,
+            )?
+        } else {
+            transformer_config.init(device)
+        };
         Ok(Sd3 {
             tokenizer: folder.tokenizer()?,
             text_encoder: clip("text_encoder")?,
@@ -89,6 +100,74 @@ impl Sd3 {
             weight_formats: folder.weight_formats(),
             folder,
         })
+    }
+
+    /// A single file as Stability AI ships SD3 / 3.5 (the MMDiT in its original names under
+    /// `model.diffusion_model.`; the VAE under `first_stage_model.` and the text encoders under
+    /// `text_encoders.{clip_l,clip_g,t5xxl}.transformer.` where the file has them), the rest and
+    /// the configs from `config`, an SD3 diffusers folder of the same architecture.
+    pub fn load_single_file(file: &Path, config: &Path, device: &Device) -> Result<Self> {
+        let mut sd3 = Self::load_parts(config, device, false)?;
+        let w = Weights::open(&[file.to_owned()])?;
+        let c = sd3.transformer_config.clone();
+        let prefix = if w.keys().any(|k| k.starts_with("model.diffusion_model.")) {
+            "model.diffusion_model."
+        } else {
+            ""
+        };
+        let original = mmdit::is_mmdit(w.keys());
+        let keys = |p: &str| -> Vec<String> {
+            sd3::checkpoint_keys(p)
+                .iter()
+                .filter_map(|k| if original { mmdit::key(k, &c) } else { Some(k.clone()) })
+                .map(|k| format!("{prefix}{k}"))
+                .collect()
+        };
+        sd3.transformer = load_module(c.init(device), &w, "transformer", &keys, device)?;
+        let mut formats = BTreeMap::new();
+        formats.insert("transformer", w.formats(prefix));
+        let has = |p: &str| w.keys().any(|k| k.starts_with(p));
+        if has("first_stage_model.") {
+            let vc = sd3.vae_config.clone();
+            let vae_keys = |p: &str| -> Vec<String> {
+                vae::checkpoint_keys(p)
+                    .iter()
+                    .take(1)
+                    .map(|k| format!("first_stage_model.{}", single_file::vae_key(k, &vc)))
+                    .collect()
+            };
+            sd3.vae = load_module(vc.init(device), &w, "vae", &vae_keys, device)?;
+            formats.insert("vae", w.formats("first_stage_model."));
+        }
+        for (component, name) in [("text_encoder", "clip_l"), ("text_encoder_2", "clip_g")] {
+            let p = format!("text_encoders.{name}.transformer.");
+            if has(&p) {
+                let keys =
+                    |k: &str| -> Vec<String> { clip::checkpoint_keys(k).iter().map(|k| format!("{p}{k}")).collect() };
+                let te = load_module(
+                    sd3.folder.clip_config(component)?.init(device),
+                    &w,
+                    component,
+                    &keys,
+                    device,
+                )?;
+                formats.insert(component, w.formats(&p));
+                if component == "text_encoder" {
+                    sd3.text_encoder = te;
+                } else {
+                    sd3.text_encoder_2 = te;
+                }
+            }
+        }
+        let p = "text_encoders.t5xxl.transformer.";
+        if let (true, Some((tok, _))) = (has(p), sd3.t5.take()) {
+            let c: T5Config = sd3.folder.component_config("text_encoder_3")?;
+            let keys = |k: &str| -> Vec<String> { t5::checkpoint_keys(k).iter().map(|k| format!("{p}{k}")).collect() };
+            sd3.t5 = Some((tok, load_module(c.init(device), &w, "text_encoder_3", &keys, device)?));
+            formats.insert("text_encoder_3", w.formats(p));
+        }
+        sd3.weight_formats.extend(formats);
+        Ok(sd3)
     }
 
     pub fn num_params(&self) -> usize {
