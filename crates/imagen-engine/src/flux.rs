@@ -49,9 +49,6 @@ pub fn validate(flux: &Flux, req: &GenerateRequest) -> Result<()> {
             "long_prompt applies to CLIP-conditioned models; FLUX reads long prompts through T5 (max_sequence_length)",
         );
     }
-    if req.init.as_ref().is_some_and(|i| i.mask.is_some()) {
-        return bad("masked edits (inpainting) are not supported for FLUX yet");
-    }
     if req.max_sequence_length.is_some_and(|n| n == 0 || n > 512) {
         return bad("max_sequence_length must be between 1 and 512");
     }
@@ -167,6 +164,8 @@ pub fn denoise(
     let dims = [b, c, lh, lw];
     let mut sampler = sampler(flux, req, (lh / 2) * (lw / 2))?;
     let mut rng = req.rng.generator(req.seed);
+    // Inpainting: (mask at latent size, clean image latents, the noise they were noised with).
+    let mut keep: Option<(Tensor<4>, Tensor<4>, Tensor<4>)> = None;
     let (mut latents, first) = match &req.init {
         None => (noise_like(rng.as_mut(), dims, device), 0),
         Some(init) => {
@@ -180,6 +179,9 @@ pub fn denoise(
             let shift = flux.vae_config.shift_factor.unwrap_or(0.0) as f32;
             let x0 = (sample - shift) * flux.vae_config.scaling_factor as f32;
             let noise = noise_like(rng.as_mut(), dims, device);
+            if let Some(mask) = &init.mask {
+                keep = Some((mask_to_latent(mask, dims, device)?, x0.clone(), noise.clone()));
+            }
             (sampler.add_noise(x0, noise, first), first)
         }
     };
@@ -208,12 +210,45 @@ pub fn denoise(
             pred = neg.clone() + (pred - neg) * scale as f32;
         }
         latents = sampler.step(unpack(pred, lh, lw), i, latents, rng.as_mut());
+        if let Some((m, x0, noise)) = &keep {
+            // FluxInpaintPipeline: the kept area reset to the image noised to the next σ
+            let known = if i + 1 < timesteps.len() {
+                sampler.add_noise(x0.clone(), noise.clone(), i + 1)
+            } else {
+                x0.clone()
+            };
+            latents = known * (m.clone().neg() + 1.0) + latents * m.clone();
+        }
         on_step(i - first + 1, &latents);
         if !progress(i - first + 1, total) {
             return Err(Error::Cancelled);
         }
     }
     Ok(latents)
+}
+
+/// FluxInpaintPipeline's mask: binarized at 0.5 (white = repaint), then nearest-neighbour down
+/// to the latent grid (each latent pixel takes its block's top-left pixel), over every channel.
+/// → `[b, c, h/8, w/8]` of 0 and 1
+fn mask_to_latent(mask: &image::GrayImage, dims: [usize; 4], device: &Device) -> Result<Tensor<4>> {
+    let [b, c, h, w] = dims;
+    let (mw, mh) = (mask.width() as usize, mask.height() as usize);
+    if mw == 0 || mh == 0 || mw % w != 0 || mh % h != 0 {
+        return Err(Error::BadInput(format!(
+            "the mask is {mw}x{mh}; it must be the size of the image"
+        )));
+    }
+    let (fx, fy) = (mw / w, mh / h);
+    // binarize in [0, 1] as diffusers does: a pixel of 128 (0.502) repaints, 127 keeps
+    let v: Vec<f32> = (0..h)
+        .flat_map(|y| (0..w).map(move |x| (y, x)))
+        .map(|(y, x)| {
+            let p = mask.get_pixel((x * fx) as u32, (y * fy) as u32)[0] as f32 / 255.0;
+            if p < 0.5 { 0.0 } else { 1.0 }
+        })
+        .collect();
+    let m = Tensor::<4>::from_data(TensorData::new(v, [1, 1, h, w]), device);
+    Ok(Tensor::cat(vec![m; b], 0).repeat_dim(1, c))
 }
 
 #[cfg(test)]
