@@ -196,11 +196,7 @@ fn single_file(dir: &Path, file: &Path, id: &str) -> std::result::Result<ModelIn
     if info.family == Family::Flux.name() || info.family == Family::Sd3.name() {
         // a diffusion transformer's file (the other networks from the config folder unless
         // the file has them: reported by the loaded model)
-        let prefix = if weights.keys().any(|k| k.starts_with("model.diffusion_model.")) {
-            "model.diffusion_model."
-        } else {
-            ""
-        };
+        let prefix = single_file::model_prefix(&weights);
         info.weight_formats
             .insert("transformer".into(), weights.formats(prefix));
         info.format = if GgufFile::sniff(file) { "gguf" } else { "single-file" }.into();

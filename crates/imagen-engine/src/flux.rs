@@ -9,8 +9,9 @@ use imagen_models::Flux;
 use imagen_models::models::flux::{FluxInputs, FluxTransformer2DModel};
 
 use crate::error::{Error, Result};
-use crate::pipeline::{GenerateRequest, Progress, StepLatents, decode, image_to_tensor};
-use crate::scheduler::{Sampler, SamplerKind, SchedulerConfig, dynamic_shift_mu, flow_first_step, noise_like};
+use crate::flow_init;
+use crate::pipeline::{GenerateRequest, Progress, StepLatents, decode};
+use crate::scheduler::{Sampler, SamplerKind, dynamic_shift_mu};
 
 /// The prompt as the transformer takes it: T5 states `[b, n, 4096]` and CLIP's pooled output
 /// `[b, 768]` (full-size widths).
@@ -116,13 +117,7 @@ fn flux_linspace(n: usize) -> Vec<f64> {
 
 /// The sampler for a request on this model's scheduler config.
 fn sampler(flux: &Flux, req: &GenerateRequest, image_seq_len: usize) -> Result<Sampler> {
-    let config: SchedulerConfig = flux.folder.component_config("scheduler")?;
-    let class = config.class_name.as_deref().unwrap_or("");
-    if class != "FlowMatchEulerDiscreteScheduler" {
-        return Err(Error::BadInput(format!(
-            "the model's scheduler {class:?} is not supported for FLUX"
-        )));
-    }
+    let config = flow_init::flow_config(&flux.folder, "FLUX")?;
     let mu = dynamic_shift_mu(&config, image_seq_len);
     let kind = req.scheduler.unwrap_or(SamplerKind::Euler);
     Sampler::flow(kind, &config, req.steps, Some(flux_linspace(req.steps)), Some(mu))
@@ -164,26 +159,12 @@ pub fn denoise(
     let dims = [b, c, lh, lw];
     let mut sampler = sampler(flux, req, (lh / 2) * (lw / 2))?;
     let mut rng = req.rng.generator(req.seed);
+    let start = flow_init::start(req, (&flux.vae, &flux.vae_config), &sampler, dims, rng.as_mut(), device)?;
+    let (mut latents, first) = (start.latents, start.first);
     // Inpainting: (mask at latent size, clean image latents, the noise they were noised with).
-    let mut keep: Option<(Tensor<4>, Tensor<4>, Tensor<4>)> = None;
-    let (mut latents, first) = match &req.init {
-        None => (noise_like(rng.as_mut(), dims, device), 0),
-        Some(init) => {
-            let first = flow_first_step(req.steps, init.strength);
-            if first >= sampler.timesteps().len() {
-                return Err(Error::BadInput("strength too low: no denoising step would run".into()));
-            }
-            let image = Tensor::cat(vec![image_to_tensor(&init.image, device); b], 0);
-            let dist = flux.vae.encode(image);
-            let sample = dist.mean.clone() + dist.std * noise_like(rng.as_mut(), dist.mean.dims(), device);
-            let shift = flux.vae_config.shift_factor.unwrap_or(0.0) as f32;
-            let x0 = (sample - shift) * flux.vae_config.scaling_factor as f32;
-            let noise = noise_like(rng.as_mut(), dims, device);
-            if let Some(mask) = &init.mask {
-                keep = Some((mask_to_latent(mask, dims, device)?, x0.clone(), noise.clone()));
-            }
-            (sampler.add_noise(x0, noise, first), first)
-        }
+    let keep = match (req.init.as_ref().and_then(|i| i.mask.as_ref()), start.image) {
+        (Some(mask), Some((x0, noise))) => Some((mask_to_latent(mask, dims, device)?, x0, noise)),
+        _ => None,
     };
 
     let mut ids = vec![vec![0.0; 3]; max_len];

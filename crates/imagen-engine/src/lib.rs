@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod error;
+pub mod flow_init;
 pub mod flux;
 pub mod model;
 pub mod pipeline;

@@ -10,8 +10,9 @@ use imagen_models::load::tokenizer::ClipTokenizer;
 use imagen_models::models::clip::ClipTextModel;
 
 use crate::error::{Error, Result};
-use crate::pipeline::{GenerateRequest, Progress, StepLatents, decode, image_to_tensor};
-use crate::scheduler::{Sampler, SamplerKind, SchedulerConfig, dynamic_shift_mu, flow_first_step, noise_like};
+use crate::flow_init;
+use crate::pipeline::{GenerateRequest, Progress, StepLatents, decode};
+use crate::scheduler::{Sampler, SamplerKind, dynamic_shift_mu};
 
 /// diffusers' default T5 length for SD3.
 pub const DEFAULT_MAX_SEQUENCE_LENGTH: usize = 256;
@@ -97,13 +98,7 @@ pub fn encode_prompt(sd3: &Sd3, text: &str, max_len: usize, device: &Device) -> 
 }
 
 fn sampler(sd3: &Sd3, req: &GenerateRequest, image_seq_len: usize) -> Result<Sampler> {
-    let config: SchedulerConfig = sd3.folder.component_config("scheduler")?;
-    let class = config.class_name.as_deref().unwrap_or("");
-    if class != "FlowMatchEulerDiscreteScheduler" {
-        return Err(Error::BadInput(format!(
-            "the model's scheduler {class:?} is not supported for SD3"
-        )));
-    }
+    let config = flow_init::flow_config(&sd3.folder, "SD3")?;
     let mu = config
         .use_dynamic_shifting
         .then(|| dynamic_shift_mu(&config, image_seq_len));
@@ -153,22 +148,8 @@ pub fn denoise(
     let dims = [b, sd3.transformer_config.in_channels, lh, lw];
     let mut sampler = sampler(sd3, req, (lh / p) * (lw / p))?;
     let mut rng = req.rng.generator(req.seed);
-    let (mut latents, first) = match &req.init {
-        None => (noise_like(rng.as_mut(), dims, device), 0),
-        Some(init) => {
-            let first = flow_first_step(req.steps, init.strength);
-            if first >= sampler.timesteps().len() {
-                return Err(Error::BadInput("strength too low: no denoising step would run".into()));
-            }
-            let image = Tensor::cat(vec![image_to_tensor(&init.image, device); b], 0);
-            let dist = sd3.vae.encode(image);
-            let sample = dist.mean.clone() + dist.std * noise_like(rng.as_mut(), dist.mean.dims(), device);
-            let shift = sd3.vae_config.shift_factor.unwrap_or(0.0) as f32;
-            let x0 = (sample - shift) * sd3.vae_config.scaling_factor as f32;
-            let noise = noise_like(rng.as_mut(), dims, device);
-            (sampler.add_noise(x0, noise, first), first)
-        }
-    };
+    let start = flow_init::start(req, (&sd3.vae, &sd3.vae_config), &sampler, dims, rng.as_mut(), device)?;
+    let (mut latents, first) = (start.latents, start.first);
     let timesteps = sampler.timesteps().to_vec();
     let total = timesteps.len() - first;
     for (i, &t) in timesteps.iter().enumerate().skip(first) {

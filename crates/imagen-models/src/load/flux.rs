@@ -7,12 +7,12 @@ use std::path::Path;
 use burn::module::Module;
 use burn::tensor::Device;
 
-use super::bfl;
 use super::folder::{DiffusersFolder, Family};
 use super::lora::{self, LoraFile, Target};
 use super::t5_tokenizer::T5Tokenizer;
 use super::tokenizer::ClipTokenizer;
 use super::weights::{Weights, load_module};
+use super::{bfl, single_file};
 use crate::error::{Error, Result};
 use crate::models::clip::ClipTextModel;
 use crate::models::flux::{self, FluxConfig, FluxTransformer2DModel};
@@ -111,11 +111,7 @@ impl Flux {
         let mut flux = Self::load_parts(config, device, false)?;
         let weights = Weights::open(&[file.to_owned()])?;
         let c = flux.transformer_config.clone();
-        let prefix = if weights.keys().any(|k| k.starts_with("model.diffusion_model.")) {
-            "model.diffusion_model."
-        } else {
-            ""
-        };
+        let prefix = single_file::model_prefix(&weights);
         let bfl_layout = bfl::is_bfl(weights.keys());
         let keys = |p: &str| -> Vec<String> {
             flux::checkpoint_keys(p)

@@ -110,11 +110,7 @@ impl Sd3 {
         let mut sd3 = Self::load_parts(config, device, false)?;
         let w = Weights::open(&[file.to_owned()])?;
         let c = sd3.transformer_config.clone();
-        let prefix = if w.keys().any(|k| k.starts_with("model.diffusion_model.")) {
-            "model.diffusion_model."
-        } else {
-            ""
-        };
+        let prefix = single_file::model_prefix(&w);
         let original = mmdit::is_mmdit(w.keys());
         let keys = |p: &str| -> Vec<String> {
             sd3::checkpoint_keys(p)

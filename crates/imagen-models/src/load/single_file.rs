@@ -19,6 +19,16 @@ pub enum Arch {
     Sdxl,
 }
 
+/// `model.diffusion_model.` when a file's denoiser sits under it (whole checkpoints), else ``
+/// (denoiser-only files, as FLUX and GGUF transformers ship).
+pub fn model_prefix(weights: &Weights) -> &'static str {
+    if weights.keys().any(|k| k.starts_with("model.diffusion_model.")) {
+        "model.diffusion_model."
+    } else {
+        ""
+    }
+}
+
 /// A UNet alone under its LDM names without `model.diffusion_model.` (ComfyUI-GGUF's UNet files).
 pub fn unet_only(weights: &Weights) -> bool {
     let has = |p: &str| weights.keys().any(|k| k.starts_with(p));
