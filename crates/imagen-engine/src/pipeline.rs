@@ -221,14 +221,7 @@ pub fn denoise_with(
         let out = sd
             .unet
             .forward_kv(input, &[t as f32], &kv, added.as_ref(), timestep_cond.as_ref());
-        let out = if cfg {
-            let [n, c, h, w] = out.dims();
-            let uncond = out.clone().slice([0..n / 2, 0..c, 0..h, 0..w]);
-            let text = out.slice([n / 2..n, 0..c, 0..h, 0..w]);
-            uncond.clone() + (text - uncond) * req.guidance as f32
-        } else {
-            out
-        };
+        let out = if cfg { guided(out, req.guidance) } else { out };
         latents = sampler.step(out, i, latents, rng.as_mut());
         if let Some((m, x0, noise)) = &keep {
             let known = if i + 1 < timesteps.len() {
@@ -245,6 +238,14 @@ pub fn denoise_with(
     }
 
     Ok(latents)
+}
+
+/// Classifier-free guidance on a batch `[uncond ‖ cond]`: `uncond + g · (cond − uncond)`.
+pub(crate) fn guided(out: Tensor<4>, guidance: f64) -> Tensor<4> {
+    let [n, c, h, w] = out.dims();
+    let uncond = out.clone().slice([0..n / 2, 0..c, 0..h, 0..w]);
+    let text = out.slice([n / 2..n, 0..c, 0..h, 0..w]);
+    uncond.clone() + (text - uncond) * guidance as f32
 }
 
 /// Text conditioning, `[uncond × b, cond × b]` with guidance, else `[cond × b]`: the UNet's

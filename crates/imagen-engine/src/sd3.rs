@@ -11,7 +11,7 @@ use imagen_models::models::clip::ClipTextModel;
 
 use crate::error::{Error, Result};
 use crate::flow_init;
-use crate::pipeline::{GenerateRequest, Progress, StepLatents, decode};
+use crate::pipeline::{GenerateRequest, Progress, StepLatents, decode, guided};
 use crate::scheduler::{Sampler, SamplerKind, dynamic_shift_mu};
 
 /// diffusers' default T5 length for SD3.
@@ -165,14 +165,7 @@ pub fn denoise(
             prompt.pooled.clone(),
             &vec![t as f32; rows],
         );
-        let pred = if cfg {
-            let [n, c, h, w] = out.dims();
-            let uncond = out.clone().slice([0..n / 2, 0..c, 0..h, 0..w]);
-            let text = out.slice([n / 2..n, 0..c, 0..h, 0..w]);
-            uncond.clone() + (text - uncond) * req.guidance as f32
-        } else {
-            out
-        };
+        let pred = if cfg { guided(out, req.guidance) } else { out };
         latents = sampler.step(pred, i, latents, rng.as_mut());
         on_step(i - first + 1, &latents);
         if !progress(i - first + 1, total) {

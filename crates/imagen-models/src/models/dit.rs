@@ -60,3 +60,20 @@ impl FeedForward {
 pub fn modulate(x: Tensor<3>, shift: &Tensor<2>, scale: &Tensor<2>) -> Tensor<3> {
     ops::modulated_layer_norm(x, shift.clone(), scale.clone(), EPS)
 }
+
+/// Module path → checkpoint keys for the diffusion transformers: diffusers' names, less the
+/// list indices of the feed-forwards (`net.0.proj`, `net.2`) and of `to_out.0`.
+pub fn checkpoint_keys(path: &str) -> Vec<String> {
+    const RENAMES: [(&str, &str); 5] = [
+        (".ff.proj.", ".ff.net.0.proj."),
+        (".ff.out.", ".ff.net.2."),
+        (".ff_context.proj.", ".ff_context.net.0.proj."),
+        (".ff_context.out.", ".ff_context.net.2."),
+        (".to_out.", ".to_out.0."),
+    ];
+    let mut key = path.to_owned();
+    for (ours, theirs) in RENAMES {
+        key = key.replace(ours, theirs);
+    }
+    vec![key]
+}

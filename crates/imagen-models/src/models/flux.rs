@@ -323,19 +323,7 @@ impl FluxTransformer2DModel {
     }
 }
 
-/// Module path → checkpoint keys (diffusers' names; ours differ only in the feed-forwards and
-/// the output projection's list index).
+/// Module path → checkpoint keys (diffusers' names; see [`super::dit::checkpoint_keys`]).
 pub fn checkpoint_keys(path: &str) -> Vec<String> {
-    const RENAMES: [(&str, &str); 5] = [
-        (".ff.proj.", ".ff.net.0.proj."),
-        (".ff.out.", ".ff.net.2."),
-        (".ff_context.proj.", ".ff_context.net.0.proj."),
-        (".ff_context.out.", ".ff_context.net.2."),
-        (".attn.to_out.", ".attn.to_out.0."),
-    ];
-    let mut key = path.to_owned();
-    for (ours, theirs) in RENAMES {
-        key = key.replace(ours, theirs);
-    }
-    vec![key]
+    super::dit::checkpoint_keys(path)
 }

@@ -326,19 +326,7 @@ impl Sd3Transformer2DModel {
     }
 }
 
-/// Module path → checkpoint keys: diffusers' names, less the feed-forwards' and `to_out`'s
-/// list indices.
+/// Module path → checkpoint keys (diffusers' names; see [`super::dit::checkpoint_keys`]).
 pub fn checkpoint_keys(path: &str) -> Vec<String> {
-    const RENAMES: [(&str, &str); 5] = [
-        (".ff.proj.", ".ff.net.0.proj."),
-        (".ff.out.", ".ff.net.2."),
-        (".ff_context.proj.", ".ff_context.net.0.proj."),
-        (".ff_context.out.", ".ff_context.net.2."),
-        (".to_out.", ".to_out.0."),
-    ];
-    let mut key = path.to_owned();
-    for (ours, theirs) in RENAMES {
-        key = key.replace(ours, theirs);
-    }
-    vec![key]
+    super::dit::checkpoint_keys(path)
 }
