@@ -94,8 +94,8 @@ struct GenerateArgs {
     /// FLUX: true classifier-free guidance with --negative-prompt (> 1 to enable).
     #[arg(long)]
     true_cfg_scale: Option<f64>,
-    /// Sampler: pndm, ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lcm. Default: the model's own
-    /// (scheduler/scheduler_config.json).
+    /// Sampler: pndm, ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lcm, heun (FLUX/SD3 take
+    /// euler, heun, dpmpp_2m). Default: the model's own (scheduler/scheduler_config.json).
     #[arg(long)]
     scheduler: Option<String>,
     /// Seed of the noise. Default: a random one, printed.

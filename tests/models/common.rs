@@ -158,7 +158,7 @@ pub fn case_request(case: &Value) -> GenerateRequest {
         rng: RngKind::Torch,
         num_images: 1,
         long_prompt: false,
-        max_sequence_length: None,
+        max_sequence_length: case["max_sequence_length"].as_u64().map(|n| n as usize),
         true_cfg_scale: None,
         init: case["init"].as_str().map(|p| imagen_engine::InitImage {
             image: load_png(p),

@@ -3,6 +3,7 @@
 
 mod bf16;
 mod common;
+mod flow_samplers;
 mod flux;
 mod generate;
 mod loader;

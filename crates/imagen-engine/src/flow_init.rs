@@ -48,7 +48,7 @@ pub fn start(
             image: None,
         });
     };
-    let first = flow_first_step(req.steps, init.strength);
+    let first = flow_first_step(req.steps, init.strength) * sampler.order();
     if first >= sampler.timesteps().len() {
         return Err(Error::BadInput("strength too low: no denoising step would run".into()));
     }

@@ -237,10 +237,22 @@ pub enum SamplerKind {
         karras: bool,
     },
     Lcm,
+    /// Heun's second-order method (`FlowMatchHeunDiscreteScheduler`): two model calls per step
+    /// but the last; flow-matching models only.
+    Heun,
 }
 
 impl SamplerKind {
-    pub const NAMES: [&'static str; 7] = ["pndm", "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "lcm"];
+    pub const NAMES: [&'static str; 8] = [
+        "pndm",
+        "ddim",
+        "euler",
+        "euler_a",
+        "dpmpp_2m",
+        "dpmpp_2m_karras",
+        "lcm",
+        "heun",
+    ];
 
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s {
@@ -251,6 +263,7 @@ impl SamplerKind {
             "dpmpp_2m" => SamplerKind::DpmPP2M { karras: false },
             "dpmpp_2m_karras" => SamplerKind::DpmPP2M { karras: true },
             "lcm" => SamplerKind::Lcm,
+            "heun" => SamplerKind::Heun,
             other => {
                 return Err(Error::BadInput(format!(
                     "unknown scheduler {other:?} (known: {})",
@@ -270,6 +283,7 @@ impl SamplerKind {
             SamplerKind::DpmPP2M { karras: false } => "dpmpp_2m",
             SamplerKind::DpmPP2M { karras: true } => "dpmpp_2m_karras",
             SamplerKind::Lcm => "lcm",
+            SamplerKind::Heun => "heun",
         }
     }
 
@@ -307,7 +321,9 @@ impl SamplerKind {
     fn default_spacing(self) -> &'static str {
         match self {
             SamplerKind::Pndm | SamplerKind::Ddim | SamplerKind::Lcm => "leading",
-            SamplerKind::Euler | SamplerKind::EulerAncestral | SamplerKind::DpmPP2M { .. } => "linspace",
+            SamplerKind::Euler | SamplerKind::EulerAncestral | SamplerKind::DpmPP2M { .. } | SamplerKind::Heun => {
+                "linspace"
+            }
         }
     }
 
@@ -397,7 +413,11 @@ mod tests {
             panic!("accepted");
         };
         assert!(m.contains("use_exponential_sigmas"), "{m}");
-        assert!(SamplerKind::parse("heun").is_err());
+        assert!(SamplerKind::parse("heun_2m").is_err());
+        let Err(Error::BadInput(m)) = Sampler::new(SamplerKind::Heun, &sd15("leading"), 5) else {
+            panic!("heun accepted on a DDPM schedule");
+        };
+        assert!(m.contains("flow-matching"), "{m}");
         for name in SamplerKind::NAMES {
             assert_eq!(SamplerKind::parse(name).expect("name").name(), name);
         }

@@ -158,6 +158,8 @@ pub(super) struct DpmSolver {
     lower_order_final: bool,
     euler_at_final: bool,
     final_zero: bool,
+    /// Flow sigmas: α = 1 − σ, and the model predicts the velocity.
+    flow: bool,
 }
 
 impl DpmSolver {
@@ -225,19 +227,74 @@ impl DpmSolver {
             lower_order_final: config.lower_order_final,
             euler_at_final: config.euler_at_final,
             final_zero,
+            flow: false,
         };
         Ok((ts, sigmas, state))
     }
 
+    /// `use_flow_sigmas`: n σ from `linspace(1, 1/T, n+1)` shifted by the model's `shift` (e^μ
+    /// with dynamic shifting), computed in f64 then stored f32; timesteps `int64(σ·T)`; final σ 0.
+    pub(super) fn new_flow(
+        config: &SchedulerConfig,
+        steps: usize,
+        mu: Option<f64>,
+    ) -> Result<(Vec<f64>, Vec<f64>, Self)> {
+        if config.solver_order != 2 || config.algorithm_type != "dpmsolver++" {
+            return Err(Error::BadInput(
+                "flow DPM-Solver++ runs as 2M (solver_order 2) only".into(),
+            ));
+        }
+        let shift = match (config.use_dynamic_shifting, mu) {
+            (true, Some(mu)) => mu.exp(),
+            (true, None) => return Err(Error::BadInput("dynamic shifting needs the image size (mu)".into())),
+            (false, _) => config.shift,
+        };
+        let t = config.num_train_timesteps as f64;
+        let n = steps;
+        // numpy's linspace: j·step + start, the last point exactly the stop
+        let step = (1.0 / t - 1.0) / n as f64;
+        let mut sigmas: Vec<f64> = (0..n)
+            .map(|k| {
+                // index n − k of 1 − linspace(1, 1/T, n+1), then shifted (the flip)
+                let j = n - k;
+                let alpha = j as f64 * step + 1.0;
+                let s = 1.0 - if j == n { 1.0 / t } else { alpha };
+                shift * s / (1.0 + (shift - 1.0) * s)
+            })
+            .collect();
+        let ts = sigmas.iter().map(|&s| (s * t).trunc()).collect();
+        sigmas.push(0.0);
+        let sigmas = sigmas.into_iter().map(|s| s as f32 as f64).collect();
+        let state = DpmSolver {
+            prev_x0: None,
+            lower_order_nums: 0,
+            heun: false,
+            lower_order_final: config.lower_order_final,
+            euler_at_final: config.euler_at_final,
+            final_zero: true,
+            flow: true,
+        };
+        Ok((ts, sigmas, state))
+    }
+
+    /// (α_t, σ_t) at noise level σ.
+    fn alpha_sigma(&self, sigma: f64) -> (f64, f64) {
+        if self.flow {
+            (1.0 - sigma, sigma)
+        } else {
+            alpha_sigma(sigma)
+        }
+    }
+
     pub(super) fn step(&mut self, s: &Sampler, out: Tensor<4>, i: usize, sample: Tensor<4>) -> Tensor<4> {
         let n = s.timesteps.len();
-        let (alpha_s0, sigma_s0) = alpha_sigma(s.sigmas[i]);
-        let (alpha_t, sigma_t) = alpha_sigma(s.sigmas[i + 1]);
+        let (alpha_s0, sigma_s0) = self.alpha_sigma(s.sigmas[i]);
+        let (alpha_t, sigma_t) = self.alpha_sigma(s.sigmas[i + 1]);
         // convert_model_output: DPM-Solver++ works on the data prediction x̂₀.
         let x0 = match s.prediction {
             Prediction::Epsilon => (sample.clone() - out * sigma_s0 as f32) / alpha_s0 as f32,
             Prediction::V => sample.clone() * alpha_s0 as f32 - out * sigma_s0 as f32,
-            Prediction::Flow => unreachable!("{}", super::sampler::FLOW_ONLY_EULER),
+            Prediction::Flow => sample.clone() - out * sigma_s0 as f32,
         };
         let lower_final = i + 1 == n && (self.euler_at_final || (self.lower_order_final && n < 15) || self.final_zero);
         let lambda = |a: f64, s: f64| a.ln() - s.ln();
@@ -247,7 +304,7 @@ impl DpmSolver {
         let prev = self.prev_x0.replace(x0.clone());
         let x_t = match prev {
             Some(m1) if self.lower_order_nums >= 1 && !lower_final => {
-                let (alpha_s1, sigma_s1) = alpha_sigma(s.sigmas[i - 1]);
+                let (alpha_s1, sigma_s1) = self.alpha_sigma(s.sigmas[i - 1]);
                 let r0 = (lambda(alpha_s0, sigma_s0) - lambda(alpha_s1, sigma_s1)) / h;
                 let d1 = (x0 - m1) * (1.0 / r0) as f32;
                 if self.heun {

@@ -1,5 +1,5 @@
 //! One denoising run: which timesteps to visit, how to scale and noise samples, and the
-//! single-step update rules (DDIM, Euler, Euler ancestral, LCM).
+//! single-step update rules (DDIM, Euler, Euler ancestral, LCM, flow Heun).
 
 use burn::tensor::Tensor;
 
@@ -10,13 +10,21 @@ use crate::rng::NoiseSource;
 
 /// Why the DDPM-space rules never see a flow prediction.
 pub(super) const FLOW_ONLY_EULER: &str =
-    "flow-matching runs use the Euler rule only (Sampler::flow refuses the others)";
+    "flow-matching runs use the Euler, Heun and flow DPM-Solver++ rules only (Sampler::flow refuses the others)";
 
 /// The running state a sampler's update rule keeps between steps.
 enum State {
     None,
     Pndm(Box<Pndm>),
     Dpm(Box<DpmSolver>),
+    Heun(Box<Heun>),
+}
+
+/// `FlowMatchHeunDiscreteScheduler` between its two calls of a step: the first call's
+/// derivative, its σ gap and the sample it started from.
+#[derive(Default)]
+struct Heun {
+    first: Option<(Tensor<4>, f32, Tensor<4>)>,
 }
 
 pub struct Sampler {
@@ -99,6 +107,11 @@ impl Sampler {
                 ts
             }
             SamplerKind::Lcm => lcm_timesteps(t, config.original_inference_steps, steps)?,
+            SamplerKind::Heun => {
+                return Err(Error::BadInput(
+                    "scheduler heun applies to flow-matching models (FLUX, SD3) only for now; pick another".into(),
+                ));
+            }
         };
         Ok(Sampler {
             kind,
@@ -125,9 +138,12 @@ impl Sampler {
         })
     }
 
-    /// A flow-matching run (FLUX, SD3): σ from [`super::flow_sigmas`], timesteps σ·1000 (f32,
-    /// as diffusers' `timesteps`), the Euler rule on the velocity. Samplers that do not apply
-    /// to flow models are refused by name.
+    /// A flow-matching run (FLUX, SD3). `euler`: σ from [`super::flow_sigmas`], timesteps σ·1000
+    /// (f32, as diffusers' `timesteps`), the Euler rule on the velocity. `heun`: the same σ, each
+    /// but the first visited twice (`FlowMatchHeunDiscreteScheduler`). `dpmpp_2m`:
+    /// `DPMSolverMultistepScheduler` with `use_flow_sigmas`, `prediction_type="flow_prediction"`
+    /// and `flow_shift` the model's `shift` (e^μ when shifting is dynamic). Samplers that do not
+    /// apply to flow models are refused by name.
     pub fn flow(
         kind: SamplerKind,
         config: &SchedulerConfig,
@@ -138,16 +154,34 @@ impl Sampler {
         if steps == 0 {
             return Err(Error::BadInput("steps must be at least 1".into()));
         }
-        if kind != SamplerKind::Euler {
-            return Err(Error::BadInput(format!(
-                "scheduler {} does not apply to flow-matching models (FLUX, SD3); use euler",
-                kind.name()
-            )));
-        }
-        let mut sigmas = super::flow_sigmas(config, steps, given, mu)?;
         let t = config.num_train_timesteps as f32;
-        let timesteps = sigmas.iter().map(|&s| (s as f32 * t) as f64).collect();
-        sigmas.push(0.0);
+        let (timesteps, sigmas, state) = match kind {
+            SamplerKind::Euler | SamplerKind::Heun => {
+                let mut sigmas = super::flow_sigmas(config, steps, given, mu)?;
+                let mut timesteps: Vec<f64> = sigmas.iter().map(|&s| (s as f32 * t) as f64).collect();
+                sigmas.push(0.0);
+                if kind == SamplerKind::Euler {
+                    (timesteps, sigmas, State::None)
+                } else {
+                    // [t0, t1, t1, …, tn−1, tn−1] and [σ0, σ1, σ1, …, σn−1, σn−1, 0]
+                    let twice = |v: &[f64]| -> Vec<f64> { v.iter().flat_map(|&x| [x, x]).collect() };
+                    timesteps = [&timesteps[..1], &twice(&timesteps[1..])].concat();
+                    let n = sigmas.len();
+                    let sigmas = [&sigmas[..1], &twice(&sigmas[1..n - 1]), &sigmas[n - 1..]].concat();
+                    (timesteps, sigmas, State::Heun(Box::default()))
+                }
+            }
+            SamplerKind::DpmPP2M { karras: false } => {
+                let (ts, sigmas, dpm) = DpmSolver::new_flow(config, steps, mu)?;
+                (ts, sigmas, State::Dpm(Box::new(dpm)))
+            }
+            _ => {
+                return Err(Error::BadInput(format!(
+                    "scheduler {} does not apply to flow-matching models (FLUX, SD3); use euler, heun or dpmpp_2m",
+                    kind.name()
+                )));
+            }
+        };
         Ok(Sampler {
             kind,
             schedule: NoiseSchedule {
@@ -161,13 +195,19 @@ impl Sampler {
             clip_sample: None,
             leading: false,
             timestep_scaling: 0.0,
-            stochastic: config.stochastic_sampling,
-            state: State::None,
+            stochastic: config.stochastic_sampling && kind == SamplerKind::Euler,
+            state,
         })
     }
 
     pub fn kind(&self) -> SamplerKind {
         self.kind
+    }
+
+    /// Model calls per step (diffusers' `scheduler.order`): image-to-image starts at
+    /// `first step × order` in [`timesteps`](Self::timesteps).
+    pub fn order(&self) -> usize {
+        if self.kind == SamplerKind::Heun { 2 } else { 1 }
     }
 
     /// Every UNet timestep, in order.
@@ -227,6 +267,7 @@ impl Sampler {
         let out = match (&mut state, self.kind) {
             (State::Pndm(p), _) => p.step(self, model_out, i, sample),
             (State::Dpm(d), _) => d.step(self, model_out, i, sample),
+            (State::Heun(h), _) => h.step(self, model_out, i, sample),
             (_, SamplerKind::Ddim) => self.step_ddim(model_out, i, sample),
             (_, SamplerKind::Lcm) => self.step_lcm(model_out, i, sample, rng),
             _ => self.step_euler(model_out, i, sample, rng),
@@ -312,6 +353,29 @@ impl Sampler {
         let a_prev = self.schedule.alpha_at(self.timesteps[i + 1] as i64, self.final_alpha);
         let (dims, device) = (denoised.dims(), denoised.device());
         denoised * a_prev.sqrt() as f32 + noise_like(rng, dims, &device) * (1.0 - a_prev).sqrt() as f32
+    }
+}
+
+impl Heun {
+    /// diffusers' `step`, f32 scalars as its σ tensors: the first call takes an Euler step and
+    /// remembers it; the second redoes it with the mean of both derivatives.
+    fn step(&mut self, s: &Sampler, out: Tensor<4>, i: usize, sample: Tensor<4>) -> Tensor<4> {
+        match self.first.take() {
+            None => {
+                let (sigma, next) = (s.sigmas[i] as f32, s.sigmas[i + 1] as f32);
+                let denoised = sample.clone() - out * sigma;
+                let derivative = (sample.clone() - denoised) / sigma;
+                let dt = next - sigma;
+                self.first = Some((derivative.clone(), dt, sample.clone()));
+                sample + derivative * dt
+            }
+            Some((prev, dt, from)) => {
+                let next = s.sigmas[i] as f32;
+                let denoised = sample.clone() - out * next;
+                let derivative = ((sample - denoised) / next + prev) * 0.5;
+                from + derivative * dt
+            }
+        }
     }
 }
 
