@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use imagen_engine::pipeline::tensor_to_images;
+use imagen_engine::pipeline::{SkipLayerGuidance, tensor_to_images};
 use imagen_engine::rng::RngKind;
 use imagen_engine::scheduler::SamplerKind;
 use imagen_engine::{GenerateRequest, InitImage, Model};
@@ -94,6 +94,17 @@ struct GenerateArgs {
     /// FLUX: true classifier-free guidance with --negative-prompt (> 1 to enable).
     #[arg(long)]
     true_cfg_scale: Option<f64>,
+    /// SD3: skip-layer guidance on these transformer blocks (e.g. 7,8,9 for SD3.5 Medium).
+    #[arg(long, value_delimiter = ',')]
+    skip_guidance_layers: Vec<usize>,
+    /// SD3 skip-layer guidance strength (default 2.8).
+    #[arg(long)]
+    skip_layer_guidance_scale: Option<f64>,
+    /// SD3 skip-layer guidance runs on steps between these fractions (defaults 0.01 and 0.2).
+    #[arg(long)]
+    skip_layer_guidance_start: Option<f64>,
+    #[arg(long)]
+    skip_layer_guidance_stop: Option<f64>,
     /// Sampler: pndm, ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lcm, heun (FLUX/SD3 take
     /// euler, heun, dpmpp_2m). Default: the model's own (scheduler/scheduler_config.json).
     #[arg(long)]
@@ -279,6 +290,13 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             .map_or(0, |d| d.as_nanos());
         (nanos as u64) & 0xffff_ffff
     });
+    if a.skip_guidance_layers.is_empty()
+        && (a.skip_layer_guidance_scale.is_some()
+            || a.skip_layer_guidance_start.is_some()
+            || a.skip_layer_guidance_stop.is_some())
+    {
+        anyhow::bail!("--skip-layer-guidance-scale/-start/-stop need --skip-guidance-layers");
+    }
     let req = GenerateRequest {
         prompt: a.prompt,
         negative_prompt: a.negative_prompt,
@@ -293,6 +311,12 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         long_prompt: a.long_prompt,
         max_sequence_length: a.max_sequence_length,
         true_cfg_scale: a.true_cfg_scale,
+        skip_layer_guidance: (!a.skip_guidance_layers.is_empty()).then(|| SkipLayerGuidance {
+            layers: a.skip_guidance_layers.clone(),
+            scale: a.skip_layer_guidance_scale.unwrap_or(SkipLayerGuidance::DEFAULT_SCALE),
+            start: a.skip_layer_guidance_start.unwrap_or(SkipLayerGuidance::DEFAULT_START),
+            stop: a.skip_layer_guidance_stop.unwrap_or(SkipLayerGuidance::DEFAULT_STOP),
+        }),
         init: match a.init_image.as_ref().and(source.clone()) {
             Some(image) => Some(InitImage {
                 image,

@@ -160,6 +160,7 @@ pub fn case_request(case: &Value) -> GenerateRequest {
         long_prompt: false,
         max_sequence_length: case["max_sequence_length"].as_u64().map(|n| n as usize),
         true_cfg_scale: None,
+        skip_layer_guidance: None,
         init: case["init"].as_str().map(|p| imagen_engine::InitImage {
             image: load_png(p),
             strength: case["strength"].as_f64().expect("strength"),

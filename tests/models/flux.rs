@@ -86,6 +86,7 @@ fn case_request(case: &Value) -> GenerateRequest {
         long_prompt: false,
         max_sequence_length: Some(f("max_sequence_length") as usize),
         true_cfg_scale: (true_cfg > 1.0).then_some(true_cfg),
+        skip_layer_guidance: None,
     }
 }
 
@@ -154,6 +155,7 @@ fn flux_refuses_what_it_does_not_take() {
             long_prompt: false,
             max_sequence_length: Some(16),
             true_cfg_scale: None,
+            skip_layer_guidance: None,
         };
         edit(&mut r);
         r

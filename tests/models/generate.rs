@@ -101,6 +101,7 @@ fn mask_repaints_only_the_white_area() {
         long_prompt: false,
         max_sequence_length: None,
         true_cfg_scale: None,
+        skip_layer_guidance: None,
         init: Some(InitImage {
             image: init.clone(),
             strength: 1.0,
@@ -162,6 +163,7 @@ fn large_images_decode_in_tiles() {
         long_prompt: false,
         max_sequence_length: None,
         true_cfg_scale: None,
+        skip_layer_guidance: None,
         init: None,
     };
     let got = generate(&sd, &req, &device, &mut |_, _| true).expect("generate");

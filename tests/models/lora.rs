@@ -56,6 +56,7 @@ pub fn render(sd: &StableDiffusion, case: &serde_json::Value, device: &Device) -
         long_prompt: false,
         max_sequence_length: None,
         true_cfg_scale: None,
+        skip_layer_guidance: None,
     };
     generate(sd, &req, device, &mut |_, _| true)
         .expect("generate")

@@ -4,6 +4,7 @@
 //! StableDiffusion3(Img2Img)Pipeline PNGs.
 
 use burn::tensor::Device;
+use imagen_engine::pipeline::SkipLayerGuidance;
 use imagen_engine::rng::RngKind;
 use imagen_engine::sd3::encode_prompt;
 use imagen_engine::{Error, GenerateRequest, InitImage, Model};
@@ -54,6 +55,7 @@ fn request(case: &Value) -> GenerateRequest {
         long_prompt: false,
         max_sequence_length: Some(f("max_sequence_length") as usize),
         true_cfg_scale: None,
+        skip_layer_guidance: None,
     }
 }
 
@@ -115,6 +117,7 @@ fn sd3_refuses_what_it_does_not_take() {
             long_prompt: false,
             max_sequence_length: Some(8),
             true_cfg_scale: None,
+            skip_layer_guidance: None,
         };
         edit(&mut r);
         r
@@ -130,6 +133,22 @@ fn sd3_refuses_what_it_does_not_take() {
     refused(
         req(&|r| r.scheduler = Some(imagen_engine::scheduler::SamplerKind::Pndm)),
         "pndm",
+    );
+    let slg = |layers: Vec<usize>| {
+        Some(SkipLayerGuidance {
+            layers,
+            scale: 2.8,
+            start: 0.01,
+            stop: 0.2,
+        })
+    };
+    refused(req(&|r| r.skip_layer_guidance = slg(vec![3])), "blocks 0..3");
+    refused(
+        req(&|r| {
+            r.skip_layer_guidance = slg(vec![1]);
+            r.guidance = 1.0;
+        }),
+        "guidance_scale > 1",
     );
     assert!(m.generate(&req(&|_| {}), &device, &mut |_, _| true).is_ok());
     assert_eq!(m.default_steps_guidance(), (40, 4.5));
@@ -154,4 +173,56 @@ fn sd35_single_file_loads_to_the_same_image() {
     let got = m.generate(&request(case), &device, &mut |_, _| true).expect("generate");
     let (max, mean) = png_diff(&got[0], &load_png("tiny-sd35-txt2img.png"));
     assert!(max <= 2 && mean <= 0.1, "max {max}/255, mean {mean:.4}/255");
+}
+
+/// StableDiffusion3InpaintPipeline (strength 0.8 and 1.0; the mask is shown to matter) and
+/// skip-layer guidance (shown to change the image), against `make_sd3_extras_fixtures.py`.
+#[test]
+fn sd35_inpainting_and_skip_layer_guidance_match_diffusers() {
+    let device = Device::flex();
+    let m = Model::load(&fixture("tiny-sd35"), None, &device).expect("load");
+    let all = cases("cases-sd3-extras.json");
+    assert_eq!(all.len(), 3);
+    for case in &all {
+        let mut req = request(case);
+        if let (Some(init), Some(mask)) = (req.init.as_mut(), case["mask"].as_str()) {
+            let mask = image::open(fixture("golden/generate").join(mask)).expect("mask");
+            init.mask = Some(mask.to_luma8());
+        }
+        if let Some(slg) = case.get("skip_layer_guidance") {
+            let f = |k: &str| slg[k].as_f64().expect("slg field");
+            req.skip_layer_guidance = Some(SkipLayerGuidance {
+                layers: slg["layers"]
+                    .as_array()
+                    .expect("layers")
+                    .iter()
+                    .map(|l| l.as_u64().expect("layer") as usize)
+                    .collect(),
+                scale: f("scale"),
+                start: f("start"),
+                stop: f("stop"),
+            });
+        }
+        let want = load_png(case["png"].as_str().expect("png"));
+        let got = m.generate(&req, &device, &mut |_, _| true).expect("generate");
+        let (max, mean) = png_diff(&got[0], &want);
+        println!("{}: max {max}/255, mean {mean:.4}/255", case["png"]);
+        assert!(
+            max <= 2 && mean <= 0.1,
+            "{}: max {max}/255, mean {mean:.4}/255",
+            case["png"]
+        );
+        // without the mask / the skip-layer pass the image is not diffusers'
+        if let Some(init) = req.init.as_mut() {
+            init.mask = None;
+        }
+        req.skip_layer_guidance = None;
+        let plain = m.generate(&req, &device, &mut |_, _| true).expect("generate");
+        let (max, _) = png_diff(&plain[0], &want);
+        assert!(
+            max > 8,
+            "{}: the mask / skip-layer guidance made no difference ({max})",
+            case["png"]
+        );
+    }
 }

@@ -29,6 +29,7 @@ fn request(prompt: &str, negative: &str) -> GenerateRequest {
         long_prompt: false,
         max_sequence_length: None,
         true_cfg_scale: None,
+        skip_layer_guidance: None,
         init: None,
     }
 }

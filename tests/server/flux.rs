@@ -63,6 +63,26 @@ fn flux_models_are_listed_and_generate_diffusers_images() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_golden(&first_b64_image(&r.json()), "tiny-sd35-txt2img.png");
 
+    // SD3.5 with skip-layer guidance (diffusers' field names) and with the Heun sampler
+    let r = s.post(
+        "/v1/text-to-image",
+        &key,
+        &json!({"prompt": PROMPT, "model": "tiny-sd35", "negative_prompt": "blurry, low quality", "width": 64,
+                "height": 64, "steps": 8, "guidance_scale": 4.5, "seed": 42, "max_sequence_length": 64,
+                "skip_guidance_layers": [1], "skip_layer_guidance_stop": 0.5, "response_format": "b64_json"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_golden(&first_b64_image(&r.json()), "tiny-sd35-slg.png");
+    let r = s.post(
+        "/v1/text-to-image",
+        &key,
+        &json!({"prompt": PROMPT, "model": "tiny-sd35", "negative_prompt": "blurry, low quality", "width": 64,
+                "height": 64, "steps": 4, "guidance_scale": 4.5, "seed": 42, "max_sequence_length": 64,
+                "scheduler": "heun", "response_format": "b64_json"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_golden(&first_b64_image(&r.json()), "tiny-sd35-heun.png");
+
     // schnell's defaults: 4 steps, no guidance (the golden was made with them)
     let r = s.post(
         "/v1/text-to-image",
@@ -122,12 +142,26 @@ fn flux_models_are_listed_and_generate_diffusers_images() {
             "negative prompt",
         ),
         (
-            json!({"prompt": PROMPT, "model": "tiny-flux-dev", "scheduler": "dpmpp_2m", "width": 32, "height": 32}),
-            "dpmpp_2m",
+            json!({"prompt": PROMPT, "model": "tiny-flux-dev", "scheduler": "euler_a", "width": 32, "height": 32}),
+            "euler_a",
         ),
         (
             json!({"prompt": PROMPT, "model": "tiny-sd15", "max_sequence_length": 64}),
             "max_sequence_length",
+        ),
+        (
+            json!({"prompt": PROMPT, "model": "tiny-sd15", "skip_guidance_layers": [1]}),
+            "SD3",
+        ),
+        (
+            json!({"prompt": PROMPT, "model": "tiny-sd35", "skip_layer_guidance_scale": 3.0, "width": 32,
+                "height": 32}),
+            "needs skip_guidance_layers",
+        ),
+        (
+            json!({"prompt": PROMPT, "model": "tiny-sd35", "skip_guidance_layers": [9], "width": 32,
+                "height": 32}),
+            "skip_guidance_layers",
         ),
     ] {
         let r = s.post("/v1/text-to-image", &key, &body);

@@ -2,7 +2,7 @@
 //! the starting latents — pure noise, or an image's latents noised to the first step's σ as
 //! diffusers' `*Img2ImgPipeline`s draw them (the VAE sample, then the noise, from one generator).
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use imagen_models::DiffusersFolder;
 use imagen_models::models::vae::{AutoencoderKL, AutoencoderKLConfig};
 
@@ -24,13 +24,34 @@ pub fn flow_config(folder: &DiffusersFolder, family: &str) -> Result<SchedulerCo
     Ok(config)
 }
 
-/// Starting latents `dims` (VAE-scaled and shifted) and the first step to run; for
-/// image-to-image also the clean image latents and the noise they were noised with (what an
-/// inpainting mask keeps).
+/// Starting latents `dims` (VAE-scaled and shifted) and the first step to run; with a mask,
+/// what it keeps.
 pub struct Start {
     pub latents: Tensor<4>,
     pub first: usize,
-    pub image: Option<(Tensor<4>, Tensor<4>)>,
+    pub keep: Option<Keep>,
+}
+
+/// Masked edits as diffusers' `FluxInpaintPipeline` and `StableDiffusion3InpaintPipeline` (for
+/// 16-channel transformers) do them: after every step the kept area is reset to the clean
+/// image latents noised to the next σ (clean after the last step).
+pub struct Keep {
+    /// 1 = repaint, 0 = keep: `[b, c, h/8, w/8]`
+    mask: Tensor<4>,
+    x0: Tensor<4>,
+    noise: Tensor<4>,
+}
+
+impl Keep {
+    /// The latents after step `i` with the kept area restored.
+    pub fn apply(&self, sampler: &Sampler, i: usize, latents: Tensor<4>) -> Tensor<4> {
+        let known = if i + 1 < sampler.timesteps().len() {
+            sampler.add_noise(self.x0.clone(), self.noise.clone(), i + 1)
+        } else {
+            self.x0.clone()
+        };
+        known * (self.mask.clone().neg() + 1.0) + latents * self.mask.clone()
+    }
 }
 
 pub fn start(
@@ -45,7 +66,7 @@ pub fn start(
         return Ok(Start {
             latents: noise_like(rng, dims, device),
             first: 0,
-            image: None,
+            keep: None,
         });
     };
     let first = flow_first_step(req.steps, init.strength) * sampler.order();
@@ -58,9 +79,38 @@ pub fn start(
     let shift = vae_config.shift_factor.unwrap_or(0.0) as f32;
     let x0 = (sample - shift) * vae_config.scaling_factor as f32;
     let noise = noise_like(rng, dims, device);
-    Ok(Start {
-        latents: sampler.add_noise(x0.clone(), noise.clone(), first),
-        first,
-        image: Some((x0, noise)),
-    })
+    let latents = sampler.add_noise(x0.clone(), noise.clone(), first);
+    let keep = match &init.mask {
+        Some(mask) => Some(Keep {
+            mask: mask_to_latent(mask, dims, device)?,
+            x0,
+            noise,
+        }),
+        None => None,
+    };
+    Ok(Start { latents, first, keep })
+}
+
+/// The inpainting pipelines' mask: binarized at 0.5 (white = repaint), then nearest-neighbour
+/// down to the latent grid (each latent pixel takes its block's top-left pixel), over every
+/// channel. → `[b, c, h/8, w/8]` of 0 and 1
+fn mask_to_latent(mask: &image::GrayImage, dims: [usize; 4], device: &Device) -> Result<Tensor<4>> {
+    let [b, c, h, w] = dims;
+    let (mw, mh) = (mask.width() as usize, mask.height() as usize);
+    if mw == 0 || mh == 0 || mw % w != 0 || mh % h != 0 {
+        return Err(Error::BadInput(format!(
+            "the mask is {mw}x{mh}; it must be the size of the image"
+        )));
+    }
+    let (fx, fy) = (mw / w, mh / h);
+    // binarize in [0, 1] as diffusers does: a pixel of 128 (0.502) repaints, 127 keeps
+    let v: Vec<f32> = (0..h)
+        .flat_map(|y| (0..w).map(move |x| (y, x)))
+        .map(|(y, x)| {
+            let p = mask.get_pixel((x * fx) as u32, (y * fy) as u32)[0] as f32 / 255.0;
+            if p < 0.5 { 0.0 } else { 1.0 }
+        })
+        .collect();
+    let m = Tensor::<4>::from_data(TensorData::new(v, [1, 1, h, w]), device);
+    Ok(Tensor::cat(vec![m; b], 0).repeat_dim(1, c))
 }

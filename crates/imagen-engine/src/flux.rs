@@ -37,6 +37,9 @@ pub fn validate(flux: &Flux, req: &GenerateRequest) -> Result<()> {
     if !dev && req.guidance > 1.0 {
         return bad("FLUX.1-schnell takes no guidance scale (it is guidance-distilled; use 0)");
     }
+    if req.skip_layer_guidance.is_some() {
+        return bad("skip-layer guidance applies to SD3 models, not FLUX");
+    }
     match (req.true_cfg_scale, req.negative_prompt.is_empty()) {
         (Some(s), true) if s > 1.0 => return bad("true_cfg_scale needs a negative_prompt"),
         (None, false) => {
@@ -161,11 +164,6 @@ pub fn denoise(
     let mut rng = req.rng.generator(req.seed);
     let start = flow_init::start(req, (&flux.vae, &flux.vae_config), &sampler, dims, rng.as_mut(), device)?;
     let (mut latents, first) = (start.latents, start.first);
-    // Inpainting: (mask at latent size, clean image latents, the noise they were noised with).
-    let keep = match (req.init.as_ref().and_then(|i| i.mask.as_ref()), start.image) {
-        (Some(mask), Some((x0, noise))) => Some((mask_to_latent(mask, dims, device)?, x0, noise)),
-        _ => None,
-    };
 
     let mut ids = vec![vec![0.0; 3]; max_len];
     ids.extend(FluxTransformer2DModel::image_ids(lh / 2, lw / 2));
@@ -191,14 +189,8 @@ pub fn denoise(
             pred = neg.clone() + (pred - neg) * scale as f32;
         }
         latents = sampler.step(unpack(pred, lh, lw), i, latents, rng.as_mut());
-        if let Some((m, x0, noise)) = &keep {
-            // FluxInpaintPipeline: the kept area reset to the image noised to the next σ
-            let known = if i + 1 < timesteps.len() {
-                sampler.add_noise(x0.clone(), noise.clone(), i + 1)
-            } else {
-                x0.clone()
-            };
-            latents = known * (m.clone().neg() + 1.0) + latents * m.clone();
+        if let Some(keep) = &start.keep {
+            latents = keep.apply(&sampler, i, latents);
         }
         on_step(i - first + 1, &latents);
         if !progress(i - first + 1, total) {
@@ -206,30 +198,6 @@ pub fn denoise(
         }
     }
     Ok(latents)
-}
-
-/// FluxInpaintPipeline's mask: binarized at 0.5 (white = repaint), then nearest-neighbour down
-/// to the latent grid (each latent pixel takes its block's top-left pixel), over every channel.
-/// → `[b, c, h/8, w/8]` of 0 and 1
-fn mask_to_latent(mask: &image::GrayImage, dims: [usize; 4], device: &Device) -> Result<Tensor<4>> {
-    let [b, c, h, w] = dims;
-    let (mw, mh) = (mask.width() as usize, mask.height() as usize);
-    if mw == 0 || mh == 0 || mw % w != 0 || mh % h != 0 {
-        return Err(Error::BadInput(format!(
-            "the mask is {mw}x{mh}; it must be the size of the image"
-        )));
-    }
-    let (fx, fy) = (mw / w, mh / h);
-    // binarize in [0, 1] as diffusers does: a pixel of 128 (0.502) repaints, 127 keeps
-    let v: Vec<f32> = (0..h)
-        .flat_map(|y| (0..w).map(move |x| (y, x)))
-        .map(|(y, x)| {
-            let p = mask.get_pixel((x * fx) as u32, (y * fy) as u32)[0] as f32 / 255.0;
-            if p < 0.5 { 0.0 } else { 1.0 }
-        })
-        .collect();
-    let m = Tensor::<4>::from_data(TensorData::new(v, [1, 1, h, w]), device);
-    Ok(Tensor::cat(vec![m; b], 0).repeat_dim(1, c))
 }
 
 #[cfg(test)]

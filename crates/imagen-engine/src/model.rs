@@ -183,6 +183,7 @@ impl Model {
                 seed,
                 num_images: 1,
                 init: req.init.clone(),
+                skip_layer_guidance: req.skip_layer_guidance.clone(),
                 ..*req
             };
             let mut each = |step: usize, total: usize| progress(i * total + step, n * total);
@@ -209,6 +210,7 @@ impl Model {
                 strength,
                 mask: None,
             }),
+            skip_layer_guidance: base.skip_layer_guidance.clone(),
             ..*base
         };
         Ok(self

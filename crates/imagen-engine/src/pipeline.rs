@@ -48,6 +48,32 @@ pub struct GenerateRequest {
     /// True classifier-free guidance with the negative prompt on guidance-distilled models
     /// (diffusers' FLUX `true_cfg_scale`); `None` or ≤ 1: off.
     pub true_cfg_scale: Option<f64>,
+    /// SD3's skip-layer guidance; `None`: off.
+    pub skip_layer_guidance: Option<SkipLayerGuidance>,
+}
+
+/// Skip-layer guidance as diffusers' `StableDiffusion3Pipeline` runs it: on the steps `i` with
+/// `start·n < i < stop·n`, one more transformer call on the prompt alone with `layers` skipped,
+/// and the guided prediction pushed by `scale × (prompt − skipped)`. Needs CFG.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SkipLayerGuidance {
+    pub layers: Vec<usize>,
+    /// diffusers' defaults: 2.8, 0.01, 0.2.
+    pub scale: f64,
+    pub start: f64,
+    pub stop: f64,
+}
+
+impl SkipLayerGuidance {
+    pub const DEFAULT_SCALE: f64 = 2.8;
+    pub const DEFAULT_START: f64 = 0.01;
+    pub const DEFAULT_STOP: f64 = 0.2;
+
+    /// Whether step `i` of `n` runs the skipped-layer pass.
+    pub fn active(&self, i: usize, n: usize) -> bool {
+        let i = i as f64;
+        i > n as f64 * self.start && i < n as f64 * self.stop
+    }
 }
 
 /// Called after each step with (step, total); return `false` to cancel.
@@ -163,6 +189,9 @@ pub fn denoise_with(
     on_step: StepLatents,
 ) -> Result<Tensor<4>> {
     validate(req)?;
+    if req.skip_layer_guidance.is_some() {
+        return Err(Error::BadInput("skip-layer guidance applies to SD3 models".into()));
+    }
     if req.max_sequence_length.is_some() || req.true_cfg_scale.is_some() {
         return Err(Error::BadInput(
             "max_sequence_length and true_cfg_scale apply to T5-conditioned models (FLUX, SD3)".into(),

@@ -1,7 +1,8 @@
 //! Stable Diffusion 3 / 3.5 text-to-image and image-to-image, step for step as diffusers'
 //! `StableDiffusion3Pipeline` and `StableDiffusion3Img2ImgPipeline`: both CLIPs' penultimate
 //! states side by side (zero-padded to T5's width) followed by T5's states, pooled projections
-//! concatenated, classifier-free guidance with the negative prompt, flow-matching Euler.
+//! concatenated, classifier-free guidance with the negative prompt (and optional skip-layer
+//! guidance), a flow-matching sampler; masked edits as `StableDiffusion3InpaintPipeline`.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use image::RgbImage;
@@ -43,8 +44,19 @@ pub fn validate(sd3: &Sd3, req: &GenerateRequest) -> Result<()> {
     if req.long_prompt {
         return bad("long_prompt applies to SD 1.x/2.x/XL; SD3 reads long prompts through T5 (max_sequence_length)");
     }
-    if req.init.as_ref().is_some_and(|i| i.mask.is_some()) {
-        return bad("masked edits (inpainting) are not supported for SD3 yet");
+    if let Some(slg) = &req.skip_layer_guidance {
+        let n = sd3.transformer.transformer_blocks.len();
+        if slg.layers.is_empty() || slg.layers.iter().any(|&l| l >= n) {
+            return Err(Error::BadInput(format!(
+                "skip_guidance_layers must name transformer blocks 0..{n} (this model has {n})"
+            )));
+        }
+        if req.guidance <= 1.0 {
+            return bad("skip-layer guidance needs classifier-free guidance (guidance_scale > 1)");
+        }
+        if !(0.0..=1.0).contains(&slg.start) || !(0.0..=1.0).contains(&slg.stop) || !slg.scale.is_finite() {
+            return bad("skip_layer_guidance_start and _stop must lie in [0, 1]");
+        }
     }
     if req.max_sequence_length.is_some_and(|n| n == 0 || n > 512) {
         return bad("max_sequence_length must be between 1 and 512");
@@ -134,6 +146,10 @@ pub fn denoise(
         pooled: Tensor::cat(vec![p.pooled; b], 0),
     };
     let mut prompt = repeat(encode_prompt(sd3, &req.prompt, max_len, device)?);
+    let positive = req.skip_layer_guidance.as_ref().map(|_| Sd3Prompt {
+        embeds: prompt.embeds.clone(),
+        pooled: prompt.pooled.clone(),
+    });
     if cfg {
         let neg = repeat(encode_prompt(sd3, &req.negative_prompt, max_len, device)?);
         prompt = Sd3Prompt {
@@ -165,8 +181,28 @@ pub fn denoise(
             prompt.pooled.clone(),
             &vec![t as f32; rows],
         );
-        let pred = if cfg { guided(out, req.guidance) } else { out };
+        let mut pred = if cfg {
+            guided(out.clone(), req.guidance)
+        } else {
+            out.clone()
+        };
+        if let (Some(slg), Some(pos)) = (&req.skip_layer_guidance, &positive)
+            && slg.active(i - first, total)
+        {
+            let text = out.slice([b..2 * b]);
+            let skipped = sd3.transformer.forward_skipping(
+                latents.clone(),
+                pos.embeds.clone(),
+                pos.pooled.clone(),
+                &vec![t as f32; b],
+                &slg.layers,
+            );
+            pred = pred + (text - skipped) * slg.scale as f32;
+        }
         latents = sampler.step(pred, i, latents, rng.as_mut());
+        if let Some(keep) = &start.keep {
+            latents = keep.apply(&sampler, i, latents);
+        }
         on_step(i - first + 1, &latents);
         if !progress(i - first + 1, total) {
             return Err(Error::Cancelled);

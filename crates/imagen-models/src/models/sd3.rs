@@ -282,6 +282,19 @@ impl Sd3Transformer2DModel {
     /// pooled: `[b, pooled_projection_dim]`, timesteps: one per sample as the pipeline passes
     /// them (σ·1000) → `[b, out_channels, h, w]`
     pub fn forward(&self, x: Tensor<4>, context: Tensor<3>, pooled: Tensor<2>, timesteps: &[f32]) -> Tensor<4> {
+        self.forward_skipping(x, context, pooled, timesteps, &[])
+    }
+
+    /// [`forward`](Self::forward) with the joint blocks numbered in `skip` left out (their
+    /// inputs passed through), as diffusers' `skip_layers` for skip-layer guidance.
+    pub fn forward_skipping(
+        &self,
+        x: Tensor<4>,
+        context: Tensor<3>,
+        pooled: Tensor<2>,
+        timesteps: &[f32],
+        skip: &[usize],
+    ) -> Tensor<4> {
         let [b, _, h, w] = x.dims();
         let p = self.patch_size;
         let (hp, wp) = (h / p, w / p);
@@ -292,7 +305,10 @@ impl Sd3Transformer2DModel {
         let temb = self.time_text_embed.forward(timesteps, None, pooled);
         let mut ctx = ops::linear(&self.context_embedder, context);
         let mut x = x;
-        for block in &self.transformer_blocks {
+        for (index, block) in self.transformer_blocks.iter().enumerate() {
+            if skip.contains(&index) {
+                continue;
+            }
             let (nx, nctx) = block.forward(x, ctx.clone(), &temb, self.heads);
             x = nx;
             if let Some(c) = nctx {

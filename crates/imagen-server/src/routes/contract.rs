@@ -7,6 +7,7 @@ use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use imagen_engine::pipeline::SkipLayerGuidance;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -46,6 +47,10 @@ pub struct GenerationBody {
     long_prompt: Option<bool>,
     max_sequence_length: Option<usize>,
     true_cfg_scale: Option<f64>,
+    skip_guidance_layers: Option<Vec<usize>>,
+    skip_layer_guidance_scale: Option<f64>,
+    skip_layer_guidance_start: Option<f64>,
+    skip_layer_guidance_stop: Option<f64>,
     loras: Option<Vec<LoraSpec>>,
 }
 
@@ -73,11 +78,39 @@ impl GenerationBody {
         out
     }
 
+    /// diffusers' four `skip_*` fields as one setting; the tuning fields without the layers are
+    /// refused rather than ignored.
+    fn skip_layer_guidance(&self) -> Result<Option<SkipLayerGuidance>, ApiError> {
+        let tuned = [
+            (self.skip_layer_guidance_scale, "skip_layer_guidance_scale"),
+            (self.skip_layer_guidance_start, "skip_layer_guidance_start"),
+            (self.skip_layer_guidance_stop, "skip_layer_guidance_stop"),
+        ];
+        match &self.skip_guidance_layers {
+            Some(layers) => Ok(Some(SkipLayerGuidance {
+                layers: layers.clone(),
+                scale: self
+                    .skip_layer_guidance_scale
+                    .unwrap_or(SkipLayerGuidance::DEFAULT_SCALE),
+                start: self
+                    .skip_layer_guidance_start
+                    .unwrap_or(SkipLayerGuidance::DEFAULT_START),
+                stop: self.skip_layer_guidance_stop.unwrap_or(SkipLayerGuidance::DEFAULT_STOP),
+            })),
+            None => match tuned.iter().find(|(v, _)| v.is_some()) {
+                Some((_, name)) => Err(ApiError::bad_request(format!("{name} needs skip_guidance_layers"))
+                    .with_details(serde_json::json!({"field": name}))),
+                None => Ok(None),
+            },
+        }
+    }
+
     async fn into_params(self, state: &Arc<AppState>, endpoint: &str) -> Result<Params, ApiError> {
         if let Some(f) = self.foreign(endpoint).first() {
             return Err(ApiError::bad_request(format!("{f} is not a field of /v1/{endpoint}"))
                 .with_details(serde_json::json!({"field": f})));
         }
+        let skip_layer_guidance = self.skip_layer_guidance()?;
         let image = match self.image {
             None if endpoint != "text-to-image" => {
                 return Err(
@@ -114,6 +147,7 @@ impl GenerationBody {
             long_prompt: self.long_prompt.unwrap_or(false),
             max_sequence_length: self.max_sequence_length,
             true_cfg_scale: self.true_cfg_scale,
+            skip_layer_guidance,
             loras: self
                 .loras
                 .unwrap_or_default()

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use image::imageops::FilterType;
 use image::{GrayImage, RgbImage};
+use imagen_engine::pipeline::SkipLayerGuidance;
 use imagen_engine::rng::RngKind;
 use imagen_engine::scheduler::SamplerKind;
 use imagen_engine::{GenerateRequest, InitImage};
@@ -46,6 +47,8 @@ pub struct Params {
     pub max_sequence_length: Option<usize>,
     /// True CFG with the negative prompt (FLUX).
     pub true_cfg_scale: Option<f64>,
+    /// SD3 skip-layer guidance.
+    pub skip_layer_guidance: Option<SkipLayerGuidance>,
     /// (LoRA id, scale) merged for this request only.
     pub loras: Vec<(String, f32)>,
 }
@@ -285,6 +288,7 @@ impl Params {
                 long_prompt: self.long_prompt,
                 max_sequence_length: self.max_sequence_length,
                 true_cfg_scale: self.true_cfg_scale,
+                skip_layer_guidance: self.skip_layer_guidance,
             },
             output,
             response_format,
