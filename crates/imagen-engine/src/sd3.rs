@@ -189,7 +189,7 @@ pub fn denoise(
         if let (Some(slg), Some(pos)) = (&req.skip_layer_guidance, &positive)
             && slg.active(i - first, total)
         {
-            let text = out.slice([b..2 * b]);
+            let text = out.narrow(0, b, b);
             let skipped = sd3.transformer.forward_skipping(
                 latents.clone(),
                 pos.embeds.clone(),
