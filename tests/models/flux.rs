@@ -197,7 +197,7 @@ fn flux_dev_components_match_diffusers() {
 }
 
 /// FLUX transformers as users download them, with the rest from the diffusers folder: Black
-/// Forest Labs' single-file layout gives the folder's image; its Q8_0 GGUF (ComfyUI-GGUF's
+/// Forest Labs' single-file layout gives the folder's image; its fp8 form and its Q8_0 GGUF (ComfyUI-GGUF's
 /// convention) gives diffusers' image on the same dequantised weights, the blocks kept quantized
 /// in memory or dequantised at load alike.
 #[test]
@@ -227,6 +227,16 @@ fn flux_single_files_load_to_the_same_image() {
     )
     .expect("bfl");
     check(&run(&bfl), "tiny-flux-dev-txt2img-cfg.png");
+
+    // fp8 (e4m3fn weights, bf16 the rest) as the flux1-dev-fp8 files: diffusers on its upcast weights
+    let fp8 = Model::load(
+        &folder,
+        Some(&fixture("single-file/tiny-flux-dev-fp8.safetensors")),
+        &device,
+    )
+    .expect("fp8");
+    assert_eq!(fp8.weight_formats()["transformer"], ["bf16", "f8_e4m3"]);
+    check(&run(&fp8), "tiny-flux-dev-fp8.png");
 
     let gguf = fixture("single-file/tiny-flux-dev-q8_0.gguf");
     let kept = Model::load(&folder, Some(&gguf), &device).expect("gguf");

@@ -226,3 +226,33 @@ fn sd35_inpainting_and_skip_layer_guidance_match_diffusers() {
         );
     }
 }
+
+/// SD3.5 transformers in low precision as users download them: ComfyUI's scaled fp8 (weights
+/// stored over a per-tensor `scale_weight`) and city96's Q8_0 GGUF (kept quantized), each giving
+/// diffusers' image on the weights the file dequantises to.
+#[test]
+fn sd35_fp8_and_gguf_load_to_the_same_image() {
+    let device = Device::flex();
+    let all = cases("cases-sd3.json");
+    let case = all.iter().find(|c| c["png"] == "tiny-sd35-txt2img.png").expect("case");
+    for (file, formats, png) in [
+        (
+            "tiny-sd35-fp8-scaled.safetensors",
+            vec!["bf16", "f32", "f8_e4m3"],
+            "tiny-sd35-fp8-scaled.png",
+        ),
+        ("tiny-sd35-q8_0.gguf", vec!["f32", "q8_0"], "tiny-sd35-q8_0.png"),
+    ] {
+        let m = Model::load(
+            &fixture("tiny-sd35"),
+            Some(&fixture(&format!("single-file/{file}"))),
+            &device,
+        )
+        .expect(file);
+        assert_eq!(m.weight_formats()["transformer"], formats, "{file}");
+        let got = m.generate(&request(case), &device, &mut |_, _| true).expect("generate");
+        let (max, mean) = png_diff(&got[0], &load_png(png));
+        println!("{file}: max {max}/255, mean {mean:.4}/255");
+        assert!(max <= 2 && mean <= 0.1, "{file}: max {max}/255, mean {mean:.4}/255");
+    }
+}

@@ -91,10 +91,10 @@ def check_against_diffusers(bfl: dict, sd: dict, inner: int):
         assert torch.equal(back[k], v), k
 
 
-def write_gguf(bfl: dict, path: Path) -> dict:
+def write_gguf(bfl: dict, path: Path, arch: str = "flux") -> dict:
     """Q8_0 for 2-D weights whose rows split into 32-blocks, f32 otherwise; returns the
     dequantised values of everything (what a reader must see)."""
-    w = gguf.GGUFWriter(str(path), "flux")
+    w = gguf.GGUFWriter(str(path), arch)
     values = {}
     for name, t in bfl.items():
         a = t.float().numpy()

@@ -156,7 +156,10 @@ impl Sd3 {
             }
         }
         let p = "text_encoders.t5xxl.transformer.";
-        if let (true, Some((tok, _))) = (has(p), sd3.t5.take()) {
+        // `has` first: taking the folder's T5 for a file without one would drop it
+        if has(p)
+            && let Some((tok, _)) = sd3.t5.take()
+        {
             let c: T5Config = sd3.folder.component_config("text_encoder_3")?;
             let keys = |k: &str| -> Vec<String> { t5::checkpoint_keys(k).iter().map(|k| format!("{p}{k}")).collect() };
             sd3.t5 = Some((tok, load_module(c.init(device), &w, "text_encoder_3", &keys, device)?));

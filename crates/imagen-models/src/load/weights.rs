@@ -240,7 +240,46 @@ impl Weights {
             }
         };
         f.release(f.data_start + start, end - start);
+        if matches!(info.dtype, Dtype::F8_E4M3 | Dtype::F8_E5M2) {
+            return self.unscale_fp8(component, key, out, &info.shape);
+        }
         Ok(out)
+    }
+
+    /// ComfyUI's "scaled fp8" checkpoints (`sd3.5_large_fp8_scaled`, `flux1-dev-fp8-scaled`)
+    /// store `weight / scale` with the scale beside it as `….scale_weight`: one per tensor, or
+    /// one per output row. Plain fp8 files have no such key and pass through.
+    fn unscale_fp8(
+        &self,
+        component: &'static str,
+        key: &str,
+        mut values: Vec<f32>,
+        shape: &[usize],
+    ) -> Result<Vec<f32>> {
+        let Some(stem) = key.strip_suffix("weight") else {
+            return Ok(values);
+        };
+        let scale_key = format!("{stem}scale_weight");
+        if !self.contains(&scale_key) {
+            return Ok(values);
+        }
+        let scale = self.read_f32(component, &scale_key)?;
+        let rows = shape.first().copied().unwrap_or(1).max(1);
+        match scale.len() {
+            1 => values.iter_mut().for_each(|v| *v *= scale[0]),
+            n if n == rows => {
+                let per_row = values.len() / rows;
+                for (row, s) in values.chunks_mut(per_row.max(1)).zip(&scale) {
+                    row.iter_mut().for_each(|v| *v *= s);
+                }
+            }
+            n => {
+                return Err(Error::Folder(format!(
+                    "{scale_key}: {n} scales for a tensor of shape {shape:?} (one, or one per row)"
+                )));
+            }
+        }
+        Ok(values)
     }
 }
 
@@ -458,6 +497,22 @@ impl ModuleMapper for Loader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ComfyUI's scaled fp8: the stored value times its `scale_weight`
+    /// (`make_lowp_dit_fixtures.py`; values printed by PyTorch).
+    #[test]
+    fn scaled_fp8_multiplies_back() {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/single-file/tiny-sd35-fp8-scaled.safetensors");
+        let w = Weights::open(&[file]).expect("open");
+        let v = w
+            .read_f32("transformer", "model.diffusion_model.context_embedder.weight")
+            .expect("read");
+        let want = [-0.060_758_676f32, -0.273_414_05, 0.364_552_05, -0.151_896_69];
+        for (g, e) in v.iter().zip(want) {
+            assert!((g - e).abs() < 1e-6, "{g} vs {e}");
+        }
+    }
 
     #[test]
     fn transpose_is_exact() {
