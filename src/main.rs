@@ -141,8 +141,8 @@ struct GenerateArgs {
     /// IMAGEN_CPU_AMX=0 uses AVX512-BF16 even where AMX exists).
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Decode with TAESD (a diffusers `AutoencoderTiny` folder, e.g. madebyollin/taesd) instead
-    /// of the model's VAE: much faster, slightly softer.
+    /// Decode with TAESD (a diffusers `AutoencoderTiny` folder: madebyollin/taesd or taesdxl for
+    /// SD, taef1 for FLUX.1, taesd3 for SD3) instead of the model's VAE: much faster, softer.
     #[arg(long)]
     taesd: Option<PathBuf>,
     /// With --taesd: write a TAESD preview of the latents every --preview-every steps to
@@ -274,8 +274,15 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         let refs: Vec<(&LoraFile, f32)> = loras.iter().map(|(f, s)| (f, *s)).collect();
         sd = sd.with_loras(&refs, &device)?;
     }
-    if taesd.is_some() && sd.family() != imagen_models::Family::StableDiffusion {
-        bail!("--taesd decodes Stable Diffusion latents only (a FLUX tiny decoder, taef1, is not supported yet)");
+    if let Some((config, _)) = &taesd
+        && config.latent_channels != sd.latent_channels()
+    {
+        bail!(
+            "--taesd: this tiny decoder takes {}-channel latents, the model makes {} \
+             (taesd/taesdxl for SD, taef1 for FLUX.1, taesd3 for SD3)",
+            config.latent_channels,
+            sd.latent_channels()
+        );
     }
     let native = sd.native_size();
     let (default_steps, default_guidance) = sd.default_steps_guidance();
@@ -345,16 +352,15 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let images = match (&a.variations_of, source, &taesd) {
         (Some(_), _, Some(_)) => bail!("--taesd does not combine with --variations-of yet"),
         (Some(_), Some(img), None) => sd.variations(&req, &img, a.strength, &device, &mut progress)?,
-        // TAESD decodes the UNet's latents directly (its scaling factor is 1).
+        // the pipelines' `latents / scaling_factor + shift_factor` with the tiny decoder's own
         (_, _, Some((config, decoder))) => {
-            let scale = config.scaling_factor as f32;
             let mut failed: Option<anyhow::Error> = None;
             let mut preview = |step: usize, latents: &burn::tensor::Tensor<4>| {
                 let Some(dir) = &a.preview_dir else { return };
                 if failed.is_some() || !step.is_multiple_of(a.preview_every) {
                     return;
                 }
-                let saved = tensor_to_images(decoder.decode(latents.clone() / scale))
+                let saved = tensor_to_images(decoder.decode(config.unscale(latents.clone())))
                     .map_err(anyhow::Error::from)
                     .and_then(|images| save_images(&images, &dir.join(format!("step-{step:03}.png"))));
                 failed = saved.err();
@@ -363,7 +369,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             if let Some(e) = failed {
                 return Err(e.context("writing a step preview"));
             }
-            tensor_to_images(decoder.decode(latents / scale))?
+            tensor_to_images(decoder.decode(config.unscale(latents)))?
         }
         _ => sd.generate_once(&req, &device, &mut progress)?,
     };

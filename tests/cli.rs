@@ -491,3 +491,90 @@ fn flux_generates_through_the_cli() {
         "{err}"
     );
 }
+
+/// 16-channel tiny decoders for the diffusion transformers (taef1 for FLUX.1, taesd3 with its
+/// scaling and shift factors for SD3): diffusers' pipelines with that decoder as the VAE; FLUX
+/// previews every step; a 4-channel TAESD on FLUX is refused by name.
+#[test]
+fn tiny_decoders_for_flux_and_sd3() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for (model, decoder, png, extra) in [
+        (
+            "tiny-flux-dev",
+            "tiny-taef1",
+            "tiny-flux-dev-taef1.png",
+            vec!["--width", "64", "--height", "48", "--steps", "4", "--guidance", "3.5"],
+        ),
+        (
+            "tiny-sd35",
+            "tiny-taesd3",
+            "tiny-sd35-taesd3.png",
+            vec![
+                "--width",
+                "64",
+                "--height",
+                "64",
+                "--steps",
+                "5",
+                "--guidance",
+                "4.5",
+                "--negative-prompt",
+                "blurry, low quality",
+            ],
+        ),
+    ] {
+        let out = tmp.path().join(png);
+        let previews = tmp.path().join(decoder);
+        let (model, decoder) = (fixture(model), fixture(decoder));
+        let mut args = vec![
+            "generate",
+            "--model",
+            model.to_str().expect("utf8"),
+            "--prompt",
+            "a photograph of an astronaut riding a horse",
+            "--seed",
+            "42",
+            "--max-sequence-length",
+            "64",
+            "--taesd",
+            decoder.to_str().expect("utf8"),
+            "--preview-dir",
+            previews.to_str().expect("utf8"),
+            "--output",
+            out.to_str().expect("utf8"),
+            "--quiet",
+        ];
+        args.extend(extra);
+        let o = imagen(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_matches_golden(&out, &format!("golden/generate/{png}"));
+        // the last preview is the final image
+        let mut names: Vec<_> = std::fs::read_dir(&previews)
+            .expect("previews")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        names.sort();
+        let last = names.last().expect("a preview");
+        assert_eq!(
+            image::open(last).expect("preview").to_rgb8(),
+            image::open(&out).expect("png").to_rgb8()
+        );
+    }
+
+    let (model, taesd) = (fixture("tiny-flux-dev"), fixture("tiny-taesd"));
+    let out = tmp.path().join("refused.png");
+    let o = imagen(&[
+        "generate",
+        "--model",
+        model.to_str().expect("utf8"),
+        "--prompt",
+        "a cat",
+        "--taesd",
+        taesd.to_str().expect("utf8"),
+        "--output",
+        out.to_str().expect("utf8"),
+        "--quiet",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("4-channel latents"), "{err}");
+}

@@ -55,6 +55,16 @@ impl Model {
         }
     }
 
+    /// Channels of the latents the model denoises (what a tiny preview decoder must take):
+    /// 4 for SD 1.x/2.x/XL, 16 for FLUX.1 and SD3.
+    pub fn latent_channels(&self) -> usize {
+        match self {
+            Model::StableDiffusion(sd) => sd.vae_config.latent_channels,
+            Model::Flux(f) => f.vae_config.latent_channels,
+            Model::Sd3(s) => s.vae_config.latent_channels,
+        }
+    }
+
     /// Width = height the model generates by default.
     pub fn native_size(&self) -> usize {
         match self {

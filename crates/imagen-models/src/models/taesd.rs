@@ -29,6 +29,8 @@ pub struct AutoencoderTinyConfig {
     pub act_fn: String,
     pub upsample_fn: String,
     pub scaling_factor: f64,
+    /// taesd3-style decoders take the VAE's shifted latents back (`latents / scaling + shift`).
+    pub shift_factor: f64,
 }
 
 impl Default for AutoencoderTinyConfig {
@@ -43,6 +45,7 @@ impl Default for AutoencoderTinyConfig {
             act_fn: "relu".into(),
             upsample_fn: "nearest".into(),
             scaling_factor: 1.0,
+            shift_factor: 0.0,
         }
     }
 }
@@ -58,6 +61,12 @@ impl AutoencoderTinyConfig {
             return Err(unsupported(COMPONENT, "decoder blocks of different widths"));
         }
         Ok(())
+    }
+
+    /// The pipelines' latents as this decoder takes them (diffusers: `latents / scaling_factor +
+    /// shift_factor`, with the tiny decoder's own factors).
+    pub fn unscale(&self, latents: Tensor<4>) -> Tensor<4> {
+        latents / self.scaling_factor as f32 + self.shift_factor as f32
     }
 
     pub fn init(&self, d: &Device) -> TinyDecoder {
@@ -146,8 +155,8 @@ pub struct TinyDecoder {
 }
 
 impl TinyDecoder {
-    /// Latents as the UNet produces them (TAESD's scaling factor is 1): `[b, 4, h, w]` →
-    /// image in `[-1, 1]`, `[b, 3, 8h, 8w]`.
+    /// Latents as [`AutoencoderTinyConfig::unscale`] leaves them: `[b, latent_channels, h, w]`
+    /// → image in `[-1, 1]`, `[b, 3, 8h, 8w]`.
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
         let mut x = relu(ops::conv2d(&self.conv_in, (z / 3.0).tanh() * 3.0));
         for stage in &self.stages {
