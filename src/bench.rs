@@ -13,10 +13,12 @@ use imagen_models::models::unet_2d::{AddedCond, UNet2DConditionConfig};
 use imagen_models::models::vae::AutoencoderKLConfig;
 
 mod dit;
+mod flux_generate;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// sd15, sd21, sdxl, flux (`--component blocks`) or sd35m (`--component transformer`).
+    /// sd15, sd21, sdxl, flux (`--component blocks`, or `generate`: a whole FLUX.1-schnell
+    /// generation with Q8_0 weights) or sd35m (`--component transformer`).
     #[arg(long, default_value = "sd15")]
     arch: String,
     /// unet, vae-decode, text-encoder or pipeline (text encoder + steps × UNet + VAE decode);
@@ -148,6 +150,9 @@ fn peak_rss_bytes() -> Option<u64> {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.arch == "flux" && a.component == "generate" {
+        return flux_generate::run(&a);
+    }
     if a.arch == "flux" || a.arch == "sd35m" {
         return dit::run(&a);
     }

@@ -132,14 +132,22 @@ pub fn generate(flux: &Flux, req: &GenerateRequest, device: &Device, progress: P
     decode(&flux.vae, &flux.vae_config, latents)
 }
 
-/// The denoising loop: the final latents `[b, c, h/8, w/8]` (VAE-scaled and shifted).
-pub fn denoise(
-    flux: &Flux,
-    req: &GenerateRequest,
-    device: &Device,
-    progress: Progress,
-    on_step: StepLatents,
-) -> Result<Tensor<4>> {
+/// What a request is conditioned on: its prompt and, with true CFG, its negative prompt, each
+/// repeated for the batch. Computed apart from the denoising so that a caller short of memory
+/// can drop T5 before the transformer is resident (`imagen bench --component generate`).
+pub struct FluxConditioning {
+    pub cond: FluxPrompt,
+    pub uncond: Option<FluxPrompt>,
+}
+
+/// The true-CFG scale a request asks for, if any.
+fn true_cfg(req: &GenerateRequest) -> Option<f64> {
+    req.true_cfg_scale
+        .filter(|&s| s > 1.0 && !req.negative_prompt.is_empty())
+}
+
+/// Validates the request and encodes its prompts (CLIP's pooled output and T5's states).
+pub fn encode(flux: &Flux, req: &GenerateRequest, device: &Device) -> Result<FluxConditioning> {
     validate(flux, req)?;
     let b = req.num_images;
     let max_len = req.max_sequence_length.unwrap_or(flux.default_max_sequence_length());
@@ -148,13 +156,39 @@ pub fn denoise(
         pooled: Tensor::cat(vec![p.pooled; b], 0),
     };
     let cond = repeat(encode_prompt(flux, &req.prompt, max_len, device)?);
-    let true_cfg = req
-        .true_cfg_scale
-        .filter(|&s| s > 1.0 && !req.negative_prompt.is_empty());
-    let uncond = match true_cfg {
+    let uncond = match true_cfg(req) {
         Some(_) => Some(repeat(encode_prompt(flux, &req.negative_prompt, max_len, device)?)),
         None => None,
     };
+    Ok(FluxConditioning { cond, uncond })
+}
+
+/// The denoising loop: the final latents `[b, c, h/8, w/8]` (VAE-scaled and shifted).
+pub fn denoise(
+    flux: &Flux,
+    req: &GenerateRequest,
+    device: &Device,
+    progress: Progress,
+    on_step: StepLatents,
+) -> Result<Tensor<4>> {
+    let conditioning = encode(flux, req, device)?;
+    denoise_encoded(flux, req, &conditioning, device, progress, on_step)
+}
+
+/// [`denoise`] from prompts already encoded by [`encode`] (the text encoders are not used).
+pub fn denoise_encoded(
+    flux: &Flux,
+    req: &GenerateRequest,
+    conditioning: &FluxConditioning,
+    device: &Device,
+    progress: Progress,
+    on_step: StepLatents,
+) -> Result<Tensor<4>> {
+    validate(flux, req)?;
+    let b = req.num_images;
+    let (cond, uncond) = (&conditioning.cond, &conditioning.uncond);
+    let max_len = cond.embeds.dims()[1];
+    let true_cfg = true_cfg(req);
 
     let f = flux.vae_config.scale_factor();
     let (lh, lw) = (2 * (req.height / (f * 2)), 2 * (req.width / (f * 2)));
@@ -183,8 +217,8 @@ pub fn denoise(
             };
             flux.transformer.forward(pack(latents.clone()), inputs)
         };
-        let mut pred = run(&cond);
-        if let (Some(scale), Some(neg)) = (true_cfg, &uncond) {
+        let mut pred = run(cond);
+        if let (Some(scale), Some(neg)) = (true_cfg, uncond) {
             let neg = run(neg);
             pred = neg.clone() + (pred - neg) * scale as f32;
         }

@@ -158,7 +158,7 @@ pub fn generate_once(
 
 /// The VAE-scaled latents `[b, c, h/8, w/8]` decoded to images (unscaled, then shifted back
 /// by the VAE's `shift_factor` where it has one: FLUX, SD3).
-pub(crate) fn decode(vae: &AutoencoderKL, config: &AutoencoderKLConfig, latents: Tensor<4>) -> Result<Vec<RgbImage>> {
+pub fn decode(vae: &AutoencoderKL, config: &AutoencoderKLConfig, latents: Tensor<4>) -> Result<Vec<RgbImage>> {
     let mut z = latents / config.scaling_factor as f32;
     if let Some(shift) = config.shift_factor {
         z = z + shift as f32;
