@@ -308,3 +308,40 @@ fn flux_inpainting_matches_diffusers() {
         );
     }
 }
+
+/// A folder whose T5 is sharded as transformers saves it (`model-0000N-of-00003.safetensors` +
+/// `model.safetensors.index.json`, as FLUX.1 ships `text_encoder_2`): the same image.
+#[test]
+fn flux_with_a_sharded_t5_gives_the_same_image() {
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read_dir") {
+            let entry = entry.expect("entry");
+            let dst = to.join(entry.file_name());
+            if entry.file_type().expect("type").is_dir() {
+                copy_dir(&entry.path(), &dst);
+            } else {
+                std::fs::copy(entry.path(), &dst).expect("copy");
+            }
+        }
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let folder = tmp.path().join("schnell");
+    copy_dir(&fixture("tiny-flux-schnell"), &folder);
+    std::fs::remove_dir_all(folder.join("text_encoder_2")).expect("rm");
+    copy_dir(
+        &fixture("sharded/tiny-flux-schnell-text_encoder_2"),
+        &folder.join("text_encoder_2"),
+    );
+    let device = Device::flex();
+    let m = Model::load(&folder, None, &device).expect("sharded load");
+    let case = cases("cases-flux.json")
+        .into_iter()
+        .find(|c| c["png"] == "tiny-flux-schnell-txt2img.png")
+        .expect("case");
+    let got = m
+        .generate(&case_request(&case), &device, &mut |_, _| true)
+        .expect("generate");
+    let (max, mean) = png_diff(&got[0], &load_png("tiny-flux-schnell-txt2img.png"));
+    assert!(max <= 2 && mean <= 0.1, "max {max}/255, mean {mean:.4}/255");
+}
