@@ -6,4 +6,5 @@ mod flux;
 mod harness;
 mod limits;
 mod openai;
+mod queue;
 mod webhooks;

@@ -36,6 +36,9 @@ pub struct Job {
     /// LoRA ids from the catalog and their scales, merged for this job only.
     pub loras: Vec<(String, f32)>,
     pub request: GenerateRequest,
+    /// Set to stop the job: it ends with [`Error::Cancelled`] before it starts, or after the
+    /// denoising step under way.
+    pub cancel: Arc<AtomicBool>,
     /// Called on the engine thread; keep it cheap (send on a channel, update a cell).
     pub events: Box<dyn FnMut(JobEvent) + Send>,
 }
@@ -150,6 +153,9 @@ impl EngineThread {
     }
 
     fn run_job(&mut self, job: &mut Job) -> Result<Vec<Generated>> {
+        if job.cancel.load(Ordering::SeqCst) {
+            return Err(Error::Cancelled);
+        }
         let mut sd = self.model(&job.model)?;
         if !job.loras.is_empty() {
             let files = job
@@ -164,10 +170,10 @@ impl EngineThread {
                     .map_err(|e| Error::BadInput(format!("LoRA: {e}")))?,
             );
         }
-        let events = &mut job.events;
+        let (events, cancel) = (&mut job.events, &job.cancel);
         let mut progress = |step: usize, total: usize| {
             events(JobEvent::Progress { step, total });
-            true
+            !cancel.load(Ordering::SeqCst)
         };
         let images = sd.generate_seeded(&job.request, &self.device, &mut progress)?;
         Ok(images

@@ -1,5 +1,5 @@
-//! Server start-up: the store, the engine thread, the webhook thread, recovery of jobs a dead
-//! process left behind, then the HTTP listener.
+//! Server start-up: the store, the engine thread, the webhook thread, the queue's dispatcher
+//! (which also picks up jobs a dead process left behind), then the HTTP listener.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,9 +7,13 @@ use std::sync::{Arc, Mutex};
 use imagen_engine::catalog::{LoraInfo, ModelInfo, scan};
 use imagen_engine::worker::{Engine, EngineConfig};
 
+use tokio::sync::oneshot;
+
 use crate::config::Config;
+use crate::dispatch::{self, Dispatch, Running};
 use crate::error::{Error, Result};
-use crate::jobs;
+use crate::jobs::{self, Outcome};
+use crate::queue::Queue;
 use crate::signing::server_secret;
 use crate::store::{SqliteStore, Store};
 use crate::webhook::{self, Notifier};
@@ -17,6 +21,10 @@ use crate::webhook::{self, Notifier};
 pub struct AppState {
     pub config: Config,
     pub store: Arc<dyn Store>,
+    /// The same database as `store`, as the job queue.
+    pub queue: Arc<dyn Queue>,
+    /// This process's name on the leases it holds (`host-pid-random`).
+    pub owner: String,
     pub engine: Engine,
     pub models: Vec<ModelInfo>,
     pub loras: Vec<LoraInfo>,
@@ -27,6 +35,11 @@ pub struct AppState {
     /// (step, total) of running jobs.
     pub progress: Mutex<HashMap<String, (usize, usize)>>,
     pub webhooks: Notifier,
+    pub dispatch: Dispatch,
+    /// Requests waiting for a job's end, by id.
+    pub waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
+    /// Cancel flags of the jobs this process is running.
+    pub running: Running,
 }
 
 impl AppState {
@@ -40,6 +53,10 @@ impl AppState {
 
 /// Opens the data directory's store (creating it), for the `keys` commands and the server.
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+    Ok(open_sqlite(config)?)
+}
+
+fn open_sqlite(config: &Config) -> Result<Arc<SqliteStore>> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::Config(format!("data dir {}: {e}", config.data_dir.display())))?;
     Ok(Arc::new(SqliteStore::open(&config.data_dir.join("imagen.db"))?))
@@ -48,7 +65,8 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
 /// Binds, recovers unfinished jobs, starts the threads; returns the listener and the state
 /// (the caller serves them: see [`crate::serve`]).
 pub async fn start(mut config: Config) -> Result<(tokio::net::TcpListener, Arc<AppState>)> {
-    let store = open_store(&config)?;
+    let sqlite = open_sqlite(&config)?;
+    let (store, queue): (Arc<dyn Store>, Arc<dyn Queue>) = (sqlite.clone(), sqlite);
     std::fs::create_dir_all(config.data_dir.join("images"))?;
     let secret = server_secret(&config.data_dir)?;
     let found = scan(&config.models_dir)
@@ -74,22 +92,36 @@ pub async fn start(mut config: Config) -> Result<(tokio::net::TcpListener, Arc<A
         loras: found.loras.clone(),
         backend: config.backend.clone(),
         dtype: config.dtype.clone(),
-        queue_capacity: config.limits.queue_capacity,
+        // the queue is the store's; the engine holds the one job the dispatcher hands it
+        queue_capacity: 1,
         max_loaded: config.limits.max_loaded_models,
         preload,
     })?;
     let webhooks = webhook::spawn(store.clone(), config.webhooks.clone())?;
+    let (dispatch, wake) = dispatch::channel_pair();
+    let owner = format!(
+        "{}-{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "imagen".into()),
+        std::process::id(),
+        crate::keys::random_hex(4).map_err(|e| Error::Config(e.to_string()))?
+    );
     let state = Arc::new(AppState {
         base_url: config.base_url(),
         config,
         store,
+        queue,
+        owner,
         engine,
         models: found.models,
         loras: found.loras,
         secret,
         progress: Mutex::new(HashMap::new()),
         webhooks,
+        dispatch,
+        waiters: Mutex::new(HashMap::new()),
+        running: Mutex::new(HashMap::new()),
     });
     jobs::recover(&state)?;
+    dispatch::spawn(state.clone(), wake)?;
     Ok((listener, state))
 }

@@ -27,6 +27,7 @@ pub struct Config {
     /// Model used when a request names none; default: the first by id.
     pub default_model: Option<String>,
     pub limits: Limits,
+    pub queue: QueueConfig,
     pub webhooks: Webhooks,
     pub fetch: Fetch,
 }
@@ -52,6 +53,27 @@ pub struct Limits {
     pub max_loaded_models: usize,
     /// How long an image URL works without the API key.
     pub image_url_ttl_secs: u64,
+}
+
+/// The durable job queue (`[queue]`): how long a worker's claim on a job lasts without a
+/// heartbeat, and how many claims a job gets before it fails.
+#[derive(Deserialize, Serialize, Debug, Clone)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// A running job whose worker stops heart-beating (crash, kill -9, hang) is run again this
+    /// long after its last heartbeat; heartbeats come every third of it.
+    pub lease_ms: u64,
+    /// Claims before a job fails ("gave up after N attempts").
+    pub max_attempts: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            lease_ms: 30_000,
+            max_attempts: 3,
+        }
+    }
 }
 
 #[derive(Deserialize, Serialize, Debug, Clone)]
@@ -86,6 +108,7 @@ impl Default for Config {
             dtype: "f32".into(),
             default_model: None,
             limits: Limits::default(),
+            queue: QueueConfig::default(),
             webhooks: Webhooks::default(),
             fetch: Fetch::default(),
         }

@@ -32,6 +32,8 @@ pub enum Code {
     RateLimitExceeded,
     ServiceUnavailable,
     Internal,
+    /// A generation stopped by `POST /v1/generations/{id}/cancel` (its record's error code).
+    Cancelled,
 }
 
 impl Code {
@@ -47,6 +49,7 @@ impl Code {
             Code::RateLimitExceeded => "rate_limit_exceeded",
             Code::ServiceUnavailable => "service_unavailable",
             Code::Internal => "internal_error",
+            Code::Cancelled => "cancelled",
         }
     }
 
@@ -62,6 +65,8 @@ impl Code {
             Code::RateLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
             Code::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            // a waiting request whose job was cancelled meanwhile
+            Code::Cancelled => StatusCode::CONFLICT,
         }
     }
 }
@@ -156,6 +161,7 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         match e {
             Error::Engine(imagen_engine::Error::BadInput(m)) => ApiError::bad_request(m),
+            Error::Engine(imagen_engine::Error::Cancelled) => ApiError::new(Code::Cancelled, "cancelled by the client"),
             other => ApiError::internal(other),
         }
     }

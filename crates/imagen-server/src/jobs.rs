@@ -1,5 +1,6 @@
-//! A generation's life: recorded as `processing`, queued on the engine, finished on the engine
-//! thread (images encoded and written, record updated, webhook queued), read back by id.
+//! A generation's life: committed to the store's queue as `queued` (status `processing`),
+//! claimed and run by the dispatcher (`dispatch`), finished on the engine thread (images
+//! written, then the record and its webhook in one fenced transaction), read back by id.
 //!
 //! The stored record is the public response minus what is rendered per read (signed URLs,
 //! base64 data, live progress): see [`render`].
@@ -11,7 +12,7 @@ use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use imagen_engine::GenerateRequest;
-use imagen_engine::worker::{Generated, Job, JobEvent, SubmitError};
+use imagen_engine::worker::Generated;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -19,7 +20,10 @@ use crate::app::AppState;
 use crate::error::{ApiError, Code, Result};
 use crate::keys::{now_secs, random_hex};
 use crate::media::{OutputFormat, encode};
+use crate::queue::{Outbox, QueuedJob};
 use crate::signing::url_signature;
+use crate::spec::JobSpec;
+use crate::store::JobRecord;
 use crate::webhook::now_ms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +53,9 @@ pub fn rfc3339(unix: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
 }
 
-/// Records the job and queues it. Returns the record and, unless in the background, a receiver
-/// for the outcome.
+/// Records the job as `queued` in the store (it is accepted once that row is committed) and
+/// wakes the dispatcher. Returns the record and, unless in the background, a receiver for the
+/// outcome: the job runs to its end whether or not anyone still waits.
 pub fn submit(state: &Arc<AppState>, sub: Submission) -> Result<(Value, Option<oneshot::Receiver<Outcome>>), ApiError> {
     let id = format!("gen_{}", random_hex(12).map_err(ApiError::internal)?);
     let created = now_secs();
@@ -66,60 +71,47 @@ pub fn submit(state: &Arc<AppState>, sub: Submission) -> Result<(Value, Option<o
         "output_format": sub.output.ext(),
         "seed": sub.request.seed,
     });
+    let data_dir = &state.config.data_dir;
+    let spec = JobSpec::store(&sub, &id, data_dir).map_err(ApiError::internal)?;
+    let spec = serde_json::to_string(&spec).map_err(ApiError::internal)?;
+    // registered before the row exists, so that no ending can slip past it
+    let rx = (!sub.background).then(|| {
+        let (tx, rx) = oneshot::channel();
+        lock(&state.waiters).entry(id.clone()).or_default().push(tx);
+        rx
+    });
     let (webhook_url, webhook_secret) = sub.webhook.clone().unzip();
-    state
-        .store
-        .insert_job(&crate::store::JobRecord {
-            id: id.clone(),
-            key_id: sub.key_id.clone(),
-            status: "processing".into(),
-            created_at: created,
-            response: record.to_string(),
-            webhook_url,
-            webhook_secret,
-        })
-        .map_err(ApiError::from)?;
-
-    let (tx, rx) = oneshot::channel();
-    let mut tx = Some(tx);
-    let st = state.clone();
-    let job_id = id.clone();
-    let base = record.clone();
-    let (w, h, output) = (sub.request.width, sub.request.height, sub.output);
-    let webhook = sub.webhook.clone();
-    let events = move |event: JobEvent| match event {
-        JobEvent::Started => set_progress(&st, &job_id, Some((0, 0))),
-        JobEvent::Progress { step, total } => set_progress(&st, &job_id, Some((step, total))),
-        JobEvent::Finished(result) => {
-            let record = finish(&st, &job_id, base.clone(), result, (w, h, output), webhook.as_ref());
-            set_progress(&st, &job_id, None);
-            if let Some(tx) = tx.take() {
-                let _ = tx.send(Outcome { record });
-            }
-        }
+    let job = JobRecord {
+        id: id.clone(),
+        key_id: sub.key_id.clone(),
+        status: "processing".into(),
+        created_at: created,
+        response: record.to_string(),
+        webhook_url,
+        webhook_secret,
     };
-    let job = Job {
-        model: sub.model,
-        loras: sub.loras,
-        request: sub.request,
-        events: Box::new(events),
-    };
-    if let Err(e) = state.engine.submit(job) {
-        let message = match e {
-            SubmitError::QueueFull => "the generation queue is full; retry shortly",
-            SubmitError::Stopped => "the engine has stopped",
-        };
-        let failed = failed_record(record.clone(), Code::ServiceUnavailable, message);
-        let _ = state.store.update_job(&id, "failed", &failed.to_string());
-        let mut err = ApiError::new(Code::ServiceUnavailable, message);
+    let q = &state.config.queue;
+    let accepted = state
+        .queue
+        .enqueue(&job, &spec, q.max_attempts, state.config.limits.queue_capacity)
+        .map_err(ApiError::from);
+    if !matches!(accepted, Ok(true)) {
+        lock(&state.waiters).remove(&id);
+        JobSpec::remove_inputs(data_dir, &id);
+        accepted?;
+        let mut err = ApiError::new(Code::ServiceUnavailable, "the generation queue is full; retry shortly");
         err.retry_after = Some(5);
         return Err(err);
     }
-    let rx = (!sub.background).then_some(rx);
+    state.dispatch.notify();
     Ok((record, rx))
 }
 
-fn set_progress(state: &AppState, id: &str, value: Option<(usize, usize)>) {
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn set_progress(state: &AppState, id: &str, value: Option<(usize, usize)>) {
     let mut p = state.progress.lock().unwrap_or_else(|e| e.into_inner());
     match value {
         Some(v) => {
@@ -131,48 +123,76 @@ fn set_progress(state: &AppState, id: &str, value: Option<(usize, usize)>) {
     }
 }
 
-fn failed_record(mut record: Value, code: Code, message: &str) -> Value {
+pub fn failed_record(mut record: Value, code: Code, message: &str) -> Value {
     record["status"] = "failed".into();
     record["error"] = json!({"code": code.as_str(), "message": message});
     record
 }
 
-/// Runs on the engine thread when a job ends: write images, update the record, queue the webhook.
-fn finish(
-    state: &Arc<AppState>,
-    id: &str,
-    mut record: Value,
-    result: imagen_engine::Result<Vec<Generated>>,
-    (w, h, output): (usize, usize, OutputFormat),
-    webhook: Option<&(String, String)>,
-) -> Value {
+/// Runs on the engine thread when an attempt ends: writes the images, then the final record
+/// and the webhook delivery in one transaction fenced by the attempt; tells any waiter.
+pub fn finish(state: &Arc<AppState>, job: &QueuedJob, spec: &JobSpec, result: imagen_engine::Result<Vec<Generated>>) {
+    let record: Value = serde_json::from_str(&job.response).unwrap_or_else(|_| json!({"id": job.id}));
+    let output = spec.output();
     let written = result.map_err(ApiError::from).and_then(|images| {
-        let dir = state.config.data_dir.join("images").join(id);
+        let dir = state.config.data_dir.join("images").join(&job.id);
         std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
         let mut list = Vec::new();
         for (n, g) in images.iter().enumerate() {
             let file = format!("{n}.{}", output.ext());
             let bytes = encode(&g.image, output).map_err(ApiError::internal)?;
             std::fs::write(dir.join(&file), bytes).map_err(ApiError::internal)?;
-            list.push(json!({"file": file, "width": w, "height": h, "seed": g.seed}));
+            list.push(json!({"file": file, "width": spec.width, "height": spec.height, "seed": g.seed}));
         }
         Ok(list)
     });
-    match written {
+    let record = match written {
         Ok(list) => {
+            let mut record = record;
             record["status"] = "completed".into();
             record["images"] = list.into();
+            record
         }
-        Err(e) => record = failed_record(record, e.code, &e.message),
-    }
+        Err(e) => failed_record(record, e.code, &e.message),
+    };
+    end(state, job, Some(job.attempt), record);
+}
+
+/// Writes a job's final record (fenced by `attempt`, or only while queued), its webhook in the
+/// same transaction; then wakes the webhook thread and answers waiters. `false`: fenced out.
+pub fn end(state: &Arc<AppState>, job: &QueuedJob, attempt: Option<u32>, record: Value) -> bool {
     let status = record["status"].as_str().unwrap_or("failed").to_owned();
-    if let Err(e) = state.store.update_job(id, &status, &record.to_string()) {
-        eprintln!("imagen: recording {id}: {e}");
+    let body = job.webhook.as_ref().map(|_| render(state, &record).to_string());
+    let outbox = job
+        .webhook
+        .as_ref()
+        .zip(body.as_deref())
+        .map(|((url, secret), body)| Outbox { url, secret, body });
+    match state
+        .queue
+        .finish(&job.id, attempt, &status, &record.to_string(), outbox, now_ms())
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!(
+                "imagen: {} attempt {attempt:?} no longer holds the job; its result is dropped",
+                job.id
+            );
+            return false;
+        }
+        Err(e) => {
+            eprintln!("imagen: recording {}: {e}", job.id);
+            return false;
+        }
     }
-    if let Some((url, secret)) = webhook {
-        queue_webhook(state, id, &record, url, secret);
+    if job.webhook.is_some() {
+        state.webhooks.notify();
     }
-    record
+    JobSpec::remove_inputs(&state.config.data_dir, &job.id);
+    for tx in lock(&state.waiters).remove(&job.id).unwrap_or_default() {
+        let _ = tx.send(Outcome { record: record.clone() });
+    }
+    true
 }
 
 fn queue_webhook(state: &AppState, id: &str, record: &Value, url: &str, secret: &str) {
@@ -214,9 +234,12 @@ pub fn render(state: &AppState, record: &Value) -> Value {
         o.remove("output_format");
     }
     if record["status"] == "processing" {
-        let p = state.progress.lock().unwrap_or_else(|e| e.into_inner());
+        let p = lock(&state.progress);
         let (step, total) = p.get(id).copied().unwrap_or((0, 0));
         out["progress"] = json!({"step": step, "total": total, "queued": !p.contains_key(id)});
+        if let Ok(Some(position)) = state.queue.position(id) {
+            out["progress"]["position"] = position.into();
+        }
     }
     out
 }
@@ -226,6 +249,7 @@ pub fn respond(state: &AppState, record: &Value) -> Result<(StatusCode, Value), 
     if record["status"] == "failed" {
         let code = match record["error"]["code"].as_str() {
             Some("bad_request") => Code::BadRequest,
+            Some("cancelled") => Code::Cancelled,
             Some("service_unavailable") => Code::ServiceUnavailable,
             _ => Code::Internal,
         };
@@ -235,7 +259,9 @@ pub fn respond(state: &AppState, record: &Value) -> Result<(StatusCode, Value), 
     Ok((StatusCode::OK, render(state, record)))
 }
 
-/// At start-up: jobs a dead process left `processing` are failed (and their webhooks told).
+/// At start-up: jobs an older version (without the durable queue) left `processing` have no
+/// stored request to run again; they are failed and their webhooks told. Jobs of this
+/// version are claimed again once their lease runs out (`dispatch`).
 pub fn recover(state: &Arc<AppState>) -> Result<()> {
     for job in state.store.unfinished_jobs()? {
         let record: Value = serde_json::from_str(&job.response).unwrap_or_else(|_| json!({"id": job.id}));

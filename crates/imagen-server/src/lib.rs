@@ -4,12 +4,15 @@
 
 pub mod app;
 pub mod config;
+pub mod dispatch;
 pub mod error;
 pub mod jobs;
 pub mod keys;
 pub mod media;
+pub mod queue;
 pub mod routes;
 pub mod signing;
+pub mod spec;
 pub mod store;
 pub mod webhook;
 

@@ -78,7 +78,8 @@ pub trait Store: Send + Sync {
     fn insert_job(&self, job: &JobRecord) -> Result<()>;
     fn update_job(&self, id: &str, status: &str, response: &str) -> Result<()>;
     fn job(&self, id: &str) -> Result<Option<JobRecord>>;
-    /// Jobs still `processing` (the process died under them).
+    /// Jobs left `processing` by a version without the durable queue (no stored request to
+    /// run them from).
     fn unfinished_jobs(&self) -> Result<Vec<JobRecord>>;
 
     fn insert_delivery(&self, job_id: &str, url: &str, secret: &str, body: &str, now_ms: u64) -> Result<()>;
@@ -113,15 +114,25 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_ms);
 
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        // schema version 1: the job queue's columns (crate::queue)
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version < 1 {
+            let tx = conn.transaction()?;
+            for statement in crate::queue::MIGRATION {
+                tx.execute(statement, [])?;
+            }
+            tx.pragma_update(None, "user_version", 1)?;
+            tx.commit()?;
+        }
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -290,7 +301,7 @@ impl Store for SqliteStore {
     fn unfinished_jobs(&self) -> Result<Vec<JobRecord>> {
         let conn = self.conn();
         let mut st = conn.prepare(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'processing' ORDER BY created_at"
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'processing' AND spec IS NULL ORDER BY created_at"
         ))?;
         let rows = st.query_map([], job_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

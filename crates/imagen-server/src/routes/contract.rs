@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::params::Params;
 use super::{ApiJson, Caller, into_response};
 use crate::app::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::jobs;
 use crate::media;
 
@@ -255,4 +255,63 @@ pub async fn get_generation(
         Err(e) => Err(ApiError::internal(e)),
     };
     into_response(result)
+}
+
+/// `POST /v1/generations/{id}/cancel` by the job's own key. A queued job never starts: its
+/// record ends `failed` with error code `cancelled` at once (200). A running one stops after
+/// the denoising step under way and ends the same way (202 with the record as it stands; read
+/// it back, or wait on `events`). An ended job is answered as it is (200), unchanged.
+pub async fn cancel_generation(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    let st = state.clone();
+    let result = tokio::task::spawn_blocking(move || cancel(&st, &caller, &id))
+        .await
+        .map_err(ApiError::internal)
+        .and_then(|r| r);
+    into_response(result)
+}
+
+fn cancel(state: &Arc<AppState>, caller: &Caller, id: &str) -> Result<(StatusCode, Value), ApiError> {
+    let job = match state.store.job(id)? {
+        Some(job) if job.key_id == caller.0.id => job,
+        _ => return Err(ApiError::not_found("no such generation")),
+    };
+    let record: Value = serde_json::from_str(&job.response).map_err(ApiError::internal)?;
+    let queued = crate::queue::QueuedJob {
+        id: job.id.clone(),
+        key_id: job.key_id.clone(),
+        attempt: 0,
+        max_attempts: 0,
+        spec: String::new(),
+        response: job.response.clone(),
+        webhook: job.webhook_url.clone().zip(job.webhook_secret.clone()),
+        cancel: true,
+    };
+    match state.queue.request_cancel(id)?.as_deref() {
+        Some("queued") => {
+            let failed = jobs::failed_record(record.clone(), Code::Cancelled, "cancelled by the client");
+            if jobs::end(state, &queued, None, failed.clone()) {
+                return Ok((StatusCode::OK, jobs::render(state, &failed)));
+            }
+            // claimed meanwhile: the worker sees the flag when it starts or at its next heartbeat
+        }
+        Some("done") => return Ok((StatusCode::OK, jobs::render(state, &record))),
+        _ => {}
+    }
+    if let Some(flag) = state.running.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    let current = state
+        .store
+        .job(id)?
+        .map_or(record, |j| serde_json::from_str(&j.response).unwrap_or(Value::Null));
+    let status = if current["status"] == "processing" {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, jobs::render(state, &current)))
 }

@@ -1,0 +1,178 @@
+//! The worker side of the durable queue: one thread that claims jobs from the store for this
+//! process's engine, one at a time, keeps each claim alive with heartbeats while the engine
+//! runs it, and fails jobs whose attempts ran out. The engine thread finishes each job
+//! (`jobs::finish`), fenced by the attempt this thread claimed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use imagen_engine::worker::{Job, JobEvent};
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::error::Code;
+use crate::jobs::{end, failed_record, finish, set_progress};
+use crate::queue::QueuedJob;
+use crate::spec::JobSpec;
+use crate::webhook::now_ms;
+
+/// Wakes the dispatcher when a job is queued (otherwise it polls for expired leases).
+#[derive(Clone)]
+pub struct Dispatch(Sender<()>);
+
+impl Dispatch {
+    pub fn notify(&self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// The channel the dispatcher thread will listen on; [`spawn`] starts it once the state exists.
+pub fn channel_pair() -> (Dispatch, Receiver<()>) {
+    let (tx, rx) = channel();
+    (Dispatch(tx), rx)
+}
+
+pub fn spawn(state: Arc<AppState>, wake: Receiver<()>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("imagen-dispatch".into())
+        .spawn(move || run(state, wake))?;
+    Ok(())
+}
+
+/// Cancel flags of the jobs this process runs, by id (the cancel route sets them).
+pub type Running = Mutex<std::collections::HashMap<String, Arc<AtomicBool>>>;
+
+struct Current {
+    id: String,
+    attempt: u32,
+    cancel: Arc<AtomicBool>,
+}
+
+fn run(state: Arc<AppState>, wake: Receiver<()>) {
+    let lease = state.config.queue.lease_ms.max(30);
+    let beat = Duration::from_millis(lease / 3);
+    let (done_tx, done_rx) = channel::<()>();
+    let mut current: Option<Current> = None;
+    loop {
+        if let Some(c) = &current {
+            match done_rx.recv_timeout(beat) {
+                Ok(()) => current = None,
+                Err(RecvTimeoutError::Timeout) => match state.queue.heartbeat(&c.id, c.attempt, now_ms() + lease) {
+                    Ok(Some(false)) => {}
+                    // a cancel from another process, or the claim lost: stop after this step
+                    Ok(Some(true)) | Ok(None) => c.cancel.store(true, Ordering::SeqCst),
+                    Err(e) => eprintln!("imagen-dispatch: heartbeat of {}: {e}", c.id),
+                },
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            continue;
+        }
+        fail_exhausted(&state);
+        let now = now_ms();
+        match state.queue.claim(&state.owner, now, now + lease) {
+            Ok(Some(job)) => {
+                current = start(&state, job, done_tx.clone());
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => eprintln!("imagen-dispatch: claiming a job: {e}"),
+        }
+        // idle: a submission wakes us; otherwise look again for expired leases
+        if let Err(RecvTimeoutError::Disconnected) = wake.recv_timeout(beat.min(Duration::from_millis(500))) {
+            return;
+        }
+    }
+}
+
+/// Jobs whose worker died on their last attempt: failed, with their webhooks.
+fn fail_exhausted(state: &Arc<AppState>) {
+    let jobs = match state.queue.exhausted(now_ms()) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("imagen-dispatch: reading expired jobs: {e}");
+            return;
+        }
+    };
+    for job in jobs {
+        let message = format!(
+            "gave up after {} attempts: the worker running this generation stopped (crash, restart or timeout)",
+            job.attempt
+        );
+        end(
+            state,
+            &job,
+            Some(job.attempt),
+            failed_record(base(&job), Code::Internal, &message),
+        );
+    }
+}
+
+fn base(job: &QueuedJob) -> Value {
+    serde_json::from_str(&job.response).unwrap_or_else(|_| json!({"id": job.id}))
+}
+
+/// Hands a claimed job to the engine; `None` when it ended without running.
+fn start(state: &Arc<AppState>, job: QueuedJob, done: Sender<()>) -> Option<Current> {
+    let data_dir = &state.config.data_dir;
+    let parsed = serde_json::from_str::<JobSpec>(&job.spec)
+        .map_err(|e| e.to_string())
+        .and_then(|spec| Ok((spec.request(data_dir, &job.id).map_err(|e| e.to_string())?, spec)));
+    let (request, spec) = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            let record = failed_record(
+                base(&job),
+                Code::Internal,
+                &format!("the stored request is unreadable: {e}"),
+            );
+            end(state, &job, Some(job.attempt), record);
+            return None;
+        }
+    };
+    if job.cancel {
+        let record = failed_record(base(&job), Code::Cancelled, "cancelled by the client");
+        end(state, &job, Some(job.attempt), record);
+        return None;
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    lock(&state.running).insert(job.id.clone(), cancel.clone());
+    let current = Current {
+        id: job.id.clone(),
+        attempt: job.attempt,
+        cancel: cancel.clone(),
+    };
+    let (st, model, loras) = (state.clone(), spec.model.clone(), spec.loras.clone());
+    let mut done = Some(done);
+    let events = move |event: JobEvent| match event {
+        JobEvent::Started => set_progress(&st, &job.id, Some((0, 0))),
+        JobEvent::Progress { step, total } => set_progress(&st, &job.id, Some((step, total))),
+        JobEvent::Finished(result) => {
+            finish(&st, &job, &spec, result);
+            set_progress(&st, &job.id, None);
+            lock(&st.running).remove(&job.id);
+            if let Some(tx) = done.take() {
+                let _ = tx.send(());
+            }
+        }
+    };
+    let submitted = state.engine.submit(Job {
+        model,
+        loras,
+        request,
+        cancel,
+        events: Box::new(events),
+    });
+    if let Err(e) = submitted {
+        // the lease runs out and the job is claimed again (here or by another worker)
+        eprintln!("imagen-dispatch: the engine refused {}: {e:?}", current.id);
+        lock(&state.running).remove(&current.id);
+        return None;
+    }
+    Some(current)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
