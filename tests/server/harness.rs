@@ -258,9 +258,17 @@ pub struct Hook {
 
 /// A tiny HTTP server that answers 200 to every POST and hands the requests over.
 pub fn receiver(listener: TcpListener) -> mpsc::Receiver<Hook> {
+    scripted_receiver(listener, vec![OK.into()])
+}
+
+const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// [`receiver`] answering the n-th request with `answers[n]` (raw status line and headers; the
+/// last answer repeats).
+pub fn scripted_receiver(listener: TcpListener, answers: Vec<String>) -> mpsc::Receiver<Hook> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for stream in listener.incoming() {
+        for (nth, stream) in listener.incoming().enumerate() {
             let Ok(mut s) = stream else { continue };
             let mut reader = BufReader::new(s.try_clone().expect("clone"));
             let mut headers = HashMap::new();
@@ -278,7 +286,8 @@ pub fn receiver(listener: TcpListener) -> mpsc::Receiver<Hook> {
             let n: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
             let mut body = vec![0; n];
             let _ = reader.read_exact(&mut body);
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let answer = answers.get(nth).or(answers.last()).map_or(OK, String::as_str);
+            let _ = s.write_all(answer.as_bytes());
             let _ = tx.send(Hook {
                 headers,
                 body: String::from_utf8_lossy(&body).into_owned(),

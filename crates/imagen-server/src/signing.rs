@@ -26,6 +26,32 @@ pub fn webhook_signature(secret: &str, timestamp: u64, body: &str) -> String {
     )
 }
 
+/// The key of a Standard Webhooks signature: a `whsec_`-prefixed secret is base64 after the
+/// prefix (the scheme's convention); any other secret is used as its raw bytes (receivers pass
+/// them as bytes to their verifier).
+pub fn standard_webhooks_key(secret: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    secret
+        .strip_prefix("whsec_")
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .unwrap_or_else(|| secret.as_bytes().to_vec())
+}
+
+/// `webhook-signature` of the Standard Webhooks scheme (standardwebhooks.com):
+/// `v1,` + base64 HMAC-SHA256(key, "<webhook-id>.<webhook-timestamp>.<body>").
+pub fn standard_webhooks_signature(secret: &str, id: &str, timestamp: u64, body: &str) -> String {
+    use base64::Engine as _;
+    let key = standard_webhooks_key(secret);
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key) else {
+        return String::new();
+    };
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
 /// Constant-time comparison of two hex strings.
 pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -67,5 +93,17 @@ mod tests {
         );
         assert!(webhook_signature("s", 1, "{}").starts_with("sha256="));
         assert!(same("ab", "ab") && !same("ab", "ac") && !same("ab", "abc"));
+    }
+
+    /// The example of the Standard Webhooks reference libraries' tests
+    /// (`standard-webhooks/libraries`, python/tests: msg_p5jXN8AQM9LWM0D4loKWxJek, 1614265330).
+    #[test]
+    fn standard_webhooks_signature_matches_the_reference() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let body = r#"{"test": 2432232314}"#;
+        assert_eq!(
+            standard_webhooks_signature(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
     }
 }

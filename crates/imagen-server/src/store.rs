@@ -87,6 +87,8 @@ pub trait Store: Send + Sync {
     fn due_deliveries(&self, now_ms: u64, limit: usize) -> Result<Vec<Delivery>>;
     fn delivery_done(&self, id: i64, status: &str, attempts: u32, error: Option<&str>) -> Result<()>;
     fn delivery_retry(&self, id: i64, attempts: u32, next_ms: u64, error: &str) -> Result<()>;
+    /// A receiver answered `410 Gone`: every pending delivery to `url` stops (`gone`).
+    fn deliveries_gone(&self, url: &str, error: &str) -> Result<usize>;
     /// (status, attempts) of the deliveries for a job, for tests and operators.
     fn deliveries_for(&self, job_id: &str) -> Result<Vec<(String, u32)>>;
 }
@@ -348,6 +350,13 @@ impl Store for SqliteStore {
             params![id, attempts as i64, next_ms as i64, error],
         )?;
         Ok(())
+    }
+
+    fn deliveries_gone(&self, url: &str, error: &str) -> Result<usize> {
+        Ok(self.conn().execute(
+            "UPDATE deliveries SET status = 'gone', last_error = ?2 WHERE url = ?1 AND status = 'pending'",
+            params![url, error],
+        )?)
     }
 
     fn deliveries_for(&self, job_id: &str) -> Result<Vec<(String, u32)>> {

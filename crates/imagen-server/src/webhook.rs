@@ -1,9 +1,11 @@
 //! Webhook delivery: a thread that POSTs persisted deliveries, signed, retrying with exponential
 //! backoff. Deliveries live in the store, so a restart picks up where the last process stopped.
 //!
-//! Receivers verify with: `hex(HMAC-SHA256(webhook_secret, X-Imagen-Timestamp + "." + raw body))`
-//! equals the hex after `sha256=` in `X-Imagen-Signature` (compare in constant time, and reject
-//! timestamps too far from now to stop replays).
+//! Each delivery is signed twice: the Standard Webhooks scheme (`webhook-id` = the job id, the
+//! same on every retry; `webhook-timestamp`; `webhook-signature: v1,<base64 HMAC>`), which its
+//! libraries verify, and imagen's own `X-Imagen-Signature` (`sha256=` + hex HMAC-SHA256 of
+//! timestamp "." body). A `410 Gone` stops every pending delivery to that URL; `Retry-After`
+//! (seconds or an HTTP date) postpones the next attempt at least that long.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use crate::config::Webhooks;
 use crate::keys::now_secs;
-use crate::signing::webhook_signature;
+use crate::signing::{standard_webhooks_signature, webhook_signature};
 use crate::store::{Delivery, Store};
 
 pub fn now_ms() -> u64 {
@@ -74,11 +76,37 @@ fn deliver(agent: &ureq::Agent, store: &dyn Store, config: &Webhooks, d: &Delive
         .header("X-Imagen-Timestamp", ts.to_string())
         .header("X-Imagen-Signature", webhook_signature(&d.secret, ts, &d.body))
         .header("X-Imagen-Delivery", d.id.to_string())
+        .header("webhook-id", d.job_id.as_str())
+        .header("webhook-timestamp", ts.to_string())
+        .header(
+            "webhook-signature",
+            standard_webhooks_signature(&d.secret, &d.job_id, ts, &d.body),
+        )
         .send(d.body.as_str());
     let attempts = d.attempts + 1;
+    let mut retry_after_ms = 0;
     let error = match result {
         Ok(resp) if resp.status().is_success() => None,
-        Ok(resp) => Some(format!("HTTP {}", resp.status())),
+        Ok(resp) if resp.status().as_u16() == 410 => {
+            let e = "HTTP 410 Gone: the receiver retired this URL";
+            eprintln!("imagen-webhooks: {} answered 410; no more deliveries there", d.url);
+            if let Err(err) = store
+                .delivery_done(d.id, "gone", attempts, Some(e))
+                .and_then(|()| store.deliveries_gone(&d.url, e))
+            {
+                eprintln!("imagen-webhooks: recording delivery {}: {err}", d.id);
+            }
+            return;
+        }
+        Ok(resp) => {
+            retry_after_ms = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(retry_after)
+                .unwrap_or(0);
+            Some(format!("HTTP {}", resp.status()))
+        }
         Err(e) => Some(e.to_string()),
     };
     let written = match error {
@@ -91,11 +119,43 @@ fn deliver(agent: &ureq::Agent, store: &dyn Store, config: &Webhooks, d: &Delive
             let delay = config
                 .retry_base_ms
                 .saturating_mul(1 << (attempts - 1).min(20))
-                .min(3_600_000);
+                .min(3_600_000)
+                .max(retry_after_ms.min(86_400_000));
             store.delivery_retry(d.id, attempts, now_ms() + delay, &e)
         }
     };
     if let Err(e) = written {
         eprintln!("imagen-webhooks: recording delivery {}: {e}", d.id);
+    }
+}
+
+/// `Retry-After` in milliseconds: delay-seconds, or an HTTP date (RFC 9110).
+fn retry_after(v: &str) -> Option<u64> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(secs.saturating_mul(1000));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .map_or(0, |d| d.as_millis() as u64),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_after;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(retry_after("120"), Some(120_000));
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(0),
+            "a past date: now"
+        );
+        let later = httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(90));
+        assert!(retry_after(&later).is_some_and(|ms| (85_000..=90_000).contains(&ms)));
+        assert_eq!(retry_after("soon"), None);
     }
 }
