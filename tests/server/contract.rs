@@ -225,6 +225,7 @@ fn health_readiness_and_openapi_cover_every_route() {
         "/v1/models/{id}",
         "/v1/generations/{id}",
         "/v1/generations/{id}/cancel",
+        "/v1/generations/{id}/events",
         "/v1/images/{id}/{file}",
         "/v1/images/generations",
         "/v1/images/edits",

@@ -174,3 +174,115 @@ fn cancel_stops_queued_and_running_jobs() {
     );
     assert_eq!(next.status, 200, "{}", String::from_utf8_lossy(&next.body));
 }
+
+/// One SSE connection: the events an SSE client library (`eventsource-stream`) parses from the
+/// first `limit` events of the stream (all of it when the job ends first).
+fn sse(s: &Server, key: &str, id: &str, last_event_id: Option<&str>, limit: usize) -> Vec<eventsource_stream::Event> {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    use std::io::Read;
+    let mut req =
+        ureq::get(&s.url(&format!("/v1/generations/{id}/events"))).header("Authorization", format!("Bearer {key}"));
+    if let Some(last) = last_event_id {
+        req = req.header("Last-Event-ID", last);
+    }
+    let resp = req.call().expect("events");
+    assert_eq!(
+        resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let mut reader = resp.into_body().into_reader();
+    let mut events = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut raw = Vec::new();
+    // read until `limit` events have arrived (or the stream ends), then parse what came
+    while events.len() < limit {
+        let n = match reader.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => panic!("reading the stream: {e}"),
+        };
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let chunks = futures::stream::iter([Ok::<_, std::io::Error>(raw.clone())]);
+        events = futures::executor::block_on(chunks.eventsource().collect::<Vec<_>>())
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| !e.event.is_empty() || !e.data.is_empty())
+            .collect();
+    }
+    events
+}
+
+#[test]
+fn events_stream_progress_and_resume() {
+    let env = Env::new();
+    let key = env.key("pro", &[]);
+    let s = env.serve();
+    let slow = json!({"prompt": "x", "steps": 60, "width": 256, "height": 256, "seed": 1, "async": true});
+    let a = s.post("/v1/text-to-image", &key, &slow).json()["id"]
+        .as_str()
+        .expect("a")
+        .to_owned();
+    let b = s
+        .post(
+            "/v1/text-to-image",
+            &key,
+            &json!({"prompt": "y", "steps": 6, "seed": 2, "async": true}),
+        )
+        .json()["id"]
+        .as_str()
+        .expect("b")
+        .to_owned();
+    // b's stream, read whole in the background while a runs; a's read in two connections
+    let (events, (first, rest, resume_from)) = std::thread::scope(|scope| {
+        let b_stream = scope.spawn(|| sse(&s, &key, &b, None, usize::MAX));
+        // resuming a's stream: two progress events, then from the last one's id
+        let first = sse(&s, &key, &a, None, 2);
+        let resume_from = first.last().map(|e| e.id.clone()).expect("an event");
+        let rest = sse(&s, &key, &a, Some(&resume_from), usize::MAX);
+        (b_stream.join().expect("b's stream"), (first, rest, resume_from))
+    });
+    assert!(first.iter().all(|e| e.event == "progress"), "a was not running");
+    // b waited behind a: queued first, then its steps in order, then the final record
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"queued"), "{kinds:?}");
+    let queued: Value = serde_json::from_str(&events[0].data).expect("json");
+    assert!(queued["position"].as_u64().is_some_and(|p| p >= 1), "{queued}");
+    let steps: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|e| e.event == "progress")
+        .map(|e| {
+            let v: Value = serde_json::from_str(&e.data).expect("json");
+            (v["step"].as_u64().expect("step"), v["total"].as_u64().expect("total"))
+        })
+        .collect();
+    // every step, in order, up to the total (PNDM's warm-up makes 6 steps 7 model calls)
+    let (last_step, total) = *steps.last().expect("progress events");
+    assert!(total >= 6 && last_step == total, "{steps:?}");
+    assert!(
+        steps.iter().enumerate().all(|(i, &(s, _))| s == i as u64 + 1),
+        "{steps:?}"
+    );
+    let last = events.last().expect("final");
+    assert_eq!((last.event.as_str(), last.id.as_str()), ("completed", "done"));
+    let record: Value = serde_json::from_str(&last.data).expect("json");
+    assert_eq!(record["id"], b.as_str());
+    assert!(record["images"][0]["url"].as_str().is_some());
+
+    // another key sees nothing
+    let other = env.key("pro", &[]);
+    let r = s.get(&format!("/v1/generations/{a}/events"), Some(&other));
+    assert_eq!(r.status, 404);
+    // a's resumed stream: only steps after Last-Event-ID, then the end
+    let from: u64 = resume_from.parse().expect("numeric id");
+    for e in rest.iter().filter(|e| e.event == "progress") {
+        assert!(
+            e.id.parse::<u64>().expect("id") > from,
+            "step {} repeated after {from}",
+            e.id
+        );
+    }
+    assert_eq!(rest.last().map(|e| e.event.as_str()), Some("completed"));
+}

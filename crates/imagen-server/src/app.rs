@@ -40,6 +40,8 @@ pub struct AppState {
     pub waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
     /// Cancel flags of the jobs this process is running.
     pub running: Running,
+    /// Every (job id, step, total) the engine reports, for the `events` streams.
+    pub steps: tokio::sync::broadcast::Sender<(String, usize, usize)>,
 }
 
 impl AppState {
@@ -120,6 +122,7 @@ pub async fn start(mut config: Config) -> Result<(tokio::net::TcpListener, Arc<A
         dispatch,
         waiters: Mutex::new(HashMap::new()),
         running: Mutex::new(HashMap::new()),
+        steps: tokio::sync::broadcast::channel(1024).0,
     });
     jobs::recover(&state)?;
     dispatch::spawn(state.clone(), wake)?;

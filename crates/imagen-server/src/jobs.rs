@@ -115,6 +115,8 @@ pub fn set_progress(state: &AppState, id: &str, value: Option<(usize, usize)>) {
     let mut p = state.progress.lock().unwrap_or_else(|e| e.into_inner());
     match value {
         Some(v) => {
+            // nobody listening is not an error
+            let _ = state.steps.send((id.to_owned(), v.0, v.1));
             p.insert(id.to_owned(), v);
         }
         None => {

@@ -4,6 +4,7 @@
 
 mod auth;
 mod contract;
+mod events;
 mod files;
 mod openai;
 mod params;
@@ -34,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{id}", get(files::get_model))
         .route("/v1/generations/{id}", get(contract::get_generation))
         .route("/v1/generations/{id}/cancel", post(contract::cancel_generation))
+        .route("/v1/generations/{id}/events", get(events::generation_events))
         .route("/v1/images/generations", post(openai::generations))
         .route("/v1/images/edits", post(openai::edits))
         .route("/v1/images/variations", post(openai::variations))
