@@ -286,3 +286,69 @@ fn events_stream_progress_and_resume() {
     }
     assert_eq!(rest.last().map(|e| e.event.as_str()), Some("completed"));
 }
+
+/// Polls until a job reports a step (it is running).
+fn wait_running(s: &Server, key: &str, id: &str) {
+    let start = Instant::now();
+    loop {
+        let g = s.get(&format!("/v1/generations/{id}"), Some(key)).json();
+        if g["progress"]["step"].as_u64().unwrap_or(0) >= 1 {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{id} never started: {g}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM: nothing more is claimed; the running job finishes within the shutdown timeout, or
+/// is handed back to the queue without spending an attempt; nothing accepted is lost.
+#[test]
+fn sigterm_finishes_or_hands_back_the_running_job() {
+    let slow = json!({"prompt": "x", "steps": 30, "width": 256, "height": 256, "seed": 1, "async": true});
+    // time enough: the job ends before the process does
+    let env = Env::with_config("[queue]\nshutdown_timeout_ms = 60000\n");
+    let key = env.key("pro", &[]);
+    let mut s = env.serve();
+    let a = s.post("/v1/text-to-image", &key, &slow).json()["id"]
+        .as_str()
+        .expect("a")
+        .to_owned();
+    wait_running(&s, &key, &a);
+    assert!(s.terminate().success());
+    let store = SqliteStore::open(&env.data.join("imagen.db")).expect("store");
+    assert_eq!(store.job(&a).expect("job").expect("a").status, "completed");
+
+    // no time: the running job goes back to the queue unspent (max_attempts 1), the queued one
+    // stays; both complete after a restart
+    let env = Env::with_config("[queue]\nshutdown_timeout_ms = 100\nmax_attempts = 1\n");
+    let key = env.key("pro", &[]);
+    let mut s = env.serve();
+    let a = s.post("/v1/text-to-image", &key, &slow).json()["id"]
+        .as_str()
+        .expect("a")
+        .to_owned();
+    let b = s
+        .post(
+            "/v1/text-to-image",
+            &key,
+            &json!({"prompt": "y", "steps": 3, "seed": 2, "async": true}),
+        )
+        .json()["id"]
+        .as_str()
+        .expect("b")
+        .to_owned();
+    wait_running(&s, &key, &a);
+    assert!(s.terminate().success());
+    let store = SqliteStore::open(&env.data.join("imagen.db")).expect("store");
+    for id in [&a, &b] {
+        assert_eq!(store.job(id).expect("job").expect("id").status, "processing", "{id}");
+    }
+    let s = env.serve();
+    for id in [&a, &b] {
+        assert_eq!(
+            wait_done(&s, &key, id, Duration::from_secs(120))["status"],
+            "completed",
+            "{id}"
+        );
+    }
+}

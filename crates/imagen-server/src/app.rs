@@ -40,6 +40,8 @@ pub struct AppState {
     pub waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
     /// Cancel flags of the jobs this process is running.
     pub running: Running,
+    /// Set on SIGTERM / Ctrl-C: the dispatcher claims nothing more.
+    pub stopping: std::sync::atomic::AtomicBool,
     /// Every (job id, step, total) the engine reports, for the `events` streams.
     pub steps: tokio::sync::broadcast::Sender<(String, usize, usize)>,
 }
@@ -123,6 +125,7 @@ pub async fn start(mut config: Config) -> Result<(tokio::net::TcpListener, Arc<A
         waiters: Mutex::new(HashMap::new()),
         running: Mutex::new(HashMap::new()),
         steps: tokio::sync::broadcast::channel(1024).0,
+        stopping: std::sync::atomic::AtomicBool::new(false),
     });
     jobs::recover(&state)?;
     dispatch::spawn(state.clone(), wake)?;

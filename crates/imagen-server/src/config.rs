@@ -65,6 +65,9 @@ pub struct QueueConfig {
     pub lease_ms: u64,
     /// Claims before a job fails ("gave up after N attempts").
     pub max_attempts: u32,
+    /// On SIGTERM / Ctrl-C: how long the running job may take to finish before it is handed
+    /// back to the queue (it runs again on the next start, or on another worker).
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for QueueConfig {
@@ -72,6 +75,7 @@ impl Default for QueueConfig {
         QueueConfig {
             lease_ms: 30_000,
             max_attempts: 3,
+            shutdown_timeout_ms: 30_000,
         }
     }
 }

@@ -41,8 +41,9 @@ pub fn spawn(state: Arc<AppState>, wake: Receiver<()>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Cancel flags of the jobs this process runs, by id (the cancel route sets them).
-pub type Running = Mutex<std::collections::HashMap<String, Arc<AtomicBool>>>;
+/// The jobs this process runs, by id: the attempt it holds and the cancel flag (the cancel
+/// route and shutdown set it).
+pub type Running = Mutex<std::collections::HashMap<String, (u32, Arc<AtomicBool>)>>;
 
 struct Current {
     id: String,
@@ -66,6 +67,13 @@ fn run(state: Arc<AppState>, wake: Receiver<()>) {
                     Err(e) => eprintln!("imagen-dispatch: heartbeat of {}: {e}", c.id),
                 },
                 Err(RecvTimeoutError::Disconnected) => return,
+            }
+            continue;
+        }
+        if state.stopping.load(Ordering::SeqCst) {
+            // shutting down: claim nothing more
+            if let Err(RecvTimeoutError::Disconnected) = wake.recv_timeout(beat) {
+                return;
             }
             continue;
         }
@@ -137,7 +145,7 @@ fn start(state: &Arc<AppState>, job: QueuedJob, done: Sender<()>) -> Option<Curr
         return None;
     }
     let cancel = Arc::new(AtomicBool::new(false));
-    lock(&state.running).insert(job.id.clone(), cancel.clone());
+    lock(&state.running).insert(job.id.clone(), (job.attempt, cancel.clone()));
     let current = Current {
         id: job.id.clone(),
         attempt: job.attempt,
@@ -175,4 +183,30 @@ fn start(state: &Arc<AppState>, job: QueuedJob, done: Sender<()>) -> Option<Curr
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Graceful shutdown: no more claims; the running job may finish within `timeout`, else it is
+/// stopped and handed back to the queue unspent. Returns once nothing of this process runs.
+pub async fn drain(state: &Arc<AppState>, timeout: Duration) {
+    state.stopping.store(true, Ordering::SeqCst);
+    state.dispatch.notify();
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if lock(&state.running).is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let running: Vec<(String, u32, Arc<AtomicBool>)> = lock(&state.running)
+        .iter()
+        .map(|(id, (attempt, flag))| (id.clone(), *attempt, flag.clone()))
+        .collect();
+    for (id, attempt, flag) in running {
+        flag.store(true, Ordering::SeqCst);
+        match state.queue.release(&id, attempt) {
+            Ok(true) => eprintln!("imagen: {id} did not finish before shutdown; back in the queue"),
+            Ok(false) => {}
+            Err(e) => eprintln!("imagen: releasing {id}: {e}"),
+        }
+    }
 }

@@ -19,13 +19,26 @@ pub mod webhook;
 pub use config::Config;
 pub use error::{Error, Result};
 
-/// Serves until Ctrl-C / SIGTERM. `on_listen` gets the bound address once accepting.
+/// Serves until Ctrl-C / SIGTERM. `on_listen` gets the bound address once accepting. On the
+/// signal nothing more is claimed from the queue; the running job gets
+/// `[queue] shutdown_timeout_ms` to finish, else it goes back to the queue; then the process
+/// returns. Accepted jobs stay in the store either way (requests still waiting on them are cut
+/// off; the jobs run on the next start).
 pub async fn serve(config: Config, on_listen: impl FnOnce(std::net::SocketAddr)) -> Result<()> {
     let (listener, state) = app::start(config).await?;
     on_listen(listener.local_addr()?);
-    axum::serve(listener, routes::router(state))
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    let timeout = std::time::Duration::from_millis(state.config.queue.shutdown_timeout_ms);
+    let st = state.clone();
+    let drained = async move {
+        shutdown().await;
+        eprintln!("imagen: shutting down: no new jobs claimed; waiting for the running one");
+        dispatch::drain(&st, timeout).await;
+    };
+    let server = axum::serve(listener, routes::router(state));
+    tokio::select! {
+        served = server.into_future() => served?,
+        () = drained => {}
+    }
     Ok(())
 }
 

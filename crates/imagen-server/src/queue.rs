@@ -59,6 +59,9 @@ pub trait Queue: Send + Sync {
         outbox: Option<Outbox>,
         now_ms: u64,
     ) -> Result<bool>;
+    /// Gives a running attempt's job back to the queue at once (graceful shutdown), without
+    /// spending the attempt; `false` when that attempt no longer holds it.
+    fn release(&self, id: &str, attempt: u32) -> Result<bool>;
     /// Flags a cancel; the job's queue state (`queued`, `running`, `done`), `None` if unknown.
     fn request_cancel(&self, id: &str) -> Result<Option<String>>;
     /// Jobs waiting (position 1 = next), by id.
@@ -191,6 +194,14 @@ impl Queue for SqliteStore {
         }
         tx.commit()?;
         Ok(true)
+    }
+
+    fn release(&self, id: &str, attempt: u32) -> Result<bool> {
+        Ok(self.conn().execute(
+            "UPDATE jobs SET state = 'queued', attempt = attempt - 1, lease_owner = NULL, lease_until_ms = 0
+             WHERE id = ?1 AND attempt = ?2 AND state = 'running'",
+            params![id, attempt as i64],
+        )? == 1)
     }
 
     fn request_cancel(&self, id: &str) -> Result<Option<String>> {

@@ -301,7 +301,7 @@ fn cancel(state: &Arc<AppState>, caller: &Caller, id: &str) -> Result<(StatusCod
         Some("done") => return Ok((StatusCode::OK, jobs::render(state, &record))),
         _ => {}
     }
-    if let Some(flag) = state.running.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+    if let Some((_, flag)) = state.running.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
         flag.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     let current = state
