@@ -218,6 +218,23 @@ impl Server {
 
     /// Any method, optional key, optional (content type, body).
     pub fn request(&self, method: &str, path: &str, key: Option<&str>, body: Option<(&str, Vec<u8>)>) -> Resp {
+        self.request_with(method, path, key, body, &[])
+    }
+
+    /// A JSON POST with extra headers.
+    pub fn post_with(&self, path: &str, key: &str, body: &Value, headers: &[(&str, &str)]) -> Resp {
+        let bytes = serde_json::to_vec(body).expect("json");
+        self.request_with("POST", path, Some(key), Some(("application/json", bytes)), headers)
+    }
+
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<(&str, Vec<u8>)>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
         let url = if path.starts_with("http") {
             path.to_owned()
         } else {
@@ -226,6 +243,9 @@ impl Server {
         let mut b = ureq::http::Request::builder().method(method).uri(url);
         if let Some(k) = key {
             b = b.header("Authorization", format!("Bearer {k}"));
+        }
+        for (name, value) in headers {
+            b = b.header(*name, *value);
         }
         let (ct, bytes) = body.unwrap_or(("", Vec::new()));
         if !ct.is_empty() {

@@ -1,6 +1,7 @@
 //! Rate limits (exact under concurrency, persisted), the bounded queue, and restarts.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use imagen_server::keys;
 use imagen_server::store::{JobRecord, SqliteStore, Store};
@@ -142,4 +143,69 @@ fn a_full_queue_answers_503_and_loses_nothing() {
         }
         assert_eq!(status, "completed", "{id}");
     }
+}
+
+/// `Idempotency-Key`: the same request again gets the first answer (not run, not counted),
+/// another request with the key is 422, a second one while the first runs is 409; the keys
+/// of one API key are not another's.
+#[test]
+fn idempotency_keys_replay_once_counted_answers() {
+    let env = Env::new();
+    let key = env.key("pro", &[]);
+    let other = env.key("pro", &[]);
+    let s = Arc::new(env.serve());
+    let body = json!({"prompt": "x", "steps": 2, "seed": 7, "response_format": "b64_json"});
+    let first = s.post_with("/v1/text-to-image", &key, &body, &[("Idempotency-Key", "k1")]);
+    assert_eq!(first.status, 200, "{}", String::from_utf8_lossy(&first.body));
+    let again = s.post_with("/v1/text-to-image", &key, &body, &[("Idempotency-Key", "k1")]);
+    assert_eq!((again.status, &again.body), (200, &first.body));
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(
+        again.header("x-ratelimit-remaining"),
+        first.header("x-ratelimit-remaining")
+    );
+    let changed = json!({"prompt": "y", "steps": 2, "seed": 7});
+    s.post_with("/v1/text-to-image", &key, &changed, &[("Idempotency-Key", "k1")])
+        .assert_error(422, "idempotency_key_reused");
+    // another API key's k1 is its own
+    let theirs = s.post_with("/v1/text-to-image", &other, &changed, &[("Idempotency-Key", "k1")]);
+    assert_eq!(theirs.status, 200);
+
+    // async: the replay names the same job; no second one is queued
+    let queued = json!({"prompt": "x", "steps": 2, "seed": 8, "async": true});
+    let a = s.post_with("/v1/text-to-image", &key, &queued, &[("Idempotency-Key", "k2")]);
+    let b = s.post_with("/v1/text-to-image", &key, &queued, &[("Idempotency-Key", "k2")]);
+    assert_eq!((a.status, b.status), (202, 202));
+    assert_eq!(a.json()["id"], b.json()["id"]);
+
+    // while the first request with k3 is still running: 409
+    let slow = json!({"prompt": "x", "steps": 40, "width": 256, "height": 256, "seed": 9});
+    let (s2, key2, slow2) = (s.clone(), key.clone(), slow.clone());
+    let running =
+        std::thread::spawn(move || s2.post_with("/v1/text-to-image", &key2, &slow2, &[("Idempotency-Key", "k3")]));
+    std::thread::sleep(Duration::from_millis(200)); // the first is admitted and running
+    let mut saw_conflict = false;
+    for _ in 0..200 {
+        let r = s.post_with("/v1/text-to-image", &key, &slow, &[("Idempotency-Key", "k3")]);
+        if r.status == 409 {
+            r.assert_error(409, "idempotency_key_in_use");
+            saw_conflict = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let done = running.join().expect("first k3");
+    assert_eq!(done.status, 200);
+    assert!(saw_conflict, "no 409 while the first request ran");
+    let replay = s.post_with("/v1/text-to-image", &key, &slow, &[("Idempotency-Key", "k3")]);
+    assert_eq!(replay.body, done.body);
+
+    // counted: k1, k2 and k3 once each, nothing else
+    let store = SqliteStore::open(&env.data.join("imagen.db")).expect("store");
+    let record = store.key_by_hash(&keys::hash(&key)).expect("query").expect("key");
+    let day = store
+        .usage(&record.id, &keys::windows("pro"), keys::now_secs())
+        .expect("usage")[1]
+        .used;
+    assert_eq!(day, 3);
 }

@@ -34,6 +34,10 @@ pub enum Code {
     Internal,
     /// A generation stopped by `POST /v1/generations/{id}/cancel` (its record's error code).
     Cancelled,
+    /// An `Idempotency-Key` reused with a different request (422, the IETF draft's code).
+    IdempotencyKeyReused,
+    /// An `Idempotency-Key` whose first request is still being answered (409).
+    IdempotencyKeyInUse,
 }
 
 impl Code {
@@ -50,6 +54,8 @@ impl Code {
             Code::ServiceUnavailable => "service_unavailable",
             Code::Internal => "internal_error",
             Code::Cancelled => "cancelled",
+            Code::IdempotencyKeyReused => "idempotency_key_reused",
+            Code::IdempotencyKeyInUse => "idempotency_key_in_use",
         }
     }
 
@@ -67,6 +73,8 @@ impl Code {
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             // a waiting request whose job was cancelled meanwhile
             Code::Cancelled => StatusCode::CONFLICT,
+            Code::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::IdempotencyKeyInUse => StatusCode::CONFLICT,
         }
     }
 }

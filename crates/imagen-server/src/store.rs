@@ -87,6 +87,13 @@ pub trait Store: Send + Sync {
     fn due_deliveries(&self, now_ms: u64, limit: usize) -> Result<Vec<Delivery>>;
     fn delivery_done(&self, id: i64, status: &str, attempts: u32, error: Option<&str>) -> Result<()>;
     fn delivery_retry(&self, id: i64, attempts: u32, next_ms: u64, error: &str) -> Result<()>;
+    /// Looks up (and, when new, records as in flight) an API key's `Idempotency-Key`.
+    fn idempotency_begin(&self, key_id: &str, idem_key: &str, request_hash: &str, now: u64) -> Result<Idempotency>;
+    /// Stores the answer to replay.
+    fn idempotency_end(&self, key_id: &str, idem_key: &str, status: u16, content_type: &str, body: &[u8])
+    -> Result<()>;
+    /// Forgets an in-flight key (the request was not admitted: retrying it is a new request).
+    fn idempotency_abort(&self, key_id: &str, idem_key: &str) -> Result<()>;
     /// A receiver answered `410 Gone`: every pending delivery to `url` stops (`gone`).
     fn deliveries_gone(&self, url: &str, error: &str) -> Result<usize>;
     /// (status, attempts) of the deliveries for a job, for tests and operators.
@@ -112,7 +119,29 @@ CREATE TABLE IF NOT EXISTS deliveries (
     secret TEXT NOT NULL, body TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0, next_ms INTEGER NOT NULL, last_error TEXT);
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_ms);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key_id TEXT NOT NULL, idem_key TEXT NOT NULL, request_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL, status INTEGER, content_type TEXT, body BLOB,
+    PRIMARY KEY (key_id, idem_key));
 ";
+
+/// What an `Idempotency-Key` finds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Idempotency {
+    /// First use: recorded as in flight; answer it, then [`Store::idempotency_end`].
+    New,
+    /// Answered before: (status, content type, body) to send again.
+    Replay(u16, String, Vec<u8>),
+    /// Used before with another request.
+    Mismatch,
+    /// Its first request is still being answered.
+    InFlight,
+}
+
+/// How long a key is remembered, and after how long an answer that never came (the process
+/// died mid-request) stops blocking the key.
+pub const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
+pub const IDEMPOTENCY_ABANDONED_SECS: u64 = 3600;
 
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self> {
@@ -348,6 +377,65 @@ impl Store for SqliteStore {
         self.conn().execute(
             "UPDATE deliveries SET attempts = ?2, next_ms = ?3, last_error = ?4 WHERE id = ?1",
             params![id, attempts as i64, next_ms as i64, error],
+        )?;
+        Ok(())
+    }
+
+    fn idempotency_begin(&self, key_id: &str, idem_key: &str, request_hash: &str, now: u64) -> Result<Idempotency> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM idempotency WHERE key_id = ?1 AND (created_at < ?2 OR (status IS NULL AND created_at < ?3))",
+            params![
+                key_id,
+                now.saturating_sub(IDEMPOTENCY_TTL_SECS) as i64,
+                now.saturating_sub(IDEMPOTENCY_ABANDONED_SECS) as i64
+            ],
+        )?;
+        let found: Option<(String, Option<i64>, Option<String>, Option<Vec<u8>>)> = tx
+            .query_row(
+                "SELECT request_hash, status, content_type, body FROM idempotency WHERE key_id = ?1 AND idem_key = ?2",
+                params![key_id, idem_key],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let out = match found {
+            Some((hash, _, _, _)) if hash != request_hash => Idempotency::Mismatch,
+            Some((_, None, _, _)) => Idempotency::InFlight,
+            Some((_, Some(status), ct, body)) => {
+                Idempotency::Replay(status as u16, ct.unwrap_or_default(), body.unwrap_or_default())
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO idempotency (key_id, idem_key, request_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![key_id, idem_key, request_hash, now as i64],
+                )?;
+                Idempotency::New
+            }
+        };
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn idempotency_end(
+        &self,
+        key_id: &str,
+        idem_key: &str,
+        status: u16,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE idempotency SET status = ?3, content_type = ?4, body = ?5 WHERE key_id = ?1 AND idem_key = ?2",
+            params![key_id, idem_key, status as i64, content_type, body],
+        )?;
+        Ok(())
+    }
+
+    fn idempotency_abort(&self, key_id: &str, idem_key: &str) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM idempotency WHERE key_id = ?1 AND idem_key = ?2 AND status IS NULL",
+            params![key_id, idem_key],
         )?;
         Ok(())
     }

@@ -31,6 +31,26 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
         Err(e) => return e.with_flavor(flavor).into_response(),
     };
     let counts = req.method() == Method::POST;
+    // An Idempotency-Key replays the first answer before anything is counted.
+    let mut idem = None;
+    if counts {
+        match super::idempotency::key_of(&req) {
+            Ok(None) => {}
+            Ok(Some(k)) => match super::idempotency::admit(&state, &key.id, k, req).await {
+                super::idempotency::Admit::Run(r, k) => {
+                    req = r;
+                    idem = Some(k);
+                }
+                super::idempotency::Admit::Answer(mut resp) => {
+                    if let Ok(Ok(states)) = usage(&state, &key).await {
+                        rate_headers(resp.headers_mut(), &states);
+                    }
+                    return resp;
+                }
+            },
+            Err(e) => return e.with_flavor(flavor).into_response(),
+        }
+    }
     let key_plan = key.plan.clone();
     let windows = keys::windows(&key.plan);
     let store = state.store.clone();
@@ -50,6 +70,7 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
         Ok(Err(e)) => return ApiError::from(e).with_flavor(flavor).into_response(),
         Err(e) => return ApiError::internal(e).with_flavor(flavor).into_response(),
     };
+    let key_id = key.id.clone();
     let mut resp = if allowed {
         req.extensions_mut().insert(Caller(key));
         next.run(req).await
@@ -67,8 +88,20 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
         e.retry_after = Some(retry);
         e.into_response()
     };
+    if let Some(k) = idem {
+        resp = super::idempotency::finish(&state, &key_id, k, resp).await;
+    }
     rate_headers(resp.headers_mut(), &states);
     resp
+}
+
+/// The key's windows without counting.
+async fn usage(
+    state: &Arc<AppState>,
+    key: &KeyRecord,
+) -> Result<crate::Result<Vec<WindowState>>, tokio::task::JoinError> {
+    let (store, id, windows) = (state.store.clone(), key.id.clone(), keys::windows(&key.plan));
+    tokio::task::spawn_blocking(move || store.usage(&id, &windows, now_secs())).await
 }
 
 /// The caller's key from `Authorization: Bearer …` (401 when missing, malformed or revoked).

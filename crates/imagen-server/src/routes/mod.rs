@@ -6,6 +6,7 @@ mod auth;
 mod contract;
 mod events;
 mod files;
+mod idempotency;
 mod openai;
 mod params;
 
