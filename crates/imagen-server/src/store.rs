@@ -138,6 +138,9 @@ pub enum Idempotency {
     InFlight,
 }
 
+/// (request hash, status, content type, body) of a stored idempotent answer.
+type StoredAnswer = (String, Option<i64>, Option<String>, Option<Vec<u8>>);
+
 /// How long a key is remembered, and after how long an answer that never came (the process
 /// died mid-request) stops blocking the key.
 pub const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
@@ -392,7 +395,7 @@ impl Store for SqliteStore {
                 now.saturating_sub(IDEMPOTENCY_ABANDONED_SECS) as i64
             ],
         )?;
-        let found: Option<(String, Option<i64>, Option<String>, Option<Vec<u8>>)> = tx
+        let found: Option<StoredAnswer> = tx
             .query_row(
                 "SELECT request_hash, status, content_type, body FROM idempotency WHERE key_id = ?1 AND idem_key = ?2",
                 params![key_id, idem_key],
