@@ -209,3 +209,44 @@ fn idempotency_keys_replay_once_counted_answers() {
         .used;
     assert_eq!(day, 3);
 }
+
+/// Sockets that send half a request head are closed after `header_timeout_ms`; past
+/// `max_connections_per_address`, a client's new connections are closed at once; the server
+/// then answers as before.
+#[test]
+fn idle_and_slow_clients_are_cut_off() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let env = Env::with_config("[limits]\nmax_connections_per_address = 4\nheader_timeout_ms = 400\n");
+    let s = env.serve();
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let closed = |c: &mut TcpStream, within: Duration| {
+        c.set_read_timeout(Some(within)).expect("timeout");
+        let mut buf = [0u8; 256];
+        match c.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    };
+    let mut held: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut c = TcpStream::connect(&addr).expect("connect");
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .expect("half a head");
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut fifth = TcpStream::connect(&addr).expect("connect");
+    assert!(
+        closed(&mut fifth, Duration::from_secs(2)),
+        "a fifth connection was kept"
+    );
+    let start = std::time::Instant::now();
+    for c in &mut held {
+        assert!(closed(c, Duration::from_secs(5)), "a half-sent head was kept open");
+    }
+    assert!(start.elapsed() < Duration::from_secs(4));
+    assert_eq!(s.get("/healthz", None).status, 200);
+}

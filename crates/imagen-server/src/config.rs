@@ -53,6 +53,13 @@ pub struct Limits {
     pub max_loaded_models: usize,
     /// How long an image URL works without the API key.
     pub image_url_ttl_secs: u64,
+    /// Open connections one client address may hold (slow or idle clients cannot exhaust the
+    /// process's descriptors); more are closed at once.
+    pub max_connections_per_address: usize,
+    /// A request head (line and headers) must arrive within this; else the connection closes.
+    pub header_timeout_ms: u64,
+    /// A request body must arrive within this.
+    pub body_timeout_ms: u64,
 }
 
 /// The durable job queue (`[queue]`): how long a worker's claim on a job lasts without a
@@ -132,6 +139,9 @@ impl Default for Limits {
             queue_capacity: 32,
             max_loaded_models: 1,
             image_url_ttl_secs: 3600,
+            max_connections_per_address: 256,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 60_000,
         }
     }
 }

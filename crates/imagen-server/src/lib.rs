@@ -9,6 +9,7 @@ pub mod error;
 pub mod jobs;
 pub mod keys;
 pub mod media;
+pub mod net;
 pub mod queue;
 pub mod routes;
 pub mod signing;
@@ -34,9 +35,15 @@ pub async fn serve(config: Config, on_listen: impl FnOnce(std::net::SocketAddr))
         eprintln!("imagen: shutting down: no new jobs claimed; waiting for the running one");
         dispatch::drain(&st, timeout).await;
     };
-    let server = axum::serve(listener, routes::router(state));
+    let limits = &state.config.limits;
+    let server = net::serve(
+        listener,
+        routes::router(state.clone()),
+        limits.max_connections_per_address,
+        std::time::Duration::from_millis(limits.header_timeout_ms),
+    );
     tokio::select! {
-        served = server.into_future() => served?,
+        () = server => {}
         () = drained => {}
     }
     Ok(())
