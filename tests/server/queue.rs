@@ -55,7 +55,7 @@ fn accepted_jobs_survive_kill_9() {
             let mut body = job(seed);
             body["async"] = true.into();
             body["webhook_url"] = hook_url.clone().into();
-            body["webhook_secret"] = "whsec_q".into();
+            body["webhook_secret"] = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into();
             let r = s.post("/v1/text-to-image", &key, &body);
             posts += 1;
             assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
@@ -97,7 +97,10 @@ fn accepted_jobs_survive_kill_9() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while seen.len() < accepted.len() && Instant::now() < deadline {
         if let Ok(h) = hooks.recv_timeout(Duration::from_millis(200)) {
+            // signed, with the generation id as the stable webhook-id
+            crate::webhooks::verify_standard(&h, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
             let body: Value = serde_json::from_str(&h.body).expect("json");
+            assert_eq!(h.headers.get("webhook-id").map(String::as_str), body["id"].as_str());
             seen.insert(body["id"].as_str().unwrap_or_default().to_owned(), body);
         }
     }

@@ -12,7 +12,7 @@ use crate::harness::{Env, Hook, receiver, scripted_receiver};
 /// "<webhook-id>.<webhook-timestamp>.<raw body>" with the secret (after `whsec_`, base64).
 /// With IMAGEN_STANDARDWEBHOOKS_PYTHON naming a Python that has the `standardwebhooks`
 /// package, that package's own verifier checks the delivery too.
-fn verify_standard(hook: &Hook, secret: &str) {
+pub(crate) fn verify_standard(hook: &Hook, secret: &str) {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
     let id = hook.headers.get("webhook-id").expect("webhook-id");
