@@ -355,3 +355,51 @@ fn sigterm_finishes_or_hands_back_the_running_job() {
         );
     }
 }
+
+/// A model folder with a `taesd/` decoder: `GET /v1/models` says so, and every progress event
+/// of its jobs carries a small PNG preview of that step.
+#[test]
+fn events_carry_previews_with_a_tiny_decoder() {
+    let env = Env::new();
+    crate::harness::copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-taesd"),
+        &env.models.join("tiny-sd15/taesd"),
+    );
+    let key = env.key("pro", &[]);
+    let s = env.serve();
+    let models = s.get("/v1/models", Some(&key)).json();
+    let listed = models["data"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .find(|m| m["id"] == "tiny-sd15")
+        .cloned()
+        .expect("tiny-sd15");
+    assert_eq!(listed["previews"], true, "{listed}");
+    let body = json!({"prompt": "x", "model": "tiny-sd15", "steps": 4, "seed": 3, "width": 80, "height": 48,
+                      "scheduler": "euler", "async": true});
+    // the stream is opened before the job can start: a slow job ahead of it holds the engine
+    let ahead = json!({"prompt": "x", "model": "tiny-sd15", "steps": 30, "width": 256, "height": 256,
+                       "seed": 1, "async": true});
+    s.post("/v1/text-to-image", &key, &ahead);
+    let id = s.post("/v1/text-to-image", &key, &body).json()["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let events = sse(&s, &key, &id, None, usize::MAX);
+    let previews: Vec<image::RgbImage> = events
+        .iter()
+        .filter(|e| e.event == "progress")
+        .map(|e| {
+            use base64::Engine as _;
+            let v: Value = serde_json::from_str(&e.data).expect("json");
+            let uri = v["preview"].as_str().unwrap_or_else(|| panic!("no preview: {v}"));
+            let b64 = uri.strip_prefix("data:image/png;base64,").expect("a PNG data URI");
+            let png = base64::engine::general_purpose::STANDARD.decode(b64).expect("base64");
+            image::load_from_memory(&png).expect("png").to_rgb8()
+        })
+        .collect();
+    assert_eq!(previews.len(), 4);
+    assert!(previews.iter().all(|p| p.dimensions() == (80, 48)));
+    assert_ne!(previews[0], previews[3], "previews follow the denoising");
+}

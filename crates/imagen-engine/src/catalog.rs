@@ -44,6 +44,12 @@ pub struct ModelInfo {
     /// "q8_0"], "vae": ["f16"], ...}` (`f32`, `f16`, `bf16`, `f8_e4m3`, `f8_e5m2`, and GGUF's
     /// block types `q8_0`, `q4_0`, `q4_k`, ...).
     pub weight_formats: std::collections::BTreeMap<String, Vec<String>>,
+    /// A tiny preview decoder (diffusers `AutoencoderTiny`: taesd, taesdxl, taef1, taesd3) in
+    /// the model folder's `taesd/`: live previews of the steps.
+    #[serde(skip)]
+    pub preview_decoder: Option<PathBuf>,
+    /// Whether step previews are available (a `taesd/` decoder is in the folder).
+    pub previews: bool,
 }
 
 impl ModelInfo {
@@ -90,6 +96,8 @@ impl ModelInfo {
             default_steps: steps,
             default_guidance_scale: guidance,
             weight_formats: owned(folder.weight_formats()),
+            preview_decoder: None,
+            previews: false,
         })
     }
 }
@@ -119,6 +127,8 @@ impl ModelInfo {
             default_steps: steps,
             default_guidance_scale: guidance,
             weight_formats: owned(folder.weight_formats()),
+            preview_decoder: None,
+            previews: false,
         })
     }
 }
@@ -143,6 +153,8 @@ impl ModelInfo {
             default_steps: steps,
             default_guidance_scale: guidance,
             weight_formats: owned(folder.weight_formats()),
+            preview_decoder: None,
+            previews: false,
         })
     }
 }
@@ -225,6 +237,16 @@ pub struct Scan {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
+/// A model folder's `taesd/` (an `AutoencoderTiny` folder) as its preview decoder.
+fn with_previews(mut info: ModelInfo) -> ModelInfo {
+    let dir = info.path.join("taesd");
+    if dir.join("config.json").is_file() {
+        info.preview_decoder = Some(dir);
+        info.previews = true;
+    }
+    info
+}
+
 pub fn scan(dir: &Path) -> std::io::Result<Scan> {
     let mut models = Vec::new();
     let mut skipped = Vec::new();
@@ -253,7 +275,7 @@ pub fn scan(dir: &Path) -> std::io::Result<Scan> {
                 base_family: family.into(),
             }),
             None => match single_file(dir, path, &id) {
-                Ok(info) => models.push(info),
+                Ok(info) => models.push(with_previews(info)),
                 Err(why) => skipped.push((path.clone(), why)),
             },
         }
@@ -264,7 +286,7 @@ pub fn scan(dir: &Path) -> std::io::Result<Scan> {
             continue;
         };
         match ModelInfo::describe(&id, path) {
-            Ok(info) => models.push(info),
+            Ok(info) => models.push(with_previews(info)),
             Err(e) => skipped.push((path.clone(), e.to_string())),
         }
     }

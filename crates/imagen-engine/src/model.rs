@@ -174,6 +174,15 @@ impl Model {
         }
     }
 
+    /// Final latents (VAE-scaled) to images, with the model's own VAE.
+    pub fn decode(&self, latents: Tensor<4>) -> Result<Vec<RgbImage>> {
+        match self {
+            Model::StableDiffusion(sd) => pipeline::decode(&sd.vae, &sd.vae_config, latents),
+            Model::Flux(f) => pipeline::decode(&f.vae, &f.vae_config, latents),
+            Model::Sd3(s) => pipeline::decode(&s.vae, &s.vae_config, latents),
+        }
+    }
+
     /// `num_images` images, image `i` generated alone from seed `seed + i` (the server's batch
     /// semantics: any one can be reproduced by itself). Progress counts all images' steps.
     pub fn generate_seeded(
@@ -181,6 +190,18 @@ impl Model {
         req: &GenerateRequest,
         device: &Device,
         progress: Progress,
+    ) -> Result<Vec<(RgbImage, u64)>> {
+        self.generate_seeded_with(req, device, progress, &mut |_, _| {})
+    }
+
+    /// [`Self::generate_seeded`], handing each image's latents to `on_step` after every step
+    /// (the step within that image).
+    pub fn generate_seeded_with(
+        &self,
+        req: &GenerateRequest,
+        device: &Device,
+        progress: Progress,
+        on_step: StepLatents,
     ) -> Result<Vec<(RgbImage, u64)>> {
         pipeline::validate(req)?;
         let n = req.num_images;
@@ -197,7 +218,8 @@ impl Model {
                 ..*req
             };
             let mut each = |step: usize, total: usize| progress(i * total + step, n * total);
-            let image = self.generate(&one, device, &mut each)?.into_iter().next();
+            let latents = self.denoise_with(&one, device, &mut each, &mut *on_step)?;
+            let image = self.decode(latents)?.into_iter().next();
             out.extend(image.map(|im| (im, seed)));
         }
         Ok(out)

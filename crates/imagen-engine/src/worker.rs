@@ -26,7 +26,13 @@ pub struct Generated {
 /// What a job reports, in order: `Started`, any number of `Progress`, then `Finished`.
 pub enum JobEvent {
     Started,
-    Progress { step: usize, total: usize },
+    /// A small PNG of the latents after the step reported next (models with a `taesd/`
+    /// preview decoder).
+    Preview(Vec<u8>),
+    Progress {
+        step: usize,
+        total: usize,
+    },
     Finished(Result<Vec<Generated>>),
 }
 
@@ -83,6 +89,7 @@ impl Engine {
             models: config.models.into_iter().map(|m| (m.id.clone(), m)).collect(),
             lora_paths: config.loras.into_iter().map(|l| (l.id, l.path)).collect(),
             lora_files: HashMap::new(),
+            previews: HashMap::new(),
             loaded: Vec::new(),
             device,
             max_loaded: config.max_loaded.max(1),
@@ -125,6 +132,8 @@ struct EngineThread {
     lora_paths: HashMap<String, std::path::PathBuf>,
     /// Parsed LoRA files, kept once read (they are small next to a model).
     lora_files: HashMap<String, Arc<LoraFile>>,
+    /// Preview decoders by model id, loaded on first use (`None`: failed, not retried).
+    previews: HashMap<String, Option<Arc<Preview>>>,
     /// Most recently used last.
     loaded: Vec<(String, Arc<Model>)>,
     device: Device,
@@ -170,16 +179,52 @@ impl EngineThread {
                     .map_err(|e| Error::BadInput(format!("LoRA: {e}")))?,
             );
         }
+        let preview = self.preview(&job.model, sd.latent_channels());
+        // the step's preview waits here until its progress event goes out
+        let latest: std::cell::RefCell<Option<Vec<u8>>> = Default::default();
+        let mut on_step = |_: usize, latents: &burn::tensor::Tensor<4>| {
+            if let Some(p) = &preview {
+                *latest.borrow_mut() = p.png(latents);
+            }
+        };
         let (events, cancel) = (&mut job.events, &job.cancel);
         let mut progress = |step: usize, total: usize| {
+            if let Some(png) = latest.borrow_mut().take() {
+                events(JobEvent::Preview(png));
+            }
             events(JobEvent::Progress { step, total });
             !cancel.load(Ordering::SeqCst)
         };
-        let images = sd.generate_seeded(&job.request, &self.device, &mut progress)?;
+        let images = sd.generate_seeded_with(&job.request, &self.device, &mut progress, &mut on_step)?;
         Ok(images
             .into_iter()
             .map(|(image, seed)| Generated { image, seed })
             .collect())
+    }
+
+    /// The model's preview decoder, if it has one that takes its latents.
+    fn preview(&mut self, id: &str, channels: usize) -> Option<Arc<Preview>> {
+        if let Some(p) = self.previews.get(id) {
+            return p.clone();
+        }
+        let dir = self.models.get(id)?.preview_decoder.clone()?;
+        let loaded = match imagen_models::models::taesd::load(&dir, &self.device) {
+            Ok((config, _)) if config.latent_channels != channels => {
+                eprintln!(
+                    "imagen-engine: {}: {}-channel latents, the model's are {channels}; no previews",
+                    dir.display(),
+                    config.latent_channels
+                );
+                None
+            }
+            Ok((config, decoder)) => Some(Arc::new(Preview { config, decoder })),
+            Err(e) => {
+                eprintln!("imagen-engine: preview decoder {}: {e}; no previews", dir.display());
+                None
+            }
+        };
+        self.previews.insert(id.to_owned(), loaded.clone());
+        loaded
     }
 
     fn lora(&mut self, id: &str) -> Result<Arc<LoraFile>> {
@@ -225,4 +270,35 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "the engine panicked".into())
+}
+
+/// A tiny decoder for step previews.
+struct Preview {
+    config: imagen_models::models::taesd::AutoencoderTinyConfig,
+    decoder: imagen_models::models::taesd::TinyDecoder,
+}
+
+impl Preview {
+    /// Longest side of a preview image.
+    const SIDE: u32 = 256;
+
+    /// The first image of the batch as a PNG of at most [`Self::SIDE`] pixels a side.
+    fn png(&self, latents: &burn::tensor::Tensor<4>) -> Option<Vec<u8>> {
+        let first = latents.clone().narrow(0, 0, 1);
+        let image = crate::pipeline::tensor_to_images(self.decoder.decode(self.config.unscale(first)))
+            .ok()?
+            .into_iter()
+            .next()?;
+        let (w, h) = image.dimensions();
+        let scale = (Self::SIDE as f32 / w.max(h) as f32).min(1.0);
+        let small = image::imageops::resize(
+            &image,
+            ((w as f32 * scale) as u32).max(1),
+            ((h as f32 * scale) as u32).max(1),
+            image::imageops::FilterType::Triangle,
+        );
+        let mut out = std::io::Cursor::new(Vec::new());
+        small.write_to(&mut out, image::ImageFormat::Png).ok()?;
+        Some(out.into_inner())
+    }
 }

@@ -18,6 +18,10 @@ use crate::signing::server_secret;
 use crate::store::{SqliteStore, Store};
 use crate::webhook::{self, Notifier};
 
+/// One step of a job: (id, step, total, its preview as a data URI when the model has a
+/// preview decoder).
+pub type Step = (String, usize, usize, Option<Arc<str>>);
+
 pub struct AppState {
     pub config: Config,
     pub store: Arc<dyn Store>,
@@ -42,8 +46,11 @@ pub struct AppState {
     pub running: Running,
     /// Set on SIGTERM / Ctrl-C: the dispatcher claims nothing more.
     pub stopping: std::sync::atomic::AtomicBool,
-    /// Every (job id, step, total) the engine reports, for the `events` streams.
-    pub steps: tokio::sync::broadcast::Sender<(String, usize, usize)>,
+    /// Every step the engine reports, for the `events` streams.
+    pub steps: tokio::sync::broadcast::Sender<Step>,
+    /// The latest step preview of running jobs (a `data:image/png;base64,` URI), until the
+    /// step it belongs to is announced.
+    pub previews: Mutex<HashMap<String, Arc<str>>>,
 }
 
 impl AppState {
@@ -125,6 +132,7 @@ pub async fn start(mut config: Config) -> Result<(tokio::net::TcpListener, Arc<A
         waiters: Mutex::new(HashMap::new()),
         running: Mutex::new(HashMap::new()),
         steps: tokio::sync::broadcast::channel(1024).0,
+        previews: Mutex::new(HashMap::new()),
         stopping: std::sync::atomic::AtomicBool::new(false),
     });
     jobs::recover(&state)?;

@@ -155,6 +155,7 @@ fn start(state: &Arc<AppState>, job: QueuedJob, done: Sender<()>) -> Option<Curr
     let mut done = Some(done);
     let events = move |event: JobEvent| match event {
         JobEvent::Started => set_progress(&st, &job.id, Some((0, 0))),
+        JobEvent::Preview(png) => crate::jobs::set_preview(&st, &job.id, &png),
         JobEvent::Progress { step, total } => set_progress(&st, &job.id, Some((step, total))),
         JobEvent::Finished(result) => {
             finish(&st, &job, &spec, result);

@@ -115,14 +115,22 @@ pub fn set_progress(state: &AppState, id: &str, value: Option<(usize, usize)>) {
     let mut p = state.progress.lock().unwrap_or_else(|e| e.into_inner());
     match value {
         Some(v) => {
+            let preview = lock(&state.previews).remove(id);
             // nobody listening is not an error
-            let _ = state.steps.send((id.to_owned(), v.0, v.1));
+            let _ = state.steps.send((id.to_owned(), v.0, v.1, preview));
             p.insert(id.to_owned(), v);
         }
         None => {
             p.remove(id);
+            lock(&state.previews).remove(id);
         }
     }
+}
+
+/// A step preview (PNG) from the engine, sent with the step's progress event.
+pub fn set_preview(state: &AppState, id: &str, png: &[u8]) {
+    let uri = format!("data:image/png;base64,{}", STANDARD.encode(png));
+    lock(&state.previews).insert(id.to_owned(), uri.into());
 }
 
 pub fn failed_record(mut record: Value, code: Code, message: &str) -> Value {

@@ -1,6 +1,7 @@
 //! `GET /v1/generations/{id}/events`: a job's life as Server-Sent Events, for the key that
-//! made it. `queued` (data: `{"position"}`) while it waits, `progress` (`{"step","total"}`) as
-//! the engine reports steps, then one `completed` or `failed` event whose data is the final
+//! made it. `queued` (data: `{"position"}`) while it waits, `progress` (`{"step","total"}`, and
+//! `"preview"`: a small PNG data URI when the model folder has a `taesd/` decoder) as the
+//! engine reports steps, then one `completed` or `failed` event whose data is the final
 //! record (as `GET /v1/generations/{id}` answers it), and the stream ends.
 //!
 //! Event ids make the stream resumable: `queued` is `0`, a progress event its step, the final
@@ -18,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{Caller, into_response};
-use crate::app::AppState;
+use crate::app::{AppState, Step};
 use crate::error::ApiError;
 use crate::jobs;
 
@@ -29,9 +30,9 @@ struct Watch {
     state: Arc<AppState>,
     id: String,
     /// Every step the engine reports (subscribed before the first look, so none is missed).
-    steps: tokio::sync::broadcast::Receiver<(String, usize, usize)>,
+    steps: tokio::sync::broadcast::Receiver<Step>,
     /// Steps of this job received and not yet sent.
-    pending: std::collections::VecDeque<(usize, usize)>,
+    pending: std::collections::VecDeque<(usize, usize, Option<Arc<str>>)>,
     /// The last step sent (or resumed from); `None` before any event.
     last: Option<u64>,
     done: bool,
@@ -74,10 +75,10 @@ pub async fn generation_events(
 }
 
 /// Steps of this job after the last one sent, in order.
-fn take(w: &mut Watch, (id, step, total): (String, usize, usize)) {
+fn take(w: &mut Watch, (id, step, total, preview): Step) {
     if id == w.id && step > 0 && w.last.is_none_or(|l| step as u64 > l) {
         w.last = Some(step as u64);
-        w.pending.push_back((step, total));
+        w.pending.push_back((step, total, preview));
     }
 }
 
@@ -88,8 +89,12 @@ async fn next_event(w: &mut Watch) -> Event {
         while let Ok(m) = w.steps.try_recv() {
             take(w, m);
         }
-        if let Some((step, total)) = w.pending.pop_front() {
-            let data = json!({"step": step, "total": total}).to_string();
+        if let Some((step, total, preview)) = w.pending.pop_front() {
+            let mut data = json!({"step": step, "total": total});
+            if let Some(uri) = preview {
+                data["preview"] = uri.as_ref().into();
+            }
+            let data = data.to_string();
             return Event::default().event("progress").id(step.to_string()).data(data);
         }
         let (state, id) = (w.state.clone(), w.id.clone());
