@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Let requests pass `image` as an http(s) URL (public addresses only).
     #[arg(long)]
     allow_url_fetch: bool,
+    /// A PostgreSQL store shared by several servers (`postgres://…`); default: SQLite in the
+    /// data directory.
+    #[arg(long)]
+    store: Option<String>,
 }
 
 #[derive(clap::Subcommand)]
@@ -70,6 +74,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if let Some(v) = a.models_dir {
         config.models_dir = v;
     }
+    if let Some(v) = a.store {
+        config.store.url = Some(v);
+    }
     if let Some(v) = a.data_dir {
         config.data_dir = v;
     }
@@ -102,11 +109,13 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The data directory's store, or the PostgreSQL one `IMAGEN_STORE_URL` names.
 fn store_in(data_dir: PathBuf) -> Result<std::sync::Arc<dyn imagen_server::store::Store>> {
-    let config = Config {
+    let mut config = Config {
         data_dir,
         ..Config::default()
     };
+    config.store.url = std::env::var("IMAGEN_STORE_URL").ok().filter(|u| !u.is_empty());
     Ok(imagen_server::app::open_store(&config)?)
 }
 

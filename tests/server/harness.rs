@@ -92,6 +92,24 @@ impl Env {
         }
     }
 
+    /// `imagen keys create` against a PostgreSQL store.
+    pub fn key_on_store(&self, url: &str, plan: &str) -> String {
+        let out = Command::new(bin())
+            .args(["keys", "create", "--data-dir"])
+            .arg(&self.data)
+            .args(["--plan", plan])
+            .env("IMAGEN_STORE_URL", url)
+            .output()
+            .expect("imagen keys create");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .expect("key line")
+            .trim()
+            .to_owned()
+    }
+
     /// `imagen keys create`; the key is the last stdout line.
     pub fn key(&self, plan: &str, scopes: &[&str]) -> String {
         let mut cmd = Command::new(bin());

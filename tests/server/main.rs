@@ -7,4 +7,5 @@ mod harness;
 mod limits;
 mod openai;
 mod queue;
+mod shared_store;
 mod webhooks;

@@ -64,7 +64,17 @@ impl AppState {
 
 /// Opens the data directory's store (creating it), for the `keys` commands and the server.
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
-    Ok(open_sqlite(config)?)
+    Ok(open_stores(config)?.0)
+}
+
+/// The configured store as its two faces: SQLite in the data directory, or PostgreSQL.
+fn open_stores(config: &Config) -> Result<(Arc<dyn Store>, Arc<dyn Queue>)> {
+    if let Some(url) = &config.store.url {
+        let pg = Arc::new(crate::pg::PgStore::open(url)?);
+        return Ok((pg.clone(), pg));
+    }
+    let sqlite = open_sqlite(config)?;
+    Ok((sqlite.clone(), sqlite))
 }
 
 fn open_sqlite(config: &Config) -> Result<Arc<SqliteStore>> {
@@ -76,8 +86,8 @@ fn open_sqlite(config: &Config) -> Result<Arc<SqliteStore>> {
 /// Binds, recovers unfinished jobs, starts the threads; returns the listener and the state
 /// (the caller serves them: see [`crate::serve`]).
 pub async fn start(mut config: Config) -> Result<(tokio::net::TcpListener, Arc<AppState>)> {
-    let sqlite = open_sqlite(&config)?;
-    let (store, queue): (Arc<dyn Store>, Arc<dyn Queue>) = (sqlite.clone(), sqlite);
+    std::fs::create_dir_all(&config.data_dir)?;
+    let (store, queue) = open_stores(&config)?;
     std::fs::create_dir_all(config.data_dir.join("images"))?;
     let secret = server_secret(&config.data_dir)?;
     let found = scan(&config.models_dir)

@@ -27,6 +27,7 @@ pub struct Config {
     /// Model used when a request names none; default: the first by id.
     pub default_model: Option<String>,
     pub limits: Limits,
+    pub store: StoreConfig,
     pub queue: QueueConfig,
     pub webhooks: Webhooks,
     pub fetch: Fetch,
@@ -60,6 +61,16 @@ pub struct Limits {
     pub header_timeout_ms: u64,
     /// A request body must arrive within this.
     pub body_timeout_ms: u64,
+}
+
+/// Where keys, counters, jobs and deliveries live (`[store]`): the data directory's SQLite file
+/// by default, or a PostgreSQL server that several front-ends and workers share.
+#[derive(Deserialize, Serialize, Debug, Clone, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `postgres://user:password@host:port/database` (with `?options=-csearch_path%3Dschema` for
+    /// a schema of its own); unset: SQLite in the data directory.
+    pub url: Option<String>,
 }
 
 /// The durable job queue (`[queue]`): how long a worker's claim on a job lasts without a
@@ -120,6 +131,7 @@ impl Default for Config {
             default_model: None,
             limits: Limits::default(),
             queue: QueueConfig::default(),
+            store: StoreConfig::default(),
             webhooks: Webhooks::default(),
             fetch: Fetch::default(),
         }
@@ -183,7 +195,8 @@ impl Config {
     }
 
     /// `IMAGEN_BIND`, `IMAGEN_MODELS_DIR`, `IMAGEN_DATA_DIR`, `IMAGEN_PUBLIC_URL`,
-    /// `IMAGEN_BACKEND`, `IMAGEN_DTYPE`, `IMAGEN_DEFAULT_MODEL`, `IMAGEN_ALLOW_URL_FETCH`.
+    /// `IMAGEN_BACKEND`, `IMAGEN_DTYPE`, `IMAGEN_DEFAULT_MODEL`, `IMAGEN_ALLOW_URL_FETCH`,
+    /// `IMAGEN_STORE_URL`.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(v) = var("IMAGEN_BIND") {
             self.bind = v
@@ -204,6 +217,9 @@ impl Config {
         }
         if let Some(v) = var("IMAGEN_DTYPE") {
             self.dtype = v;
+        }
+        if let Some(v) = var("IMAGEN_STORE_URL") {
+            self.store.url = Some(v);
         }
         if let Some(v) = var("IMAGEN_DEFAULT_MODEL") {
             self.default_model = Some(v);

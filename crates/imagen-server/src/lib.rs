@@ -10,11 +10,14 @@ pub mod jobs;
 pub mod keys;
 pub mod media;
 pub mod net;
+pub mod pg;
 pub mod queue;
 pub mod routes;
 pub mod signing;
 pub mod spec;
 pub mod store;
+#[cfg(test)]
+mod store_tests;
 pub mod webhook;
 
 pub use config::Config;

@@ -457,29 +457,3 @@ impl Store for SqliteStore {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn windows_count_reset_and_refuse_when_full() {
-        let dir = std::env::temp_dir().join(format!("imagen-store-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let s = SqliteStore::open(&dir.join("t.db")).expect("open");
-        let w = [Window {
-            name: "minute",
-            secs: 60,
-            limit: 2,
-        }];
-        let t = 6000; // a window boundary
-        assert!(s.hit("k", &w, t).expect("hit").0);
-        assert!(s.hit("k", &w, t + 1).expect("hit").0);
-        let (ok, st) = s.hit("k", &w, t + 2).expect("hit");
-        assert!(!ok);
-        assert_eq!((st[0].used, st[0].reset), (2, t + 60));
-        assert!(s.hit("k", &w, t + 60).expect("next window").0);
-        assert!(s.hit("other", &w, t + 2).expect("other key").0);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
