@@ -83,3 +83,44 @@ fn generation_in_f16_matches_diffusers_png() {
     println!("f16 vs diffusers f32: max {max}/255, mean {mean:.3}/255");
     assert!(max <= 8 && mean <= 1.0, "f16 image: max {max}/255, mean {mean:.3}/255");
 }
+
+/// A Q8_0 GGUF checkpoint in f16: its linear weights stay quantized on the GPU (f32 scales,
+/// multiplied into f16 activations by burn-cubecl's matmul) and the image is within f16's bound
+/// plus Q8_0's own rounding (4/255 on the CPU, `tests/models/single_file.rs`) of diffusers'.
+#[test]
+fn quantized_gguf_in_f16_matches_diffusers_png() {
+    let Some(device) = f16_device() else { return };
+    let sd = StableDiffusion::load_single_file(
+        &fixture("single-file/tiny-sd15-q8_0.gguf"),
+        &fixture("tiny-sd15"),
+        &device,
+    )
+    .expect("load");
+    assert!(quantized_weights(&sd.unet) > 0, "no weight kept quantized");
+    let cases = cases("cases.json");
+    let case = cases
+        .iter()
+        .find(|c| c["model"] == "tiny-sd15" && c["kind"] == "txt2img" && c["scheduler"] == "euler")
+        .expect("an Euler txt2img case");
+    let got = generate(&sd, &case_request(case), &device, &mut |_, _| true).expect("generate");
+    let want = load_png(case["png"].as_str().expect("png"));
+    let (max, mean) = png_diff(&got[0], &want);
+    println!("Q8_0 in f16 vs diffusers f32: max {max}/255, mean {mean:.3}/255");
+    assert!(
+        max <= 12 && mean <= 1.5,
+        "Q8_0 f16 image: max {max}/255, mean {mean:.3}/255"
+    );
+}
+
+/// How many of `m`'s parameters are stored block-quantized.
+fn quantized_weights<M: burn::module::Module>(m: &M) -> usize {
+    struct Count(usize);
+    impl burn::module::ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<burn::tensor::Tensor<D>>) {
+            self.0 += matches!(p.val().dtype(), burn::tensor::DType::QFloat(_)) as usize;
+        }
+    }
+    let mut c = Count(0);
+    m.visit(&mut c);
+    c.0
+}

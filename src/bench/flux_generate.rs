@@ -34,6 +34,8 @@ struct RandomQ8 {
     path: Vec<(String, String)>,
     state: u64,
     bytes: usize,
+    /// Where the quantized weights are made (each backend has its own layout).
+    device: Device,
 }
 
 impl RandomQ8 {
@@ -78,7 +80,7 @@ impl ModuleMapper for RandomQ8 {
         }
         let scales = vec![scale; d_out * d_in / 32];
         self.bytes += q.len() + scales.len() * 4;
-        match imagen_models::ops::quantized_linear_weight(&q, &scales, d_out, d_in) {
+        match imagen_models::ops::quantized_linear_weight(&q, &scales, d_out, d_in, &self.device) {
             Some(t) => {
                 let id = param.id;
                 param.transform_for_load(Tensor::from_dispatch(t.into_dispatch()), id)
@@ -89,8 +91,9 @@ impl ModuleMapper for RandomQ8 {
 }
 
 /// `module` with random Q8_0 linear weights, and the bytes its weights take.
-fn random_q8<M: Module>(module: M, seed: u64) -> (M, usize) {
+fn random_q8<M: Module>(module: M, seed: u64, device: &Device) -> (M, usize) {
     let mut m = RandomQ8 {
+        device: device.clone(),
         path: Vec::new(),
         state: seed | 1,
         bytes: 0,
@@ -130,7 +133,7 @@ pub(super) fn run(a: &BenchArgs) -> Result<()> {
     // CLIP-L and the VAE in f32 as their safetensors are used beside GGUF transformers
     let text_encoder = clip_c.init(&device);
     let clip_bytes = text_encoder.num_params() * 4;
-    let (text_encoder_2, t5_bytes) = random_q8(t5_c.init(&device), 2);
+    let (text_encoder_2, t5_bytes) = random_q8(t5_c.init(&device), 2, &device);
     let built_text = started.elapsed().as_secs_f64();
     let mut flux = Flux {
         tokenizer: folder.tokenizer()?,
@@ -174,7 +177,7 @@ pub(super) fn run(a: &BenchArgs) -> Result<()> {
     flux.text_encoder_2 = t5_c.init(&device);
 
     let t = Instant::now();
-    let (transformer, tr_bytes) = random_q8(tr_c.init(&device), 3);
+    let (transformer, tr_bytes) = random_q8(tr_c.init(&device), 3, &device);
     flux.transformer = transformer;
     let build_s = t.elapsed().as_secs_f64();
     let t = Instant::now();

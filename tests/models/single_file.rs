@@ -179,3 +179,44 @@ fn quantized_weights<M: Module>(m: &M) -> usize {
     m.visit(&mut c);
     c.0
 }
+
+/// On wgpu the same GGUF files keep their linear weights quantized too (`gpu::quant`: packed
+/// values and scales that burn-cubecl's matmul dequantises as it loads each tile): the image
+/// equals the one from weights dequantised at load on the same device within float rounding,
+/// and the CPU's image of the same file within 2/255.
+#[cfg(feature = "wgpu")]
+#[test]
+fn gguf_weights_stay_quantized_on_wgpu() {
+    let Some(gpu) = crate::common::wgpu_device() else {
+        return;
+    };
+    let (cpu, config) = (Device::flex(), fixture("tiny-sd15"));
+    let case = cases("cases.json")
+        .into_iter()
+        .find(|c| c["png"] == "tiny-sd15-euler_a-img2img.png")
+        .expect("case");
+    let rgb = |raw: Vec<u8>| image::RgbImage::from_raw(64, 64, raw).expect("64² RGB");
+    for file in ["tiny-sd15-q8_0.gguf", "tiny-sd15-unet-q4_0.gguf"] {
+        let path = fixture(&format!("single-file/{file}"));
+        let load = |device: &Device| StableDiffusion::load_single_file(&path, &config, device).expect(file);
+        let kept = load(&gpu);
+        assert!(
+            quantized_weights(&kept.unet) > 0,
+            "{file}: no weight kept quantized on wgpu"
+        );
+        let at_load = Routes {
+            keep_quantized: false,
+            ..Routes::current()
+        }
+        .scoped(|| load(&gpu));
+        assert_eq!(quantized_weights(&at_load.unet), 0);
+        let got = rgb(render(&kept, &case, &gpu));
+        let (max_l, mean_l) = png_diff(&got, &rgb(render(&at_load, &case, &gpu)));
+        let (max_c, mean_c) = png_diff(&got, &rgb(render(&load(&cpu), &case, &cpu)));
+        println!("{file} on wgpu: {max_l}/{mean_l:.3} from dequantised at load, {max_c}/{mean_c:.3} from the CPU");
+        assert!(
+            max_l <= 1 && max_c <= 2,
+            "{file}: {max_l}/255 from at-load, {max_c}/255 from the CPU"
+        );
+    }
+}

@@ -8,7 +8,8 @@
 //! - [`fused`]: what burn runs as chains of element-wise launches, in one launch each (matmul
 //!   epilogues, bias + activation, the attention head split and merge, im2col with padding,
 //!   upsampling and group norm folded in, in-place band writes, channel concatenation);
-//! - [`cube`]: burn-cubecl's implicit-GEMM convolution and flash attention.
+//! - [`cube`]: burn-cubecl's implicit-GEMM convolution and flash attention;
+//! - [`quant`]: linear weights kept block-quantized for burn-cubecl's matmul.
 //!
 //! Where to add a kernel: write it in one of these files, add a method to [`GpuKernels`] (its
 //! default declines), implement it below, and call it from the op in `ops/` that owns the route,
@@ -28,6 +29,7 @@ mod cube;
 mod fused;
 mod kernels;
 mod launch;
+pub(crate) mod quant;
 
 /// The kernels of this module, as the ops reach them.
 pub struct Cube;

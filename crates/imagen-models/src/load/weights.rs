@@ -403,7 +403,6 @@ impl Loader<'_> {
         }
         if transpose
             && view.row_span(stored.first().copied().unwrap_or(0)).is_some()
-            && self.device.clone() == Device::flex()
             && let Some(t) = self.quantized(base, view, &stored, &want)
         {
             return Ok(t);
@@ -422,7 +421,7 @@ impl Loader<'_> {
 }
 
 impl Loader<'_> {
-    /// A linear weight (`[d_out, d_in]` in the file) kept block-quantized on the CPU, when the
+    /// A linear weight (`[d_out, d_in]` in the file) kept block-quantized on the device, when the
     /// file stores it so and the route keeps such weights ([`crate::ops::quantized_linear_weight`]).
     /// A row view (FLUX's fused q/k/v) keeps its rows' blocks: ggml's blocks run along rows.
     fn quantized<const D: usize>(&self, key: &str, view: View, stored: &[usize], want: &[usize]) -> Option<Tensor<D>> {
@@ -439,7 +438,7 @@ impl Loader<'_> {
         }
         let q = q[start * qr..(start + count) * qr].to_vec();
         let scales = scales[start * sr..(start + count) * sr].to_vec();
-        let t = crate::ops::quantized_linear_weight(&q, &scales, d_out, d_in)?;
+        let t = crate::ops::quantized_linear_weight(&q, &scales, d_out, d_in, self.device)?;
         // D is 2 (checked above); a dispatch tensor carries its own shape.
         Some(Tensor::from_dispatch(t.into_dispatch()))
     }

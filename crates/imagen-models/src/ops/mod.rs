@@ -68,12 +68,26 @@ pub fn prepare_weight<const D: usize>(container: &str, leaf: &str, t: Tensor<D>)
     layer_weight(container, leaf, t, Layout::PadRows)
 }
 
-/// A linear layer's weight `[d_in, d_out]` kept block-quantized in memory (see
-/// [`crate::cpu::quant`]), from a PyTorch-layout `[d_out, d_in]` weight's whole values and
-/// per-32 (or per-16) scales; `None` when the lengths disagree or `d_in` is not a whole number
-/// of blocks. The loader asks for it where [`Routes::keep_quantized`].
-pub fn quantized_linear_weight(q: &[i8], scales: &[f32], d_out: usize, d_in: usize) -> Option<Tensor<2>> {
-    crate::cpu::quant::from_rows(q, scales, d_out, d_in)
+/// A linear layer's weight `[d_in, d_out]` kept block-quantized in `device`'s memory (on the
+/// CPU [`crate::cpu::quant`]'s layout for its kernels, on GPU backends `gpu::quant`'s for
+/// burn-cubecl's matmul), from a PyTorch-layout `[d_out, d_in]` weight's whole values and
+/// per-32 (or per-16) scales; `None` when the lengths disagree, `d_in` is not a whole number
+/// of blocks, or the backend has no such storage. The loader asks for it where
+/// [`Routes::keep_quantized`].
+pub fn quantized_linear_weight(
+    q: &[i8],
+    scales: &[f32],
+    d_out: usize,
+    d_in: usize,
+    device: &Device,
+) -> Option<Tensor<2>> {
+    if *device == Device::flex() {
+        return crate::cpu::quant::from_rows(q, scales, d_out, d_in);
+    }
+    #[cfg(cube_kernels)]
+    return crate::gpu::quant::from_rows(q, scales, d_out, d_in, device);
+    #[cfg(not(cube_kernels))]
+    None
 }
 
 /// Whether this CPU runs bf16 weights (AMX-BF16 present and granted by the OS, or AVX512-BF16).
@@ -127,6 +141,20 @@ fn conv_like<'a>(conv: &'a burn::nn::conv::Conv2d, x: &Tensor<4>) -> std::borrow
 /// embedding, CLIP's projection), its weight cast to `x`'s type when stored narrower.
 /// x: `[.., in]` → `[.., out]`
 pub fn linear_plain<const D: usize>(lin: &burn::nn::Linear, x: Tensor<D>) -> Tensor<D> {
+    let w = lin.weight.val();
+    if on_gpu(&x) && matches!(w.dtype(), burn::tensor::DType::QFloat(_)) {
+        // kept quantized on a GPU: burn-cubecl's matmul reads it as it is, given 2-D operands
+        // (burn's `Linear` would broadcast the weight to 3-D, a copy of the quantized view)
+        let dims = x.dims();
+        let rows = dims[..D - 1].iter().product();
+        let mut y = x.reshape([rows, dims[D - 1]]).matmul(w);
+        if let Some(b) = &lin.bias {
+            y = y + b.val().unsqueeze();
+        }
+        let mut out = dims;
+        out[D - 1] = y.dims()[1];
+        return y.reshape(out);
+    }
     linear_like(lin, &x).forward(x)
 }
 
