@@ -42,6 +42,9 @@ enum Command {
     },
     /// Serve the Image Generation API (and OpenAI-compatible image routes) over HTTP.
     Serve(Box<serve::ServeArgs>),
+    /// Run jobs from a shared store (`--store postgres://…`) without serving HTTP: claims the
+    /// jobs of the models in its `--models-dir`, one at a time, on its `--backend`.
+    Worker(Box<serve::ServeArgs>),
     /// Create, list and revoke the server's API keys.
     #[command(subcommand)]
     Keys(serve::KeysCommand),
@@ -176,7 +179,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => run_generate(*args),
-        Command::Serve(args) => serve::serve(*args),
+        Command::Serve(args) => serve::serve(*args, false),
+        Command::Worker(args) => serve::serve(*args, true),
         Command::Keys(cmd) => serve::keys(cmd),
         Command::Bench(args) => bench::run(*args),
         Command::Quantize(args) => quantize::run(*args),

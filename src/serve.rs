@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use imagen_server::config::Role;
 use imagen_server::{Config, keys};
 
 #[derive(clap::Args)]
@@ -41,6 +42,9 @@ pub struct ServeArgs {
     /// data directory.
     #[arg(long)]
     store: Option<String>,
+    /// The API alone: no models loaded, no jobs claimed (`imagen worker` processes run them).
+    #[arg(long)]
+    no_worker: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -52,7 +56,8 @@ pub enum KeysCommand {
         /// free (10/min, 100/day), pro (100/min, 10,000/day), enterprise (1,000/min, 100,000/day).
         #[arg(long, default_value = "free")]
         plan: String,
-        /// Limit the key: text-to-image, image-to-image, variations, models, model:<id>. Repeatable.
+        /// Limit the key: text-to-image, image-to-image, variations, models, model:<id>; admin
+        /// adds the operator routes (`GET /v1/workers`). Repeatable.
         #[arg(long = "scope")]
         scopes: Vec<String>,
     },
@@ -69,8 +74,15 @@ pub enum KeysCommand {
     },
 }
 
-pub fn serve(a: ServeArgs) -> Result<()> {
+/// `imagen serve`, or with `worker` `imagen worker` (the same settings; `--bind` unused).
+pub fn serve(a: ServeArgs, worker: bool) -> Result<()> {
     let mut config = Config::load(a.config.as_deref())?;
+    config.role = match (worker, a.no_worker) {
+        (false, false) => Role::Both,
+        (false, true) => Role::Api,
+        (true, false) => Role::Worker,
+        (true, true) => bail!("--no-worker is for `imagen serve`; a worker without a worker runs nothing"),
+    };
     if let Some(v) = a.models_dir {
         config.models_dir = v;
     }

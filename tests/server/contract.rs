@@ -209,7 +209,20 @@ fn health_readiness_and_openapi_cover_every_route() {
     let env = Env::new();
     let s = env.serve();
     assert_eq!(s.get("/healthz", None).status, 200);
-    assert_eq!(s.get("/readyz", None).json()["status"], "ready");
+    let ready = s.get("/readyz", None).json();
+    assert_eq!(
+        (ready["status"].as_str(), ready["role"].as_str()),
+        (Some("ready"), Some("api+worker"))
+    );
+    // the embedded worker is on the register, for admin keys only
+    let admin = env.key("free", &["admin"]);
+    let workers = s.get("/v1/workers", Some(&admin)).json();
+    assert_eq!(workers["data"].as_array().map(Vec::len), Some(1), "{workers}");
+    assert!(
+        workers["data"][0]["models"].as_array().is_some_and(|m| m.len() > 1),
+        "{workers}"
+    );
+    assert_eq!(s.get("/v1/workers", Some(&env.key("free", &[]))).status, 403);
     let doc = s.get("/openapi.json", None).json();
     assert_eq!(doc["openapi"], "3.1.0");
     let committed: Value = serde_json::from_str(
@@ -223,6 +236,7 @@ fn health_readiness_and_openapi_cover_every_route() {
         "/v1/variations",
         "/v1/models",
         "/v1/models/{id}",
+        "/v1/workers",
         "/v1/generations/{id}",
         "/v1/generations/{id}/cancel",
         "/v1/generations/{id}/events",

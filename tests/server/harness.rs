@@ -93,11 +93,12 @@ impl Env {
     }
 
     /// `imagen keys create` against a PostgreSQL store.
-    pub fn key_on_store(&self, url: &str, plan: &str) -> String {
+    pub fn key_on_store(&self, url: &str, plan: &str, scopes: &[&str]) -> String {
         let out = Command::new(bin())
             .args(["keys", "create", "--data-dir"])
             .arg(&self.data)
             .args(["--plan", plan])
+            .args(scopes.iter().flat_map(|s| ["--scope", s]))
             .env("IMAGEN_STORE_URL", url)
             .output()
             .expect("imagen keys create");
@@ -128,6 +129,30 @@ impl Env {
     }
 
     pub fn serve(&self) -> Server {
+        self.serve_with(&[])
+    }
+
+    /// `imagen worker` (no listener: `base` is empty) over `models` (default: the env's models
+    /// directory); killed with -9 when dropped.
+    pub fn worker(&self, models: Option<&Path>) -> Server {
+        let mut cmd = Command::new(bin());
+        cmd.args(["worker", "--models-dir"])
+            .arg(models.unwrap_or(&self.models))
+            .arg("--data-dir")
+            .arg(&self.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        Server {
+            child: cmd.spawn().expect("spawn imagen worker"),
+            base: String::new(),
+        }
+    }
+
+    /// `imagen serve` with extra flags (e.g. `--no-worker`).
+    pub fn serve_with(&self, extra: &[&str]) -> Server {
         let mut cmd = Command::new(bin());
         cmd.args(["serve", "--bind", "127.0.0.1:0", "--models-dir"])
             .arg(&self.models)
@@ -138,6 +163,7 @@ impl Env {
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
+        cmd.args(extra);
         let mut child = cmd.spawn().expect("spawn imagen serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();

@@ -1,5 +1,6 @@
 //! Server start-up: the store, the engine thread, the webhook thread, the queue's dispatcher
-//! (which also picks up jobs a dead process left behind), then the HTTP listener.
+//! (which also picks up jobs a dead process left behind), then the HTTP listener; a process's
+//! [`Role`](crate::config::Role) leaves out the engine and dispatcher (API only) or the listener (worker only).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use crate::queue::Queue;
 use crate::signing::server_secret;
 use crate::store::{SqliteStore, Store};
 use crate::webhook::{self, Notifier};
+use crate::workers::{WorkerInfo, Workers};
 
 /// One step of a job: (id, step, total, its preview as a data URI when the model has a
 /// preview decoder).
@@ -27,9 +29,14 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// The same database as `store`, as the job queue.
     pub queue: Arc<dyn Queue>,
+    /// The same database, as the workers' register.
+    pub workers: Arc<dyn Workers>,
+    /// What this process advertises when it runs jobs (`None`: the API alone).
+    pub worker: Option<WorkerInfo>,
     /// This process's name on the leases it holds (`host-pid-random`).
     pub owner: String,
-    pub engine: Engine,
+    /// The models' thread; `None` in an API-only process.
+    pub engine: Option<Engine>,
     pub models: Vec<ModelInfo>,
     pub loras: Vec<LoraInfo>,
     /// Signs image URLs.
@@ -67,14 +74,16 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
     Ok(open_stores(config)?.0)
 }
 
-/// The configured store as its two faces: SQLite in the data directory, or PostgreSQL.
-fn open_stores(config: &Config) -> Result<(Arc<dyn Store>, Arc<dyn Queue>)> {
+type Faces = (Arc<dyn Store>, Arc<dyn Queue>, Arc<dyn Workers>);
+
+/// The configured store as its three faces: SQLite in the data directory, or PostgreSQL.
+fn open_stores(config: &Config) -> Result<Faces> {
     if let Some(url) = &config.store.url {
         let pg = Arc::new(crate::pg::PgStore::open(url)?);
-        return Ok((pg.clone(), pg));
+        return Ok((pg.clone(), pg.clone(), pg));
     }
     let sqlite = open_sqlite(config)?;
-    Ok((sqlite.clone(), sqlite))
+    Ok((sqlite.clone(), sqlite.clone(), sqlite))
 }
 
 fn open_sqlite(config: &Config) -> Result<Arc<SqliteStore>> {
@@ -83,11 +92,11 @@ fn open_sqlite(config: &Config) -> Result<Arc<SqliteStore>> {
     Ok(Arc::new(SqliteStore::open(&config.data_dir.join("imagen.db"))?))
 }
 
-/// Binds, recovers unfinished jobs, starts the threads; returns the listener and the state
-/// (the caller serves them: see [`crate::serve`]).
-pub async fn start(mut config: Config) -> Result<(tokio::net::TcpListener, Arc<AppState>)> {
+/// Binds (unless a worker alone), recovers unfinished jobs, starts the threads; returns the
+/// listener and the state (the caller serves them: see [`crate::serve`]).
+pub async fn start(mut config: Config) -> Result<(Option<tokio::net::TcpListener>, Arc<AppState>)> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let (store, queue) = open_stores(&config)?;
+    let (store, queue, workers) = open_stores(&config)?;
     std::fs::create_dir_all(config.data_dir.join("images"))?;
     let secret = server_secret(&config.data_dir)?;
     let found = scan(&config.models_dir)
@@ -102,22 +111,30 @@ pub async fn start(mut config: Config) -> Result<(tokio::net::TcpListener, Arc<A
             "default model {d:?} is not in the models directory"
         )));
     }
-    let listener = tokio::net::TcpListener::bind(config.bind).await?;
-    config.bind = listener.local_addr()?;
+    let listener = match config.role.api() {
+        true => Some(tokio::net::TcpListener::bind(config.bind).await?),
+        false => None,
+    };
+    if let Some(l) = &listener {
+        config.bind = l.local_addr()?;
+    }
     let preload = config
         .default_model
         .clone()
         .or_else(|| found.models.first().map(|m| m.id.clone()));
-    let engine = Engine::spawn(EngineConfig {
-        models: found.models.clone(),
-        loras: found.loras.clone(),
-        backend: config.backend.clone(),
-        dtype: config.dtype.clone(),
-        // the queue is the store's; the engine holds the one job the dispatcher hands it
-        queue_capacity: 1,
-        max_loaded: config.limits.max_loaded_models,
-        preload,
-    })?;
+    let engine = match config.role.worker() {
+        true => Some(Engine::spawn(EngineConfig {
+            models: found.models.clone(),
+            loras: found.loras.clone(),
+            backend: config.backend.clone(),
+            dtype: config.dtype.clone(),
+            // the queue is the store's; the engine holds the one job the dispatcher hands it
+            queue_capacity: 1,
+            max_loaded: config.limits.max_loaded_models,
+            preload,
+        })?),
+        false => None,
+    };
     let webhooks = webhook::spawn(store.clone(), config.webhooks.clone())?;
     let (dispatch, wake) = dispatch::channel_pair();
     let owner = format!(
@@ -126,11 +143,25 @@ pub async fn start(mut config: Config) -> Result<(tokio::net::TcpListener, Arc<A
         std::process::id(),
         crate::keys::random_hex(4).map_err(|e| Error::Config(e.to_string()))?
     );
+    let now = crate::webhook::now_ms();
+    let worker = config.role.worker().then(|| WorkerInfo {
+        id: owner.clone(),
+        host: std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
+        pid: std::process::id(),
+        backend: config.backend.clone(),
+        dtype: config.dtype.clone(),
+        models: found.models.iter().map(|m| m.id.clone()).collect(),
+        started_ms: now,
+        seen_ms: now,
+        running: None,
+    });
     let state = Arc::new(AppState {
         base_url: config.base_url(),
         config,
         store,
         queue,
+        workers,
+        worker,
         owner,
         engine,
         models: found.models,
@@ -146,6 +177,8 @@ pub async fn start(mut config: Config) -> Result<(tokio::net::TcpListener, Arc<A
         stopping: std::sync::atomic::AtomicBool::new(false),
     });
     jobs::recover(&state)?;
-    dispatch::spawn(state.clone(), wake)?;
+    if state.engine.is_some() {
+        dispatch::spawn(state.clone(), wake)?;
+    }
     Ok((listener, state))
 }

@@ -31,6 +31,28 @@ pub struct Config {
     pub queue: QueueConfig,
     pub webhooks: Webhooks,
     pub fetch: Fetch,
+    /// What this process does (set by the command, not the file).
+    #[serde(skip)]
+    pub role: Role,
+}
+
+/// `imagen serve` (both), `imagen serve --no-worker` (the API alone: no engine, no claims),
+/// `imagen worker` (claims and runs jobs; no HTTP listener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    #[default]
+    Both,
+    Api,
+    Worker,
+}
+
+impl Role {
+    pub fn api(self) -> bool {
+        self != Role::Worker
+    }
+    pub fn worker(self) -> bool {
+        self != Role::Api
+    }
 }
 
 /// Every bound a request is checked against; each can be set in the `[limits]` table.
@@ -134,6 +156,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             webhooks: Webhooks::default(),
             fetch: Fetch::default(),
+            role: Role::Both,
         }
     }
 }

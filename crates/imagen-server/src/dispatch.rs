@@ -56,7 +56,13 @@ fn run(state: Arc<AppState>, wake: Receiver<()>) {
     let beat = Duration::from_millis(lease / 3);
     let (done_tx, done_rx) = channel::<()>();
     let mut current: Option<Current> = None;
+    let mut advertised: Option<std::time::Instant> = None;
     loop {
+        // the worker's own heartbeat in the store, every beat, idle or not
+        if advertised.is_none_or(|t| t.elapsed() >= beat) && !state.stopping.load(Ordering::SeqCst) {
+            advertise(&state, current.as_ref().map(|c| c.id.clone()));
+            advertised = Some(std::time::Instant::now());
+        }
         if let Some(c) = &current {
             match done_rx.recv_timeout(beat) {
                 Ok(()) => current = None,
@@ -79,7 +85,8 @@ fn run(state: Arc<AppState>, wake: Receiver<()>) {
         }
         fail_exhausted(&state);
         let now = now_ms();
-        match state.queue.claim(&state.owner, now, now + lease) {
+        let models = state.worker.as_ref().map(|w| w.models.as_slice()).unwrap_or_default();
+        match state.queue.claim(&state.owner, models, now, now + lease) {
             Ok(Some(job)) => {
                 current = start(&state, job, done_tx.clone());
                 continue;
@@ -91,6 +98,19 @@ fn run(state: Arc<AppState>, wake: Receiver<()>) {
         if let Err(RecvTimeoutError::Disconnected) = wake.recv_timeout(beat.min(Duration::from_millis(500))) {
             return;
         }
+    }
+}
+
+/// Writes this worker's heartbeat (what it serves, the job it runs) to the store.
+fn advertise(state: &AppState, running: Option<String>) {
+    let Some(w) = &state.worker else { return };
+    let w = crate::workers::WorkerInfo {
+        seen_ms: now_ms(),
+        running,
+        ..w.clone()
+    };
+    if let Err(e) = state.workers.worker_beat(&w) {
+        eprintln!("imagen-dispatch: worker heartbeat: {e}");
     }
 }
 
@@ -166,7 +186,11 @@ fn start(state: &Arc<AppState>, job: QueuedJob, done: Sender<()>) -> Option<Curr
             }
         }
     };
-    let submitted = state.engine.submit(Job {
+    let Some(engine) = &state.engine else {
+        lock(&state.running).remove(&current.id);
+        return None;
+    };
+    let submitted = engine.submit(Job {
         model,
         loras,
         request,
@@ -191,9 +215,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub async fn drain(state: &Arc<AppState>, timeout: Duration) {
     state.stopping.store(true, Ordering::SeqCst);
     state.dispatch.notify();
+    let gone = || {
+        if let Err(e) = state.workers.worker_gone(&state.owner) {
+            eprintln!("imagen: removing this worker from the store: {e}");
+        }
+    };
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
         if lock(&state.running).is_empty() {
+            gone();
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -210,4 +240,5 @@ pub async fn drain(state: &Arc<AppState>, timeout: Duration) {
             Err(e) => eprintln!("imagen: releasing {id}: {e}"),
         }
     }
+    gone();
 }

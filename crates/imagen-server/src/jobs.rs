@@ -93,7 +93,13 @@ pub fn submit(state: &Arc<AppState>, sub: Submission) -> Result<(Value, Option<o
     let q = &state.config.queue;
     let accepted = state
         .queue
-        .enqueue(&job, &spec, q.max_attempts, state.config.limits.queue_capacity)
+        .enqueue(
+            &job,
+            &sub.model,
+            &spec,
+            q.max_attempts,
+            state.config.limits.queue_capacity,
+        )
         .map_err(ApiError::from);
     if !matches!(accepted, Ok(true)) {
         lock(&state.waiters).remove(&id);

@@ -11,6 +11,9 @@ pub const PLANS: [(&str, u64, u64); 3] = [("free", 10, 100), ("pro", 100, 10_000
 /// Scopes a key can be limited to; `model:<id>` limits it to models.
 pub const ENDPOINT_SCOPES: [&str; 4] = ["text-to-image", "image-to-image", "variations", "models"];
 
+/// Operator routes (`GET /v1/workers`): granted only by name, never by an unscoped key.
+pub const ADMIN_SCOPE: &str = "admin";
+
 /// The per-minute and per-day windows of a plan.
 pub fn windows(plan: &str) -> Vec<Window> {
     let (_, per_min, per_day) = PLANS.iter().copied().find(|p| p.0 == plan).unwrap_or(PLANS[0]);
@@ -50,9 +53,12 @@ pub fn create(store: &dyn Store, plan: &str, scopes: Vec<String>) -> Result<(Str
         return Err(Error::Config(format!("unknown plan {plan:?} (free, pro, enterprise)")));
     }
     for s in &scopes {
-        if !ENDPOINT_SCOPES.contains(&s.as_str()) && s.strip_prefix("model:").is_none_or(|m| m.is_empty()) {
+        if !ENDPOINT_SCOPES.contains(&s.as_str())
+            && s != ADMIN_SCOPE
+            && s.strip_prefix("model:").is_none_or(|m| m.is_empty())
+        {
             return Err(Error::Config(format!(
-                "unknown scope {s:?} (one of {}, or model:<id>)",
+                "unknown scope {s:?} (one of {}, admin, or model:<id>)",
                 ENDPOINT_SCOPES.join(", ")
             )));
         }
@@ -70,12 +76,13 @@ pub fn create(store: &dyn Store, plan: &str, scopes: Vec<String>) -> Result<(Str
     Ok((secret, record))
 }
 
-/// Whether `key` may call `endpoint` (one of [`ENDPOINT_SCOPES`]) on `model` (if any).
+/// Whether `key` may call `endpoint` (one of [`ENDPOINT_SCOPES`]) on `model` (if any); the
+/// admin scope adds the operator routes and restricts nothing.
 pub fn allows(key: &KeyRecord, endpoint: &str, model: Option<&str>) -> bool {
     let endpoints: Vec<&str> = key
         .scopes
         .iter()
-        .filter(|s| !s.starts_with("model:"))
+        .filter(|s| !s.starts_with("model:") && s.as_str() != ADMIN_SCOPE)
         .map(String::as_str)
         .collect();
     let models: Vec<&str> = key.scopes.iter().filter_map(|s| s.strip_prefix("model:")).collect();

@@ -19,6 +19,7 @@ pub mod store;
 #[cfg(test)]
 mod store_tests;
 pub mod webhook;
+pub mod workers;
 
 pub use config::Config;
 pub use error::{Error, Result};
@@ -28,9 +29,10 @@ pub use error::{Error, Result};
 /// `[queue] shutdown_timeout_ms` to finish, else it goes back to the queue; then the process
 /// returns. Accepted jobs stay in the store either way (requests still waiting on them are cut
 /// off; the jobs run on the next start).
+/// A worker alone (`Role::Worker`) binds nothing: `on_listen` is not called, and it runs jobs
+/// until the signal.
 pub async fn serve(config: Config, on_listen: impl FnOnce(std::net::SocketAddr)) -> Result<()> {
     let (listener, state) = app::start(config).await?;
-    on_listen(listener.local_addr()?);
     let timeout = std::time::Duration::from_millis(state.config.queue.shutdown_timeout_ms);
     let st = state.clone();
     let drained = async move {
@@ -38,6 +40,13 @@ pub async fn serve(config: Config, on_listen: impl FnOnce(std::net::SocketAddr))
         eprintln!("imagen: shutting down: no new jobs claimed; waiting for the running one");
         dispatch::drain(&st, timeout).await;
     };
+    let Some(listener) = listener else {
+        let models = state.worker.as_ref().map(|w| w.models.join(", ")).unwrap_or_default();
+        eprintln!("imagen worker {} running the jobs of: {models}", state.owner);
+        drained.await;
+        return Ok(());
+    };
+    on_listen(listener.local_addr()?);
     let limits = &state.config.limits;
     let server = net::serve(
         listener,

@@ -4,7 +4,7 @@
 //! processes; migrations are versioned in `imagen_migrations` and applied on open.
 //!
 //! It speaks through the synchronous `postgres` client, like the SQLite store's calls: the
-//! server reaches both from blocking threads. Not wired into `imagen serve` yet.
+//! server reaches both from blocking threads (`[store] url`, `--store`, `IMAGEN_STORE_URL`).
 
 use std::sync::Mutex;
 
@@ -18,7 +18,8 @@ use crate::store::{
 };
 
 /// Each migration once, in order; the version is its index + 1.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE keys (
     id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, plan TEXT NOT NULL, scopes TEXT NOT NULL,
     created_at BIGINT NOT NULL, revoked BOOLEAN NOT NULL DEFAULT FALSE);
@@ -41,7 +42,12 @@ CREATE TABLE idempotency (
     key_id TEXT NOT NULL, idem_key TEXT NOT NULL, request_hash TEXT NOT NULL,
     created_at BIGINT NOT NULL, status INT, content_type TEXT, body BYTEA,
     PRIMARY KEY (key_id, idem_key));
-"];
+",
+    "
+ALTER TABLE jobs ADD COLUMN model TEXT;
+CREATE TABLE workers (id TEXT PRIMARY KEY, info TEXT NOT NULL, seen_ms BIGINT NOT NULL);
+",
+];
 
 pub struct PgStore {
     client: Mutex<Client>,
@@ -81,14 +87,14 @@ impl PgStore {
         })
     }
 
-    fn client(&self) -> std::sync::MutexGuard<'_, Client> {
+    pub(crate) fn client(&self) -> std::sync::MutexGuard<'_, Client> {
         self.client.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 /// The blocking client must not run on an async worker as is: there it runs inside
 /// `block_in_place` (the server's runtime is multi-threaded); elsewhere directly.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         _ => f(),
@@ -294,12 +300,14 @@ impl Store for PgStore {
         })
     }
 
-    fn due_deliveries(&self, now_ms: u64, limit: usize) -> Result<Vec<Delivery>> {
+    fn due_deliveries(&self, now_ms: u64, limit: usize, lease_until_ms: u64) -> Result<Vec<Delivery>> {
         blocking(|| {
             let rows = self.client().query(
-                "SELECT id, job_id, url, secret, body, attempts FROM deliveries
-                 WHERE status = 'pending' AND next_ms <= $1 ORDER BY next_ms LIMIT $2",
-                &[&(now_ms as i64), &(limit as i64)],
+                "UPDATE deliveries SET next_ms = $3
+                 WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' AND next_ms <= $1
+                              ORDER BY next_ms LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING id, job_id, url, secret, body, attempts",
+                &[&(now_ms as i64), &(limit as i64), &(lease_until_ms as i64)],
             )?;
             Ok(rows
                 .iter()
@@ -424,12 +432,12 @@ impl Store for PgStore {
 }
 
 impl Queue for PgStore {
-    fn enqueue(&self, j: &JobRecord, spec: &str, max_attempts: u32, capacity: usize) -> Result<bool> {
+    fn enqueue(&self, j: &JobRecord, model: &str, spec: &str, max_attempts: u32, capacity: usize) -> Result<bool> {
         blocking(|| {
             let n = self.client().execute(
                 "INSERT INTO jobs (id, key_id, status, created_at, response, webhook_url, webhook_secret,
-                                   state, spec, max_attempts)
-                 SELECT $1, $2, 'processing', $3, $4, $5, $6, 'queued', $7, $8
+                                   state, spec, max_attempts, model)
+                 SELECT $1, $2, 'processing', $3, $4, $5, $6, 'queued', $7, $8, $10
                  WHERE (SELECT count(*) FROM jobs WHERE state = 'queued') < $9",
                 &[
                     &j.id,
@@ -441,25 +449,27 @@ impl Queue for PgStore {
                     &spec,
                     &(max_attempts.max(1) as i32),
                     &(capacity as i64),
+                    &model,
                 ],
             )?;
             Ok(n == 1)
         })
     }
 
-    fn claim(&self, owner: &str, now_ms: u64, lease_until_ms: u64) -> Result<Option<QueuedJob>> {
+    fn claim(&self, owner: &str, models: &[String], now_ms: u64, lease_until_ms: u64) -> Result<Option<QueuedJob>> {
         blocking(|| {
             let sql = format!(
                 "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = $1, lease_until_ms = $2
                  WHERE id = (SELECT id FROM jobs
-                             WHERE state = 'queued'
-                                OR (state = 'running' AND lease_until_ms < $3 AND attempt < max_attempts)
+                             WHERE (state = 'queued'
+                                    OR (state = 'running' AND lease_until_ms < $3 AND attempt < max_attempts))
+                               AND (model IS NULL OR model = ANY($4))
                              ORDER BY created_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED)
                  RETURNING {QUEUED_COLUMNS}"
             );
             let row = self
                 .client()
-                .query_opt(&sql, &[&owner, &(lease_until_ms as i64), &(now_ms as i64)])?;
+                .query_opt(&sql, &[&owner, &(lease_until_ms as i64), &(now_ms as i64), &models])?;
             Ok(row.as_ref().map(queued_from))
         })
     }

@@ -37,11 +37,11 @@ pub struct Outbox<'a> {
 }
 
 pub trait Queue: Send + Sync {
-    /// Adds a `queued` job unless `capacity` jobs already wait; `false` when full.
-    fn enqueue(&self, job: &JobRecord, spec: &str, max_attempts: u32, capacity: usize) -> Result<bool>;
-    /// Claims the oldest queued job, or a running one whose lease expired with attempts left,
-    /// for `owner` until `lease_until_ms`.
-    fn claim(&self, owner: &str, now_ms: u64, lease_until_ms: u64) -> Result<Option<QueuedJob>>;
+    /// Adds a `queued` job for `model` unless `capacity` jobs already wait; `false` when full.
+    fn enqueue(&self, job: &JobRecord, model: &str, spec: &str, max_attempts: u32, capacity: usize) -> Result<bool>;
+    /// Claims the oldest queued job for one of `models`, or a running one whose lease expired
+    /// with attempts left, for `owner` until `lease_until_ms`.
+    fn claim(&self, owner: &str, models: &[String], now_ms: u64, lease_until_ms: u64) -> Result<Option<QueuedJob>>;
     /// Extends the lease of `attempt`; `None` when that attempt no longer holds it, else whether
     /// a cancel was requested.
     fn heartbeat(&self, id: &str, attempt: u32, lease_until_ms: u64) -> Result<Option<bool>>;
@@ -80,6 +80,13 @@ pub(crate) const MIGRATION: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (state, created_at)",
 ];
 
+/// Schema version 2: the model a job needs (a worker claims only the models it has; jobs of
+/// older versions have none and go to any worker), and the workers' heartbeats.
+pub(crate) const MIGRATION_2: &[&str] = &[
+    "ALTER TABLE jobs ADD COLUMN model TEXT",
+    "CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, info TEXT NOT NULL, seen_ms INTEGER NOT NULL)",
+];
+
 const QUEUED_COLUMNS: &str = "id, key_id, attempt, max_attempts, spec, response, webhook_url, webhook_secret, cancel";
 
 fn queued_from_row(r: &rusqlite::Row) -> rusqlite::Result<QueuedJob> {
@@ -98,12 +105,12 @@ fn queued_from_row(r: &rusqlite::Row) -> rusqlite::Result<QueuedJob> {
 }
 
 impl Queue for SqliteStore {
-    fn enqueue(&self, j: &JobRecord, spec: &str, max_attempts: u32, capacity: usize) -> Result<bool> {
+    fn enqueue(&self, j: &JobRecord, model: &str, spec: &str, max_attempts: u32, capacity: usize) -> Result<bool> {
         // one statement: the capacity check and the insert are atomic
         let n = self.conn().execute(
             "INSERT INTO jobs (id, key_id, status, created_at, response, webhook_url, webhook_secret,
-                               state, spec, max_attempts)
-             SELECT ?1, ?2, 'processing', ?3, ?4, ?5, ?6, 'queued', ?7, ?8
+                               state, spec, max_attempts, model)
+             SELECT ?1, ?2, 'processing', ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?10
              WHERE (SELECT count(*) FROM jobs WHERE state = 'queued') < ?9",
             params![
                 j.id,
@@ -114,13 +121,15 @@ impl Queue for SqliteStore {
                 j.webhook_secret,
                 spec,
                 max_attempts.max(1) as i64,
-                capacity as i64
+                capacity as i64,
+                model
             ],
         )?;
         Ok(n == 1)
     }
 
-    fn claim(&self, owner: &str, now_ms: u64, lease_until_ms: u64) -> Result<Option<QueuedJob>> {
+    fn claim(&self, owner: &str, models: &[String], now_ms: u64, lease_until_ms: u64) -> Result<Option<QueuedJob>> {
+        let models = serde_json::to_string(models).unwrap_or_else(|_| "[]".into());
         Ok(self
             .conn()
             .query_row(
@@ -128,12 +137,13 @@ impl Queue for SqliteStore {
                     "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?1,
                                      lease_until_ms = ?2
                      WHERE id = (SELECT id FROM jobs
-                                 WHERE state = 'queued'
-                                    OR (state = 'running' AND lease_until_ms < ?3 AND attempt < max_attempts)
+                                 WHERE (state = 'queued'
+                                        OR (state = 'running' AND lease_until_ms < ?3 AND attempt < max_attempts))
+                                   AND (model IS NULL OR model IN (SELECT value FROM json_each(?4)))
                                  ORDER BY created_at, rowid LIMIT 1)
                      RETURNING {QUEUED_COLUMNS}"
                 ),
-                params![owner, lease_until_ms as i64, now_ms as i64],
+                params![owner, lease_until_ms as i64, now_ms as i64, models],
                 queued_from_row,
             )
             .optional()?)

@@ -84,7 +84,10 @@ pub trait Store: Send + Sync {
 
     fn insert_delivery(&self, job_id: &str, url: &str, secret: &str, body: &str, now_ms: u64) -> Result<()>;
     /// Pending deliveries due at `now_ms`, oldest first.
-    fn due_deliveries(&self, now_ms: u64, limit: usize) -> Result<Vec<Delivery>>;
+    /// Claims up to `limit` pending deliveries due at `now_ms`, oldest first, until
+    /// `lease_until_ms`: no other process takes them before then (one that dies with them
+    /// leaves them due again at that time).
+    fn due_deliveries(&self, now_ms: u64, limit: usize, lease_until_ms: u64) -> Result<Vec<Delivery>>;
     fn delivery_done(&self, id: i64, status: &str, attempts: u32, error: Option<&str>) -> Result<()>;
     fn delivery_retry(&self, id: i64, attempts: u32, next_ms: u64, error: &str) -> Result<()>;
     /// Looks up (and, when new, records as in flight) an API key's `Idempotency-Key`.
@@ -153,7 +156,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
-        // schema version 1: the job queue's columns (crate::queue)
+        // schema version 1: the job queue's columns; 2: jobs' models, workers (crate::queue)
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version < 1 {
             let tx = conn.transaction()?;
@@ -161,6 +164,14 @@ impl SqliteStore {
                 tx.execute(statement, [])?;
             }
             tx.pragma_update(None, "user_version", 1)?;
+            tx.commit()?;
+        }
+        if version < 2 {
+            let tx = conn.transaction()?;
+            for statement in crate::queue::MIGRATION_2 {
+                tx.execute(statement, [])?;
+            }
+            tx.pragma_update(None, "user_version", 2)?;
             tx.commit()?;
         }
         Ok(SqliteStore { conn: Mutex::new(conn) })
@@ -349,13 +360,15 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn due_deliveries(&self, now_ms: u64, limit: usize) -> Result<Vec<Delivery>> {
+    fn due_deliveries(&self, now_ms: u64, limit: usize, lease_until_ms: u64) -> Result<Vec<Delivery>> {
         let conn = self.conn();
         let mut st = conn.prepare(
-            "SELECT id, job_id, url, secret, body, attempts FROM deliveries
-             WHERE status = 'pending' AND next_ms <= ?1 ORDER BY next_ms LIMIT ?2",
+            "UPDATE deliveries SET next_ms = ?3
+             WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' AND next_ms <= ?1
+                          ORDER BY next_ms LIMIT ?2)
+             RETURNING id, job_id, url, secret, body, attempts",
         )?;
-        let rows = st.query_map(params![now_ms as i64, limit as i64], |r| {
+        let rows = st.query_map(params![now_ms as i64, limit as i64, lease_until_ms as i64], |r| {
             Ok(Delivery {
                 id: r.get(0)?,
                 job_id: r.get(1)?,

@@ -5,9 +5,10 @@
 use crate::pg::PgStore;
 use crate::queue::{Outbox, Queue};
 use crate::store::{Idempotency, JobRecord, SqliteStore, Store, Window};
+use crate::workers::{WorkerInfo, Workers};
 
-trait Both: Store + Queue {}
-impl<T: Store + Queue> Both for T {}
+trait Both: Store + Queue + Workers {}
+impl<T: Store + Queue + Workers> Both for T {}
 
 /// Runs `test` on SQLite, and on PostgreSQL when one is configured.
 fn each_store(name: &str, test: fn(&dyn Both)) {
@@ -33,6 +34,11 @@ fn each_store(name: &str, test: fn(&dyn Both)) {
         .expect("drop schema");
 }
 
+/// The models of a worker that has model `m`.
+fn ms() -> Vec<String> {
+    vec!["m".into()]
+}
+
 fn job(id: &str, t: u64) -> JobRecord {
     JobRecord {
         id: id.into(),
@@ -49,17 +55,20 @@ fn job(id: &str, t: u64) -> JobRecord {
 /// wins while the stale attempt's is fenced out; attempts run out; a release gives the
 /// attempt back.
 fn leases(s: &dyn Both) {
-    assert!(s.enqueue(&job("a", 1), "{}", 2, 10).expect("enqueue"));
-    assert!(s.enqueue(&job("b", 2), "{}", 1, 10).expect("enqueue"));
-    assert!(!s.enqueue(&job("c", 3), "{}", 1, 2).expect("full"), "capacity ignored");
+    assert!(s.enqueue(&job("a", 1), "m", "{}", 2, 10).expect("enqueue"));
+    assert!(s.enqueue(&job("b", 2), "m", "{}", 1, 10).expect("enqueue"));
+    assert!(
+        !s.enqueue(&job("c", 3), "m", "{}", 1, 2).expect("full"),
+        "capacity ignored"
+    );
     assert_eq!(s.position("b").expect("pos"), Some(2));
-    let a1 = s.claim("w1", 1000, 2000).expect("claim").expect("a");
+    let a1 = s.claim("w1", &ms(), 1000, 2000).expect("claim").expect("a");
     assert_eq!((a1.id.as_str(), a1.attempt), ("a", 1));
     assert_eq!(s.heartbeat("a", 1, 3000).expect("hb"), Some(false));
     // w1 dies; its lease runs out at 3000: a, the oldest, is claimed again before b
-    let a2 = s.claim("w2", 3500, 4500).expect("claim").expect("a again");
+    let a2 = s.claim("w2", &ms(), 3500, 4500).expect("claim").expect("a again");
     assert_eq!((a2.id.as_str(), a2.attempt), ("a", 2));
-    let b1 = s.claim("w2", 3600, 4600).expect("claim").expect("b");
+    let b1 = s.claim("w2", &ms(), 3600, 4600).expect("claim").expect("b");
     assert_eq!((b1.id.as_str(), b1.attempt), ("b", 1));
     assert_eq!(
         s.heartbeat("a", 1, 9000).expect("hb"),
@@ -82,21 +91,27 @@ fn leases(s: &dyn Both) {
     assert_eq!(s.job("a").expect("job").expect("a").response, "fresh");
     assert_eq!(s.deliveries_for("a").expect("deliveries").len(), 1);
     // b's lease expires on its last attempt: exhausted, not claimable
-    assert!(s.claim("w3", 5000, 6000).expect("claim").is_none());
+    assert!(s.claim("w3", &ms(), 5000, 6000).expect("claim").is_none());
     let gone = s.exhausted(5000).expect("exhausted");
     assert_eq!(gone.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["b"]);
     // a graceful release: queued again, the attempt not spent
-    assert!(s.enqueue(&job("d", 4), "{}", 1, 10).expect("enqueue"));
-    let d1 = s.claim("w4", 6000, 7000).expect("claim").expect("d");
+    assert!(s.enqueue(&job("d", 4), "m", "{}", 1, 10).expect("enqueue"));
+    let d1 = s.claim("w4", &ms(), 6000, 7000).expect("claim").expect("d");
     assert!(s.release("d", d1.attempt).expect("release"));
-    assert_eq!(s.claim("w5", 6100, 7100).expect("claim").expect("d again").attempt, 1);
+    assert_eq!(
+        s.claim("w5", &ms(), 6100, 7100)
+            .expect("claim")
+            .expect("d again")
+            .attempt,
+        1
+    );
 }
 
 fn cancels(s: &dyn Both) {
-    assert!(s.enqueue(&job("a", 1), "{}", 3, 10).expect("enqueue"));
+    assert!(s.enqueue(&job("a", 1), "m", "{}", 3, 10).expect("enqueue"));
     assert_eq!(s.request_cancel("a").expect("cancel").as_deref(), Some("queued"));
     assert!(s.finish("a", None, "failed", "cancelled", None, 10).expect("finish"));
-    assert!(s.claim("w", 20, 30).expect("claim").is_none());
+    assert!(s.claim("w", &ms(), 20, 30).expect("claim").is_none());
     assert!(!s.finish("a", None, "failed", "again", None, 40).expect("twice"));
     assert_eq!(s.request_cancel("zzz").expect("cancel"), None);
 }
@@ -172,4 +187,75 @@ fn rate_windows_count_and_refuse() {
 #[test]
 fn idempotency_keys_remember_answers() {
     each_store("idempotency", idempotency);
+}
+
+/// A worker claims only the jobs of the models it has; jobs of other models wait for theirs.
+fn models(s: &dyn Both) {
+    assert!(s.enqueue(&job("x", 1), "other", "{}", 1, 10).expect("enqueue"));
+    assert!(s.enqueue(&job("y", 2), "m", "{}", 1, 10).expect("enqueue"));
+    assert_eq!(s.claim("w1", &ms(), 10, 20).expect("claim").expect("y").id, "y");
+    assert!(
+        s.claim("w1", &ms(), 30, 40).expect("claim").is_none(),
+        "claimed another model's job"
+    );
+    let both = vec!["m".to_string(), "other".to_string()];
+    assert_eq!(s.claim("w2", &both, 50, 60).expect("claim").expect("x").id, "x");
+    assert!(s.claim("w3", &[], 70, 80).expect("claim").is_none());
+}
+
+/// Heartbeats register a worker and replace its row; old ones drop out; a stopping one leaves.
+fn workers(s: &dyn Both) {
+    let w = |id: &str, seen: u64| WorkerInfo {
+        id: id.into(),
+        host: "h".into(),
+        pid: 7,
+        backend: "cpu".into(),
+        dtype: "f32".into(),
+        models: ms(),
+        started_ms: 1,
+        seen_ms: seen,
+        running: None,
+    };
+    s.worker_beat(&w("a", 100)).expect("beat");
+    s.worker_beat(&w("b", 100)).expect("beat");
+    let running = WorkerInfo {
+        running: Some("gen_1".into()),
+        ..w("a", 500)
+    };
+    s.worker_beat(&running).expect("beat");
+    assert_eq!(s.workers(0).expect("list"), vec![running.clone(), w("b", 100)]);
+    assert_eq!(s.workers(200).expect("list"), vec![running], "b not seen since 200");
+    s.worker_gone("a").expect("gone");
+    assert!(s.workers(0).expect("list").is_empty());
+}
+
+#[test]
+fn workers_claim_only_their_models() {
+    each_store("models", models);
+}
+
+#[test]
+fn workers_register_and_expire() {
+    each_store("workers", workers);
+}
+
+/// A due delivery goes to one sender until its lease runs out, then to the next.
+fn delivery_leases(s: &dyn Both) {
+    s.insert_delivery("j", "http://127.0.0.1:9/hook", "s", "{}", 100)
+        .expect("insert");
+    let first = s.due_deliveries(100, 16, 1000).expect("due");
+    assert_eq!(first.len(), 1);
+    assert!(
+        s.due_deliveries(500, 16, 1500).expect("due").is_empty(),
+        "claimed twice"
+    );
+    let again = s.due_deliveries(1000, 16, 2000).expect("due");
+    assert_eq!(again.iter().map(|d| d.id).collect::<Vec<_>>(), [first[0].id]);
+    s.delivery_done(first[0].id, "delivered", 1, None).expect("done");
+    assert!(s.due_deliveries(5000, 16, 6000).expect("due").is_empty());
+}
+
+#[test]
+fn deliveries_are_claimed_by_one_sender_at_a_time() {
+    each_store("deliveries", delivery_leases);
 }

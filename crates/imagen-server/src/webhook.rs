@@ -48,7 +48,10 @@ fn run(store: Arc<dyn Store>, config: Webhooks, wake: Receiver<()>) {
         .build()
         .into();
     loop {
-        let due = match store.due_deliveries(now_ms(), 16) {
+        // claimed for as long as sending them all could take (each attempt is bounded)
+        const BATCH: usize = 16;
+        let lease = now_ms() + config.timeout_ms.saturating_mul(BATCH as u64 + 1);
+        let due = match store.due_deliveries(now_ms(), BATCH, lease) {
             Ok(d) => d,
             Err(e) => {
                 eprintln!("imagen-webhooks: reading deliveries: {e}");

@@ -10,12 +10,14 @@ use axum::response::{IntoResponse, Response};
 use imagen_engine::catalog::ModelInfo;
 use serde_json::{Value, json};
 
-use super::{Caller, into_response};
+use super::Caller;
 use crate::app::AppState;
+use crate::config::Role;
 use crate::error::{ApiError, Code};
 use crate::keys::{self, now_secs};
 use crate::media::OutputFormat;
 use crate::signing::{same, url_signature};
+use crate::workers::WorkerInfo;
 
 pub const OPENAPI: &str = include_str!("../../openapi.json");
 
@@ -121,13 +123,47 @@ pub async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
+/// Ready once this process's engine has its first model (an API-only process at once), with
+/// the live workers on the shared store.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    into_response(if state.engine.ready() {
-        Ok((
-            StatusCode::OK,
-            json!({"status": "ready", "models": state.models.len(), "queued": state.engine.queued()}),
-        ))
-    } else {
-        Err(ApiError::new(Code::ServiceUnavailable, "no model is loaded yet"))
-    })
+    if let Some(engine) = &state.engine
+        && !engine.ready()
+    {
+        return ApiError::new(Code::ServiceUnavailable, "no model is loaded yet").into_response();
+    }
+    let workers = match live_workers(&state).await {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
+    let queued = state.engine.as_ref().map_or(0, |e| e.queued());
+    let body = json!({
+        "status": "ready",
+        "role": match state.config.role { Role::Both => "api+worker", Role::Api => "api", Role::Worker => "worker" },
+        "models": state.models.len(),
+        "queued": queued,
+        "workers": workers.len(),
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// Workers that sent a heartbeat within the last lease.
+async fn live_workers(state: &Arc<AppState>) -> Result<Vec<WorkerInfo>, ApiError> {
+    let st = state.clone();
+    let since = crate::webhook::now_ms().saturating_sub(state.config.queue.lease_ms);
+    tokio::task::spawn_blocking(move || st.workers.workers(since))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)
+}
+
+/// `GET /v1/workers` (keys with the `admin` scope): every live worker, what it serves and
+/// runs.
+pub async fn list_workers(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>) -> Response {
+    if !caller.0.scopes.iter().any(|s| s == keys::ADMIN_SCOPE) {
+        return ApiError::new(Code::Forbidden, "listing workers needs a key with the admin scope").into_response();
+    }
+    match live_workers(&state).await {
+        Ok(w) => axum::Json(json!({"object": "list", "data": w})).into_response(),
+        Err(e) => e.into_response(),
+    }
 }

@@ -34,6 +34,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/variations", post(contract::variations))
         .route("/v1/models", get(files::list_models))
         .route("/v1/models/{id}", get(files::get_model))
+        .route("/v1/workers", get(files::list_workers))
         .route("/v1/generations/{id}", get(contract::get_generation))
         .route("/v1/generations/{id}/cancel", post(contract::cancel_generation))
         .route("/v1/generations/{id}/events", get(events::generation_events))
