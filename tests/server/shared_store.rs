@@ -10,8 +10,13 @@ use serde_json::{Value, json};
 
 use crate::harness::{Env, Server, copy_dir, fixture};
 
-/// A schema of its own on the test server, as a store URL; `None` without one.
-fn pg_url(name: &str) -> Option<String> {
+/// The PostgreSQL tests take turns: the chaos test restarts the server under everyone.
+static PG_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A schema of its own on the test server, as a store URL, and this test's turn on the server;
+/// `None` without one.
+pub fn pg_url(name: &str) -> Option<(String, std::sync::MutexGuard<'static, ()>)> {
+    let turn = PG_TURN.lock().unwrap_or_else(|p| p.into_inner());
     let Ok(url) = std::env::var("IMAGEN_TEST_POSTGRES_URL") else {
         eprintln!("IMAGEN_TEST_POSTGRES_URL unset: {name} skipped");
         return None;
@@ -24,10 +29,10 @@ fn pg_url(name: &str) -> Option<String> {
         ))
         .expect("schema");
     let sep = if url.contains('?') { '&' } else { '?' };
-    Some(format!("{url}{sep}options=-csearch_path%3D{schema}"))
+    Some((format!("{url}{sep}options=-csearch_path%3D{schema}"), turn))
 }
 
-fn env_on(url: &str, extra: &str) -> Env {
+pub fn env_on(url: &str, extra: &str) -> Env {
     Env::with_config(&format!("[store]\nurl = \"{url}\"\n{extra}"))
 }
 
@@ -44,7 +49,7 @@ fn wait_done(s: &Server, key: &str, id: &str) -> Value {
 
 #[test]
 fn two_servers_share_the_queue_and_survive_kill_9() {
-    let Some(url) = pg_url("share") else { return };
+    let Some((url, _turn)) = pg_url("share") else { return };
     let env = env_on(&url, "[queue]\nlease_ms = 1200\n");
     // keys made on one node are everyone's: the store is shared
     let key = env.key_on_store(&url, "enterprise", &[]);
@@ -68,7 +73,7 @@ fn two_servers_share_the_queue_and_survive_kill_9() {
 
 #[test]
 fn a_free_key_gets_exactly_ten_through_two_front_ends() {
-    let Some(url) = pg_url("limits") else { return };
+    let Some((url, _turn)) = pg_url("limits") else { return };
     let env = env_on(&url, "");
     let key = env.key_on_store(&url, "free", &[]);
     let servers = [Arc::new(env.serve()), Arc::new(env.serve())];
@@ -117,7 +122,7 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 /// (`GET /v1/workers`, admin keys only; `/readyz`), and leave the register on SIGTERM.
 #[test]
 fn api_only_front_end_and_workers_with_their_own_models() {
-    let Some(url) = pg_url("roles") else { return };
+    let Some((url, _turn)) = pg_url("roles") else { return };
     let env = env_on(&url, "[queue]\nlease_ms = 3000\n");
     let key = env.key_on_store(&url, "enterprise", &[]);
     let admin = env.key_on_store(&url, "free", &["admin"]);
@@ -156,10 +161,38 @@ fn api_only_front_end_and_workers_with_their_own_models() {
         (r["workers"] == 2).then_some(2)
     });
     assert_eq!(workers(&api, &admin).len(), n);
+    // a request that waits for its images gets them, though another process ran the job
+    let body = json!({"model": "tiny-sd15", "prompt": "x", "steps": 2, "width": 64, "height": 64});
+    let sync = api.post("/v1/text-to-image", &key, &body);
+    assert_eq!(sync.status, 200, "{}", String::from_utf8_lossy(&sync.body));
+    assert_eq!(sync.json()["images"].as_array().map(Vec::len), Some(1));
     // SIGTERM: the worker deregisters as it stops
     assert!(w2.terminate().success());
     let left = workers(&api, &admin);
     assert_eq!(left.len(), 1, "{left:?}");
     assert_ne!(left[0]["models"], json!(["tiny-sd2"]));
     assert!(api.terminate().success());
+}
+
+/// Front-ends with data directories of their own sign links with the store's one secret: a
+/// link one hands out opens on the other (given the file, which shared storage provides).
+#[test]
+fn links_signed_on_one_front_end_open_on_another() {
+    let Some((url, _turn)) = pg_url("secret") else { return };
+    let (env_a, env_b) = (env_on(&url, ""), env_on(&url, ""));
+    let key = env_a.key_on_store(&url, "pro", &[]);
+    let (a, b) = (env_a.serve(), env_b.serve());
+    let body = json!({"model": "tiny-sd15", "prompt": "x", "steps": 2, "width": 64, "height": 64});
+    let made = a.post("/v1/text-to-image", &key, &body).json();
+    let id = made["id"].as_str().expect("id");
+    let link = made["images"][0]["url"].as_str().expect("url");
+    let path = link.split_once("/v1/").expect("a /v1/ link").1;
+    // either process may have run it: the file where B looks
+    let (in_a, in_b) = (env_a.data.join("images").join(id), env_b.data.join("images").join(id));
+    if !in_b.exists() {
+        copy_dir(&in_a, &in_b);
+    }
+    let r = b.get(&format!("/v1/{path}"), None);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.body.starts_with(b"\x89PNG"));
 }

@@ -98,7 +98,8 @@ pub async fn start(mut config: Config) -> Result<(Option<tokio::net::TcpListener
     std::fs::create_dir_all(&config.data_dir)?;
     let (store, queue, workers) = open_stores(&config)?;
     std::fs::create_dir_all(config.data_dir.join("images"))?;
-    let secret = server_secret(&config.data_dir)?;
+    // on a shared store, the first process's secret is everyone's
+    let secret = workers.shared_secret(&server_secret(&config.data_dir)?)?;
     let found = scan(&config.models_dir)
         .map_err(|e| Error::Config(format!("models dir {}: {e}", config.models_dir.display())))?;
     for (path, why) in &found.skipped {

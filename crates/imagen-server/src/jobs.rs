@@ -211,6 +211,30 @@ pub fn end(state: &Arc<AppState>, job: &QueuedJob, attempt: Option<u32>, record:
     true
 }
 
+/// A waited-on job's final record: from this process's engine (`rx`), or read from the store
+/// when another process ran it (an `imagen worker`, another server on the same store).
+pub async fn wait(state: &Arc<AppState>, id: &str, mut rx: oneshot::Receiver<Outcome>) -> Result<Outcome, ApiError> {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            r = &mut rx => {
+                return r.map_err(|_| ApiError::internal("the engine dropped a job without an answer"));
+            }
+            _ = tick.tick() => {
+                let (st, job_id) = (state.clone(), id.to_owned());
+                let job = tokio::task::spawn_blocking(move || st.store.job(&job_id))
+                    .await
+                    .map_err(ApiError::internal)??;
+                if let Some(j) = job.filter(|j| j.status != "processing") {
+                    lock(&state.waiters).remove(id);
+                    let record = serde_json::from_str(&j.response).map_err(ApiError::internal)?;
+                    return Ok(Outcome { record });
+                }
+            }
+        }
+    }
+}
+
 fn queue_webhook(state: &AppState, id: &str, record: &Value, url: &str, secret: &str) {
     let body = render(state, record).to_string();
     match state.store.insert_delivery(id, url, secret, &body, now_ms()) {

@@ -6,9 +6,8 @@
 //! It speaks through the synchronous `postgres` client, like the SQLite store's calls: the
 //! server reaches both from blocking threads (`[store] url`, `--store`, `IMAGEN_STORE_URL`).
 
-use std::sync::Mutex;
-
-use postgres::{Client, NoTls, Row};
+use postgres::{NoTls, Row};
+use r2d2_postgres::PostgresConnectionManager;
 
 use crate::error::{Error, Result};
 use crate::queue::{Outbox, Queue, QueuedJob};
@@ -47,10 +46,21 @@ CREATE TABLE idempotency (
 ALTER TABLE jobs ADD COLUMN model TEXT;
 CREATE TABLE workers (id TEXT PRIMARY KEY, info TEXT NOT NULL, seen_ms BIGINT NOT NULL);
 ",
+    "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);",
 ];
 
+/// Connections made as needed, at most [`POOL_SIZE`]; each checked before use, so that a
+/// PostgreSQL restart costs the calls in flight, not the process.
+type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+const POOL_SIZE: u32 = 8;
+
 pub struct PgStore {
-    client: Mutex<Client>,
+    pool: Pool,
+}
+
+fn pool_error(e: r2d2::Error) -> Error {
+    Error::Config(format!("postgres: {e}"))
 }
 
 impl From<postgres::Error> for Error {
@@ -66,7 +76,8 @@ impl PgStore {
     }
 
     fn connect(url: &str) -> Result<Self> {
-        let mut client = Client::connect(url, NoTls)?;
+        let config: postgres::Config = url.parse()?;
+        let mut client = config.connect(NoTls)?;
         let mut tx = client.transaction()?;
         // one migrator at a time across processes
         tx.execute("SELECT pg_advisory_xact_lock(7468730)", &[])?;
@@ -82,13 +93,19 @@ impl PgStore {
             )?;
         }
         tx.commit()?;
-        Ok(PgStore {
-            client: Mutex::new(client),
-        })
+        drop(client);
+        let pool = r2d2::Pool::builder()
+            .max_size(POOL_SIZE)
+            .min_idle(Some(1))
+            .connection_timeout(std::time::Duration::from_secs(10))
+            .build(PostgresConnectionManager::new(config, NoTls))
+            .map_err(pool_error)?;
+        Ok(PgStore { pool })
     }
 
-    pub(crate) fn client(&self) -> std::sync::MutexGuard<'_, Client> {
-        self.client.lock().unwrap_or_else(|p| p.into_inner())
+    /// A connection of the pool (a new one if the server restarted since).
+    pub(crate) fn client(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+        self.pool.get().map_err(pool_error)
     }
 }
 
@@ -159,7 +176,7 @@ fn window_state(w: &Window, stored: Option<(i64, i64)>, now: u64) -> WindowState
 impl Store for PgStore {
     fn insert_key(&self, k: &KeyRecord) -> Result<()> {
         blocking(|| {
-            self.client().execute(
+            self.client()?.execute(
                 "INSERT INTO keys (id, hash, plan, scopes, created_at, revoked) VALUES ($1, $2, $3, $4, $5, $6)",
                 &[
                     &k.id,
@@ -177,21 +194,21 @@ impl Store for PgStore {
     fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>> {
         blocking(|| {
             let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE hash = $1");
-            Ok(self.client().query_opt(&sql, &[&hash])?.as_ref().map(key_from))
+            Ok(self.client()?.query_opt(&sql, &[&hash])?.as_ref().map(key_from))
         })
     }
 
     fn list_keys(&self) -> Result<Vec<KeyRecord>> {
         blocking(|| {
             let sql = format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at");
-            Ok(self.client().query(&sql, &[])?.iter().map(key_from).collect())
+            Ok(self.client()?.query(&sql, &[])?.iter().map(key_from).collect())
         })
     }
 
     fn revoke_key(&self, id: &str) -> Result<bool> {
         blocking(|| {
             Ok(self
-                .client()
+                .client()?
                 .execute("UPDATE keys SET revoked = TRUE WHERE id = $1", &[&id])?
                 > 0)
         })
@@ -199,7 +216,7 @@ impl Store for PgStore {
 
     fn hit(&self, key_id: &str, windows: &[Window], now: u64) -> Result<(bool, Vec<WindowState>)> {
         blocking(|| {
-            let mut client = self.client();
+            let mut client = self.client()?;
             let mut tx = client.transaction()?;
             let mut states = Vec::with_capacity(windows.len());
             for w in windows {
@@ -232,7 +249,7 @@ impl Store for PgStore {
 
     fn usage(&self, key_id: &str, windows: &[Window], now: u64) -> Result<Vec<WindowState>> {
         blocking(|| {
-            let mut client = self.client();
+            let mut client = self.client()?;
             windows
                 .iter()
                 .map(|w| {
@@ -248,7 +265,7 @@ impl Store for PgStore {
 
     fn insert_job(&self, j: &JobRecord) -> Result<()> {
         blocking(|| {
-            self.client().execute(
+            self.client()?.execute(
                 &format!("INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
                 &[
                     &j.id,
@@ -266,7 +283,7 @@ impl Store for PgStore {
 
     fn update_job(&self, id: &str, status: &str, response: &str) -> Result<()> {
         blocking(|| {
-            self.client().execute(
+            self.client()?.execute(
                 "UPDATE jobs SET status = $2, response = $3 WHERE id = $1",
                 &[&id, &status, &response],
             )?;
@@ -277,7 +294,7 @@ impl Store for PgStore {
     fn job(&self, id: &str) -> Result<Option<JobRecord>> {
         blocking(|| {
             let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
-            Ok(self.client().query_opt(&sql, &[&id])?.as_ref().map(job_from))
+            Ok(self.client()?.query_opt(&sql, &[&id])?.as_ref().map(job_from))
         })
     }
 
@@ -286,13 +303,13 @@ impl Store for PgStore {
             let sql = format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'processing' AND spec IS NULL ORDER BY created_at"
             );
-            Ok(self.client().query(&sql, &[])?.iter().map(job_from).collect())
+            Ok(self.client()?.query(&sql, &[])?.iter().map(job_from).collect())
         })
     }
 
     fn insert_delivery(&self, job_id: &str, url: &str, secret: &str, body: &str, now_ms: u64) -> Result<()> {
         blocking(|| {
-            self.client().execute(
+            self.client()?.execute(
                 "INSERT INTO deliveries (job_id, url, secret, body, next_ms) VALUES ($1, $2, $3, $4, $5)",
                 &[&job_id, &url, &secret, &body, &(now_ms as i64)],
             )?;
@@ -302,7 +319,7 @@ impl Store for PgStore {
 
     fn due_deliveries(&self, now_ms: u64, limit: usize, lease_until_ms: u64) -> Result<Vec<Delivery>> {
         blocking(|| {
-            let rows = self.client().query(
+            let rows = self.client()?.query(
                 "UPDATE deliveries SET next_ms = $3
                  WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' AND next_ms <= $1
                               ORDER BY next_ms LIMIT $2 FOR UPDATE SKIP LOCKED)
@@ -325,7 +342,7 @@ impl Store for PgStore {
 
     fn delivery_done(&self, id: i64, status: &str, attempts: u32, error: Option<&str>) -> Result<()> {
         blocking(|| {
-            self.client().execute(
+            self.client()?.execute(
                 "UPDATE deliveries SET status = $2, attempts = $3, last_error = $4 WHERE id = $1",
                 &[&id, &status, &(attempts as i32), &error],
             )?;
@@ -335,7 +352,7 @@ impl Store for PgStore {
 
     fn delivery_retry(&self, id: i64, attempts: u32, next_ms: u64, error: &str) -> Result<()> {
         blocking(|| {
-            self.client().execute(
+            self.client()?.execute(
                 "UPDATE deliveries SET attempts = $2, next_ms = $3, last_error = $4 WHERE id = $1",
                 &[&id, &(attempts as i32), &(next_ms as i64), &error],
             )?;
@@ -345,7 +362,7 @@ impl Store for PgStore {
 
     fn idempotency_begin(&self, key_id: &str, idem_key: &str, request_hash: &str, now: u64) -> Result<Idempotency> {
         blocking(|| {
-            let mut client = self.client();
+            let mut client = self.client()?;
             let mut tx = client.transaction()?;
             tx.execute(
                 "DELETE FROM idempotency WHERE key_id = $1 AND (created_at < $2 OR (status IS NULL AND created_at < $3))",
@@ -393,7 +410,7 @@ impl Store for PgStore {
         body: &[u8],
     ) -> Result<()> {
         blocking(|| {
-            self.client().execute(
+            self.client()?.execute(
                 "UPDATE idempotency SET status = $3, content_type = $4, body = $5 WHERE key_id = $1 AND idem_key = $2",
                 &[&key_id, &idem_key, &(status as i32), &content_type, &body],
             )?;
@@ -403,7 +420,7 @@ impl Store for PgStore {
 
     fn idempotency_abort(&self, key_id: &str, idem_key: &str) -> Result<()> {
         blocking(|| {
-            self.client().execute(
+            self.client()?.execute(
                 "DELETE FROM idempotency WHERE key_id = $1 AND idem_key = $2 AND status IS NULL",
                 &[&key_id, &idem_key],
             )?;
@@ -413,7 +430,7 @@ impl Store for PgStore {
 
     fn deliveries_gone(&self, url: &str, error: &str) -> Result<usize> {
         blocking(|| {
-            Ok(self.client().execute(
+            Ok(self.client()?.execute(
                 "UPDATE deliveries SET status = 'gone', last_error = $2 WHERE url = $1 AND status = 'pending'",
                 &[&url, &error],
             )? as usize)
@@ -422,7 +439,7 @@ impl Store for PgStore {
 
     fn deliveries_for(&self, job_id: &str) -> Result<Vec<(String, u32)>> {
         blocking(|| {
-            let rows = self.client().query(
+            let rows = self.client()?.query(
                 "SELECT status, attempts FROM deliveries WHERE job_id = $1 ORDER BY id",
                 &[&job_id],
             )?;
@@ -434,7 +451,7 @@ impl Store for PgStore {
 impl Queue for PgStore {
     fn enqueue(&self, j: &JobRecord, model: &str, spec: &str, max_attempts: u32, capacity: usize) -> Result<bool> {
         blocking(|| {
-            let n = self.client().execute(
+            let n = self.client()?.execute(
                 "INSERT INTO jobs (id, key_id, status, created_at, response, webhook_url, webhook_secret,
                                    state, spec, max_attempts, model)
                  SELECT $1, $2, 'processing', $3, $4, $5, $6, 'queued', $7, $8, $10
@@ -468,7 +485,7 @@ impl Queue for PgStore {
                  RETURNING {QUEUED_COLUMNS}"
             );
             let row = self
-                .client()
+                .client()?
                 .query_opt(&sql, &[&owner, &(lease_until_ms as i64), &(now_ms as i64), &models])?;
             Ok(row.as_ref().map(queued_from))
         })
@@ -476,7 +493,7 @@ impl Queue for PgStore {
 
     fn heartbeat(&self, id: &str, attempt: u32, lease_until_ms: u64) -> Result<Option<bool>> {
         blocking(|| {
-            let row = self.client().query_opt(
+            let row = self.client()?.query_opt(
                 "UPDATE jobs SET lease_until_ms = $3 WHERE id = $1 AND attempt = $2 AND state = 'running'
                  RETURNING cancel",
                 &[&id, &(attempt as i32), &(lease_until_ms as i64)],
@@ -492,7 +509,7 @@ impl Queue for PgStore {
                  WHERE state = 'running' AND lease_until_ms < $1 AND attempt >= max_attempts ORDER BY created_at"
             );
             Ok(self
-                .client()
+                .client()?
                 .query(&sql, &[&(now_ms as i64)])?
                 .iter()
                 .map(queued_from)
@@ -510,7 +527,7 @@ impl Queue for PgStore {
         now_ms: u64,
     ) -> Result<bool> {
         blocking(|| {
-            let mut client = self.client();
+            let mut client = self.client()?;
             let mut tx = client.transaction()?;
             let n = match attempt {
                 Some(a) => tx.execute(
@@ -539,7 +556,7 @@ impl Queue for PgStore {
 
     fn release(&self, id: &str, attempt: u32) -> Result<bool> {
         blocking(|| {
-            Ok(self.client().execute(
+            Ok(self.client()?.execute(
                 "UPDATE jobs SET state = 'queued', attempt = attempt - 1, lease_owner = NULL, lease_until_ms = 0
                  WHERE id = $1 AND attempt = $2 AND state = 'running'",
                 &[&id, &(attempt as i32)],
@@ -550,7 +567,7 @@ impl Queue for PgStore {
     fn request_cancel(&self, id: &str) -> Result<Option<String>> {
         blocking(|| {
             let row = self
-                .client()
+                .client()?
                 .query_opt("UPDATE jobs SET cancel = TRUE WHERE id = $1 RETURNING state", &[&id])?;
             Ok(row.map(|r| r.get(0)))
         })
@@ -558,7 +575,7 @@ impl Queue for PgStore {
 
     fn position(&self, id: &str) -> Result<Option<usize>> {
         blocking(|| {
-            let row = self.client().query_opt(
+            let row = self.client()?.query_opt(
                 "SELECT (SELECT count(*) FROM jobs q WHERE q.state = 'queued'
                            AND (q.created_at, q.seq) <= (j.created_at, j.seq))
                  FROM jobs j WHERE j.id = $1 AND j.state = 'queued'",

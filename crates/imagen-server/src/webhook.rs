@@ -48,8 +48,9 @@ fn run(store: Arc<dyn Store>, config: Webhooks, wake: Receiver<()>) {
         .build()
         .into();
     loop {
-        // claimed for as long as sending them all could take (each attempt is bounded)
-        const BATCH: usize = 16;
+        // claimed for as long as sending them all could take (each attempt is bounded); a
+        // small batch keeps that lease, what a crash delays them by, short
+        const BATCH: usize = 4;
         let lease = now_ms() + config.timeout_ms.saturating_mul(BATCH as u64 + 1);
         let due = match store.due_deliveries(now_ms(), BATCH, lease) {
             Ok(d) => d,

@@ -1,6 +1,8 @@
-//! Workers as the store knows them: every process that runs jobs (`imagen serve` with its
-//! embedded worker, `imagen worker`) writes what it serves and a heartbeat; `GET /v1/workers`
-//! and `/readyz` read them back. A worker not seen for a lease is gone (crashed or stopped).
+//! What the processes sharing a store know of each other. Workers: every process that runs jobs
+//! (`imagen serve` with its embedded worker, `imagen worker`) writes what it serves and a
+//! heartbeat; `GET /v1/workers` and `/readyz` read them back; a worker not seen for a lease is
+//! gone (crashed or stopped). The link-signing secret: one for every front-end, so that a link
+//! one signs works on all.
 
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
@@ -35,6 +37,9 @@ pub trait Workers: Send + Sync {
     fn worker_gone(&self, id: &str) -> Result<()>;
     /// Workers seen at or after `since_ms`, by id; older rows are deleted on the way.
     fn workers(&self, since_ms: u64) -> Result<Vec<WorkerInfo>>;
+    /// The secret image links are signed with on this store: `candidate` (this data
+    /// directory's), unless another process stored its own first.
+    fn shared_secret(&self, candidate: &str) -> Result<String>;
 }
 
 fn parse(rows: Vec<String>) -> Vec<WorkerInfo> {
@@ -66,13 +71,18 @@ impl Workers for SqliteStore {
             .collect::<rusqlite::Result<Vec<String>>>()?;
         Ok(parse(rows))
     }
+
+    /// One SQLite file, one data directory, one secret file: the candidate.
+    fn shared_secret(&self, candidate: &str) -> Result<String> {
+        Ok(candidate.to_owned())
+    }
 }
 
 impl Workers for PgStore {
     fn worker_beat(&self, w: &WorkerInfo) -> Result<()> {
         let info = serde_json::to_string(w).unwrap_or_default();
         blocking(|| {
-            self.client().execute(
+            self.client()?.execute(
                 "INSERT INTO workers (id, info, seen_ms) VALUES ($1, $2, $3)
                  ON CONFLICT (id) DO UPDATE SET info = excluded.info, seen_ms = excluded.seen_ms",
                 &[&w.id, &info, &(w.seen_ms as i64)],
@@ -83,17 +93,31 @@ impl Workers for PgStore {
 
     fn worker_gone(&self, id: &str) -> Result<()> {
         blocking(|| {
-            self.client().execute("DELETE FROM workers WHERE id = $1", &[&id])?;
+            self.client()?.execute("DELETE FROM workers WHERE id = $1", &[&id])?;
             Ok(())
         })
     }
 
     fn workers(&self, since_ms: u64) -> Result<Vec<WorkerInfo>> {
         blocking(|| {
-            let mut c = self.client();
+            let mut c = self.client()?;
             c.execute("DELETE FROM workers WHERE seen_ms < $1", &[&(since_ms as i64)])?;
             let rows = c.query("SELECT info FROM workers ORDER BY id", &[])?;
             Ok(parse(rows.iter().map(|r| r.get(0)).collect()))
+        })
+    }
+
+    fn shared_secret(&self, candidate: &str) -> Result<String> {
+        blocking(|| {
+            let mut c = self.client()?;
+            c.execute(
+                "INSERT INTO settings (name, value) VALUES ('link_secret', $1) ON CONFLICT (name) DO NOTHING",
+                &[&candidate],
+            )?;
+            Ok(
+                c.query_one("SELECT value FROM settings WHERE name = 'link_secret'", &[])?
+                    .get(0),
+            )
         })
     }
 }

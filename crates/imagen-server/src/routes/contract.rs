@@ -191,9 +191,8 @@ pub async fn run(
     match waiter {
         None => Ok((StatusCode::ACCEPTED, jobs::render(state, &record))),
         Some(rx) => {
-            let outcome = rx
-                .await
-                .map_err(|_| ApiError::internal("the engine dropped a job without an answer"))?;
+            let id = record["id"].as_str().unwrap_or_default();
+            let outcome = jobs::wait(state, id, rx).await?;
             jobs::respond(state, &outcome.record)
         }
     }
