@@ -72,14 +72,7 @@ fn components_in_f16_match_diffusers() {
 fn generation_in_f16_matches_diffusers_png() {
     let Some(device) = f16_device() else { return };
     let sd = StableDiffusion::load(fixture("tiny-sd15"), &device).expect("load");
-    let cases = cases("cases.json");
-    let case = cases
-        .iter()
-        .find(|c| c["model"] == "tiny-sd15" && c["kind"] == "txt2img" && c["scheduler"] == "euler")
-        .expect("an Euler txt2img case");
-    let got = generate(&sd, &case_request(case), &device, &mut |_, _| true).expect("generate");
-    let want = load_png(case["png"].as_str().expect("png"));
-    let (max, mean) = png_diff(&got[0], &want);
+    let (max, mean) = euler_txt2img_diff(&sd, &device);
     println!("f16 vs diffusers f32: max {max}/255, mean {mean:.3}/255");
     assert!(max <= 8 && mean <= 1.0, "f16 image: max {max}/255, mean {mean:.3}/255");
 }
@@ -97,19 +90,24 @@ fn quantized_gguf_in_f16_matches_diffusers_png() {
     )
     .expect("load");
     assert!(quantized_weights(&sd.unet) > 0, "no weight kept quantized");
-    let cases = cases("cases.json");
-    let case = cases
-        .iter()
-        .find(|c| c["model"] == "tiny-sd15" && c["kind"] == "txt2img" && c["scheduler"] == "euler")
-        .expect("an Euler txt2img case");
-    let got = generate(&sd, &case_request(case), &device, &mut |_, _| true).expect("generate");
-    let want = load_png(case["png"].as_str().expect("png"));
-    let (max, mean) = png_diff(&got[0], &want);
+    let (max, mean) = euler_txt2img_diff(&sd, &device);
     println!("Q8_0 in f16 vs diffusers f32: max {max}/255, mean {mean:.3}/255");
     assert!(
         max <= 12 && mean <= 1.5,
         "Q8_0 f16 image: max {max}/255, mean {mean:.3}/255"
     );
+}
+
+/// (max, mean) 8-bit difference of `sd`'s image for the tiny SD 1.5 Euler text-to-image case
+/// from diffusers' f32 PNG.
+fn euler_txt2img_diff(sd: &StableDiffusion, device: &Device) -> (u8, f64) {
+    let cases = cases("cases.json");
+    let case = cases
+        .iter()
+        .find(|c| c["model"] == "tiny-sd15" && c["kind"] == "txt2img" && c["scheduler"] == "euler")
+        .expect("an Euler txt2img case");
+    let got = generate(sd, &case_request(case), device, &mut |_, _| true).expect("generate");
+    png_diff(&got[0], &load_png(case["png"].as_str().expect("png")))
 }
 
 /// How many of `m`'s parameters are stored block-quantized.

@@ -158,21 +158,15 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA)?;
         // schema version 1: the job queue's columns; 2: jobs' models, workers (crate::queue)
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version < 1 {
-            let tx = conn.transaction()?;
-            for statement in crate::queue::MIGRATION {
-                tx.execute(statement, [])?;
+        for (v, statements) in [(1, crate::queue::MIGRATION), (2, crate::queue::MIGRATION_2)] {
+            if version < v {
+                let tx = conn.transaction()?;
+                for statement in statements {
+                    tx.execute(statement, [])?;
+                }
+                tx.pragma_update(None, "user_version", v)?;
+                tx.commit()?;
             }
-            tx.pragma_update(None, "user_version", 1)?;
-            tx.commit()?;
-        }
-        if version < 2 {
-            let tx = conn.transaction()?;
-            for statement in crate::queue::MIGRATION_2 {
-                tx.execute(statement, [])?;
-            }
-            tx.pragma_update(None, "user_version", 2)?;
-            tx.commit()?;
         }
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
