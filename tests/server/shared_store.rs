@@ -37,14 +37,10 @@ pub fn env_on(url: &str, extra: &str) -> Env {
 }
 
 fn wait_done(s: &Server, key: &str, id: &str) -> Value {
-    for _ in 0..2400 {
+    wait_for(&format!("{id} to finish"), || {
         let g = s.get(&format!("/v1/generations/{id}"), Some(key)).json();
-        if g["status"] != "processing" {
-            return g;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{id} never finished");
+        (g["status"] != "processing").then_some(g)
+    })
 }
 
 #[test]
@@ -107,8 +103,9 @@ fn workers(s: &Server, admin: &str) -> Vec<Value> {
     r.json()["data"].as_array().expect("data").clone()
 }
 
+/// Polls `f` every 50 ms until it gives a value (two minutes at most).
 fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..1200 {
+    for _ in 0..2400 {
         if let Some(v) = f() {
             return v;
         }
