@@ -27,6 +27,9 @@ pub struct ServeArgs {
     /// cpu, or wgpu for the GPU.
     #[arg(long)]
     backend: Option<String>,
+    /// With --backend wgpu: the discrete GPU to use, from 0 (one worker per GPU).
+    #[arg(long)]
+    device: Option<usize>,
     /// f32; f16 (GPU backends: half the memory, faster on most cards); bf16 (cpu backend on CPUs
     /// with AMX-BF16 or AVX512-BF16: conv and linear layers in bf16, half the weight memory;
     /// IMAGEN_CPU_AMX=0 uses AVX512-BF16 even where AMX exists).
@@ -42,6 +45,11 @@ pub struct ServeArgs {
     /// data directory.
     #[arg(long)]
     store: Option<String>,
+    /// Where images live: a folder, or S3-compatible storage every node shares
+    /// (`s3://bucket/prefix`; credentials, region and AWS_ENDPOINT_URL from the AWS_* variables).
+    /// Default: the data directory.
+    #[arg(long)]
+    images: Option<String>,
     /// The API alone: no models loaded, no jobs claimed (`imagen worker` processes run them).
     #[arg(long)]
     no_worker: bool,
@@ -89,6 +97,9 @@ pub fn serve(a: ServeArgs, worker: bool) -> Result<()> {
     if let Some(v) = a.store {
         config.store.url = Some(v);
     }
+    if let Some(v) = a.images {
+        config.store.images = Some(v);
+    }
     if let Some(v) = a.data_dir {
         config.data_dir = v;
     }
@@ -100,6 +111,9 @@ pub fn serve(a: ServeArgs, worker: bool) -> Result<()> {
     }
     if let Some(v) = a.backend {
         config.backend = v;
+    }
+    if let Some(v) = a.device {
+        config.device = Some(v);
     }
     if let Some(v) = a.dtype {
         config.dtype = v;

@@ -135,6 +135,36 @@ fn bad_input_is_a_one_line_error() {
     }
 }
 
+/// `--device N` is the N-th discrete GPU: asked of the CPU backend, or where there is no such
+/// GPU, a worker stops at once with a one-line error instead of running elsewhere.
+#[test]
+fn a_worker_without_its_gpu_stops_with_an_error() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let models = fixture("tiny-sd15");
+    let models = models.parent().expect("fixtures").to_str().expect("utf8");
+    let data = tmp.path().to_str().expect("utf8");
+    for (backend, expect) in [
+        ("cpu", "only the wgpu backend has numbered devices"),
+        ("wgpu", "wgpu:9: no such GPU"),
+    ] {
+        let o = imagen(&[
+            "worker",
+            "--backend",
+            backend,
+            "--device",
+            "9",
+            "--models-dir",
+            models,
+            "--data-dir",
+            data,
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{backend}: {err}");
+        assert!(err.contains(expect), "{backend}: {err}");
+        assert!(!err.contains("panicked"), "{backend}: {err}");
+    }
+}
+
 #[test]
 fn help_documents_every_flag() {
     let o = imagen(&["generate", "--help"]);

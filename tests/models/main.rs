@@ -1,6 +1,7 @@
 //! Model tests against goldens from diffusers (`tools/reference/make_fixtures.py`): one test
 //! binary, so burn is linked once.
 
+mod batch;
 mod bf16;
 mod common;
 mod flow_samplers;

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Env, assert_golden, b64, first_b64_image, fixture};
 
-const PROMPT: &str = "a photograph of an astronaut riding a horse";
+pub const PROMPT: &str = "a photograph of an astronaut riding a horse";
 
 fn check_generation(v: &Value, model: &str) {
     assert_eq!(v["status"], "completed", "{v}");

@@ -25,6 +25,8 @@ pub struct Env {
     pub models: PathBuf,
     pub data: PathBuf,
     pub config: Option<PathBuf>,
+    /// Environment variables every process started from this env gets (e.g. `AWS_*`).
+    pub vars: Vec<(String, String)>,
 }
 
 impl Env {
@@ -89,6 +91,7 @@ impl Env {
             models,
             data,
             config,
+            vars: Vec::new(),
         }
     }
 
@@ -100,6 +103,7 @@ impl Env {
             .args(["--plan", plan])
             .args(scopes.iter().flat_map(|s| ["--scope", s]))
             .env("IMAGEN_STORE_URL", url)
+            .envs(self.vars.iter().cloned())
             .output()
             .expect("imagen keys create");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -141,7 +145,8 @@ impl Env {
             .arg("--data-dir")
             .arg(&self.data)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::inherit())
+            .envs(self.vars.iter().cloned());
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
@@ -159,7 +164,8 @@ impl Env {
             .arg("--data-dir")
             .arg(&self.data)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::inherit())
+            .envs(self.vars.iter().cloned());
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }

@@ -1,5 +1,6 @@
 //! The HTTP server over a real socket: the real `imagen serve` binary, a real HTTP client.
 
+mod batching;
 mod chaos;
 mod contract;
 mod errors;
@@ -8,5 +9,6 @@ mod harness;
 mod limits;
 mod openai;
 mod queue;
+mod s3;
 mod shared_store;
 mod webhooks;

@@ -1,6 +1,7 @@
 //! Turning the models into images: samplers ([`scheduler`]), seeded noise ([`rng`]) and the
 //! text-to-image / image-to-image pipelines ([`pipeline`]). Knows nothing of HTTP.
 
+pub mod batch;
 pub mod catalog;
 pub mod error;
 pub mod flow_init;

@@ -207,16 +207,8 @@ impl Model {
         let n = req.num_images;
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
-            let seed = req.seed.wrapping_add(i as u64);
-            let one = GenerateRequest {
-                prompt: req.prompt.clone(),
-                negative_prompt: req.negative_prompt.clone(),
-                seed,
-                num_images: 1,
-                init: req.init.clone(),
-                skip_layer_guidance: req.skip_layer_guidance.clone(),
-                ..*req
-            };
+            let one = crate::batch::single(req, i);
+            let seed = one.seed;
             let mut each = |step: usize, total: usize| progress(i * total + step, n * total);
             let latents = self.denoise_with(&one, device, &mut each, &mut *on_step)?;
             let image = self.decode(latents)?.into_iter().next();

@@ -1,5 +1,5 @@
-//! The engine as an actor: one named thread owns the loaded models and runs jobs one at a time
-//! from a bounded queue. Callers (the HTTP server) never touch tensors; they submit a [`Job`] and
+//! The engine as an actor: one named thread owns the loaded models and runs jobs from a
+//! bounded queue, one at a time or, handed several at once, as one batch (`batch.rs`). Callers (the HTTP server) never touch tensors; they submit a [`Job`] and
 //! hear back through its event callback. A panic inside a job fails that job, not the thread.
 
 use std::collections::HashMap;
@@ -21,6 +21,8 @@ use crate::pipeline::GenerateRequest;
 pub struct Generated {
     pub image: RgbImage,
     pub seed: u64,
+    /// Images denoised in the same batch as this one (1: alone).
+    pub batch: usize,
 }
 
 /// What a job reports, in order: `Started`, any number of `Progress`, then `Finished`.
@@ -59,7 +61,7 @@ pub enum SubmitError {
 /// The handle the server keeps; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
-    tx: SyncSender<Job>,
+    tx: SyncSender<Vec<Job>>,
     ready: Arc<AtomicBool>,
     queued: Arc<AtomicUsize>,
 }
@@ -77,6 +79,8 @@ pub struct EngineConfig {
     pub max_loaded: usize,
     /// Loaded before the first job, so `ready()` turns true without a request.
     pub preload: Option<String>,
+    /// Images denoised together at most when jobs are submitted as a batch (1: one at a time).
+    pub max_batch: usize,
 }
 
 impl Engine {
@@ -93,6 +97,7 @@ impl Engine {
             loaded: Vec::new(),
             device,
             max_loaded: config.max_loaded.max(1),
+            max_batch: config.max_batch.max(1),
             ready: ready.clone(),
             queued: queued.clone(),
         };
@@ -106,9 +111,16 @@ impl Engine {
 
     /// Queue a job; fails at once when the queue is full.
     pub fn submit(&self, job: Job) -> std::result::Result<(), SubmitError> {
-        self.queued.fetch_add(1, Ordering::SeqCst);
-        self.tx.try_send(job).map_err(|e| {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
+        self.submit_batch(vec![job])
+    }
+
+    /// Queue jobs to run together: compatible text-to-image jobs on one Stable Diffusion model
+    /// share their denoising batches (up to `max_batch` images); the rest run one by one.
+    pub fn submit_batch(&self, jobs: Vec<Job>) -> std::result::Result<(), SubmitError> {
+        let n = jobs.len();
+        self.queued.fetch_add(n, Ordering::SeqCst);
+        self.tx.try_send(jobs).map_err(|e| {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
             match e {
                 TrySendError::Full(_) => SubmitError::QueueFull,
                 TrySendError::Disconnected(_) => SubmitError::Stopped,
@@ -138,47 +150,74 @@ struct EngineThread {
     loaded: Vec<(String, Arc<Model>)>,
     device: Device,
     max_loaded: usize,
+    max_batch: usize,
     ready: Arc<AtomicBool>,
     queued: Arc<AtomicUsize>,
 }
 
 impl EngineThread {
-    fn run(mut self, rx: Receiver<Job>, preload: Option<String>) {
+    fn run(mut self, rx: Receiver<Vec<Job>>, preload: Option<String>) {
         if let Some(id) = preload
             && let Err(e) = self.model(&id)
         {
             eprintln!("imagen-engine: preloading {id}: {e}");
         }
-        while let Ok(mut job) = rx.recv() {
-            (job.events)(JobEvent::Started);
-            let result = catch_unwind(AssertUnwindSafe(|| self.run_job(&mut job)))
-                .unwrap_or_else(|panic| Err(Error::Internal(panic_message(&panic))));
-            // The conv kernels' per-thread scratch can be hundreds of MB after a large decode:
-            // an idle server should not hold it.
-            imagen_models::ops::release_scratch();
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            (job.events)(JobEvent::Finished(result));
+        while let Ok(mut jobs) = rx.recv() {
+            for job in jobs.iter_mut() {
+                (job.events)(JobEvent::Started);
+            }
+            let mut results: Vec<Option<Result<Vec<Generated>>>> = Vec::new();
+            if jobs.len() > 1 && self.max_batch > 1 {
+                match catch_unwind(AssertUnwindSafe(|| self.run_batch(&mut jobs))) {
+                    Ok(Ok(r)) => results = r,
+                    // whatever went wrong, each job gets its own run below
+                    Ok(Err(e)) => eprintln!(
+                        "imagen-engine: a batch of {} failed ({e}); running them alone",
+                        jobs.len()
+                    ),
+                    Err(panic) => eprintln!(
+                        "imagen-engine: a batch panicked ({}); running them alone",
+                        panic_message(&panic)
+                    ),
+                }
+            }
+            results.resize_with(jobs.len(), || None);
+            for (job, result) in jobs.iter_mut().zip(results) {
+                let result = result.unwrap_or_else(|| {
+                    catch_unwind(AssertUnwindSafe(|| self.run_job(job)))
+                        .unwrap_or_else(|panic| Err(Error::Internal(panic_message(&panic))))
+                });
+                // The conv kernels' per-thread scratch can be hundreds of MB after a large decode:
+                // an idle server should not hold it.
+                imagen_models::ops::release_scratch();
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                (job.events)(JobEvent::Finished(result));
+            }
         }
+    }
+
+    /// The job's model with its LoRAs merged (a patched copy; the loaded model stays as it is).
+    fn prepared(&mut self, model: &str, loras: &[(String, f32)]) -> Result<Arc<Model>> {
+        let sd = self.model(model)?;
+        if loras.is_empty() {
+            return Ok(sd);
+        }
+        let files = loras
+            .iter()
+            .map(|(id, scale)| Ok((self.lora(id)?, *scale)))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<(&LoraFile, f32)> = files.iter().map(|(f, s)| (f.as_ref(), *s)).collect();
+        Ok(Arc::new(
+            sd.with_loras(&refs, &self.device)
+                .map_err(|e| Error::BadInput(format!("LoRA: {e}")))?,
+        ))
     }
 
     fn run_job(&mut self, job: &mut Job) -> Result<Vec<Generated>> {
         if job.cancel.load(Ordering::SeqCst) {
             return Err(Error::Cancelled);
         }
-        let mut sd = self.model(&job.model)?;
-        if !job.loras.is_empty() {
-            let files = job
-                .loras
-                .iter()
-                .map(|(id, scale)| Ok((self.lora(id)?, *scale)))
-                .collect::<Result<Vec<_>>>()?;
-            let refs: Vec<(&LoraFile, f32)> = files.iter().map(|(f, s)| (f.as_ref(), *s)).collect();
-            // A patched copy for this job; the loaded model stays as it is.
-            sd = Arc::new(
-                sd.with_loras(&refs, &self.device)
-                    .map_err(|e| Error::BadInput(format!("LoRA: {e}")))?,
-            );
-        }
+        let sd = self.prepared(&job.model, &job.loras)?;
         let preview = self.preview(&job.model, sd.latent_channels());
         // the step's preview waits here until its progress event goes out
         let latest: std::cell::RefCell<Option<Vec<u8>>> = Default::default();
@@ -198,8 +237,101 @@ impl EngineThread {
         let images = sd.generate_seeded_with(&job.request, &self.device, &mut progress, &mut on_step)?;
         Ok(images
             .into_iter()
-            .map(|(image, seed)| Generated { image, seed })
+            .map(|(image, seed)| Generated { image, seed, batch: 1 })
             .collect())
+    }
+
+    /// Jobs handed over together: their images grouped by what can share a batch
+    /// ([`crate::batch::batch_key`]) and denoised `max_batch` at a time. `None` for a job
+    /// that cannot join one (it runs alone).
+    fn run_batch(&mut self, jobs: &mut [Job]) -> Result<Vec<Option<Result<Vec<Generated>>>>> {
+        let mut results: Vec<Option<Result<Vec<Generated>>>> = jobs.iter().map(|_| None).collect();
+        let Some(first) = jobs.first() else { return Ok(results) };
+        let (model_id, loras) = (first.model.clone(), first.loras.clone());
+        if jobs.iter().any(|j| j.model != model_id || j.loras != loras) {
+            return Ok(results);
+        }
+        let model = self.prepared(&model_id, &loras)?;
+        let Model::StableDiffusion(sd) = model.as_ref() else {
+            return Ok(results);
+        };
+        let preview = self.preview(&model_id, model.latent_channels());
+        // every image of every job that can join: (job, image index, its lone request)
+        let mut items: Vec<(usize, usize, GenerateRequest)> = Vec::new();
+        let mut joined = vec![false; jobs.len()];
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        for (j, job) in jobs.iter().enumerate() {
+            if job.cancel.load(Ordering::SeqCst) {
+                results[j] = Some(Err(Error::Cancelled));
+                continue;
+            }
+            if crate::pipeline::validate(&job.request).is_err() {
+                continue;
+            }
+            let ones: Vec<GenerateRequest> = (0..job.request.num_images)
+                .map(|i| crate::batch::single(&job.request, i))
+                .collect();
+            let Some(keys) = ones
+                .iter()
+                .map(|o| crate::batch::batch_key(sd, o))
+                .collect::<Option<Vec<_>>>()
+            else {
+                continue;
+            };
+            for (i, (one, key)) in ones.into_iter().zip(keys).enumerate() {
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, members)) => members.push(items.len()),
+                    None => groups.push((key, vec![items.len()])),
+                }
+                items.push((j, i, one));
+            }
+            joined[j] = true;
+        }
+        let mut images: Vec<Vec<Option<(RgbImage, u64, usize)>>> =
+            jobs.iter().map(|j| vec![None; j.request.num_images]).collect();
+        let mut done = vec![0usize; jobs.len()];
+        for (_, members) in &groups {
+            for chunk in members.chunks(self.max_batch) {
+                let reqs: Vec<GenerateRequest> = chunk.iter().map(|&x| crate::batch::single(&items[x].2, 0)).collect();
+                let mut step = |k: usize, _step: usize, total: usize, latents: &burn::tensor::Tensor<4>| {
+                    let (j, i, _) = items[chunk[k]];
+                    let job = &mut jobs[j];
+                    if i == 0
+                        && let Some(png) = preview.as_ref().and_then(|p| p.png(latents))
+                    {
+                        (job.events)(JobEvent::Preview(png));
+                    }
+                    done[j] += 1;
+                    (job.events)(JobEvent::Progress {
+                        step: done[j],
+                        total: job.request.num_images * total,
+                    });
+                    !job.cancel.load(Ordering::SeqCst)
+                };
+                let latents = crate::batch::denoise_batch(sd, &reqs, &self.device, &mut step)?;
+                for (k, l) in latents.into_iter().enumerate() {
+                    let (j, i, ref one) = items[chunk[k]];
+                    if let Some(l) = l {
+                        images[j][i] = model
+                            .decode(l)?
+                            .into_iter()
+                            .next()
+                            .map(|im| (im, one.seed, chunk.len()));
+                    }
+                }
+            }
+        }
+        for (j, result) in results.iter_mut().enumerate() {
+            if joined[j] {
+                // every image made (a cancel mid-batch leaves holes: the job is cancelled)
+                let made: Option<Vec<Generated>> = images[j]
+                    .drain(..)
+                    .map(|x| x.map(|(image, seed, batch)| Generated { image, seed, batch }))
+                    .collect();
+                *result = Some(made.ok_or(Error::Cancelled));
+            }
+        }
+        Ok(results)
     }
 
     /// The model's preview decoder, if it has one that takes its latents.

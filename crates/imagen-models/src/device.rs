@@ -14,8 +14,24 @@ pub fn available() -> &'static [&'static str] {
 }
 
 /// `cpu`: burn's pure-Rust `flex` backend. `wgpu`: the default wgpu adapter (Vulkan, Metal, DX12;
-/// Mesa's lavapipe where no GPU is present).
+/// Mesa's lavapipe where no GPU is present). `wgpu:N`: the N-th discrete GPU (from 0), for one
+/// worker per GPU.
 pub fn by_name(name: &str) -> Result<Device> {
+    match name.split_once(':') {
+        #[cfg(feature = "wgpu")]
+        Some(("wgpu", n)) => {
+            let n: usize = n
+                .parse()
+                .map_err(|_| Error::Backend(format!("{name:?}: the device is a number (wgpu:0, wgpu:1, …)")))?;
+            return Ok(Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(n)));
+        }
+        Some(_) => {
+            return Err(Error::Backend(format!(
+                "{name:?}: only the wgpu backend has numbered devices (cpu runs on every core)"
+            )));
+        }
+        None => {}
+    }
     match name {
         "cpu" => Ok(Device::flex()),
         #[cfg(feature = "wgpu")]
@@ -84,7 +100,21 @@ pub fn open(name: &str, dtype: &str) -> Result<Device> {
             )));
         }
     };
-    if !device.supports_dtype(want) {
+    // the adapter is looked for here; a numbered GPU that is not there panics in cubecl, which
+    // becomes this error (its panic message kept quiet: the error says it)
+    let numbered = name.contains(':');
+    let hook = numbered.then(|| {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        hook
+    });
+    let supported = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.supports_dtype(want)));
+    if let Some(hook) = hook {
+        std::panic::set_hook(hook);
+    }
+    let supported =
+        supported.map_err(|_| Error::Backend(format!("{name}: no such GPU (wgpu numbers discrete GPUs from 0)")))?;
+    if !supported {
         return Err(Error::Backend(format!("{name}: this device has no {dtype} arithmetic")));
     }
     // Read-then-configure must not interleave between threads (two engines, parallel tests).

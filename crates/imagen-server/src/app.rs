@@ -39,6 +39,8 @@ pub struct AppState {
     pub engine: Option<Engine>,
     pub models: Vec<ModelInfo>,
     pub loras: Vec<LoraInfo>,
+    /// Generated and input images (the data directory, or shared object storage).
+    pub blobs: crate::blobs::Blobs,
     /// Signs image URLs.
     pub secret: String,
     /// Base of image URLs (`public_url`, or the bound address).
@@ -97,7 +99,7 @@ fn open_sqlite(config: &Config) -> Result<Arc<SqliteStore>> {
 pub async fn start(mut config: Config) -> Result<(Option<tokio::net::TcpListener>, Arc<AppState>)> {
     std::fs::create_dir_all(&config.data_dir)?;
     let (store, queue, workers) = open_stores(&config)?;
-    std::fs::create_dir_all(config.data_dir.join("images"))?;
+    let blobs = crate::blobs::Blobs::open(config.store.images.as_deref(), &config.data_dir)?;
     // on a shared store, the first process's secret is everyone's
     let secret = workers.shared_secret(&server_secret(&config.data_dir)?)?;
     let found = scan(&config.models_dir)
@@ -127,12 +129,13 @@ pub async fn start(mut config: Config) -> Result<(Option<tokio::net::TcpListener
         true => Some(Engine::spawn(EngineConfig {
             models: found.models.clone(),
             loras: found.loras.clone(),
-            backend: config.backend.clone(),
+            backend: config.backend_name(),
             dtype: config.dtype.clone(),
             // the queue is the store's; the engine holds the one job the dispatcher hands it
             queue_capacity: 1,
             max_loaded: config.limits.max_loaded_models,
             preload,
+            max_batch: config.queue.max_batch,
         })?),
         false => None,
     };
@@ -149,7 +152,7 @@ pub async fn start(mut config: Config) -> Result<(Option<tokio::net::TcpListener
         id: owner.clone(),
         host: std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
         pid: std::process::id(),
-        backend: config.backend.clone(),
+        backend: config.backend_name(),
         dtype: config.dtype.clone(),
         models: found.models.iter().map(|m| m.id.clone()).collect(),
         started_ms: now,
@@ -168,6 +171,7 @@ pub async fn start(mut config: Config) -> Result<(Option<tokio::net::TcpListener
         models: found.models,
         loras: found.loras,
         secret,
+        blobs,
         progress: Mutex::new(HashMap::new()),
         webhooks,
         dispatch,

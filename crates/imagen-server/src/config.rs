@@ -22,6 +22,9 @@ pub struct Config {
     pub public_url: Option<String>,
     /// `cpu` or `wgpu`.
     pub backend: String,
+    /// With `wgpu`: the discrete GPU to run on (from 0; one worker per GPU); unset: the default
+    /// adapter.
+    pub device: Option<usize>,
     /// `f32`, or `f16` on a GPU backend: the precision the models compute in.
     pub dtype: String,
     /// Model used when a request names none; default: the first by id.
@@ -93,6 +96,10 @@ pub struct StoreConfig {
     /// `postgres://user:password@host:port/database` (with `?options=-csearch_path%3Dschema` for
     /// a schema of its own); unset: SQLite in the data directory.
     pub url: Option<String>,
+    /// Where generated and input images live: unset (the data directory), a folder (e.g. a
+    /// shared mount), or `s3://bucket/prefix` (S3-compatible; credentials, region and
+    /// `AWS_ENDPOINT_URL` from the usual `AWS_*` variables). Several nodes must share it.
+    pub images: Option<String>,
 }
 
 /// The durable job queue (`[queue]`): how long a worker's claim on a job lasts without a
@@ -108,6 +115,10 @@ pub struct QueueConfig {
     /// On SIGTERM / Ctrl-C: how long the running job may take to finish before it is handed
     /// back to the queue (it runs again on the next start, or on another worker).
     pub shutdown_timeout_ms: u64,
+    /// Dynamic batching: a worker claims up to this many compatible queued jobs (same model,
+    /// size, steps, sampler and LoRA set; text-to-image) and denoises their images as one
+    /// batch, each with its own prompt, seed and guidance. 1: one job at a time.
+    pub max_batch: usize,
 }
 
 impl Default for QueueConfig {
@@ -116,6 +127,7 @@ impl Default for QueueConfig {
             lease_ms: 30_000,
             max_attempts: 3,
             shutdown_timeout_ms: 30_000,
+            max_batch: 1,
         }
     }
 }
@@ -149,6 +161,7 @@ impl Default for Config {
             data_dir: "data".into(),
             public_url: None,
             backend: "cpu".into(),
+            device: None,
             dtype: "f32".into(),
             default_model: None,
             limits: Limits::default(),
@@ -219,7 +232,7 @@ impl Config {
 
     /// `IMAGEN_BIND`, `IMAGEN_MODELS_DIR`, `IMAGEN_DATA_DIR`, `IMAGEN_PUBLIC_URL`,
     /// `IMAGEN_BACKEND`, `IMAGEN_DTYPE`, `IMAGEN_DEFAULT_MODEL`, `IMAGEN_ALLOW_URL_FETCH`,
-    /// `IMAGEN_STORE_URL`.
+    /// `IMAGEN_STORE_URL`, `IMAGEN_IMAGES`, `IMAGEN_DEVICE`.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(v) = var("IMAGEN_BIND") {
             self.bind = v
@@ -241,6 +254,15 @@ impl Config {
         if let Some(v) = var("IMAGEN_DTYPE") {
             self.dtype = v;
         }
+        if let Some(v) = var("IMAGEN_IMAGES") {
+            self.store.images = Some(v);
+        }
+        if let Some(v) = var("IMAGEN_DEVICE") {
+            self.device = Some(
+                v.parse()
+                    .map_err(|e| Error::Config(format!("IMAGEN_DEVICE {v:?}: {e}")))?,
+            );
+        }
         if let Some(v) = var("IMAGEN_STORE_URL") {
             self.store.url = Some(v);
         }
@@ -254,6 +276,14 @@ impl Config {
     }
 
     /// Where image URLs point, without a trailing slash.
+    /// The backend as `imagen_models::device::by_name` takes it: `wgpu:N` with a device.
+    pub fn backend_name(&self) -> String {
+        match self.device {
+            Some(n) => format!("{}:{n}", self.backend),
+            None => self.backend.clone(),
+        }
+    }
+
     pub fn base_url(&self) -> String {
         match &self.public_url {
             Some(u) => u.trim_end_matches('/').to_owned(),

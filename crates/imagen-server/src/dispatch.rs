@@ -1,6 +1,7 @@
 //! The worker side of the durable queue: one thread that claims jobs from the store for this
-//! process's engine, one at a time, keeps each claim alive with heartbeats while the engine
-//! runs it, and fails jobs whose attempts ran out. The engine thread finishes each job
+//! process's engine (one at a time, or with `max_batch > 1` a job and the queued jobs that can
+//! share its batch), keeps each claim alive with heartbeats while the engine runs them, and
+//! fails jobs whose attempts ran out. The engine thread finishes each job
 //! (`jobs::finish`), fenced by the attempt this thread claimed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,24 +55,29 @@ struct Current {
 fn run(state: Arc<AppState>, wake: Receiver<()>) {
     let lease = state.config.queue.lease_ms.max(30);
     let beat = Duration::from_millis(lease / 3);
-    let (done_tx, done_rx) = channel::<()>();
-    let mut current: Option<Current> = None;
+    let (done_tx, done_rx) = channel::<String>();
+    // the jobs handed to the engine and not finished yet
+    let mut current: Vec<Current> = Vec::new();
     let mut advertised: Option<std::time::Instant> = None;
     loop {
         // the worker's own heartbeat in the store, every beat, idle or not
         if advertised.is_none_or(|t| t.elapsed() >= beat) && !state.stopping.load(Ordering::SeqCst) {
-            advertise(&state, current.as_ref().map(|c| c.id.clone()));
+            advertise(&state, current.first().map(|c| c.id.clone()));
             advertised = Some(std::time::Instant::now());
         }
-        if let Some(c) = &current {
+        if !current.is_empty() {
             match done_rx.recv_timeout(beat) {
-                Ok(()) => current = None,
-                Err(RecvTimeoutError::Timeout) => match state.queue.heartbeat(&c.id, c.attempt, now_ms() + lease) {
-                    Ok(Some(false)) => {}
-                    // a cancel from another process, or the claim lost: stop after this step
-                    Ok(Some(true)) | Ok(None) => c.cancel.store(true, Ordering::SeqCst),
-                    Err(e) => eprintln!("imagen-dispatch: heartbeat of {}: {e}", c.id),
-                },
+                Ok(id) => current.retain(|c| c.id != id),
+                Err(RecvTimeoutError::Timeout) => {
+                    for c in &current {
+                        match state.queue.heartbeat(&c.id, c.attempt, now_ms() + lease) {
+                            Ok(Some(false)) => {}
+                            // a cancel from another process, or the claim lost: stop after this step
+                            Ok(Some(true)) | Ok(None) => c.cancel.store(true, Ordering::SeqCst),
+                            Err(e) => eprintln!("imagen-dispatch: heartbeat of {}: {e}", c.id),
+                        }
+                    }
+                }
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             continue;
@@ -88,7 +94,9 @@ fn run(state: Arc<AppState>, wake: Receiver<()>) {
         let models = state.worker.as_ref().map(|w| w.models.as_slice()).unwrap_or_default();
         match state.queue.claim(&state.owner, models, now, now + lease) {
             Ok(Some(job)) => {
-                current = start(&state, job, done_tx.clone());
+                let mut jobs = vec![job];
+                jobs.extend(more(&state, &jobs[0], now + lease));
+                current = start(&state, jobs, &done_tx);
                 continue;
             }
             Ok(None) => {}
@@ -141,12 +149,64 @@ fn base(job: &QueuedJob) -> Value {
     serde_json::from_str(&job.response).unwrap_or_else(|_| json!({"id": job.id}))
 }
 
-/// Hands a claimed job to the engine; `None` when it ended without running.
-fn start(state: &Arc<AppState>, job: QueuedJob, done: Sender<()>) -> Option<Current> {
-    let data_dir = &state.config.data_dir;
+/// With `max_batch > 1`: the queued jobs that can share `first`'s batch, claimed.
+fn more(state: &AppState, first: &QueuedJob, lease_until: u64) -> Vec<QueuedJob> {
+    let max = state.config.queue.max_batch;
+    let Some(spec) = (max > 1)
+        .then(|| serde_json::from_str::<JobSpec>(&first.spec).ok())
+        .flatten()
+    else {
+        return Vec::new();
+    };
+    if crate::batching::batch_key(&spec).is_none() {
+        return Vec::new();
+    }
+    let fits = crate::batching::fits_with(&spec);
+    match state
+        .queue
+        .claim_more(&state.owner, &spec.model, lease_until, max - 1, &fits)
+    {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            eprintln!("imagen-dispatch: claiming jobs to batch: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Hands claimed jobs to the engine (together, so that it may batch them); those that ended
+/// without running are not returned.
+fn start(state: &Arc<AppState>, jobs: Vec<QueuedJob>, done: &Sender<String>) -> Vec<Current> {
+    let Some(engine) = &state.engine else {
+        return Vec::new();
+    };
+    let (mut current, mut engine_jobs) = (Vec::new(), Vec::new());
+    for job in jobs {
+        if let Some((c, j)) = prepare(state, job, done.clone()) {
+            current.push(c);
+            engine_jobs.push(j);
+        }
+    }
+    if engine_jobs.is_empty() {
+        return current;
+    }
+    if let Err(e) = engine.submit_batch(engine_jobs) {
+        // the leases run out and the jobs are claimed again (here or by another worker)
+        eprintln!("imagen-dispatch: the engine refused {} jobs: {e:?}", current.len());
+        let mut running = lock(&state.running);
+        for c in &current {
+            running.remove(&c.id);
+        }
+        return Vec::new();
+    }
+    current
+}
+
+/// A claimed job as the engine takes it; `None` when it ended without running.
+fn prepare(state: &Arc<AppState>, job: QueuedJob, done: Sender<String>) -> Option<(Current, Job)> {
     let parsed = serde_json::from_str::<JobSpec>(&job.spec)
         .map_err(|e| e.to_string())
-        .and_then(|spec| Ok((spec.request(data_dir, &job.id).map_err(|e| e.to_string())?, spec)));
+        .and_then(|spec| Ok((spec.request(&state.blobs, &job.id).map_err(|e| e.to_string())?, spec)));
     let (request, spec) = match parsed {
         Ok(v) => v,
         Err(e) => {
@@ -182,28 +242,18 @@ fn start(state: &Arc<AppState>, job: QueuedJob, done: Sender<()>) -> Option<Curr
             set_progress(&st, &job.id, None);
             lock(&st.running).remove(&job.id);
             if let Some(tx) = done.take() {
-                let _ = tx.send(());
+                let _ = tx.send(job.id.clone());
             }
         }
     };
-    let Some(engine) = &state.engine else {
-        lock(&state.running).remove(&current.id);
-        return None;
-    };
-    let submitted = engine.submit(Job {
+    let job = Job {
         model,
         loras,
         request,
         cancel,
         events: Box::new(events),
-    });
-    if let Err(e) = submitted {
-        // the lease runs out and the job is claimed again (here or by another worker)
-        eprintln!("imagen-dispatch: the engine refused {}: {e:?}", current.id);
-        lock(&state.running).remove(&current.id);
-        return None;
-    }
-    Some(current)
+    };
+    Some((current, job))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -71,8 +71,7 @@ pub fn submit(state: &Arc<AppState>, sub: Submission) -> Result<(Value, Option<o
         "output_format": sub.output.ext(),
         "seed": sub.request.seed,
     });
-    let data_dir = &state.config.data_dir;
-    let spec = JobSpec::store(&sub, &id, data_dir).map_err(ApiError::internal)?;
+    let spec = JobSpec::store(&sub, &id, &state.blobs).map_err(ApiError::internal)?;
     let spec = serde_json::to_string(&spec).map_err(ApiError::internal)?;
     // registered before the row exists, so that no ending can slip past it
     let rx = (!sub.background).then(|| {
@@ -103,7 +102,7 @@ pub fn submit(state: &Arc<AppState>, sub: Submission) -> Result<(Value, Option<o
         .map_err(ApiError::from);
     if !matches!(accepted, Ok(true)) {
         lock(&state.waiters).remove(&id);
-        JobSpec::remove_inputs(data_dir, &id);
+        JobSpec::remove_inputs(&state.blobs, &id);
         accepted?;
         let mut err = ApiError::new(Code::ServiceUnavailable, "the generation queue is full; retry shortly");
         err.retry_after = Some(5);
@@ -151,22 +150,28 @@ pub fn finish(state: &Arc<AppState>, job: &QueuedJob, spec: &JobSpec, result: im
     let record: Value = serde_json::from_str(&job.response).unwrap_or_else(|_| json!({"id": job.id}));
     let output = spec.output();
     let written = result.map_err(ApiError::from).and_then(|images| {
-        let dir = state.config.data_dir.join("images").join(&job.id);
-        std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
         let mut list = Vec::new();
         for (n, g) in images.iter().enumerate() {
             let file = format!("{n}.{}", output.ext());
             let bytes = encode(&g.image, output).map_err(ApiError::internal)?;
-            std::fs::write(dir.join(&file), bytes).map_err(ApiError::internal)?;
+            // stored under the job id before the record says completed
+            state
+                .blobs
+                .put(&format!("images/{}/{file}", job.id), bytes)
+                .map_err(ApiError::internal)?;
             list.push(json!({"file": file, "width": spec.width, "height": spec.height, "seed": g.seed}));
         }
-        Ok(list)
+        Ok((list, images.iter().map(|g| g.batch).max().unwrap_or(1)))
     });
     let record = match written {
-        Ok(list) => {
+        Ok((list, batch)) => {
             let mut record = record;
             record["status"] = "completed".into();
             record["images"] = list.into();
+            if batch > 1 {
+                // dynamic batching: how many images were denoised together with these
+                record["batch_size"] = batch.into();
+            }
             record
         }
         Err(e) => failed_record(record, e.code, &e.message),
@@ -204,7 +209,7 @@ pub fn end(state: &Arc<AppState>, job: &QueuedJob, attempt: Option<u32>, record:
     if job.webhook.is_some() {
         state.webhooks.notify();
     }
-    JobSpec::remove_inputs(&state.config.data_dir, &job.id);
+    JobSpec::remove_inputs(&state.blobs, &job.id);
     for tx in lock(&state.waiters).remove(&job.id).unwrap_or_default() {
         let _ = tx.send(Outcome { record: record.clone() });
     }
@@ -254,11 +259,16 @@ pub fn render(state: &AppState, record: &Value) -> Value {
         for im in images {
             let file = im["file"].as_str().unwrap_or_default().to_owned();
             if b64 {
-                let path = state.config.data_dir.join("images").join(id).join(&file);
-                im["b64_json"] = std::fs::read(path)
-                    .map(|b| STANDARD.encode(b))
-                    .unwrap_or_default()
-                    .into();
+                let bytes = state.blobs.get(&format!("images/{id}/{file}"));
+                im["b64_json"] = match bytes {
+                    Ok(Some(b)) => STANDARD.encode(b),
+                    Ok(None) => String::new(),
+                    Err(e) => {
+                        eprintln!("imagen: {e}");
+                        String::new()
+                    }
+                }
+                .into();
             } else {
                 let path = format!("{id}/{file}");
                 let sig = url_signature(&state.secret, &path, expires);

@@ -3,6 +3,8 @@
 //! `imagen_engine::worker` (a job in, images out).
 
 pub mod app;
+pub mod batching;
+pub mod blobs;
 pub mod config;
 pub mod dispatch;
 pub mod error;

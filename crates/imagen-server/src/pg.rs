@@ -120,7 +120,8 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 const KEY_COLUMNS: &str = "id, hash, plan, scopes, created_at, revoked";
 const JOB_COLUMNS: &str = "id, key_id, status, created_at, response, webhook_url, webhook_secret";
-const QUEUED_COLUMNS: &str = "id, key_id, attempt, max_attempts, spec, response, webhook_url, webhook_secret, cancel";
+pub(crate) const QUEUED_COLUMNS: &str =
+    "id, key_id, attempt, max_attempts, spec, response, webhook_url, webhook_secret, cancel";
 
 fn key_from(r: &Row) -> KeyRecord {
     KeyRecord {
@@ -145,7 +146,7 @@ fn job_from(r: &Row) -> JobRecord {
     }
 }
 
-fn queued_from(r: &Row) -> QueuedJob {
+pub(crate) fn queued_from(r: &Row) -> QueuedJob {
     let url: Option<String> = r.get(6);
     let secret: Option<String> = r.get(7);
     QueuedJob {

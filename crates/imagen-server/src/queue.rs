@@ -36,7 +36,7 @@ pub struct Outbox<'a> {
     pub body: &'a str,
 }
 
-pub trait Queue: Send + Sync {
+pub trait Queue: Send + Sync + crate::batching::Batches {
     /// Adds a `queued` job for `model` unless `capacity` jobs already wait; `false` when full.
     fn enqueue(&self, job: &JobRecord, model: &str, spec: &str, max_attempts: u32, capacity: usize) -> Result<bool>;
     /// Claims the oldest queued job for one of `models`, or a running one whose lease expired
@@ -87,9 +87,10 @@ pub(crate) const MIGRATION_2: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, info TEXT NOT NULL, seen_ms INTEGER NOT NULL)",
 ];
 
-const QUEUED_COLUMNS: &str = "id, key_id, attempt, max_attempts, spec, response, webhook_url, webhook_secret, cancel";
+pub(crate) const QUEUED_COLUMNS: &str =
+    "id, key_id, attempt, max_attempts, spec, response, webhook_url, webhook_secret, cancel";
 
-fn queued_from_row(r: &rusqlite::Row) -> rusqlite::Result<QueuedJob> {
+pub(crate) fn queued_from_row(r: &rusqlite::Row) -> rusqlite::Result<QueuedJob> {
     let url: Option<String> = r.get(6)?;
     let secret: Option<String> = r.get(7)?;
     Ok(QueuedJob {

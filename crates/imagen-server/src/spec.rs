@@ -1,8 +1,9 @@
 //! A validated request as the queue stores it: everything a worker needs to run the job again
 //! after a restart (the seed already resolved, so a re-run draws the same image). Input images
-//! are kept beside it as lossless PNGs under `DATA/inputs/{id}/`.
+//! are kept beside it as lossless PNGs under `inputs/{id}/` in the image storage (the data
+//! directory, or the object store every worker reads).
 
-use std::path::{Path, PathBuf};
+use std::io::Cursor;
 
 use imagen_engine::pipeline::SkipLayerGuidance;
 use imagen_engine::rng::RngKind;
@@ -10,6 +11,7 @@ use imagen_engine::scheduler::SamplerKind;
 use imagen_engine::{GenerateRequest, InitImage};
 use serde::{Deserialize, Serialize};
 
+use crate::blobs::Blobs;
 use crate::error::{Error, Result};
 use crate::jobs::{ResponseFormat, Submission};
 use crate::media::OutputFormat;
@@ -40,21 +42,24 @@ pub struct JobSpec {
     pub b64: bool,
 }
 
-fn inputs(data_dir: &Path, id: &str) -> PathBuf {
-    data_dir.join("inputs").join(id)
+fn input(id: &str, name: &str) -> String {
+    format!("inputs/{id}/{name}")
 }
 
 impl JobSpec {
-    /// The spec of a submission; writes its input images under the data directory.
-    pub fn store(sub: &Submission, id: &str, data_dir: &Path) -> Result<Self> {
+    /// The spec of a submission; writes its input images to the image storage.
+    pub fn store(sub: &Submission, id: &str, blobs: &Blobs) -> Result<Self> {
         let r = &sub.request;
         if let Some(init) = &r.init {
-            let dir = inputs(data_dir, id);
-            std::fs::create_dir_all(&dir)?;
-            let err = |e: image::ImageError| Error::Config(format!("writing the input image of {id}: {e}"));
-            init.image.save(dir.join("init.png")).map_err(err)?;
+            let png = |img: image::DynamicImage| -> Result<Vec<u8>> {
+                let mut out = Cursor::new(Vec::new());
+                img.write_to(&mut out, image::ImageFormat::Png)
+                    .map_err(|e| Error::Config(format!("writing the input image of {id}: {e}")))?;
+                Ok(out.into_inner())
+            };
+            blobs.put(&input(id, "init.png"), png(init.image.clone().into())?)?;
             if let Some(mask) = &init.mask {
-                mask.save(dir.join("mask.png")).map_err(err)?;
+                blobs.put(&input(id, "mask.png"), png(mask.clone().into())?)?;
             }
         }
         Ok(JobSpec {
@@ -89,13 +94,17 @@ impl JobSpec {
     }
 
     /// The request to run, with its input images read back.
-    pub fn request(&self, data_dir: &Path, id: &str) -> Result<GenerateRequest> {
+    pub fn request(&self, blobs: &Blobs, id: &str) -> Result<GenerateRequest> {
         let bad = |m: String| Error::Config(format!("job {id}: {m}"));
         let init = match self.strength {
             None => None,
             Some(strength) => {
-                let dir = inputs(data_dir, id);
-                let read = |name: &str| image::open(dir.join(name)).map_err(|e| bad(format!("{name}: {e}")));
+                let read = |name: &str| {
+                    let bytes = blobs
+                        .get(&input(id, name))?
+                        .ok_or_else(|| bad(format!("{name} is missing")))?;
+                    image::load_from_memory(&bytes).map_err(|e| bad(format!("{name}: {e}")))
+                };
                 Some(InitImage {
                     image: read("init.png")?.to_rgb8(),
                     strength,
@@ -143,7 +152,7 @@ impl JobSpec {
     }
 
     /// Drops the job's input images once it has ended.
-    pub fn remove_inputs(data_dir: &Path, id: &str) {
-        let _ = std::fs::remove_dir_all(inputs(data_dir, id));
+    pub fn remove_inputs(blobs: &Blobs, id: &str) {
+        blobs.remove(&[input(id, "init.png"), input(id, "mask.png")]);
     }
 }

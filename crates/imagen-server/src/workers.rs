@@ -18,7 +18,7 @@ pub struct WorkerInfo {
     pub id: String,
     pub host: String,
     pub pid: u32,
-    /// `cpu` or `wgpu`, and the compute type.
+    /// `cpu`, `wgpu` or `wgpu:N` (the N-th discrete GPU), and the compute type.
     pub backend: String,
     pub dtype: String,
     /// Ids of the models it can run (it claims only their jobs).

@@ -102,8 +102,9 @@ pub async fn image(
         if !valid {
             return Err(ApiError::not_found("no such image"));
         }
-        std::fs::read(st.config.data_dir.join("images").join(&id2).join(&file))
-            .map_err(|_| ApiError::not_found("no such image"))
+        st.blobs
+            .get(&format!("images/{id2}/{file}"))?
+            .ok_or_else(|| ApiError::not_found("no such image"))
     })
     .await;
     let ext = path.rsplit('.').next().unwrap_or("png");
