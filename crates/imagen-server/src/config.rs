@@ -119,6 +119,10 @@ pub struct QueueConfig {
     /// size, steps, sampler and LoRA set; text-to-image) and denoises their images as one
     /// batch, each with its own prompt, seed and guidance. 1: one job at a time.
     pub max_batch: usize,
+    /// With `max_batch > 1`: how long a worker that found fewer compatible jobs than it could
+    /// take waits once for more before it starts (clients that resubmit as their last image
+    /// arrives make the next batch).
+    pub batch_wait_ms: u64,
 }
 
 impl Default for QueueConfig {
@@ -128,6 +132,7 @@ impl Default for QueueConfig {
             max_attempts: 3,
             shutdown_timeout_ms: 30_000,
             max_batch: 1,
+            batch_wait_ms: 50,
         }
     }
 }

@@ -162,16 +162,24 @@ fn more(state: &AppState, first: &QueuedJob, lease_until: u64) -> Vec<QueuedJob>
         return Vec::new();
     }
     let fits = crate::batching::fits_with(&spec);
-    match state
+    let claim = |limit: usize| match state
         .queue
-        .claim_more(&state.owner, &spec.model, lease_until, max - 1, &fits)
+        .claim_more(&state.owner, &spec.model, lease_until, limit, &fits)
     {
         Ok(jobs) => jobs,
         Err(e) => {
             eprintln!("imagen-dispatch: claiming jobs to batch: {e}");
             Vec::new()
         }
+    };
+    let mut jobs = claim(max - 1);
+    let wait = state.config.queue.batch_wait_ms;
+    if jobs.len() < max - 1 && wait > 0 {
+        // once, briefly: clients resubmitting as their images arrive make the next batch
+        std::thread::sleep(Duration::from_millis(wait));
+        jobs.extend(claim(max - 1 - jobs.len()));
     }
+    jobs
 }
 
 /// Hands claimed jobs to the engine (together, so that it may batch them); those that ended
