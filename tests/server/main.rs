@@ -1,5 +1,6 @@
 //! The HTTP server over a real socket: the real `imagen serve` binary, a real HTTP client.
 
+mod a1111;
 mod batching;
 mod chaos;
 mod contract;

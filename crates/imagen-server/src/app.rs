@@ -53,6 +53,10 @@ pub struct AppState {
     pub waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
     /// Cancel flags of the jobs this process is running.
     pub running: Running,
+    /// A1111 routes: each key's default model (`POST /sdapi/v1/options`) and latest job
+    /// (`progress`, `interrupt`), in this process.
+    pub a1111_models: Mutex<HashMap<String, String>>,
+    pub a1111_jobs: Mutex<HashMap<String, String>>,
     /// Set on SIGTERM / Ctrl-C: the dispatcher claims nothing more.
     pub stopping: std::sync::atomic::AtomicBool,
     /// Every step the engine reports, for the `events` streams.
@@ -179,6 +183,8 @@ pub async fn start(mut config: Config) -> Result<(Option<tokio::net::TcpListener
         running: Mutex::new(HashMap::new()),
         steps: tokio::sync::broadcast::channel(1024).0,
         previews: Mutex::new(HashMap::new()),
+        a1111_models: Mutex::new(HashMap::new()),
+        a1111_jobs: Mutex::new(HashMap::new()),
         stopping: std::sync::atomic::AtomicBool::new(false),
     });
     jobs::recover(&state)?;

@@ -30,7 +30,12 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
         Ok(k) => k,
         Err(e) => return e.with_flavor(flavor).into_response(),
     };
-    let counts = req.method() == Method::POST;
+    // A1111's settings and interrupt calls are POSTs but generate nothing
+    let counts = req.method() == Method::POST
+        && !matches!(
+            req.uri().path(),
+            "/sdapi/v1/options" | "/sdapi/v1/interrupt" | "/sdapi/v1/skip"
+        );
     // An Idempotency-Key replays the first answer before anything is counted.
     let mut idem = None;
     if counts {
@@ -104,16 +109,24 @@ async fn usage(
     tokio::task::spawn_blocking(move || store.usage(&id, &windows, now_secs())).await
 }
 
-/// The caller's key from `Authorization: Bearer …` (401 when missing, malformed or revoked).
+/// The caller's key from `Authorization: Bearer …`, or HTTP Basic with the key as the password
+/// (AUTOMATIC1111's `--api-auth`, which its clients send; the user name is ignored). 401 when
+/// missing, malformed or revoked.
 pub(super) fn lookup(state: &AppState, headers: &HeaderMap) -> Result<KeyRecord, ApiError> {
     let unauthorized = |m: &str| ApiError::new(Code::Unauthorized, m);
     let value = headers
         .get(axum::http::header::AUTHORIZATION)
         .ok_or_else(|| unauthorized("missing Authorization: Bearer <API key>"))?;
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+    let value = value.to_str().ok().unwrap_or_default();
+    let basic = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))
+        .and_then(|b| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b.trim()).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|up| up.split_once(':').map(|(_, password)| password.to_owned()));
+    let token = basic
+        .as_deref()
+        .or_else(|| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <API key>`"))?;

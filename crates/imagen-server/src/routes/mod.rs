@@ -2,6 +2,7 @@
 //! non-2xx answer, including axum's own (unknown route, wrong method, body too large), is an
 //! [`ApiError`] body.
 
+mod a1111;
 mod auth;
 mod contract;
 mod events;
@@ -41,6 +42,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/images/generations", post(openai::generations))
         .route("/v1/images/edits", post(openai::edits))
         .route("/v1/images/variations", post(openai::variations))
+        .route("/sdapi/v1/txt2img", post(a1111::txt2img))
+        .route("/sdapi/v1/img2img", post(a1111::img2img))
+        .route("/sdapi/v1/sd-models", get(a1111::sd_models))
+        .route("/sdapi/v1/samplers", get(a1111::samplers))
+        .route("/sdapi/v1/schedulers", get(a1111::schedulers))
+        .route("/sdapi/v1/loras", get(a1111::loras))
+        .route("/sdapi/v1/upscalers", get(a1111::upscalers))
+        .route("/sdapi/v1/options", get(a1111::get_options).post(a1111::set_options))
+        .route("/sdapi/v1/progress", get(a1111::progress))
+        .route("/sdapi/v1/interrupt", post(a1111::interrupt))
+        .route("/sdapi/v1/skip", post(a1111::interrupt))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .merge(authed)
