@@ -172,6 +172,17 @@ fn options_lists_errors_and_auth_speak_a1111() {
     assert!(r.json()["detail"].as_str().expect("detail").contains("UniPC"));
     let r = sdapi(&s, &key, "txt2img", &json!({"prompt": "x", "width": 65, "steps": 2}));
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let r = sdapi(
+        &s,
+        &key,
+        "img2img",
+        &json!({"prompt": "x", "init_images": "not a list"}),
+    );
+    assert_eq!(r.status, 422);
+    assert_eq!(r.json()["detail"][0]["loc"], json!(["body", "init_images"]));
+    let r = sdapi(&s, &key, "img2img", &json!({"prompt": "x", "init_images": []}));
+    assert_eq!(r.status, 400);
+    assert!(r.json()["detail"].as_str().expect("detail").contains("init_images"));
     // Basic auth with a wrong key, or none
     assert_eq!(sdapi(&s, "imk_wrong", "txt2img", &json!({"prompt": "x"})).status, 401);
     assert_eq!(s.get("/sdapi/v1/sd-models", None).status, 401);

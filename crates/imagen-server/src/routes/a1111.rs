@@ -180,7 +180,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The shared fields of txt2img and img2img as our parameters.
-fn params(state: &AppState, caller: &Caller, b: &Body) -> Result<Result<Params, ApiError>, Rejected> {
+fn params(state: &AppState, caller: &Caller, b: &Body) -> Result<Params, Rejected> {
     let prompt = b.str("prompt")?.unwrap_or_default();
     let (prompt, loras) = lora_tags(&prompt);
     let (negative, _) = lora_tags(&b.str("negative_prompt")?.unwrap_or_default());
@@ -209,7 +209,8 @@ fn params(state: &AppState, caller: &Caller, b: &Body) -> Result<Result<Params, 
     let model = checkpoint
         .or_else(|| default_model(state, caller))
         .map(|m| checkpoint_id(&m));
-    Ok(sampler(&sampler_name, scheduler.as_deref()).map(|scheduler| Params {
+    let scheduler = sampler(&sampler_name, scheduler.as_deref()).map_err(|e| Box::new(error(e)))?;
+    Ok(Params {
         prompt: Some(prompt),
         negative_prompt: Some(negative),
         model,
@@ -224,7 +225,32 @@ fn params(state: &AppState, caller: &Caller, b: &Body) -> Result<Result<Params, 
         response_format: Some("b64_json".into()),
         loras,
         ..Params::default()
-    }))
+    })
+}
+
+/// A txt2img / img2img body: its fields, and our parameters from them.
+fn parsed(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<(Body, Params), Rejected> {
+    let b = Body::parse(bytes)?;
+    let p = params(state, caller, &b)?;
+    Ok((b, p))
+}
+
+/// img2img's own fields: the init image, the strength, the mask.
+fn init_fields(b: &Body) -> Result<(String, f64, Option<String>), Rejected> {
+    let init = match b.get("init_images") {
+        Some(Value::Array(a)) => a.first().and_then(Value::as_str).map(str::to_owned),
+        Some(_) => {
+            return Err(unprocessable(
+                "init_images",
+                "value is not a valid list",
+                "type_error.list",
+            ));
+        }
+        None => None,
+    };
+    let init =
+        init.ok_or_else(|| Box::new(error(ApiError::bad_request("init_images must hold one image (base64)"))))?;
+    Ok((init, b.float("denoising_strength")?.unwrap_or(0.75), b.str("mask")?))
 }
 
 /// A1111 titles look like `name.safetensors [hash]`: the id is the name without either.
@@ -285,13 +311,8 @@ pub async fn txt2img(
     Extension(caller): Extension<Caller>,
     bytes: Bytes,
 ) -> Response {
-    let b = match Body::parse(&bytes) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    let params = match params(&state, &caller, &b) {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => return error(e),
+    let (b, params) = match parsed(&state, &caller, &bytes) {
+        Ok(v) => v,
         Err(r) => return *r,
     };
     generate(&state, &caller, params, Value::Object(b.0), "text-to-image").await
@@ -302,29 +323,9 @@ pub async fn img2img(
     Extension(caller): Extension<Caller>,
     bytes: Bytes,
 ) -> Response {
-    let b = match Body::parse(&bytes) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    let mut params = match params(&state, &caller, &b) {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => return error(e),
-        Err(r) => return *r,
-    };
-    let init = match b.get("init_images") {
-        Some(Value::Array(a)) => a.first().and_then(Value::as_str).map(str::to_owned),
-        Some(_) => return *unprocessable("init_images", "value is not a valid list", "type_error.list"),
-        None => None,
-    };
-    let Some(init) = init else {
-        return error(ApiError::bad_request("init_images must hold one image (base64)"));
-    };
-    let strength = match b.float("denoising_strength") {
-        Ok(s) => s.unwrap_or(0.75),
-        Err(r) => return *r,
-    };
-    let mask = match b.str("mask") {
-        Ok(m) => m,
+    let parts = parsed(&state, &caller, &bytes).and_then(|(b, p)| Ok((init_fields(&b)?, b, p)));
+    let ((init, strength, mask), b, mut params) = match parts {
+        Ok(v) => v,
         Err(r) => return *r,
     };
     let decoded = async {
