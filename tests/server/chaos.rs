@@ -53,6 +53,16 @@ fn try_post(base: &str, key: &str, body: &Value, idem: &str) -> Option<(u16, Val
     Some((status, serde_json::from_slice(&bytes).ok()?))
 }
 
+/// For a failure's message: the schema's jobs counted by queue state.
+fn job_states(url: &str) -> Vec<(String, i64)> {
+    let Ok(mut c) = postgres::Client::connect(url, postgres::NoTls) else {
+        return Vec::new();
+    };
+    c.query("SELECT state, count(*) FROM jobs GROUP BY state", &[])
+        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        .unwrap_or_default()
+}
+
 /// The four processes, by slot: 0 and 1 front-ends, 2 and 3 workers.
 struct Cluster {
     env: Env,
@@ -143,9 +153,16 @@ fn two_front_ends_two_workers_kill_9_and_a_postgres_restart_lose_nothing() {
         });
         let mut idem = format!("chaos-{n}");
         let (deadline, mut in_flight) = (Instant::now() + Duration::from_secs(120), 0);
+        let mut last = None;
         let id = loop {
-            assert!(Instant::now() < deadline, "job {n} never accepted");
-            match try_post(&cluster.base(rng.below(2)), &key, &body, &idem) {
+            assert!(
+                Instant::now() < deadline,
+                "job {n} never accepted; last answer: {last:?}; jobs by state: {:?}",
+                job_states(&url)
+            );
+            let answer = try_post(&cluster.base(rng.below(2)), &key, &body, &idem);
+            last = answer.clone();
+            match answer {
                 Some((202, v)) => break v["id"].as_str().expect("id").to_owned(),
                 // the first attempt's front-end died between admitting and recording the
                 // answer: its key stays "in flight"; that job (if any) runs untracked here

@@ -9,6 +9,7 @@ mod flux;
 mod harness;
 mod limits;
 mod openai;
+mod pg_start;
 mod queue;
 mod s3;
 mod shared_store;

@@ -65,19 +65,54 @@ fn pool_error(e: r2d2::Error) -> Error {
 
 impl From<postgres::Error> for Error {
     fn from(e: postgres::Error) -> Self {
-        Error::Config(format!("postgres: {e}"))
+        // the client's own Display says only "db error": the server's message is the source
+        match e.as_db_error() {
+            Some(db) => Error::Config(format!("postgres: {}", db.message())),
+            None => Error::Config(format!("postgres: {e}")),
+        }
     }
 }
 
 impl PgStore {
     /// Connects (`postgres://user@host:port/db`) and applies the migrations not yet applied.
+    /// A server that is down, restarting or still recovering is waited for (up to
+    /// [`OPEN_PATIENCE`]): processes started alongside the database, or during its restart,
+    /// come up instead of exiting.
     pub fn open(url: &str) -> Result<Self> {
-        blocking(|| Self::connect(url))
+        blocking(|| {
+            let deadline = std::time::Instant::now() + OPEN_PATIENCE;
+            let mut said = false;
+            loop {
+                match Self::connect(url) {
+                    Err(Connect::Unreachable(e)) if std::time::Instant::now() < deadline => {
+                        if !said {
+                            eprintln!("imagen: waiting for PostgreSQL: {e}");
+                            said = true;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(250));
+                    }
+                    Err(Connect::Unreachable(e) | Connect::Other(e)) => return Err(e),
+                    Ok(store) => return Ok(store),
+                }
+            }
+        })
     }
 
-    fn connect(url: &str) -> Result<Self> {
-        let config: postgres::Config = url.parse()?;
-        let mut client = config.connect(NoTls)?;
+    fn connect(url: &str) -> std::result::Result<Self, Connect> {
+        let config: postgres::Config = url.parse().map_err(|e: postgres::Error| Connect::Other(e.into()))?;
+        let mut client = config.connect(NoTls).map_err(Connect::from)?;
+        Self::migrate(&mut client).map_err(Connect::from)?;
+        drop(client);
+        let pool = r2d2::Pool::builder()
+            .max_size(POOL_SIZE)
+            .min_idle(Some(1))
+            .connection_timeout(std::time::Duration::from_secs(10))
+            .build(PostgresConnectionManager::new(config, NoTls))
+            .map_err(|e| Connect::Unreachable(pool_error(e)))?;
+        Ok(PgStore { pool })
+    }
+
+    fn migrate(client: &mut postgres::Client) -> std::result::Result<(), postgres::Error> {
         let mut tx = client.transaction()?;
         // one migrator at a time across processes
         tx.execute("SELECT pg_advisory_xact_lock(7468730)", &[])?;
@@ -92,21 +127,48 @@ impl PgStore {
                 &[&(i as i32 + 1)],
             )?;
         }
-        tx.commit()?;
-        drop(client);
-        let pool = r2d2::Pool::builder()
-            .max_size(POOL_SIZE)
-            .min_idle(Some(1))
-            .connection_timeout(std::time::Duration::from_secs(10))
-            .build(PostgresConnectionManager::new(config, NoTls))
-            .map_err(pool_error)?;
-        Ok(PgStore { pool })
+        tx.commit()
     }
 
     /// A connection of the pool (a new one if the server restarted since).
     pub(crate) fn client(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
         self.pool.get().map_err(pool_error)
     }
+}
+
+/// How long [`PgStore::open`] waits for an unreachable or starting server.
+const OPEN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Why opening failed: worth waiting out (no server yet, or one starting, stopping or
+/// recovering) or not (a bad URL, a refused login, a failed migration).
+enum Connect {
+    Unreachable(Error),
+    Other(Error),
+}
+
+impl From<postgres::Error> for Connect {
+    fn from(e: postgres::Error) -> Self {
+        use postgres::error::SqlState;
+        let transient = e.as_db_error().map_or(e.is_closed() || is_io(&e), |d| {
+            // 57P03 cannot_connect_now: starting up, shutting down, in recovery
+            [
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+            ]
+            .contains(d.code())
+        });
+        if transient {
+            Connect::Unreachable(e.into())
+        } else {
+            Connect::Other(e.into())
+        }
+    }
+}
+
+/// A refused or reset connection (the server is not listening yet, or went away).
+fn is_io(e: &postgres::Error) -> bool {
+    std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
 /// The blocking client must not run on an async worker as is: there it runs inside
