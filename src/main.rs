@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use imagen_engine::pipeline::{SkipLayerGuidance, tensor_to_images};
 use imagen_engine::rng::RngKind;
 use imagen_engine::scheduler::SamplerKind;
-use imagen_engine::{GenerateRequest, InitImage, Model};
+use imagen_engine::{GenerateRequest, InitImage, MaskedContent, Model};
 use imagen_models::device;
 use imagen_models::load::lora::LoraFile;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -127,6 +127,10 @@ struct GenerateArgs {
     /// Inpainting: a PNG the size of --init-image, white where to repaint, black where to keep.
     #[arg(long, requires = "init_image")]
     mask: Option<PathBuf>,
+    /// What the masked area starts from: original, fill, latent_noise, latent_nothing
+    /// (A1111's "masked content").
+    #[arg(long, requires = "mask", default_value = "original", value_parser = MaskedContent::NAMES)]
+    masked_content: String,
     /// How much of the init image to re-noise, 0..1 (diffusers' strength).
     #[arg(long, default_value_t = 0.8)]
     strength: f64,
@@ -333,6 +337,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
                 image,
                 strength: a.strength,
                 mask: a.mask.as_deref().map(read_mask).transpose()?,
+                masked: MaskedContent::parse(&a.masked_content).unwrap_or_default(),
             }),
             None => None,
         },

@@ -165,6 +165,7 @@ pub fn case_request(case: &Value) -> GenerateRequest {
             image: load_png(p),
             strength: case["strength"].as_f64().expect("strength"),
             mask: None,
+            masked: Default::default(),
         }),
     }
 }

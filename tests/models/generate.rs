@@ -108,6 +108,7 @@ fn mask_repaints_only_the_white_area() {
             image: init.clone(),
             strength: 1.0,
             mask,
+            masked: Default::default(),
         }),
     };
     let latents = |mask: Option<image::GrayImage>| -> Vec<f32> {

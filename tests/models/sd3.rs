@@ -51,6 +51,7 @@ fn request(case: &Value) -> GenerateRequest {
             image: load_png(p),
             strength: f("strength"),
             mask: None,
+            masked: Default::default(),
         }),
         long_prompt: false,
         max_sequence_length: Some(f("max_sequence_length") as usize),

@@ -187,3 +187,127 @@ fn options_lists_errors_and_auth_speak_a1111() {
     assert_eq!(sdapi(&s, "imk_wrong", "txt2img", &json!({"prompt": "x"})).status, 401);
     assert_eq!(s.get("/sdapi/v1/sd-models", None).status, 401);
 }
+
+fn png(img: &image::DynamicImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .expect("png");
+    out
+}
+
+#[test]
+fn png_info_reads_the_settings_back_and_inpainting_fill_picks_the_start() {
+    let env = Env::new();
+    let key = env.key("pro", &[]);
+    let s = env.serve();
+    let r = sdapi(
+        &s,
+        &key,
+        "txt2img",
+        &json!({"prompt": "a red fox <lora:kohya:0.5>", "negative_prompt": "blurry", "seed": 42, "steps": 3,
+                "cfg_scale": 6.5, "width": 64, "height": 64, "sampler_name": "DPM++ 2M", "scheduler": "karras",
+                "override_settings": {"sd_model_checkpoint": "tiny-sd15"}}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let image = r.json()["images"][0].as_str().expect("image").to_owned();
+    let info = sdapi(
+        &s,
+        &key,
+        "png-info",
+        &json!({"image": format!("data:image/png;base64,{image}")}),
+    );
+    assert_eq!(info.status, 200, "{}", String::from_utf8_lossy(&info.body));
+    let info = info.json();
+    let text = info["info"].as_str().expect("info");
+    assert!(
+        text.starts_with("a red fox <lora:kohya:0.5>\nNegative prompt: blurry\nSteps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 42, Size: 64x64, Model: tiny-sd15"),
+        "{text}"
+    );
+    let p = &info["parameters"];
+    assert_eq!(
+        (&p["Prompt"], &p["Seed"], &p["Size-1"]),
+        (&json!("a red fox <lora:kohya:0.5>"), &json!("42"), &json!("64"))
+    );
+    // a PNG without settings: empty info; no image: FastAPI's 422
+    let plain = png(&image::DynamicImage::new_rgb8(8, 8));
+    let none = sdapi(&s, &key, "png-info", &json!({"image": b64(&plain)})).json();
+    assert_eq!(none["info"], "");
+    assert_eq!(sdapi(&s, &key, "png-info", &json!({})).status, 422);
+
+    // inpainting_fill over a masked square: each start gives its own image; 1 (original) is
+    // A1111's default and our route's; 2 is our masked_content latent_noise
+    let init = std::fs::read(fixture("golden/generate/tiny-sd2-init.png")).expect("init");
+    let init = image::load_from_memory(&init)
+        .expect("init")
+        .resize_exact(64, 64, image::imageops::FilterType::Nearest);
+    let mask = image::GrayImage::from_fn(64, 64, |x, y| {
+        image::Luma([if (16..48).contains(&x) && (16..48).contains(&y) {
+            255
+        } else {
+            0
+        }])
+    });
+    let (init, mask) = (b64(&png(&init)), b64(&png(&mask.into())));
+    let a1111 = |fill: Option<i64>| {
+        let mut body = json!({"prompt": "a house", "init_images": [init], "mask": mask, "denoising_strength": 0.7,
+                              "seed": 5, "steps": 4, "width": 64, "height": 64,
+                              "override_settings": {"sd_model_checkpoint": "tiny-sd15"}});
+        if let Some(f) = fill {
+            body["inpainting_fill"] = f.into();
+        }
+        let r = sdapi(&s, &key, "img2img", &body);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        pixels(&r.json()["images"][0])
+    };
+    let ours = |content: Option<&str>| {
+        let mut body = json!({"prompt": "a house", "image": init, "mask": mask, "strength": 0.7, "seed": 5,
+                              "steps": 4, "guidance_scale": 7.0, "scheduler": "euler_a", "rng": "philox",
+                              "model": "tiny-sd15", "response_format": "b64_json"});
+        if let Some(c) = content {
+            body["masked_content"] = c.into();
+        }
+        let r = s.post("/v1/image-to-image", &key, &body);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        first_b64_image(&r.json())
+    };
+    let starts: Vec<image::RgbImage> = (0..4).map(|f| a1111(Some(f))).collect();
+    for i in 0..4 {
+        for j in i + 1..4 {
+            assert!(
+                png_diff(&starts[i], &starts[j]).0 > 8,
+                "inpainting_fill {i} and {j} gave the same image"
+            );
+        }
+    }
+    same(&starts[1], &a1111(None), "inpainting_fill default");
+    same(&starts[1], &ours(None), "original vs our route");
+    same(&starts[2], &ours(Some("latent_noise")), "latent noise vs our route");
+    same(&starts[0], &ours(Some("fill")), "fill vs our route");
+    let bad = sdapi(
+        &s,
+        &key,
+        "img2img",
+        &json!({"init_images": [init], "mask": mask, "inpainting_fill": 7}),
+    );
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.json()["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("inpainting_fill"))
+    );
+    let bad = s.post(
+        "/v1/image-to-image",
+        &key,
+        &json!({"prompt": "x", "image": init, "masked_content": "fill"}),
+    );
+    assert_eq!(
+        (bad.status, &bad.json()["error"]["details"]["field"]),
+        (400, &json!("masked_content"))
+    );
+    let bad = s.post(
+        "/v1/image-to-image",
+        &key,
+        &json!({"prompt": "x", "image": init, "mask": mask, "masked_content": "blur"}),
+    );
+    assert_eq!(bad.status, 400);
+}

@@ -73,20 +73,20 @@ pub fn start(
     if first >= sampler.timesteps().len() {
         return Err(Error::BadInput("strength too low: no denoising step would run".into()));
     }
-    let image = Tensor::cat(vec![image_to_tensor(&init.image, device); dims[0]], 0);
+    let image = Tensor::cat(vec![image_to_tensor(&init.encoded(), device); dims[0]], 0);
     let dist = vae.encode(image);
     let sample = dist.mean.clone() + dist.std * noise_like(rng, dist.mean.dims(), device);
     let shift = vae_config.shift_factor.unwrap_or(0.0) as f32;
     let x0 = (sample - shift) * vae_config.scaling_factor as f32;
     let noise = noise_like(rng, dims, device);
-    let latents = sampler.add_noise(x0.clone(), noise.clone(), first);
-    let keep = match &init.mask {
-        Some(mask) => Some(Keep {
-            mask: mask_to_latent(mask, dims, device)?,
-            x0,
-            noise,
-        }),
-        None => None,
+    let (latents, keep) = match &init.mask {
+        Some(mask) => {
+            let mask = mask_to_latent(mask, dims, device)?;
+            let start = init.masked.latents(x0.clone(), &mask, rng, device);
+            let latents = sampler.add_noise(start, noise.clone(), first);
+            (latents, Some(Keep { mask, x0, noise }))
+        }
+        None => (sampler.add_noise(x0, noise, first), None),
     };
     Ok(Start { latents, first, keep })
 }

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod error;
 pub mod flow_init;
 pub mod flux;
+pub mod masked;
 pub mod model;
 pub mod pipeline;
 pub mod rng;
@@ -14,5 +15,6 @@ pub mod sd3;
 pub mod worker;
 
 pub use error::{Error, Result};
+pub use masked::MaskedContent;
 pub use model::Model;
 pub use pipeline::{GenerateRequest, InitImage, generate, generate_once, generate_seeded};

@@ -233,6 +233,7 @@ impl Model {
                 image: image.clone(),
                 strength,
                 mask: None,
+                masked: Default::default(),
             }),
             skip_layer_guidance: base.skip_layer_guidance.clone(),
             ..*base

@@ -12,6 +12,7 @@ use imagen_models::models::vae::{AutoencoderKL, AutoencoderKLConfig};
 const EOS: u32 = 49407;
 
 use crate::error::{Error, Result};
+use crate::masked::MaskedContent;
 use crate::rng::RngKind;
 use crate::scheduler::{Sampler, SamplerKind, SchedulerConfig, noise_like};
 
@@ -24,6 +25,18 @@ pub struct InitImage {
     /// After every step the kept area is reset to the input's latents noised to the next
     /// timestep (diffusers' legacy inpainting), so only the white area is generated.
     pub mask: Option<GrayImage>,
+    /// What the repainted area starts from (with a mask).
+    pub masked: MaskedContent,
+}
+
+impl InitImage {
+    /// The image the VAE encodes.
+    pub fn encoded(&self) -> RgbImage {
+        match &self.mask {
+            Some(m) => self.masked.image(&self.image, m),
+            None => self.image.clone(),
+        }
+    }
 }
 
 pub struct GenerateRequest {
@@ -222,17 +235,22 @@ pub fn denoise_with(
             if first >= sampler.timesteps().len() {
                 return Err(Error::BadInput("strength too low: no denoising step would run".into()));
             }
-            let image = Tensor::cat(vec![image_to_tensor(&init.image, device); b], 0);
+            let image = Tensor::cat(vec![image_to_tensor(&init.encoded(), device); b], 0);
             let dist = sd.vae.encode(image);
             // diffusers: latent_dist.sample(generator), then the noise, from the same generator.
             let sample = dist.mean.clone() + dist.std * noise_like(rng.as_mut(), dist.mean.dims(), device);
             let noise = noise_like(rng.as_mut(), latent_dims, device);
             let x0 = sample * scaling;
-            if let Some(mask) = &init.mask {
-                let m = mask_to_latent(mask, latent_dims, device)?;
-                keep = Some((m, x0.clone(), noise.clone()));
-            }
-            (sampler.add_noise(x0, noise, first), first)
+            let start = match &init.mask {
+                Some(mask) => {
+                    let m = mask_to_latent(mask, latent_dims, device)?;
+                    let start = init.masked.latents(x0.clone(), &m, rng.as_mut(), device);
+                    keep = Some((m, x0, noise.clone()));
+                    start
+                }
+                None => x0,
+            };
+            (sampler.add_noise(start, noise, first), first)
         }
     };
 

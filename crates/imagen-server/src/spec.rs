@@ -8,7 +8,7 @@ use std::io::Cursor;
 use imagen_engine::pipeline::SkipLayerGuidance;
 use imagen_engine::rng::RngKind;
 use imagen_engine::scheduler::SamplerKind;
-use imagen_engine::{GenerateRequest, InitImage};
+use imagen_engine::{GenerateRequest, InitImage, MaskedContent};
 use serde::{Deserialize, Serialize};
 
 use crate::blobs::Blobs;
@@ -33,6 +33,9 @@ pub struct JobSpec {
     /// Image-to-image: the strength (the image and any mask are files beside the spec).
     pub strength: Option<f64>,
     pub mask: bool,
+    /// What the masked area starts from; absent in jobs queued before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masked_content: Option<String>,
     pub long_prompt: bool,
     pub max_sequence_length: Option<usize>,
     pub true_cfg_scale: Option<f64>,
@@ -81,6 +84,12 @@ impl JobSpec {
             num_images: r.num_images,
             strength: r.init.as_ref().map(|i| i.strength),
             mask: r.init.as_ref().is_some_and(|i| i.mask.is_some()),
+            masked_content: r
+                .init
+                .as_ref()
+                .map(|i| i.masked)
+                .filter(|m| *m != MaskedContent::Original)
+                .map(|m| m.name().to_owned()),
             long_prompt: r.long_prompt,
             max_sequence_length: r.max_sequence_length,
             true_cfg_scale: r.true_cfg_scale,
@@ -112,6 +121,10 @@ impl JobSpec {
                         Some(read("mask.png")?.to_luma8())
                     } else {
                         None
+                    },
+                    masked: match &self.masked_content {
+                        Some(m) => MaskedContent::parse(m).ok_or_else(|| bad(format!("masked_content {m:?}")))?,
+                        None => MaskedContent::Original,
                     },
                 })
             }

@@ -44,6 +44,7 @@ pub struct GenerationBody {
     strength: Option<f64>,
     variation_strength: Option<f64>,
     mask: Option<String>,
+    masked_content: Option<String>,
     long_prompt: Option<bool>,
     max_sequence_length: Option<usize>,
     true_cfg_scale: Option<f64>,
@@ -74,6 +75,7 @@ impl GenerationBody {
         check(self.image.is_some(), "image", &["image-to-image", "variations"]);
         check(self.strength.is_some(), "strength", &["image-to-image"]);
         check(self.mask.is_some(), "mask", &["image-to-image"]);
+        check(self.masked_content.is_some(), "masked_content", &["image-to-image"]);
         check(self.variation_strength.is_some(), "variation_strength", &["variations"]);
         out
     }
@@ -144,6 +146,7 @@ impl GenerationBody {
             image,
             strength: self.strength.or(self.variation_strength),
             mask,
+            masked_content: self.masked_content,
             long_prompt: self.long_prompt.unwrap_or(false),
             max_sequence_length: self.max_sequence_length,
             true_cfg_scale: self.true_cfg_scale,

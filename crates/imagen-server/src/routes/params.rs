@@ -8,7 +8,7 @@ use image::{GrayImage, RgbImage};
 use imagen_engine::pipeline::SkipLayerGuidance;
 use imagen_engine::rng::RngKind;
 use imagen_engine::scheduler::SamplerKind;
-use imagen_engine::{GenerateRequest, InitImage};
+use imagen_engine::{GenerateRequest, InitImage, MaskedContent};
 use serde_json::json;
 
 use crate::app::AppState;
@@ -41,6 +41,8 @@ pub struct Params {
     pub strength: Option<f64>,
     /// White = repaint (image-to-image only).
     pub mask: Option<GrayImage>,
+    /// What the masked area starts from (`original`, `fill`, `latent_noise`, `latent_nothing`).
+    pub masked_content: Option<String>,
     /// Encode prompts over 75 tokens in chunks instead of truncating.
     pub long_prompt: bool,
     /// T5 tokens (FLUX, SD3); the model's default when absent.
@@ -235,6 +237,18 @@ impl Params {
             (Some(_), None) => return Err(bad("webhook_secret", "webhook_url needs a webhook_secret".into())),
             (None, Some(_)) => return Err(bad("webhook_url", "webhook_secret without a webhook_url".into())),
         };
+        let masked = match self.masked_content.as_deref() {
+            None => MaskedContent::Original,
+            Some(m) => MaskedContent::parse(m).ok_or_else(|| {
+                bad(
+                    "masked_content",
+                    format!("masked_content must be one of {}", MaskedContent::NAMES.join(", ")),
+                )
+            })?,
+        };
+        if masked != MaskedContent::Original && self.mask.is_none() {
+            return Err(bad("masked_content", "masked_content needs a mask".into()));
+        }
         let init = match self.image {
             None if self.mask.is_some() => return Err(bad("mask", "a mask needs an image".into())),
             None => None,
@@ -262,7 +276,12 @@ impl Params {
                         image::imageops::resize(&m, width as u32, height as u32, FilterType::Nearest)
                     }
                 });
-                Some(InitImage { image, strength, mask })
+                Some(InitImage {
+                    image,
+                    strength,
+                    mask,
+                    masked,
+                })
             }
         };
         let seed = match self.seed {

@@ -11,9 +11,14 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
+
+mod fields;
+mod pnginfo;
+
+pub use fields::lora_tags;
+use fields::{Body, Rejected, SAMPLERS, SCHEDULERS, error, sampler, unprocessable};
 
 use super::Caller;
 use super::contract::decode_field;
@@ -21,154 +26,9 @@ use super::params::Params;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::jobs;
-
-/// A1111's sampler names (and aliases) → ours; `DPM++ 2M` takes its Karras schedule from the
-/// `scheduler` field (or the old combined name `DPM++ 2M Karras`).
-const SAMPLERS: &[(&str, &str, &[&str])] = &[
-    ("Euler a", "euler_a", &["k_euler_a", "k_euler_ancestral"]),
-    ("Euler", "euler", &["k_euler"]),
-    ("DPM++ 2M", "dpmpp_2m", &["k_dpmpp_2m"]),
-    ("DDIM", "ddim", &[]),
-    ("PLMS", "pndm", &["PNDM"]),
-    ("LCM", "lcm", &[]),
-    ("Heun", "heun", &["k_heun"]),
-];
-
-/// A1111's schedulers this server has: `automatic` (the sampler's own) and `karras` (DPM++ 2M).
-const SCHEDULERS: &[(&str, &str)] = &[("automatic", "Automatic"), ("karras", "Karras")];
-
-/// A422 as FastAPI words it: `{"detail": [{"loc", "msg", "type"}]}`.
-fn unprocessable(field: &str, msg: &str, kind: &str) -> Rejected {
-    let body = json!({"detail": [{"loc": ["body", field], "msg": msg, "type": kind}]});
-    Box::new((StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response())
-}
-
-/// A request refused before it runs (boxed: a response is large).
-type Rejected = Box<Response>;
-
-/// Our errors in A1111's shape (`{"error", "detail", "body", "errors"}`), same status.
-fn error(e: ApiError) -> Response {
-    let status = e.status();
-    let body =
-        json!({"error": e.code.as_str(), "detail": e.message, "body": "", "errors": e.details.unwrap_or(Value::Null)});
-    (status, axum::Json(body)).into_response()
-}
-
-/// The fields of a txt2img / img2img body, each checked for its JSON type.
-struct Body(Map<String, Value>);
-
-impl Body {
-    fn parse(bytes: &[u8]) -> Result<Body, Rejected> {
-        match serde_json::from_slice::<Value>(bytes) {
-            Ok(Value::Object(m)) => Ok(Body(m)),
-            Ok(_) => Err(unprocessable(
-                "__root__",
-                "value is not a valid dict",
-                "type_error.dict",
-            )),
-            Err(e) => Err(unprocessable(
-                "__root__",
-                &format!("invalid JSON: {e}"),
-                "value_error.jsondecode",
-            )),
-        }
-    }
-
-    fn get(&self, k: &str) -> Option<&Value> {
-        self.0.get(k).filter(|v| !v.is_null())
-    }
-
-    fn str(&self, k: &str) -> Result<Option<String>, Rejected> {
-        match self.get(k) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(unprocessable(k, "str type expected", "type_error.str")),
-        }
-    }
-
-    fn int(&self, k: &str) -> Result<Option<i64>, Rejected> {
-        match self.get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_i64()
-                .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
-                .map(Some)
-                .ok_or_else(|| unprocessable(k, "value is not a valid integer", "type_error.integer")),
-        }
-    }
-
-    fn float(&self, k: &str) -> Result<Option<f64>, Rejected> {
-        match self.get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| unprocessable(k, "value is not a valid float", "type_error.float")),
-        }
-    }
-
-    /// A count or size: a non-negative integer.
-    fn size(&self, k: &str) -> Result<Option<usize>, Rejected> {
-        match self.int(k)? {
-            Some(v) if v < 0 => Err(unprocessable(
-                k,
-                "ensure this value is greater than or equal to 0",
-                "value_error.number.not_ge",
-            )),
-            v => Ok(v.map(|v| v as usize)),
-        }
-    }
-}
-
-/// `<lora:name:0.8>` tags out of a prompt: the prompt without them, and (name, scale).
-pub fn lora_tags(prompt: &str) -> (String, Vec<(String, f32)>) {
-    let mut out = String::with_capacity(prompt.len());
-    let mut loras = Vec::new();
-    let mut rest = prompt;
-    while let Some(start) = rest.find("<lora:") {
-        let Some(len) = rest[start..].find('>') else { break };
-        out.push_str(&rest[..start]);
-        let inner = &rest[start + 6..start + len];
-        let (name, scale) = match inner.split_once(':') {
-            Some((n, s)) => (
-                n,
-                s.split(':').next().and_then(|s| s.trim().parse().ok()).unwrap_or(1.0),
-            ),
-            None => (inner, 1.0),
-        };
-        loras.push((name.trim().to_owned(), scale));
-        rest = &rest[start + len + 1..];
-    }
-    out.push_str(rest);
-    (out.split_whitespace().collect::<Vec<_>>().join(" "), loras)
-}
-
-/// A1111's sampler (and scheduler) → our scheduler name.
-fn sampler(name: &str, scheduler: Option<&str>) -> Result<String, ApiError> {
-    let (base, karras_in_name) = match name.strip_suffix(" Karras") {
-        Some(b) => (b, true),
-        None => (name, false),
-    };
-    let ours = SAMPLERS
-        .iter()
-        .find(|(n, _, aliases)| n.eq_ignore_ascii_case(base) || aliases.iter().any(|a| a.eq_ignore_ascii_case(base)))
-        .map(|(_, ours, _)| *ours)
-        .ok_or_else(|| {
-            let known: Vec<&str> = SAMPLERS.iter().map(|s| s.0).collect();
-            ApiError::bad_request(format!(
-                "sampler {name:?} is not available (available: {})",
-                known.join(", ")
-            ))
-        })?;
-    let karras = karras_in_name || scheduler.is_some_and(|s| s.eq_ignore_ascii_case("karras"));
-    match (ours, karras) {
-        ("dpmpp_2m", true) => Ok("dpmpp_2m_karras".into()),
-        (_, true) => Err(ApiError::bad_request(format!(
-            "the karras scheduler is available with DPM++ 2M, not {name}"
-        ))),
-        (o, false) => Ok(o.into()),
-    }
-}
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use imagen_engine::MaskedContent;
 
 /// The caller's A1111 default model (`POST /sdapi/v1/options` `sd_model_checkpoint`).
 fn default_model(state: &AppState, caller: &Caller) -> Option<String> {
@@ -253,6 +113,19 @@ fn init_fields(b: &Body) -> Result<(String, f64, Option<String>), Rejected> {
     Ok((init, b.float("denoising_strength")?.unwrap_or(0.75), b.str("mask")?))
 }
 
+/// `inpainting_fill` (0 fill, 1 original: the default, 2 latent noise, 3 latent nothing) as
+/// our `masked_content`.
+fn masked_content(b: &Body) -> Result<String, Rejected> {
+    let n = b.int("inpainting_fill")?.unwrap_or(1);
+    MaskedContent::from_a1111(n)
+        .map(|m| m.name().to_owned())
+        .ok_or_else(|| {
+            Box::new(error(ApiError::bad_request(format!(
+                "inpainting_fill must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing), not {n}"
+            ))))
+        })
+}
+
 /// A1111 titles look like `name.safetensors [hash]`: the id is the name without either.
 fn checkpoint_id(title: &str) -> String {
     let t = title.split(" [").next().unwrap_or(title).trim();
@@ -279,13 +152,42 @@ async fn generate(state: &Arc<AppState>, caller: &Caller, params: Params, raw: V
         Ok((_, r)) => r,
         Err(e) => return error(e),
     };
-    let images: Vec<Value> = record["images"]
-        .as_array()
-        .map(|a| a.iter().map(|i| i["b64_json"].clone()).collect())
-        .unwrap_or_default();
     let seeds: Vec<Value> = record["images"]
         .as_array()
         .map(|a| a.iter().map(|i| i["seed"].clone()).collect())
+        .unwrap_or_default();
+    // each PNG carries its settings as A1111's `parameters` text (what png-info reads)
+    let text = |k: &str, default: &str| raw.get(k).and_then(Value::as_str).unwrap_or(default).to_owned();
+    let sampler_name = text("sampler_name", "Euler a");
+    let karras = sampler_name.ends_with(" Karras") || text("scheduler", "").eq_ignore_ascii_case("karras");
+    let num = |k: &str, default: f64| raw.get(k).and_then(Value::as_f64).unwrap_or(default);
+    let images: Vec<Value> = record["images"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| {
+                    let b64 = i["b64_json"].as_str().unwrap_or_default();
+                    let Ok(png) = STANDARD.decode(b64) else {
+                        return Value::from(b64);
+                    };
+                    let info = pnginfo::Infotext {
+                        prompt: &text("prompt", ""),
+                        negative: &text("negative_prompt", ""),
+                        steps: num("steps", 20.0) as usize,
+                        sampler: sampler_name.trim_end_matches(" Karras"),
+                        scheduler: if karras { "Karras" } else { "Automatic" },
+                        cfg: num("cfg_scale", 7.0),
+                        seed: i["seed"].as_u64().unwrap_or_default(),
+                        size: (num("width", 512.0) as usize, num("height", 512.0) as usize),
+                        model: record["model"].as_str().unwrap_or_default(),
+                        denoising: (endpoint == "image-to-image").then(|| num("denoising_strength", 0.75)),
+                    };
+                    STANDARD
+                        .encode(pnginfo::with_text(&png, "parameters", &info.render()))
+                        .into()
+                })
+                .collect()
+        })
         .unwrap_or_default();
     let info = json!({
         "prompt": record["prompt"],
@@ -323,8 +225,8 @@ pub async fn img2img(
     Extension(caller): Extension<Caller>,
     bytes: Bytes,
 ) -> Response {
-    let parts = parsed(&state, &caller, &bytes).and_then(|(b, p)| Ok((init_fields(&b)?, b, p)));
-    let ((init, strength, mask), b, mut params) = match parts {
+    let parts = parsed(&state, &caller, &bytes).and_then(|(b, p)| Ok((init_fields(&b)?, masked_content(&b)?, b, p)));
+    let ((init, strength, mask), masked, b, mut params) = match parts {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -349,6 +251,9 @@ pub async fn img2img(
                     m
                 }
             });
+            if params.mask.is_some() {
+                params.masked_content = Some(masked);
+            }
             params.strength = Some(strength);
         }
         Err(e) => return error(e),
@@ -439,6 +344,38 @@ pub async fn set_options(
         lock(&state.a1111_models).insert(caller.0.id.clone(), id);
     }
     axum::Json(Value::Null).into_response()
+}
+
+/// `{"image": base64 PNG}` → its `parameters` text (`info`), parsed (`parameters`), and the
+/// other text chunks (`items`). An unreadable image answers an empty `info`, as A1111 does.
+pub async fn png_info(bytes: Bytes) -> Response {
+    let b = match Body::parse(&bytes) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let image = match b.str("image") {
+        Ok(Some(i)) => i,
+        Ok(None) => return *unprocessable("image", "field required", "value_error.missing"),
+        Err(r) => return *r,
+    };
+    let data = image.trim();
+    let data = data.split_once(";base64,").map_or(data, |(_, d)| d);
+    let texts = STANDARD
+        .decode(data)
+        .ok()
+        .and_then(|png| pnginfo::texts(&png))
+        .unwrap_or_default();
+    let mut items = Map::new();
+    let mut info = String::new();
+    for (k, v) in texts {
+        if k == "parameters" {
+            info = v;
+        } else {
+            items.insert(k, v.into());
+        }
+    }
+    let parameters = pnginfo::parse(&info);
+    axum::Json(json!({"info": info, "items": items, "parameters": parameters})).into_response()
 }
 
 /// The caller's latest generation: fraction done, its step preview, the queue state.
