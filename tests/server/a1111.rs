@@ -311,3 +311,47 @@ fn png_info_reads_the_settings_back_and_inpainting_fill_picks_the_start() {
     );
     assert_eq!(bad.status, 400);
 }
+
+#[test]
+fn refresh_checkpoints_picks_up_new_and_removed_models() {
+    let env = Env::new();
+    let key = env.key("pro", &[]);
+    let s = env.serve();
+    let listed = |path: &str, field: &str| -> Vec<String> {
+        let r = s.request_with(
+            "GET",
+            &format!("/sdapi/v1/{path}"),
+            None,
+            None,
+            &[("Authorization", &basic(&key))],
+        );
+        r.json()
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|m| m[field].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let fresh = json!({"prompt": "x", "steps": 2, "width": 64, "height": 64,
+                       "override_settings": {"sd_model_checkpoint": "fresh"}});
+    crate::harness::copy_dir(&fixture("tiny-sd15"), &env.models.join("fresh"));
+    std::fs::copy(
+        fixture("loras/tiny-kohya.safetensors"),
+        env.models.join("loras/fresh-lora.safetensors"),
+    )
+    .expect("lora");
+    assert!(!listed("sd-models", "model_name").contains(&"fresh".to_owned()));
+    assert_eq!(sdapi(&s, &key, "txt2img", &fresh).status, 404);
+    assert_eq!(sdapi(&s, &key, "refresh-checkpoints", &json!({})).status, 200);
+    assert!(listed("sd-models", "model_name").contains(&"fresh".to_owned()));
+    assert!(listed("loras", "name").contains(&"fresh-lora".to_owned()));
+    let r = sdapi(&s, &key, "txt2img", &fresh);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let ours = s.get("/v1/models/fresh", Some(&key));
+    assert_eq!(ours.status, 200);
+    // a removed model goes with the next refresh
+    std::fs::remove_dir_all(env.models.join("fresh")).expect("rm");
+    assert_eq!(sdapi(&s, &key, "refresh-loras", &json!({})).status, 200);
+    assert!(!listed("sd-models", "model_name").contains(&"fresh".to_owned()));
+    s.get("/v1/models/fresh", Some(&key)).assert_error(404, "not_found");
+}

@@ -1,7 +1,7 @@
 //! Every failure is the contract's `{"error":{"code","message","details"}}`, with the right
 //! status; limits are named.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::harness::{Env, b64};
 
@@ -67,8 +67,9 @@ fn bad_requests_get_contract_errors() {
         .assert_error(400, "bad_request");
     s.post(t2i, &key, &json!({"prompt": "x", "scheduler": "magic"}))
         .assert_error(400, "bad_request");
+    // a model id not installed is a missing resource, as GET /v1/models/{id}
     s.post(t2i, &key, &json!({"prompt": "x", "model": "nope"}))
-        .assert_error(400, "bad_request");
+        .assert_error(404, "not_found");
     s.post(t2i, &key, &json!({"prompt": "x", "output_format": "gif"}))
         .assert_error(400, "bad_request");
     s.post(
@@ -152,4 +153,68 @@ fn scopes_forbid_other_endpoints_and_models() {
     assert!(out.status.success());
     s.post("/v1/text-to-image", &key, &json!({"prompt": "x"}))
         .assert_error(401, "unauthorized");
+}
+
+/// What the OpenAPI document promises, at its edges: `4.0` is an integer, null is "not set", a
+/// steps default above the server's limit is clamped, a strength too low for one step still
+/// runs one, OpenAI's own no-effect parameters pass and unknown ones are refused, a malformed
+/// image link is a 400 even with the key.
+#[test]
+fn the_documents_edges_hold() {
+    let env = Env::with_config("[limits]\nmax_steps = 3\n");
+    let key = env.key("pro", &[]);
+    let s = env.serve();
+    let t2i = "/v1/text-to-image";
+    let ok = |path: &str, body: Value| {
+        let r = s.post(path, &key, &body);
+        assert_eq!(r.status, 200, "{body}: {}", String::from_utf8_lossy(&r.body));
+        r.json()
+    };
+    // steps left out: the model's 50, clamped to max_steps 3
+    let g = ok(
+        t2i,
+        json!({"prompt": "x", "model": "tiny-sd15", "width": 64.0, "height": 64, "seed": 3.0,
+                           "negative_prompt": null, "webhook_url": null, "num_images": 1.0}),
+    );
+    assert_eq!(g["images"][0]["seed"], 3);
+    s.post(t2i, &key, &json!({"prompt": "x", "model": "tiny-sd15", "width": 64.5}))
+        .assert_error(400, "bad_request");
+    s.post(t2i, &key, &json!({"prompt": "x", "model": "tiny-sd15", "steps": 4}))
+        .assert_error(400, "bad_request");
+    let image = crate::harness::first_b64_image(&ok(
+        t2i,
+        json!({"prompt": "x", "model": "tiny-sd15", "width": 64, "height": 64, "response_format": "b64_json"}),
+    ));
+    let mut png = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .expect("png");
+    ok(
+        "/v1/image-to-image",
+        json!({"prompt": "x", "model": "tiny-sd15", "image": b64(&png), "strength": 0.01, "steps": 3}),
+    );
+    let openai = "/v1/images/generations";
+    ok(
+        openai,
+        json!({"prompt": "x", "model": "tiny-sd15", "size": "64x64", "n": 1.0, "quality": "hd", "user": "u"}),
+    );
+    let r = s.post(
+        openai,
+        &key,
+        &json!({"prompt": "x", "model": "tiny-sd15", "colour": "red"}),
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("colour"))
+    );
+    let url = g["images"][0]["url"].as_str().expect("url");
+    let path = url
+        .split_once("/v1/")
+        .map(|(_, p)| format!("/v1/{}", p.split('?').next().unwrap_or(p)))
+        .expect("path");
+    assert_eq!(s.get(&path, Some(&key)).status, 200);
+    s.get(&format!("{path}?expires=soon"), Some(&key))
+        .assert_error(400, "bad_request");
 }

@@ -146,7 +146,7 @@ fn a_full_queue_answers_503_and_loses_nothing() {
 }
 
 /// `Idempotency-Key`: the same request again gets the first answer (not run, not counted),
-/// another request with the key is 422, a second one while the first runs is 409; the keys
+/// another request with the key is 409, a second one while the first runs is 409; the keys
 /// of one API key are not another's.
 #[test]
 fn idempotency_keys_replay_once_counted_answers() {
@@ -166,7 +166,7 @@ fn idempotency_keys_replay_once_counted_answers() {
     );
     let changed = json!({"prompt": "y", "steps": 2, "seed": 7});
     s.post_with("/v1/text-to-image", &key, &changed, &[("Idempotency-Key", "k1")])
-        .assert_error(422, "idempotency_key_reused");
+        .assert_error(409, "idempotency_key_reused");
     // another API key's k1 is its own
     let theirs = s.post_with("/v1/text-to-image", &other, &changed, &[("Idempotency-Key", "k1")]);
     assert_eq!(theirs.status, 200);

@@ -69,10 +69,9 @@ pub fn start(
             keep: None,
         });
     };
-    let first = flow_first_step(req.steps, init.strength) * sampler.order();
-    if first >= sampler.timesteps().len() {
-        return Err(Error::BadInput("strength too low: no denoising step would run".into()));
-    }
+    // at least the last step runs (see the UNet pipeline)
+    let first = (flow_first_step(req.steps, init.strength) * sampler.order())
+        .min(sampler.timesteps().len().saturating_sub(sampler.order()));
     let image = Tensor::cat(vec![image_to_tensor(&init.encoded(), device); dims[0]], 0);
     let dist = vae.encode(image);
     let sample = dist.mean.clone() + dist.std * noise_like(rng, dist.mean.dims(), device);

@@ -231,10 +231,10 @@ pub fn denoise_with(
             0,
         ),
         Some(init) => {
-            let first = Sampler::first_step_for_strength(req.steps, init.strength);
-            if first >= sampler.timesteps().len() {
-                return Err(Error::BadInput("strength too low: no denoising step would run".into()));
-            }
+            // a strength too low for one whole step still runs the last one (as A1111 does;
+            // diffusers would fail on an empty schedule)
+            let first = Sampler::first_step_for_strength(req.steps, init.strength)
+                .min(sampler.timesteps().len().saturating_sub(1));
             let image = Tensor::cat(vec![image_to_tensor(&init.encoded(), device); b], 0);
             let dist = sd.vae.encode(image);
             // diffusers: latent_dist.sample(generator), then the noise, from the same generator.

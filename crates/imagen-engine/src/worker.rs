@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, RwLock};
 
 use burn::tensor::Device;
 use image::RgbImage;
@@ -62,6 +62,7 @@ pub enum SubmitError {
 #[derive(Clone)]
 pub struct Engine {
     tx: SyncSender<Vec<Job>>,
+    catalog: Arc<RwLock<Catalog>>,
     ready: Arc<AtomicBool>,
     queued: Arc<AtomicUsize>,
 }
@@ -89,9 +90,9 @@ impl Engine {
         let (tx, rx) = sync_channel(config.queue_capacity.max(1));
         let ready = Arc::new(AtomicBool::new(false));
         let queued = Arc::new(AtomicUsize::new(0));
+        let catalog = Arc::new(RwLock::new(Catalog::new(config.models, config.loras)));
         let state = EngineThread {
-            models: config.models.into_iter().map(|m| (m.id.clone(), m)).collect(),
-            lora_paths: config.loras.into_iter().map(|l| (l.id, l.path)).collect(),
+            catalog: catalog.clone(),
             lora_files: HashMap::new(),
             previews: HashMap::new(),
             loaded: Vec::new(),
@@ -106,7 +107,18 @@ impl Engine {
             .name("imagen-engine".into())
             .spawn(move || state.run(rx, preload))
             .map_err(|e| Error::Internal(format!("cannot start the engine thread: {e}")))?;
-        Ok(Engine { tx, ready, queued })
+        Ok(Engine {
+            tx,
+            catalog,
+            ready,
+            queued,
+        })
+    }
+
+    /// Replaces the models and LoRAs jobs may name (a rescan of the models folder). A loaded
+    /// model stays loaded until evicted; files read before (a LoRA, a model) are not reread.
+    pub fn set_catalog(&self, models: Vec<ModelInfo>, loras: Vec<LoraInfo>) {
+        *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = Catalog::new(models, loras);
     }
 
     /// Queue a job; fails at once when the queue is full.
@@ -139,9 +151,23 @@ impl Engine {
     }
 }
 
-struct EngineThread {
+/// What jobs may name: model infos and LoRA paths by id.
+struct Catalog {
     models: HashMap<String, ModelInfo>,
     lora_paths: HashMap<String, std::path::PathBuf>,
+}
+
+impl Catalog {
+    fn new(models: Vec<ModelInfo>, loras: Vec<LoraInfo>) -> Self {
+        Catalog {
+            models: models.into_iter().map(|m| (m.id.clone(), m)).collect(),
+            lora_paths: loras.into_iter().map(|l| (l.id, l.path)).collect(),
+        }
+    }
+}
+
+struct EngineThread {
+    catalog: Arc<RwLock<Catalog>>,
     /// Parsed LoRA files, kept once read (they are small next to a model).
     lora_files: HashMap<String, Arc<LoraFile>>,
     /// Preview decoders by model id, loaded on first use (`None`: failed, not retried).
@@ -334,12 +360,20 @@ impl EngineThread {
         Ok(results)
     }
 
+    fn read_catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
+        self.catalog.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn info(&self, id: &str) -> Option<ModelInfo> {
+        self.read_catalog().models.get(id).cloned()
+    }
+
     /// The model's preview decoder, if it has one that takes its latents.
     fn preview(&mut self, id: &str, channels: usize) -> Option<Arc<Preview>> {
         if let Some(p) = self.previews.get(id) {
             return p.clone();
         }
-        let dir = self.models.get(id)?.preview_decoder.clone()?;
+        let dir = self.info(id)?.preview_decoder?;
         let loaded = match imagen_models::models::taesd::load(&dir, &self.device) {
             Ok((config, _)) if config.latent_channels != channels => {
                 eprintln!(
@@ -364,10 +398,12 @@ impl EngineThread {
             return Ok(f.clone());
         }
         let path = self
+            .read_catalog()
             .lora_paths
             .get(id)
+            .cloned()
             .ok_or_else(|| Error::BadInput(format!("unknown LoRA {id:?}")))?;
-        let file = Arc::new(LoraFile::open(path).map_err(|e| Error::BadInput(format!("LoRA {id:?}: {e}")))?);
+        let file = Arc::new(LoraFile::open(&path).map_err(|e| Error::BadInput(format!("LoRA {id:?}: {e}")))?);
         self.lora_files.insert(id.to_owned(), file.clone());
         Ok(file)
     }
@@ -381,8 +417,7 @@ impl EngineThread {
             return Ok(sd);
         }
         let info = self
-            .models
-            .get(id)
+            .info(id)
             .ok_or_else(|| Error::BadInput(format!("unknown model {id:?}")))?;
         if self.loaded.len() >= self.max_loaded {
             self.loaded.remove(0);

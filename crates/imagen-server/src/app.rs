@@ -37,8 +37,8 @@ pub struct AppState {
     pub owner: String,
     /// The models' thread; `None` in an API-only process.
     pub engine: Option<Engine>,
-    pub models: Vec<ModelInfo>,
-    pub loras: Vec<LoraInfo>,
+    /// The models folder as last scanned (at start, or by a refresh).
+    catalog: std::sync::RwLock<Arc<Catalog>>,
     /// Generated and input images (the data directory, or shared object storage).
     pub blobs: crate::blobs::Blobs,
     /// Signs image URLs.
@@ -66,12 +66,49 @@ pub struct AppState {
     pub previews: Mutex<HashMap<String, Arc<str>>>,
 }
 
+/// The models and LoRAs of the models folder.
+pub struct Catalog {
+    pub models: Vec<ModelInfo>,
+    pub loras: Vec<LoraInfo>,
+}
+
 impl AppState {
-    pub fn model(&self, id: Option<&str>) -> Option<&ModelInfo> {
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn model(&self, id: Option<&str>) -> Option<ModelInfo> {
+        let c = self.catalog();
         match id.or(self.config.default_model.as_deref()) {
-            Some(id) => self.models.iter().find(|m| m.id == id),
-            None => self.models.first(),
+            Some(id) => c.models.iter().find(|m| m.id == id).cloned(),
+            None => c.models.first().cloned(),
         }
+    }
+
+    /// Scans the models folder again (A1111's refresh-checkpoints): new files become models
+    /// and LoRAs, removed ones go; the engine takes the same list. The default model must stay.
+    pub fn rescan(&self) -> Result<Arc<Catalog>> {
+        let found = scan(&self.config.models_dir)
+            .map_err(|e| Error::Config(format!("models dir {}: {e}", self.config.models_dir.display())))?;
+        if let Some(d) = &self.config.default_model
+            && !found.models.iter().any(|m| &m.id == d)
+        {
+            return Err(Error::Config(format!(
+                "the default model {d:?} is gone from the models directory; the list is unchanged"
+            )));
+        }
+        for (path, why) in &found.skipped {
+            eprintln!("imagen: skipping {}: {why}", path.display());
+        }
+        if let Some(engine) = &self.engine {
+            engine.set_catalog(found.models.clone(), found.loras.clone());
+        }
+        let c = Arc::new(Catalog {
+            models: found.models,
+            loras: found.loras,
+        });
+        *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = c.clone();
+        Ok(c)
     }
 }
 
@@ -172,8 +209,10 @@ pub async fn start(mut config: Config) -> Result<(Option<tokio::net::TcpListener
         worker,
         owner,
         engine,
-        models: found.models,
-        loras: found.loras,
+        catalog: std::sync::RwLock::new(Arc::new(Catalog {
+            models: found.models,
+            loras: found.loras,
+        })),
         secret,
         blobs,
         progress: Mutex::new(HashMap::new()),

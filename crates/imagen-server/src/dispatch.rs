@@ -91,8 +91,12 @@ fn run(state: Arc<AppState>, wake: Receiver<()>) {
         }
         fail_exhausted(&state);
         let now = now_ms();
-        let models = state.worker.as_ref().map(|w| w.models.as_slice()).unwrap_or_default();
-        match state.queue.claim(&state.owner, models, now, now + lease) {
+        // the models this worker has now (a refresh may have changed them)
+        let models: Vec<String> = match &state.worker {
+            Some(_) => state.catalog().models.iter().map(|m| m.id.clone()).collect(),
+            None => Vec::new(),
+        };
+        match state.queue.claim(&state.owner, &models, now, now + lease) {
             Ok(Some(job)) => {
                 let mut jobs = vec![job];
                 jobs.extend(more(&state, &jobs[0], now + lease));
@@ -115,6 +119,7 @@ fn advertise(state: &AppState, running: Option<String>) {
     let w = crate::workers::WorkerInfo {
         seen_ms: now_ms(),
         running,
+        models: state.catalog().models.iter().map(|m| m.id.clone()).collect(),
         ..w.clone()
     };
     if let Err(e) = state.workers.worker_beat(&w) {

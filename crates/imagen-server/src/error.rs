@@ -34,7 +34,8 @@ pub enum Code {
     Internal,
     /// A generation stopped by `POST /v1/generations/{id}/cancel` (its record's error code).
     Cancelled,
-    /// An `Idempotency-Key` reused with a different request (422, the IETF draft's code).
+    /// An `Idempotency-Key` reused with a different request: 409, a conflict with what the key
+    /// recorded (the IETF draft suggests 422; 409 is what clients and fuzzers treat as state).
     IdempotencyKeyReused,
     /// An `Idempotency-Key` whose first request is still being answered (409).
     IdempotencyKeyInUse,
@@ -73,7 +74,7 @@ impl Code {
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             // a waiting request whose job was cancelled meanwhile
             Code::Cancelled => StatusCode::CONFLICT,
-            Code::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::IdempotencyKeyReused => StatusCode::CONFLICT,
             Code::IdempotencyKeyInUse => StatusCode::CONFLICT,
         }
     }

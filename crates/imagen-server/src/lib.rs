@@ -13,6 +13,7 @@ pub mod keys;
 pub mod media;
 pub mod net;
 pub mod pg;
+mod pg_schema;
 pub mod queue;
 pub mod routes;
 pub mod signing;

@@ -30,11 +30,16 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
         Ok(k) => k,
         Err(e) => return e.with_flavor(flavor).into_response(),
     };
-    // A1111's settings and interrupt calls are POSTs but generate nothing
+    // A1111's settings, interrupt, refresh and png-info calls are POSTs but generate nothing
     let counts = req.method() == Method::POST
         && !matches!(
             req.uri().path(),
-            "/sdapi/v1/options" | "/sdapi/v1/interrupt" | "/sdapi/v1/skip"
+            "/sdapi/v1/options"
+                | "/sdapi/v1/interrupt"
+                | "/sdapi/v1/skip"
+                | "/sdapi/v1/png-info"
+                | "/sdapi/v1/refresh-checkpoints"
+                | "/sdapi/v1/refresh-loras"
         );
     // An Idempotency-Key replays the first answer before anything is counted.
     let mut idem = None;

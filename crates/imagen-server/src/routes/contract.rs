@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::params::Params;
-use super::{ApiJson, Caller, into_response};
+use super::{ApiJson, Caller, into_response, whole};
 use crate::app::AppState;
 use crate::error::{ApiError, Code};
 use crate::jobs;
@@ -26,12 +26,17 @@ pub struct GenerationBody {
     prompt: Option<String>,
     negative_prompt: Option<String>,
     model: Option<String>,
+    #[serde(default, deserialize_with = "whole::opt_usize")]
     width: Option<usize>,
+    #[serde(default, deserialize_with = "whole::opt_usize")]
     height: Option<usize>,
+    #[serde(default, deserialize_with = "whole::opt_usize")]
     num_images: Option<usize>,
+    #[serde(default, deserialize_with = "whole::opt_usize")]
     steps: Option<usize>,
     guidance_scale: Option<f64>,
     scheduler: Option<String>,
+    #[serde(default, deserialize_with = "whole::opt_u64")]
     seed: Option<u64>,
     rng: Option<String>,
     response_format: Option<String>,
@@ -46,8 +51,10 @@ pub struct GenerationBody {
     mask: Option<String>,
     masked_content: Option<String>,
     long_prompt: Option<bool>,
+    #[serde(default, deserialize_with = "whole::opt_usize")]
     max_sequence_length: Option<usize>,
     true_cfg_scale: Option<f64>,
+    #[serde(default, deserialize_with = "whole::opt_vec_usize")]
     skip_guidance_layers: Option<Vec<usize>>,
     skip_layer_guidance_scale: Option<f64>,
     skip_layer_guidance_start: Option<f64>,

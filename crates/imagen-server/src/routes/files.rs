@@ -32,14 +32,15 @@ pub async fn list_models(State(state): State<Arc<AppState>>, Extension(caller): 
     if !keys::allows(&caller.0, "models", None) {
         return ApiError::new(Code::Forbidden, "this API key may not list models").into_response();
     }
-    let mut data: Vec<Value> = state
+    let catalog = state.catalog();
+    let mut data: Vec<Value> = catalog
         .models
         .iter()
         .filter(|m| keys::allows(&caller.0, "models", Some(&m.id)))
         .map(describe)
         .collect();
     // LoRAs: pass them per request as `loras: [{"name": id, "scale": s}]`.
-    data.extend(state.loras.iter().map(|l| {
+    data.extend(catalog.loras.iter().map(|l| {
         let mut v = serde_json::to_value(l).unwrap_or_else(|_| json!({}));
         v["object"] = "lora".into();
         v
@@ -52,7 +53,7 @@ pub async fn get_model(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    match state.models.iter().find(|m| m.id == id) {
+    match state.catalog().models.iter().find(|m| m.id == id) {
         Some(m) if keys::allows(&caller.0, "models", Some(&m.id)) => axum::Json(describe(m)).into_response(),
         Some(_) => ApiError::new(Code::Forbidden, "this API key may not use this model").into_response(),
         None => ApiError::not_found(format!("no model {id:?}")).into_response(),
@@ -67,7 +68,17 @@ pub async fn image(
     headers: HeaderMap,
 ) -> Response {
     let path = format!("{id}/{file}");
-    let signed = match (q.get("expires").and_then(|e| e.parse::<u64>().ok()), q.get("sig")) {
+    // a malformed link is refused even with a key: the parameters say something else was meant
+    let expires = match q.get("expires").map(|e| e.parse::<u64>()) {
+        None => None,
+        Some(Ok(e)) => Some(e),
+        Some(Err(_)) => {
+            return ApiError::bad_request("expires must be a whole number of seconds")
+                .with_details(json!({"field": "expires"}))
+                .into_response();
+        }
+    };
+    let signed = match (expires, q.get("sig")) {
         (Some(exp), Some(sig)) => {
             if exp < now_secs() {
                 return ApiError::new(
@@ -116,8 +127,16 @@ pub async fn image(
     }
 }
 
-pub async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+/// The committed document with this server's limits, narrowed to what its models take (all of
+/// it when it knows no models: an API-only front-end without a models folder).
+pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
+    let catalog = state.catalog();
+    let mut families: Vec<&str> = catalog.models.iter().map(|m| m.family.as_str()).collect();
+    if families.is_empty() {
+        families = vec!["sd15", "sdxl", "flux", "sd3"];
+    }
+    let doc = super::openapi_doc::document(&state.config.limits, &families);
+    ([(header::CONTENT_TYPE, "application/json")], doc.to_string()).into_response()
 }
 
 pub async fn healthz() -> Response {
@@ -140,7 +159,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let body = json!({
         "status": "ready",
         "role": match state.config.role { Role::Both => "api+worker", Role::Api => "api", Role::Worker => "worker" },
-        "models": state.models.len(),
+        "models": state.catalog().models.len(),
         "queued": queued,
         "workers": workers.len(),
     });

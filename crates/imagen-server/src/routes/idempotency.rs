@@ -1,7 +1,7 @@
 //! `Idempotency-Key` on POSTs (the IETF httpapi draft): per API key, remembered 24 h. The
 //! first request with a key is answered and its answer stored; the same key with the same
 //! request (method, path, body) gets that answer again without running or counting anything;
-//! with a different request, `422 idempotency_key_reused`; while the first is still being
+//! with a different request, `409 idempotency_key_reused`; while the first is still being
 //! answered, `409 idempotency_key_in_use`. Answers that say "try again" (429, 503) are not
 //! stored, so a retry with the same key is a new attempt.
 

@@ -9,7 +9,9 @@ mod events;
 mod files;
 mod idempotency;
 mod openai;
+mod openapi_doc;
 mod params;
+mod whole;
 
 use std::sync::Arc;
 
@@ -51,6 +53,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/sdapi/v1/upscalers", get(a1111::upscalers))
         .route("/sdapi/v1/options", get(a1111::get_options).post(a1111::set_options))
         .route("/sdapi/v1/png-info", post(a1111::png_info))
+        .route("/sdapi/v1/refresh-checkpoints", post(a1111::refresh))
+        .route("/sdapi/v1/refresh-loras", post(a1111::refresh))
         .route("/sdapi/v1/progress", get(a1111::progress))
         .route("/sdapi/v1/interrupt", post(a1111::interrupt))
         .route("/sdapi/v1/skip", post(a1111::interrupt))

@@ -22,21 +22,47 @@ use crate::media;
 /// OpenAI's own model names mean "this server's default model".
 const OPENAI_MODELS: [&str; 4] = ["dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini"];
 
+/// OpenAI's request fields this server reads; [`IGNORED`] ones are accepted without effect, and
+/// any other is refused by name, as OpenAI refuses an unrecognised argument.
 #[derive(Deserialize)]
 pub struct GenerationsBody {
     prompt: Option<String>,
     model: Option<String>,
+    #[serde(default, deserialize_with = "super::whole::opt_usize")]
     n: Option<usize>,
     size: Option<String>,
     response_format: Option<String>,
     output_format: Option<String>,
-    // Accepted for compatibility, no effect here.
-    #[allow(dead_code)]
-    quality: Option<Value>,
-    #[allow(dead_code)]
-    style: Option<Value>,
-    #[allow(dead_code)]
-    user: Option<Value>,
+    #[serde(flatten)]
+    ignored: std::collections::HashMap<String, Value>,
+}
+
+/// OpenAI's image parameters with no effect here (quality tiers, styles, streaming partial
+/// images, moderation): accepted so its SDKs' requests pass.
+const IGNORED: [&str; 10] = [
+    "quality",
+    "style",
+    "user",
+    "background",
+    "moderation",
+    "output_compression",
+    "partial_images",
+    "stream",
+    "input_fidelity",
+    "input_fidelity_mode",
+];
+
+/// The first field neither read nor in [`IGNORED`].
+fn unknown<'a>(names: impl IntoIterator<Item = &'a String>, known: &[&str]) -> Result<(), ApiError> {
+    match names
+        .into_iter()
+        .find(|n| !known.contains(&n.as_str()) && !IGNORED.contains(&n.as_str()))
+    {
+        Some(n) => {
+            Err(ApiError::bad_request(format!("unrecognized request argument: {n}")).with_details(json!({"field": n})))
+        }
+        None => Ok(()),
+    }
 }
 
 fn model_name(m: Option<String>) -> Option<String> {
@@ -89,6 +115,7 @@ pub async fn generations(
 ) -> Response {
     let result = async {
         let ApiJson(body) = ApiJson::<GenerationsBody>::from_request(req, &state).await?;
+        unknown(body.ignored.keys(), &[])?;
         let (width, height) = size(body.size.as_deref())?;
         let params = Params {
             prompt: body.prompt,
@@ -157,6 +184,8 @@ impl Form {
     }
 
     async fn params(self, state: &Arc<AppState>) -> Result<Params, ApiError> {
+        let read = ["prompt", "model", "n", "size", "response_format", "output_format"];
+        unknown(self.text.iter().map(|(n, _)| n), &read)?;
         let bytes = self
             .image
             .clone()
@@ -172,9 +201,14 @@ impl Form {
         let (width, height) = size(self.get("size").as_deref())?;
         let n = match self.get("n") {
             None => None,
-            Some(n) => Some(n.trim().parse().map_err(|_| {
-                ApiError::bad_request(format!("n must be a number (got {n:?})")).with_details(json!({"field": "n"}))
-            })?),
+            // "2" or "2.0", as JSON's integers
+            Some(n) => {
+                let v = serde_json::from_str(n.trim()).unwrap_or_default();
+                Some(super::whole::whole(&v).map(|v| v as usize).ok_or_else(|| {
+                    ApiError::bad_request(format!("n must be a whole number (got {n:?})"))
+                        .with_details(json!({"field": "n"}))
+                })?)
+            }
         };
         Ok(Params {
             prompt: self.get("prompt"),

@@ -76,14 +76,17 @@ impl Params {
     ) -> Result<Submission, ApiError> {
         let l = &state.config.limits;
         let model = state.model(self.model.as_deref()).ok_or_else(|| {
-            let known: Vec<&str> = state.models.iter().map(|m| m.id.as_str()).collect();
-            bad(
-                "model",
-                match &self.model {
-                    Some(m) => format!("unknown model {m:?} (available: {})", known.join(", ")),
-                    None => "no models are installed on this server".into(),
-                },
-            )
+            let catalog = state.catalog();
+            let known: Vec<&str> = catalog.models.iter().map(|m| m.id.as_str()).collect();
+            match &self.model {
+                // a model id names a resource (GET /v1/models/{id}): not here is a 404
+                Some(m) => ApiError::new(
+                    Code::NotFound,
+                    format!("unknown model {m:?} (available: {})", known.join(", ")),
+                )
+                .with_details(json!({"field": "model"})),
+                None => bad("model", "no models are installed on this server".into()),
+            }
         })?;
         if !keys::allows(key, endpoint, Some(&model.id)) {
             return Err(ApiError::new(
@@ -99,12 +102,14 @@ impl Params {
             ));
         }
         for (name, scale) in &self.loras {
-            let Some(info) = state.loras.iter().find(|l| &l.id == name) else {
-                let known: Vec<&str> = state.loras.iter().map(|l| l.id.as_str()).collect();
-                return Err(bad(
-                    "loras",
+            let catalog = state.catalog();
+            let Some(info) = catalog.loras.iter().find(|l| &l.id == name) else {
+                let known: Vec<&str> = catalog.loras.iter().map(|l| l.id.as_str()).collect();
+                return Err(ApiError::new(
+                    Code::NotFound,
                     format!("unknown LoRA {name:?} (available: {})", known.join(", ")),
-                ));
+                )
+                .with_details(json!({"field": "loras"})));
             };
             // an SD LoRA fits SD 1.x/2.x; sdxl and flux ones their own family
             let family = match model.family.as_str() {
@@ -174,7 +179,9 @@ impl Params {
                 l.max_pixels,
             ));
         }
-        let steps = self.steps.unwrap_or(model.default_steps);
+        // the model's default, within the server's limit (a request that leaves steps out is
+        // never refused for them)
+        let steps = self.steps.unwrap_or(model.default_steps.min(l.max_steps));
         if steps == 0 || steps > l.max_steps {
             return Err(limit(
                 "steps",

@@ -263,6 +263,7 @@ pub async fn img2img(
 
 pub async fn sd_models(State(state): State<Arc<AppState>>) -> Response {
     let list: Vec<Value> = state
+        .catalog()
         .models
         .iter()
         .map(|m| {
@@ -298,6 +299,7 @@ pub async fn schedulers() -> Response {
 
 pub async fn loras(State(state): State<Arc<AppState>>) -> Response {
     let list: Vec<Value> = state
+        .catalog()
         .loras
         .iter()
         .map(|l| json!({"name": l.id, "alias": l.id, "path": l.path.display().to_string(), "metadata": {}}))
@@ -334,8 +336,9 @@ pub async fn set_options(
     };
     if let Some(c) = checkpoint {
         let id = checkpoint_id(&c);
-        if !state.models.iter().any(|m| m.id == id) {
-            let known: Vec<&str> = state.models.iter().map(|m| m.id.as_str()).collect();
+        let catalog = state.catalog();
+        if !catalog.models.iter().any(|m| m.id == id) {
+            let known: Vec<&str> = catalog.models.iter().map(|m| m.id.as_str()).collect();
             return error(ApiError::bad_request(format!(
                 "no model {c:?} (available: {})",
                 known.join(", ")
@@ -344,6 +347,17 @@ pub async fn set_options(
         lock(&state.a1111_models).insert(caller.0.id.clone(), id);
     }
     axum::Json(Value::Null).into_response()
+}
+
+/// `refresh-checkpoints` and `refresh-loras`: the models folder scanned again, so models and
+/// LoRAs added since the start are listed and usable (removed ones go). Answers `null`, as A1111.
+pub async fn refresh(State(state): State<Arc<AppState>>) -> Response {
+    let st = state.clone();
+    match tokio::task::spawn_blocking(move || st.rescan()).await {
+        Ok(Ok(_)) => axum::Json(Value::Null).into_response(),
+        Ok(Err(e)) => error(ApiError::from(e)),
+        Err(e) => error(ApiError::internal(e)),
+    }
 }
 
 /// `{"image": base64 PNG}` → its `parameters` text (`info`), parsed (`parameters`), and the
