@@ -10,9 +10,13 @@ Prints one line per call and `ok` at the end; exits non-zero on the first failur
 """
 
 import argparse
+import base64
+import io
 import sys
 
 import webuiapi
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 
 def main():
@@ -54,6 +58,28 @@ def main():
                     seed=5, width=a.size, height=a.size, steps=4)
     print("img2img:", i.image.size, "seed", i.info["seed"])
     assert i.image.size == (a.size, a.size)
+
+    # the PNG carries A1111's `parameters` text (PIL reads it as A1111 does); png-info parses it
+    params = r.image.info.get("parameters", "")
+    assert "Seed: 1234" in params, params
+    buf = io.BytesIO()
+    meta = PngInfo()
+    meta.add_text("parameters", params)
+    r.image.save(buf, "PNG", pnginfo=meta)
+    info = api.session.post(f"{api.baseurl}/png-info",
+                            json={"image": base64.b64encode(buf.getvalue()).decode()}).json()
+    print("png-info:", {k: info["parameters"][k] for k in ("Seed", "Steps", "Sampler", "Model")})
+    assert info["parameters"]["Seed"] == "1234"
+
+    # inpainting with webuiapi's defaults (inpainting_fill 0: fill) and latent noise
+    mask = Image.new("L", (a.size, a.size), 0)
+    mask.paste(255, (a.size // 4, a.size // 4, 3 * a.size // 4, 3 * a.size // 4))
+    for fill in (0, 2):
+        m = api.img2img(images=[r.image], mask_image=mask, inpainting_fill=fill, prompt="a boat",
+                        seed=5, width=a.size, height=a.size, steps=4)
+        print(f"img2img with a mask, inpainting_fill {fill}:", m.image.size)
+    api.refresh_checkpoints()
+    print("refresh-checkpoints: ok,", [m["model_name"] for m in api.get_sd_models()])
 
     p = api.get_progress()
     print("progress:", {k: p[k] for k in ("progress", "eta_relative")}, "job_count", p["state"]["job_count"])

@@ -214,7 +214,11 @@ fn two_front_ends_two_workers_kill_9_and_a_postgres_restart_lose_nothing() {
         let Ok(h) = received.recv_timeout(Duration::from_millis(500)) else {
             continue;
         };
-        let body: Value = serde_json::from_str(&h.body).expect("webhook JSON");
+        // a sender killed mid-request leaves a partial one (no body): it was not acknowledged
+        // to anyone, so the delivery is retried and arrives whole later
+        let Ok(body) = serde_json::from_str::<Value>(&h.body) else {
+            continue;
+        };
         let job = body["id"].as_str().unwrap_or_default().to_owned();
         assert_eq!(body["status"], "completed", "{body}");
         let hid = h.headers.get("webhook-id").cloned().unwrap_or_default();

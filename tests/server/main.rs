@@ -8,6 +8,7 @@ mod errors;
 mod flux;
 mod harness;
 mod limits;
+mod metrics;
 mod openai;
 mod pg_start;
 mod queue;

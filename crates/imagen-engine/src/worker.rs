@@ -63,6 +63,8 @@ pub enum SubmitError {
 pub struct Engine {
     tx: SyncSender<Vec<Job>>,
     catalog: Arc<RwLock<Catalog>>,
+    /// Ids of the models held in memory, least recently used first.
+    loaded_ids: Arc<RwLock<Vec<String>>>,
     ready: Arc<AtomicBool>,
     queued: Arc<AtomicUsize>,
 }
@@ -91,8 +93,10 @@ impl Engine {
         let ready = Arc::new(AtomicBool::new(false));
         let queued = Arc::new(AtomicUsize::new(0));
         let catalog = Arc::new(RwLock::new(Catalog::new(config.models, config.loras)));
+        let loaded_ids = Arc::new(RwLock::new(Vec::new()));
         let state = EngineThread {
             catalog: catalog.clone(),
+            loaded_ids: loaded_ids.clone(),
             lora_files: HashMap::new(),
             previews: HashMap::new(),
             loaded: Vec::new(),
@@ -110,6 +114,7 @@ impl Engine {
         Ok(Engine {
             tx,
             catalog,
+            loaded_ids,
             ready,
             queued,
         })
@@ -140,6 +145,11 @@ impl Engine {
         })
     }
 
+    /// The models held in memory now.
+    pub fn loaded_models(&self) -> Vec<String> {
+        self.loaded_ids.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// A model is loaded and the engine thread is alive.
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
@@ -168,6 +178,7 @@ impl Catalog {
 
 struct EngineThread {
     catalog: Arc<RwLock<Catalog>>,
+    loaded_ids: Arc<RwLock<Vec<String>>>,
     /// Parsed LoRA files, kept once read (they are small next to a model).
     lora_files: HashMap<String, Arc<LoraFile>>,
     /// Preview decoders by model id, loaded on first use (`None`: failed, not retried).
@@ -426,6 +437,8 @@ impl EngineThread {
         sd.set_prediction_type(info.prediction_override.clone())?;
         let sd = Arc::new(sd);
         self.loaded.push((id.to_owned(), sd.clone()));
+        *self.loaded_ids.write().unwrap_or_else(|e| e.into_inner()) =
+            self.loaded.iter().map(|(m, _)| m.clone()).collect();
         self.ready.store(true, Ordering::SeqCst);
         Ok(sd)
     }

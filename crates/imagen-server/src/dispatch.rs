@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use imagen_engine::worker::{Job, JobEvent};
 use serde_json::{Value, json};
@@ -246,11 +246,25 @@ fn prepare(state: &Arc<AppState>, job: QueuedJob, done: Sender<String>) -> Optio
     };
     let (st, model, loras) = (state.clone(), spec.model.clone(), spec.loras.clone());
     let mut done = Some(done);
+    // (start, previous step) for the step and job latency histograms
+    let (mut started, mut last) = (None::<Instant>, None::<Instant>);
+    let metrics = &crate::metrics::METRICS;
     let events = move |event: JobEvent| match event {
-        JobEvent::Started => set_progress(&st, &job.id, Some((0, 0))),
+        JobEvent::Started => {
+            (started, last) = (Some(Instant::now()), Some(Instant::now()));
+            set_progress(&st, &job.id, Some((0, 0)))
+        }
         JobEvent::Preview(png) => crate::jobs::set_preview(&st, &job.id, &png),
-        JobEvent::Progress { step, total } => set_progress(&st, &job.id, Some((step, total))),
+        JobEvent::Progress { step, total } => {
+            if let Some(t) = last.replace(Instant::now()) {
+                metrics.step_time(&spec.model, t.elapsed());
+            }
+            set_progress(&st, &job.id, Some((step, total)))
+        }
         JobEvent::Finished(result) => {
+            if let Some(t) = started {
+                metrics.job_time(&spec.model, t.elapsed());
+            }
             finish(&st, &job, &spec, result);
             set_progress(&st, &job.id, None);
             lock(&st.running).remove(&job.id);

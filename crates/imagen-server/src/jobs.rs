@@ -109,6 +109,7 @@ pub fn submit(state: &Arc<AppState>, sub: Submission) -> Result<(Value, Option<o
         return Err(err);
     }
     state.dispatch.notify();
+    crate::metrics::METRICS.job(&sub.model, "accepted");
     Ok((record, rx))
 }
 
@@ -205,6 +206,16 @@ pub fn end(state: &Arc<AppState>, job: &QueuedJob, attempt: Option<u32>, record:
             eprintln!("imagen: recording {}: {e}", job.id);
             return false;
         }
+    }
+    let model = record["model"].as_str().unwrap_or_default();
+    let outcome = match (status.as_str(), record["error"]["code"].as_str()) {
+        ("failed", Some("cancelled")) => "cancelled",
+        (s, _) => s,
+    };
+    crate::metrics::METRICS.job(model, outcome);
+    if outcome == "completed" {
+        let n = record["images"].as_array().map_or(0, Vec::len);
+        crate::metrics::METRICS.images(model, n);
     }
     if job.webhook.is_some() {
         state.webhooks.notify();

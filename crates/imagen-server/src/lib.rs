@@ -11,6 +11,7 @@ pub mod error;
 pub mod jobs;
 pub mod keys;
 pub mod media;
+pub mod metrics;
 pub mod net;
 pub mod pg;
 mod pg_schema;

@@ -580,4 +580,14 @@ impl Queue for PgStore {
             Ok(row.map(|r| r.get::<_, i64>(0) as usize))
         })
     }
+
+    fn queued_count(&self) -> Result<usize> {
+        blocking(|| {
+            let n: i64 = self
+                .client()?
+                .query_one("SELECT count(*) FROM jobs WHERE state = 'queued'", &[])?
+                .get(0);
+            Ok(n as usize)
+        })
+    }
 }

@@ -66,6 +66,8 @@ pub trait Queue: Send + Sync + crate::batching::Batches {
     fn request_cancel(&self, id: &str) -> Result<Option<String>>;
     /// Jobs waiting (position 1 = next), by id.
     fn position(&self, id: &str) -> Result<Option<usize>>;
+    /// Jobs waiting to be claimed (the metrics' queue depth).
+    fn queued_count(&self) -> Result<usize>;
 }
 
 /// Columns added to `jobs` for the queue (existing databases get them by `ALTER TABLE`).
@@ -236,5 +238,12 @@ impl Queue for SqliteStore {
             )
             .optional()?
             .map(|n| n as usize))
+    }
+
+    fn queued_count(&self) -> Result<usize> {
+        let n: i64 = self
+            .conn()
+            .query_row("SELECT count(*) FROM jobs WHERE state = 'queued'", [], |r| r.get(0))?;
+        Ok(n as usize)
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::config::Webhooks;
 use crate::keys::now_secs;
+use crate::metrics::METRICS;
 use crate::signing::{standard_webhooks_signature, webhook_signature};
 use crate::store::{Delivery, Store};
 
@@ -94,6 +95,7 @@ fn deliver(agent: &ureq::Agent, store: &dyn Store, config: &Webhooks, d: &Delive
         Ok(resp) if resp.status().as_u16() == 410 => {
             let e = "HTTP 410 Gone: the receiver retired this URL";
             eprintln!("imagen-webhooks: {} answered 410; no more deliveries there", d.url);
+            METRICS.webhook("gone");
             if let Err(err) = store
                 .delivery_done(d.id, "gone", attempts, Some(e))
                 .and_then(|()| store.deliveries_gone(&d.url, e))
@@ -113,6 +115,12 @@ fn deliver(agent: &ureq::Agent, store: &dyn Store, config: &Webhooks, d: &Delive
         }
         Err(e) => Some(e.to_string()),
     };
+    let outcome = match &error {
+        None => "delivered",
+        Some(_) if attempts >= config.max_attempts => "dead",
+        Some(_) => "retry",
+    };
+    METRICS.webhook(outcome);
     let written = match error {
         None => store.delivery_done(d.id, "delivered", attempts, None),
         Some(e) if attempts >= config.max_attempts => {

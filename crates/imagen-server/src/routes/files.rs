@@ -139,6 +139,44 @@ pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], doc.to_string()).into_response()
 }
 
+/// Prometheus' text format; no key needed, like `/healthz` (scrapers sit on the operator's side).
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let st = state.clone();
+    let queued = tokio::task::spawn_blocking(move || st.queue.queued_count())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let loaded = state.engine.as_ref().map(|e| e.loaded_models()).unwrap_or_default();
+    let mut gauges = vec![
+        ("imagen_jobs_running", vec![], lock_len(&state.running) as f64),
+        ("imagen_models_loaded", vec![], loaded.len() as f64),
+        ("imagen_models_available", vec![], state.catalog().models.len() as f64),
+        (
+            "imagen_process_resident_memory_bytes",
+            vec![],
+            crate::metrics::resident_bytes(),
+        ),
+    ];
+    if let Some(q) = queued {
+        gauges.push(("imagen_queue_depth", vec![], q as f64));
+    }
+    gauges.extend(
+        loaded
+            .iter()
+            .map(|m| ("imagen_model_loaded", crate::metrics::model_labels(m), 1.0)),
+    );
+    let text = crate::metrics::METRICS.render(&gauges);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+fn lock_len<K, V>(m: &std::sync::Mutex<HashMap<K, V>>) -> usize {
+    m.lock().map_or(0, |m| m.len())
+}
+
 pub async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }

@@ -65,6 +65,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/images/{id}/{file}", get(files::image))
         .route("/openapi.json", get(files::openapi))
         .route("/healthz", get(files::healthz))
+        .route("/metrics", get(files::metrics))
         .route("/readyz", get(files::readyz))
         .fallback(|| async { ApiError::not_found("no such route; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
