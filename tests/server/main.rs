@@ -5,6 +5,7 @@ mod batching;
 mod chaos;
 mod contract;
 mod errors;
+mod first_run;
 mod flux;
 mod harness;
 mod limits;

@@ -112,6 +112,23 @@ impl AppState {
     }
 }
 
+/// A store without any key (a first start) gets an admin key, printed once to stderr, so the
+/// server is usable without running `imagen keys create` first.
+fn first_key(store: &dyn Store, config: &Config) -> Result<()> {
+    if !store.list_keys()?.is_empty() {
+        return Ok(());
+    }
+    let (key, record) = crate::keys::create(store, "enterprise", vec![crate::keys::ADMIN_SCOPE.into()])?;
+    eprintln!(
+        "imagen: first start: created an admin API key (enterprise plan). It is shown only now:\n\n    {key}\n\n\
+         imagen: more keys: imagen keys create --data-dir {} --plan pro; this one: imagen keys revoke --data-dir {} {}",
+        config.data_dir.display(),
+        config.data_dir.display(),
+        record.id
+    );
+    Ok(())
+}
+
 /// Opens the data directory's store (creating it), for the `keys` commands and the server.
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
     Ok(open_stores(config)?.0)
@@ -143,10 +160,25 @@ pub async fn start(mut config: Config) -> Result<(Option<tokio::net::TcpListener
     let blobs = crate::blobs::Blobs::open(config.store.images.as_deref(), &config.data_dir)?;
     // on a shared store, the first process's secret is everyone's
     let secret = workers.shared_secret(&server_secret(&config.data_dir)?)?;
+    if config.role.api() {
+        first_key(store.as_ref(), &config)?;
+    }
+    // zero setup: a missing models folder is made, and an empty one explained
+    if !config.models_dir.exists() {
+        std::fs::create_dir_all(&config.models_dir)
+            .map_err(|e| Error::Config(format!("models dir {}: {e}", config.models_dir.display())))?;
+    }
     let found = scan(&config.models_dir)
         .map_err(|e| Error::Config(format!("models dir {}: {e}", config.models_dir.display())))?;
     for (path, why) in &found.skipped {
         eprintln!("imagen: skipping {}: {why}", path.display());
+    }
+    if found.models.is_empty() && config.role.worker() {
+        eprintln!(
+            "imagen: no models in {}: put a diffusers folder (with model_index.json) or a \
+             .safetensors/.gguf checkpoint there, then POST /sdapi/v1/refresh-checkpoints or restart",
+            config.models_dir.display()
+        );
     }
     if let Some(d) = &config.default_model
         && !found.models.iter().any(|m| &m.id == d)
