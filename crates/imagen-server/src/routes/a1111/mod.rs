@@ -274,9 +274,16 @@ pub async fn sd_models(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(list).into_response()
 }
 
-pub async fn samplers() -> Response {
+/// The samplers some installed model takes: Heun only with a flow-matching model (FLUX, SD3).
+pub async fn samplers(State(state): State<Arc<AppState>>) -> Response {
+    let flow = state
+        .catalog()
+        .models
+        .iter()
+        .any(|m| m.family == "flux" || m.family == "sd3");
     let list: Vec<Value> = SAMPLERS
         .iter()
+        .filter(|(_, ours, _)| flow || *ours != "heun")
         .map(|(name, _, aliases)| {
             let scheduler = if *name == "DPM++ 2M" {
                 json!({"scheduler": "karras"})
