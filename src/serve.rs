@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// The API alone: no models loaded, no jobs claimed (`imagen worker` processes run them).
     #[arg(long)]
     no_worker: bool,
+    /// Log lines on stderr: `text` (default) or `json` (one object per line). Filter with
+    /// RUST_LOG, e.g. `RUST_LOG=warn,imagen::access=info`.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(clap::Subcommand)]
@@ -84,6 +88,7 @@ pub enum KeysCommand {
 
 /// `imagen serve`, or with `worker` `imagen worker` (the same settings; `--bind` unused).
 pub fn serve(a: ServeArgs, worker: bool) -> Result<()> {
+    init_logs(&a.log_format);
     let mut config = Config::load(a.config.as_deref())?;
     config.role = match (worker, a.no_worker) {
         (false, false) => Role::Both,
@@ -133,6 +138,23 @@ pub fn serve(a: ServeArgs, worker: bool) -> Result<()> {
         println!("imagen listening on http://{addr}");
     }))?;
     Ok(())
+}
+
+/// `tracing` to stderr: every request's access line, job lifecycle, webhook outcomes.
+fn init_logs(format: &str) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    // GPU stacks are chatty at info
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,wgpu_core=warn,wgpu_hal=warn,naga=warn,cubecl=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        logs.json().with_current_span(true).with_span_list(false).init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 /// The data directory's store, or the PostgreSQL one `IMAGEN_STORE_URL` names.

@@ -258,6 +258,7 @@ fn health_readiness_and_openapi_cover_every_route() {
         "/v1/models",
         "/v1/models/{id}",
         "/v1/workers",
+        "/v1/generations",
         "/v1/generations/{id}",
         "/v1/generations/{id}/cancel",
         "/v1/generations/{id}/events",
@@ -268,6 +269,9 @@ fn health_readiness_and_openapi_cover_every_route() {
         "/healthz",
         "/readyz",
         "/openapi.json",
+        "/metrics",
+        "/",
+        "/playground/{file}",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing from openapi.json");
     }

@@ -158,19 +158,41 @@ impl Env {
 
     /// `imagen serve` with extra flags (e.g. `--no-worker`).
     pub fn serve_with(&self, extra: &[&str]) -> Server {
+        self.start(extra, &[], None)
+    }
+
+    /// `imagen serve` with extra flags and variables, its stderr (the log) line by line.
+    pub fn serve_logged(&self, extra: &[&str], vars: &[(&str, &str)]) -> (Server, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel();
+        (self.start(extra, vars, Some(tx)), rx)
+    }
+
+    fn start(&self, extra: &[&str], vars: &[(&str, &str)], log: Option<mpsc::Sender<String>>) -> Server {
         let mut cmd = Command::new(bin());
         cmd.args(["serve", "--bind", "127.0.0.1:0", "--models-dir"])
             .arg(&self.models)
             .arg("--data-dir")
             .arg(&self.data)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .envs(self.vars.iter().cloned());
+            .stderr(if log.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
+            .envs(self.vars.iter().cloned())
+            .envs(vars.iter().copied());
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
         cmd.args(extra);
         let mut child = cmd.spawn().expect("spawn imagen serve");
+        if let (Some(tx), Some(err)) = (log, child.stderr.take()) {
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("listening line");

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::TcpListener;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -54,9 +54,18 @@ fn metrics_count_jobs_images_steps_and_webhooks() {
         400
     );
 
-    let r = s.get("/metrics", None);
-    assert_eq!(r.status, 200);
-    let text = String::from_utf8_lossy(&r.body).into_owned();
+    // the sender counts a delivery once it has read the answer, a moment after the receiver
+    // has the body: wait for it
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (r, text) = loop {
+        let r = s.get("/metrics", None);
+        assert_eq!(r.status, 200);
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        if text.contains(r#"imagen_webhook_deliveries_total{outcome="delivered"}"#) || Instant::now() > deadline {
+            break (r, text);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let (m, types) = parse(&text);
     let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("{k} missing:\n{text}"));
     for (family, kind) in [

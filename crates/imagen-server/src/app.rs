@@ -98,7 +98,7 @@ impl AppState {
             )));
         }
         for (path, why) in &found.skipped {
-            eprintln!("imagen: skipping {}: {why}", path.display());
+            tracing::warn!("skipping {}: {why}", path.display());
         }
         if let Some(engine) = &self.engine {
             engine.set_catalog(found.models.clone(), found.loras.clone());
@@ -171,11 +171,11 @@ pub async fn start(mut config: Config) -> Result<(Option<tokio::net::TcpListener
     let found = scan(&config.models_dir)
         .map_err(|e| Error::Config(format!("models dir {}: {e}", config.models_dir.display())))?;
     for (path, why) in &found.skipped {
-        eprintln!("imagen: skipping {}: {why}", path.display());
+        tracing::warn!("skipping {}: {why}", path.display());
     }
     if found.models.is_empty() && config.role.worker() {
-        eprintln!(
-            "imagen: no models in {}: put a diffusers folder (with model_index.json) or a \
+        tracing::warn!(
+            "no models in {}: put a diffusers folder (with model_index.json) or a \
              .safetensors/.gguf checkpoint there, then POST /sdapi/v1/refresh-checkpoints or restart",
             config.models_dir.display()
         );

@@ -140,7 +140,7 @@ impl Blobs {
                     let (store, key) = (s3.store.clone(), s3.key(k));
                     let res = s3.block(async move { store.delete(&key).await });
                     if let Ok(Err(e)) = res {
-                        eprintln!("imagen: {}", s3.error("removing", e));
+                        tracing::warn!("{}", s3.error("removing", e));
                     }
                 }
             }

@@ -74,7 +74,7 @@ fn run(state: Arc<AppState>, wake: Receiver<()>) {
                             Ok(Some(false)) => {}
                             // a cancel from another process, or the claim lost: stop after this step
                             Ok(Some(true)) | Ok(None) => c.cancel.store(true, Ordering::SeqCst),
-                            Err(e) => eprintln!("imagen-dispatch: heartbeat of {}: {e}", c.id),
+                            Err(e) => tracing::warn!("heartbeat of {}: {e}", c.id),
                         }
                     }
                 }
@@ -104,7 +104,7 @@ fn run(state: Arc<AppState>, wake: Receiver<()>) {
                 continue;
             }
             Ok(None) => {}
-            Err(e) => eprintln!("imagen-dispatch: claiming a job: {e}"),
+            Err(e) => tracing::warn!("claiming a job: {e}"),
         }
         // idle: a submission wakes us; otherwise look again for expired leases
         if let Err(RecvTimeoutError::Disconnected) = wake.recv_timeout(beat.min(Duration::from_millis(500))) {
@@ -123,7 +123,7 @@ fn advertise(state: &AppState, running: Option<String>) {
         ..w.clone()
     };
     if let Err(e) = state.workers.worker_beat(&w) {
-        eprintln!("imagen-dispatch: worker heartbeat: {e}");
+        tracing::warn!("worker heartbeat: {e}");
     }
 }
 
@@ -132,7 +132,7 @@ fn fail_exhausted(state: &Arc<AppState>) {
     let jobs = match state.queue.exhausted(now_ms()) {
         Ok(j) => j,
         Err(e) => {
-            eprintln!("imagen-dispatch: reading expired jobs: {e}");
+            tracing::warn!("reading expired jobs: {e}");
             return;
         }
     };
@@ -173,7 +173,7 @@ fn more(state: &AppState, first: &QueuedJob, lease_until: u64) -> Vec<QueuedJob>
     {
         Ok(jobs) => jobs,
         Err(e) => {
-            eprintln!("imagen-dispatch: claiming jobs to batch: {e}");
+            tracing::warn!("claiming jobs to batch: {e}");
             Vec::new()
         }
     };
@@ -205,7 +205,7 @@ fn start(state: &Arc<AppState>, jobs: Vec<QueuedJob>, done: &Sender<String>) -> 
     }
     if let Err(e) = engine.submit_batch(engine_jobs) {
         // the leases run out and the jobs are claimed again (here or by another worker)
-        eprintln!("imagen-dispatch: the engine refused {} jobs: {e:?}", current.len());
+        tracing::warn!("the engine refused {} jobs: {e:?}", current.len());
         let mut running = lock(&state.running);
         for c in &current {
             running.remove(&c.id);
@@ -251,6 +251,7 @@ fn prepare(state: &Arc<AppState>, job: QueuedJob, done: Sender<String>) -> Optio
     let metrics = &crate::metrics::METRICS;
     let events = move |event: JobEvent| match event {
         JobEvent::Started => {
+            tracing::info!(target: "imagen::jobs", job = %job.id, model = %spec.model, attempt = job.attempt, "started");
             (started, last) = (Some(Instant::now()), Some(Instant::now()));
             set_progress(&st, &job.id, Some((0, 0)))
         }
@@ -294,7 +295,7 @@ pub async fn drain(state: &Arc<AppState>, timeout: Duration) {
     state.dispatch.notify();
     let gone = || {
         if let Err(e) = state.workers.worker_gone(&state.owner) {
-            eprintln!("imagen: removing this worker from the store: {e}");
+            tracing::warn!("removing this worker from the store: {e}");
         }
     };
     let deadline = std::time::Instant::now() + timeout;
@@ -312,9 +313,9 @@ pub async fn drain(state: &Arc<AppState>, timeout: Duration) {
     for (id, attempt, flag) in running {
         flag.store(true, Ordering::SeqCst);
         match state.queue.release(&id, attempt) {
-            Ok(true) => eprintln!("imagen: {id} did not finish before shutdown; back in the queue"),
+            Ok(true) => tracing::warn!("{id} did not finish before shutdown; back in the queue"),
             Ok(false) => {}
-            Err(e) => eprintln!("imagen: releasing {id}: {e}"),
+            Err(e) => tracing::warn!("releasing {id}: {e}"),
         }
     }
     gone();

@@ -120,7 +120,7 @@ impl ApiError {
 
     /// Internal failures are logged in full and shown to the client without internals.
     pub fn internal(e: impl std::fmt::Display) -> Self {
-        eprintln!("imagen-server: internal error: {e}");
+        tracing::error!("internal error: {e}");
         Self::new(Code::Internal, "internal error; the server log has the details")
     }
 

@@ -110,6 +110,8 @@ pub fn submit(state: &Arc<AppState>, sub: Submission) -> Result<(Value, Option<o
     }
     state.dispatch.notify();
     crate::metrics::METRICS.job(&sub.model, "accepted");
+    tracing::info!(target: "imagen::jobs", job = %id, model = %sub.model, images = sub.request.num_images,
+        background = sub.background, "queued");
     Ok((record, rx))
 }
 
@@ -196,14 +198,14 @@ pub fn end(state: &Arc<AppState>, job: &QueuedJob, attempt: Option<u32>, record:
     {
         Ok(true) => {}
         Ok(false) => {
-            eprintln!(
-                "imagen: {} attempt {attempt:?} no longer holds the job; its result is dropped",
+            tracing::warn!(
+                "{} attempt {attempt:?} no longer holds the job; its result is dropped",
                 job.id
             );
             return false;
         }
         Err(e) => {
-            eprintln!("imagen: recording {}: {e}", job.id);
+            tracing::error!("recording {}: {e}", job.id);
             return false;
         }
     }
@@ -216,6 +218,11 @@ pub fn end(state: &Arc<AppState>, job: &QueuedJob, attempt: Option<u32>, record:
     if outcome == "completed" {
         let n = record["images"].as_array().map_or(0, Vec::len);
         crate::metrics::METRICS.images(model, n);
+        tracing::info!(target: "imagen::jobs", job = %job.id, model = %model, attempt = job.attempt, images = n, "finished");
+    } else {
+        let (code, cause) = (record["error"]["code"].as_str(), record["error"]["message"].as_str());
+        tracing::warn!(target: "imagen::jobs", job = %job.id, model = %model, attempt = job.attempt,
+            code = code.unwrap_or("-"), cause = cause.unwrap_or("-"), "{outcome}");
     }
     if job.webhook.is_some() {
         state.webhooks.notify();
@@ -255,7 +262,7 @@ fn queue_webhook(state: &AppState, id: &str, record: &Value, url: &str, secret: 
     let body = render(state, record).to_string();
     match state.store.insert_delivery(id, url, secret, &body, now_ms()) {
         Ok(()) => state.webhooks.notify(),
-        Err(e) => eprintln!("imagen: queueing the webhook for {id}: {e}"),
+        Err(e) => tracing::error!("queueing the webhook for {id}: {e}"),
     }
 }
 
@@ -275,7 +282,7 @@ pub fn render(state: &AppState, record: &Value) -> Value {
                     Ok(Some(b)) => STANDARD.encode(b),
                     Ok(None) => String::new(),
                     Err(e) => {
-                        eprintln!("imagen: {e}");
+                        tracing::warn!("{e}");
                         String::new()
                     }
                 }
@@ -335,7 +342,7 @@ pub fn recover(state: &Arc<AppState>) -> Result<()> {
         if let (Some(url), Some(secret)) = (&job.webhook_url, &job.webhook_secret) {
             queue_webhook(state, &job.id, &record, url, secret);
         }
-        eprintln!("imagen: {} was unfinished at the last shutdown; marked failed", job.id);
+        tracing::warn!("{} was unfinished at the last shutdown; marked failed", job.id);
     }
     Ok(())
 }

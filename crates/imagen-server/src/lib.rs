@@ -41,12 +41,12 @@ pub async fn serve(config: Config, on_listen: impl FnOnce(std::net::SocketAddr))
     let st = state.clone();
     let drained = async move {
         shutdown().await;
-        eprintln!("imagen: shutting down: no new jobs claimed; waiting for the running one");
+        tracing::info!("shutting down: no new jobs claimed; waiting for the running one");
         dispatch::drain(&st, timeout).await;
     };
     let Some(listener) = listener else {
         let models = state.worker.as_ref().map(|w| w.models.join(", ")).unwrap_or_default();
-        eprintln!("imagen worker {} running the jobs of: {models}", state.owner);
+        tracing::info!("worker {} running the jobs of: {models}", state.owner);
         drained.await;
         return Ok(());
     };

@@ -53,7 +53,7 @@ pub async fn serve(listener: TcpListener, app: Router, max_per_address: usize, h
             Ok(v) => v,
             Err(e) => {
                 // out of descriptors or similar: back off rather than spin
-                eprintln!("imagen: accept: {e}");
+                tracing::warn!("accept: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

@@ -54,7 +54,7 @@ impl PgStore {
                 match Self::connect(url) {
                     Err(Connect::Unreachable(e)) if std::time::Instant::now() < deadline => {
                         if !said {
-                            eprintln!("imagen: waiting for PostgreSQL: {e}");
+                            tracing::warn!("waiting for PostgreSQL: {e}");
                             said = true;
                         }
                         std::thread::sleep(std::time::Duration::from_millis(250));
@@ -291,6 +291,17 @@ impl Store for PgStore {
         blocking(|| {
             let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
             Ok(self.client()?.query_opt(&sql, &[&id])?.as_ref().map(job_from))
+        })
+    }
+
+    fn jobs_of(&self, key_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<(JobRecord, Option<String>)>> {
+        blocking(|| {
+            let sql = format!(
+                "SELECT {JOB_COLUMNS}, spec FROM jobs WHERE key_id = $1 AND ($2::TEXT IS NULL OR seq < \
+                 (SELECT seq FROM jobs WHERE id = $2 AND key_id = $1)) ORDER BY seq DESC LIMIT $3"
+            );
+            let rows = self.client()?.query(&sql, &[&key_id, &before, &(limit as i64)])?;
+            Ok(rows.iter().map(|r| (job_from(r), r.get(7))).collect())
         })
     }
 

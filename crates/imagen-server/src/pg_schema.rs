@@ -34,6 +34,7 @@ ALTER TABLE jobs ADD COLUMN model TEXT;
 CREATE TABLE workers (id TEXT PRIMARY KEY, info TEXT NOT NULL, seen_ms BIGINT NOT NULL);
 ",
     "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    "CREATE INDEX jobs_key ON jobs (key_id, seq);",
 ];
 
 /// How long [`PgStore::open`] waits for an unreachable or starting server.

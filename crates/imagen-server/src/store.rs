@@ -81,6 +81,9 @@ pub trait Store: Send + Sync {
     /// Jobs left `processing` by a version without the durable queue (no stored request to
     /// run them from).
     fn unfinished_jobs(&self) -> Result<Vec<JobRecord>>;
+    /// A key's jobs, newest first, each with its stored spec (JSON; none for jobs of older
+    /// versions); `before`: only jobs made before that one (the next page).
+    fn jobs_of(&self, key_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<(JobRecord, Option<String>)>>;
 
     fn insert_delivery(&self, job_id: &str, url: &str, secret: &str, body: &str, now_ms: u64) -> Result<()>;
     /// Pending deliveries due at `now_ms`, oldest first.
@@ -156,9 +159,15 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
-        // schema version 1: the job queue's columns; 2: jobs' models, workers (crate::queue)
+        // schema version 1: the job queue's columns; 2: jobs' models, workers (crate::queue);
+        // 3: a key's jobs by key (the gallery)
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        for (v, statements) in [(1, crate::queue::MIGRATION), (2, crate::queue::MIGRATION_2)] {
+        let migration_3: &[&str] = &["CREATE INDEX IF NOT EXISTS jobs_key ON jobs (key_id)"];
+        for (v, statements) in [
+            (1, crate::queue::MIGRATION),
+            (2, crate::queue::MIGRATION_2),
+            (3, migration_3),
+        ] {
             if version < v {
                 let tx = conn.transaction()?;
                 for statement in statements {
@@ -335,6 +344,19 @@ impl Store for SqliteStore {
                 job_from_row,
             )
             .optional()?)
+    }
+
+    fn jobs_of(&self, key_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<(JobRecord, Option<String>)>> {
+        let conn = self.conn();
+        // rowid: the order of insertion, finer than created_at's seconds
+        let mut st = conn.prepare(&format!(
+            "SELECT {JOB_COLUMNS}, spec FROM jobs WHERE key_id = ?1 AND (?2 IS NULL OR rowid < \
+             (SELECT rowid FROM jobs WHERE id = ?2 AND key_id = ?1)) ORDER BY rowid DESC LIMIT ?3"
+        ))?;
+        let rows = st.query_map(params![key_id, before, limit as i64], |r| {
+            Ok((job_from_row(r)?, r.get(7)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn unfinished_jobs(&self) -> Result<Vec<JobRecord>> {

@@ -56,7 +56,7 @@ fn run(store: Arc<dyn Store>, config: Webhooks, wake: Receiver<()>) {
         let due = match store.due_deliveries(now_ms(), BATCH, lease) {
             Ok(d) => d,
             Err(e) => {
-                eprintln!("imagen-webhooks: reading deliveries: {e}");
+                tracing::warn!("reading deliveries: {e}");
                 Vec::new()
             }
         };
@@ -94,13 +94,14 @@ fn deliver(agent: &ureq::Agent, store: &dyn Store, config: &Webhooks, d: &Delive
         Ok(resp) if resp.status().is_success() => None,
         Ok(resp) if resp.status().as_u16() == 410 => {
             let e = "HTTP 410 Gone: the receiver retired this URL";
-            eprintln!("imagen-webhooks: {} answered 410; no more deliveries there", d.url);
+            tracing::warn!(target: "imagen::webhooks", delivery = d.id, job = %d.job_id, url = where_to(&d.url),
+                attempts, "gone: the receiver answered 410; no more deliveries there");
             METRICS.webhook("gone");
             if let Err(err) = store
                 .delivery_done(d.id, "gone", attempts, Some(e))
                 .and_then(|()| store.deliveries_gone(&d.url, e))
             {
-                eprintln!("imagen-webhooks: recording delivery {}: {err}", d.id);
+                tracing::error!("recording delivery {}: {err}", d.id);
             }
             return;
         }
@@ -121,10 +122,15 @@ fn deliver(agent: &ureq::Agent, store: &dyn Store, config: &Webhooks, d: &Delive
         Some(_) => "retry",
     };
     METRICS.webhook(outcome);
+    let url = where_to(&d.url);
     let written = match error {
-        None => store.delivery_done(d.id, "delivered", attempts, None),
+        None => {
+            tracing::info!(target: "imagen::webhooks", delivery = d.id, job = %d.job_id, url, attempts, "delivered");
+            store.delivery_done(d.id, "delivered", attempts, None)
+        }
         Some(e) if attempts >= config.max_attempts => {
-            eprintln!("imagen-webhooks: giving up on delivery {} for {}: {e}", d.id, d.job_id);
+            tracing::error!(target: "imagen::webhooks", delivery = d.id, job = %d.job_id, url, attempts,
+                error = %e, "dead: giving up");
             store.delivery_done(d.id, "dead", attempts, Some(&e))
         }
         Some(e) => {
@@ -133,12 +139,19 @@ fn deliver(agent: &ureq::Agent, store: &dyn Store, config: &Webhooks, d: &Delive
                 .saturating_mul(1 << (attempts - 1).min(20))
                 .min(3_600_000)
                 .max(retry_after_ms.min(86_400_000));
+            tracing::warn!(target: "imagen::webhooks", delivery = d.id, job = %d.job_id, url, attempts,
+                error = %e, retry_in_ms = delay, "failed; will retry");
             store.delivery_retry(d.id, attempts, now_ms() + delay, &e)
         }
     };
     if let Err(e) = written {
-        eprintln!("imagen-webhooks: recording delivery {}: {e}", d.id);
+        tracing::error!("recording delivery {}: {e}", d.id);
     }
+}
+
+/// A receiver's URL for the log: without its query, where tokens tend to live.
+fn where_to(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
 }
 
 /// `Retry-After` in milliseconds: delay-seconds, or an HTTP date (RFC 9110).

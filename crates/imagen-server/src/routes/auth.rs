@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::access;
 use crate::app::AppState;
 use crate::error::{ApiError, Code, Flavor};
 use crate::keys::{self, now_secs};
@@ -82,6 +83,7 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
     };
     let key_id = key.id.clone();
     let mut resp = if allowed {
+        access::record_key(&key.id);
         req.extensions_mut().insert(Caller(key));
         next.run(req).await
     } else {

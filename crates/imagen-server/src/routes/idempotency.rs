@@ -107,7 +107,7 @@ pub(super) async fn finish(state: &std::sync::Arc<AppState>, key_id: &str, idem:
     })
     .await;
     if !matches!(saved, Ok(Ok(()))) {
-        eprintln!("imagen: storing an idempotent answer failed; a retry will run again");
+        tracing::warn!("storing an idempotent answer failed; a retry will run again");
     }
     Response::from_parts(parts, Body::from(bytes))
 }

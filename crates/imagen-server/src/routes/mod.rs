@@ -3,14 +3,17 @@
 //! [`ApiError`] body.
 
 mod a1111;
+mod access;
 mod auth;
 mod contract;
 mod events;
 mod files;
+mod history;
 mod idempotency;
 mod openai;
 mod openapi_doc;
 mod params;
+mod playground;
 mod whole;
 
 use std::sync::Arc;
@@ -38,6 +41,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(files::list_models))
         .route("/v1/models/{id}", get(files::get_model))
         .route("/v1/workers", get(files::list_workers))
+        .route("/v1/generations", get(history::list_generations))
         .route("/v1/generations/{id}", get(contract::get_generation))
         .route("/v1/generations/{id}/cancel", post(contract::cancel_generation))
         .route("/v1/generations/{id}/events", get(events::generation_events))
@@ -64,6 +68,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         // Signed links: no API key needed until they expire.
         .route("/v1/images/{id}/{file}", get(files::image))
         .route("/openapi.json", get(files::openapi))
+        .route("/", get(playground::index))
+        .route("/playground/{file}", get(playground::asset))
         .route("/healthz", get(files::healthz))
         .route("/metrics", get(files::metrics))
         .route("/readyz", get(files::readyz))
@@ -78,6 +84,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::internal("a request handler panicked").into_response()
         }))
+        .layer(middleware::from_fn(access::access))
         .with_state(state)
 }
 
