@@ -80,7 +80,8 @@ fn a_keys_generations_page_newest_first_and_reuse_reproduces() {
     let theirs = s.get("/v1/generations", Some(&other)).json();
     assert_eq!(theirs["data"].as_array().map(Vec::len), Some(1));
     s.get(&format!("/v1/generations?before={}", ids[0]), Some(&other))
-        .assert_error(400, "bad_request");
+        .assert_error(404, "not_found");
+    assert_eq!(s.get("/v1/generations?before=", Some(&other)).status, 200);
     s.get("/v1/generations?limit=0", Some(&key))
         .assert_error(400, "bad_request");
     s.get("/v1/generations?limit=abc", Some(&key))

@@ -50,7 +50,7 @@ fn parse_query(query: &str) -> Result<(usize, Option<String>), ApiError> {
                     .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {MAX_LIMIT}")))?
             }
             // ids are `gen_` + hex: nothing to percent-decode
-            "before" if !value.is_empty() => before = Some(value.to_owned()),
+            "before" => before = Some(value.to_owned()).filter(|v| !v.is_empty()),
             _ => {
                 return Err(ApiError::bad_request(format!(
                     "unknown query parameter {name:?} (limit, before)"
@@ -70,7 +70,7 @@ fn list(
     if let Some(id) = before
         && state.store.job(id)?.is_none_or(|j| j.key_id != caller.0.id)
     {
-        return Err(ApiError::bad_request(format!("before: no such generation {id:?}")));
+        return Err(ApiError::not_found(format!("before: no such generation {id:?}")));
     }
     // one more than asked tells whether there is a next page
     let mut rows = state.store.jobs_of(&caller.0.id, before, limit + 1)?;
