@@ -1,8 +1,10 @@
 //! `imagen`: the command line. `generate` makes images; `inspect` checks a model folder;
 //! `serve` runs the HTTP API; `keys` manages its API keys; `bench` times components;
-//! `quantize` writes GGUF.
+//! `quantize` writes GGUF; `pull` downloads a model from the Hugging Face Hub.
 
 mod bench;
+mod hub;
+mod pull;
 mod quantize;
 mod serve;
 
@@ -52,6 +54,9 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
     /// Write a checkpoint as GGUF with block-quantized weights (Q8_0, Q5_1, Q5_0, Q4_1, Q4_0).
     Quantize(Box<quantize::QuantizeArgs>),
+    /// Download a model from the Hugging Face Hub (HF_ENDPOINT for a mirror, HF_TOKEN for
+    /// gated repos) into the models folder: a diffusers pipeline's needed files, or one file.
+    Pull(Box<pull::PullArgs>),
 }
 
 #[derive(clap::Args)]
@@ -188,6 +193,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Keys(cmd) => serve::keys(cmd),
         Command::Bench(args) => bench::run(*args),
         Command::Quantize(args) => quantize::run(*args),
+        Command::Pull(args) => pull::run(*args),
         Command::Inspect { model, backend } => {
             let device = device::by_name(&backend)?;
             let t = Instant::now();

@@ -35,7 +35,8 @@ fn python_sdk_against_a_real_server() {
     cmd.args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
         .current_dir(root().join("clients/python"))
         .env("PYTHONPATH", root().join("clients/python/src"))
-        .env("IMAGEN_BIN", env!("CARGO_BIN_EXE_imagen"));
+        .env("IMAGEN_BIN", env!("CARGO_BIN_EXE_imagen"))
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
     run(cmd, "clients/python pytest");
 }
 
@@ -56,7 +57,8 @@ fn node_sdk_against_a_real_server() {
     let mut cmd = Command::new("node");
     cmd.args(["--test", "test/client.test.js"])
         .current_dir(root().join("clients/node"))
-        .env("IMAGEN_BIN", env!("CARGO_BIN_EXE_imagen"));
+        .env("IMAGEN_BIN", env!("CARGO_BIN_EXE_imagen"))
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
     run(cmd, "clients/node node --test");
 }
 

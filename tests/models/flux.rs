@@ -311,7 +311,9 @@ fn flux_inpainting_matches_diffusers() {
 }
 
 /// A folder whose T5 is sharded as transformers saves it (`model-0000N-of-00003.safetensors` +
-/// `model.safetensors.index.json`, as FLUX.1 ships `text_encoder_2`): the same image.
+/// `model.safetensors.index.json`, as FLUX.1 ships `text_encoder_2`), and as the Hub names a
+/// variant's shards (`model.fp16-0000N-of-00003.safetensors` + `model.safetensors.index.fp16.json`,
+/// what `imagen pull --variant fp16` fetches): the same image.
 #[test]
 fn flux_with_a_sharded_t5_gives_the_same_image() {
     fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -335,14 +337,31 @@ fn flux_with_a_sharded_t5_gives_the_same_image() {
         &folder.join("text_encoder_2"),
     );
     let device = Device::flex();
-    let m = Model::load(&folder, None, &device).expect("sharded load");
     let case = cases("cases-flux.json")
         .into_iter()
         .find(|c| c["png"] == "tiny-flux-schnell-txt2img.png")
         .expect("case");
-    let got = m
-        .generate(&case_request(&case), &device, &mut |_, _| true)
-        .expect("generate");
-    let (max, mean) = png_diff(&got[0], &load_png("tiny-flux-schnell-txt2img.png"));
-    assert!(max <= 2 && mean <= 0.1, "max {max}/255, mean {mean:.4}/255");
+    for layout in ["plain", "hub variant"] {
+        if layout == "hub variant" {
+            let dir = folder.join("text_encoder_2");
+            let index = dir.join("model.safetensors.index.json");
+            let mut text = std::fs::read_to_string(&index).expect("index");
+            for n in 1..=3 {
+                let (from, to) = (
+                    format!("model-0000{n}-of-00003.safetensors"),
+                    format!("model.fp16-0000{n}-of-00003.safetensors"),
+                );
+                std::fs::rename(dir.join(&from), dir.join(&to)).expect("rename");
+                text = text.replace(&from, &to);
+            }
+            std::fs::remove_file(&index).expect("rm");
+            std::fs::write(dir.join("model.safetensors.index.fp16.json"), text).expect("index");
+        }
+        let m = Model::load(&folder, None, &device).expect("sharded load");
+        let got = m
+            .generate(&case_request(&case), &device, &mut |_, _| true)
+            .expect("generate");
+        let (max, mean) = png_diff(&got[0], &load_png("tiny-flux-schnell-txt2img.png"));
+        assert!(max <= 2 && mean <= 0.1, "{layout}: max {max}/255, mean {mean:.4}/255");
+    }
 }

@@ -11,11 +11,16 @@ use crate::harness::bin;
 
 /// Starts `imagen serve`; returns the child, its base URL and a channel of its stderr lines.
 fn start(models: &std::path::Path, data: &std::path::Path) -> (std::process::Child, String, mpsc::Receiver<String>) {
-    let mut child = Command::new(bin())
-        .args(["serve", "--bind", "127.0.0.1:0", "--models-dir"])
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--bind", "127.0.0.1:0", "--models-dir"])
         .arg(models)
         .arg("--data-dir")
-        .arg(data)
+        .arg(data);
+    spawn(cmd)
+}
+
+fn spawn(mut cmd: Command) -> (std::process::Child, String, mpsc::Receiver<String>) {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -62,7 +67,12 @@ fn a_first_start_needs_no_setup() {
             break;
         }
     }
-    assert!(lines.iter().any(|l| l.contains("no models in")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("no models in") && l.contains("imagen pull")),
+        "{lines:?}"
+    );
     let key = lines
         .iter()
         .find_map(|l| l.trim().strip_prefix("imk_").map(|k| format!("imk_{k}")))
@@ -87,4 +97,50 @@ fn a_first_start_needs_no_setup() {
             .any(|l| l.contains("first start") || l.trim().starts_with("imk_")),
         "{later:?}"
     );
+}
+
+/// No flags, no `./weights` here: the user's data folder (`$HOME/.local/share/imagen`, or
+/// `$XDG_DATA_HOME/imagen`) holds the models and the data.
+#[test]
+fn without_a_checkout_the_users_data_folder_is_used() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (cwd, home) = (tmp.path().join("somewhere"), tmp.path().join("home"));
+    std::fs::create_dir_all(&cwd).expect("cwd");
+    for xdg in [None, Some(tmp.path().join("xdg"))] {
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--bind", "127.0.0.1:0"])
+            .current_dir(&cwd)
+            .env("HOME", &home)
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("IMAGEN_MODELS_DIR")
+            .env_remove("IMAGEN_DATA_DIR");
+        if let Some(x) = &xdg {
+            cmd.env("XDG_DATA_HOME", x);
+        }
+        let (mut child, _base, err) = spawn(cmd);
+        let root = xdg.clone().unwrap_or_else(|| home.join(".local/share")).join("imagen");
+        let mut lines = Vec::new();
+        while let Ok(l) = err.recv_timeout(Duration::from_secs(20)) {
+            let done = l.contains("no models in");
+            lines.push(l);
+            if done {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let models = root.join("models");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("no models in {}", models.display()))),
+            "{lines:?}"
+        );
+        assert!(
+            models.is_dir() && root.join("data/imagen.db").is_file(),
+            "{}",
+            root.display()
+        );
+        assert!(!cwd.join("weights").exists() && !cwd.join("data").exists());
+    }
 }

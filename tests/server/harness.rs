@@ -146,6 +146,7 @@ impl Env {
             .arg(&self.data)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
+            .env("RUST_LOG", quiet())
             .envs(self.vars.iter().cloned());
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
@@ -179,6 +180,8 @@ impl Env {
             } else {
                 Stdio::inherit()
             })
+            // the access log of every test's requests would drown a failure's output
+            .env("RUST_LOG", quiet())
             .envs(self.vars.iter().cloned())
             .envs(vars.iter().copied());
         if let Some(c) = &self.config {
@@ -211,6 +214,11 @@ impl Env {
         }
         panic!("server never became ready");
     }
+}
+
+/// Test servers log warnings and errors only, unless `RUST_LOG` says otherwise.
+fn quiet() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {

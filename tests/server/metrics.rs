@@ -103,6 +103,9 @@ fn metrics_count_jobs_images_steps_and_webhooks() {
     assert_eq!(get(r#"imagen_webhook_deliveries_total{outcome="delivered"}"#), 1.0);
     assert_eq!(get("imagen_queue_depth"), 0.0);
     assert_eq!(get(r#"imagen_model_loaded{model="tiny-sd15"}"#), 1.0);
+    // tiny-sd15 holds about 2.6 MB of f32 weights
+    let held = get(r#"imagen_model_memory_bytes{model="tiny-sd15"}"#);
+    assert!(held > 5e5 && held < 1e9, "{held}");
     assert!(get("imagen_process_resident_memory_bytes") > 1e6);
     assert!(
         r.headers

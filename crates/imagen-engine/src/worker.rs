@@ -63,8 +63,9 @@ pub enum SubmitError {
 pub struct Engine {
     tx: SyncSender<Vec<Job>>,
     catalog: Arc<RwLock<Catalog>>,
-    /// Ids of the models held in memory, least recently used first.
-    loaded_ids: Arc<RwLock<Vec<String>>>,
+    /// Ids of the models held in memory, least recently used first, with the resident memory
+    /// each one's load added.
+    loaded_ids: Arc<RwLock<Vec<(String, u64)>>>,
     ready: Arc<AtomicBool>,
     queued: Arc<AtomicUsize>,
 }
@@ -100,6 +101,7 @@ impl Engine {
             lora_files: HashMap::new(),
             previews: HashMap::new(),
             loaded: Vec::new(),
+            load_bytes: HashMap::new(),
             device,
             max_loaded: config.max_loaded.max(1),
             max_batch: config.max_batch.max(1),
@@ -147,6 +149,13 @@ impl Engine {
 
     /// The models held in memory now.
     pub fn loaded_models(&self) -> Vec<String> {
+        let ids = self.loaded_ids.read().unwrap_or_else(|e| e.into_inner());
+        ids.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    /// (id, bytes) of each loaded model: the resident memory its load added (its weights as
+    /// held: f32, bf16 or block-quantized; on a GPU backend only what stays in host memory).
+    pub fn loaded_memory(&self) -> Vec<(String, u64)> {
         self.loaded_ids.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -178,7 +187,9 @@ impl Catalog {
 
 struct EngineThread {
     catalog: Arc<RwLock<Catalog>>,
-    loaded_ids: Arc<RwLock<Vec<String>>>,
+    loaded_ids: Arc<RwLock<Vec<(String, u64)>>>,
+    /// Resident bytes each loaded model's load added.
+    load_bytes: HashMap<String, u64>,
     /// Parsed LoRA files, kept once read (they are small next to a model).
     lora_files: HashMap<String, Arc<LoraFile>>,
     /// Preview decoders by model id, loaded on first use (`None`: failed, not retried).
@@ -431,17 +442,32 @@ impl EngineThread {
             .info(id)
             .ok_or_else(|| Error::BadInput(format!("unknown model {id:?}")))?;
         if self.loaded.len() >= self.max_loaded {
-            self.loaded.remove(0);
+            let (gone, _) = self.loaded.remove(0);
+            self.load_bytes.remove(&gone);
         }
+        let before = resident_bytes();
         let mut sd = Model::load(&info.path, info.single_file.as_deref(), &self.device)?;
         sd.set_prediction_type(info.prediction_override.clone())?;
+        self.load_bytes
+            .insert(id.to_owned(), resident_bytes().saturating_sub(before));
         let sd = Arc::new(sd);
         self.loaded.push((id.to_owned(), sd.clone()));
-        *self.loaded_ids.write().unwrap_or_else(|e| e.into_inner()) =
-            self.loaded.iter().map(|(m, _)| m.clone()).collect();
+        *self.loaded_ids.write().unwrap_or_else(|e| e.into_inner()) = self
+            .loaded
+            .iter()
+            .map(|(m, _)| (m.clone(), self.load_bytes.get(m).copied().unwrap_or(0)))
+            .collect();
         self.ready.store(true, Ordering::SeqCst);
         Ok(sd)
     }
+}
+
+/// This process's resident memory (Linux; 0 elsewhere).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -174,10 +174,11 @@ pub async fn start(mut config: Config) -> Result<(Option<tokio::net::TcpListener
         tracing::warn!("skipping {}: {why}", path.display());
     }
     if found.models.is_empty() && config.role.worker() {
+        let dir = config.models_dir.display();
         tracing::warn!(
-            "no models in {}: put a diffusers folder (with model_index.json) or a \
-             .safetensors/.gguf checkpoint there, then POST /sdapi/v1/refresh-checkpoints or restart",
-            config.models_dir.display()
+            "no models in {dir}: pull one, e.g. `imagen pull stable-diffusion-v1-5/stable-diffusion-v1-5 \
+             --variant fp16 --models-dir {dir}`, or put a diffusers folder (with model_index.json) or a \
+             .safetensors/.gguf checkpoint there; then POST /sdapi/v1/refresh-checkpoints or restart"
         );
     }
     if let Some(d) = &config.default_model

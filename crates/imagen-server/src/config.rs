@@ -158,12 +158,41 @@ pub struct Fetch {
     pub max_bytes: u64,
 }
 
+/// Where models live without configuration: `./weights` where it exists (a checkout of this
+/// repository), else the user's data folder (`$XDG_DATA_HOME/imagen/models`, by default
+/// `~/.local/share/imagen/models`), so that `imagen serve` and `imagen pull` work from anywhere.
+pub fn default_models_dir() -> PathBuf {
+    if Path::new("weights").is_dir() {
+        "weights".into()
+    } else {
+        user_dir().join("models")
+    }
+}
+
+/// The store, secret and images beside it: `./data`, or `~/.local/share/imagen/data`.
+pub fn default_data_dir() -> PathBuf {
+    if Path::new("weights").is_dir() {
+        "data".into()
+    } else {
+        user_dir().join("data")
+    }
+}
+
+fn user_dir() -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).map(PathBuf::from).filter(|p| p.is_absolute());
+    match (var("XDG_DATA_HOME"), var("HOME")) {
+        (Some(d), _) => d.join("imagen"),
+        (None, Some(home)) => home.join(".local/share/imagen"),
+        (None, None) => "imagen-data".into(),
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            models_dir: "weights".into(),
-            data_dir: "data".into(),
+            models_dir: default_models_dir(),
+            data_dir: default_data_dir(),
             public_url: None,
             backend: "cpu".into(),
             device: None,

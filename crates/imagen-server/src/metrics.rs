@@ -52,6 +52,11 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "gauge",
         "1 for each model held in memory, by model.",
     ),
+    (
+        "imagen_model_memory_bytes",
+        "gauge",
+        "Resident memory each loaded model's load added (its weights as held), by model.",
+    ),
     ("imagen_models_available", "gauge", "Models in the models folder."),
     (
         "imagen_process_resident_memory_bytes",

@@ -129,9 +129,13 @@ impl Weights {
             if single.is_file() {
                 return Self::open(&[single]);
             }
-            let index = dir.join(format!("{name}.index.json"));
-            if index.is_file() {
-                return Self::open(&shards_of(&index)?);
+            // sharded: `x.fp16.safetensors.index.json`, or as the Hub names variants'
+            // indexes, `x.safetensors.index.fp16.json`
+            let hub_index = variant.map(|v| dir.join(format!("{stem}.safetensors.index.{v}.json")));
+            for index in std::iter::once(dir.join(format!("{name}.index.json"))).chain(hub_index) {
+                if index.is_file() {
+                    return Self::open(&shards_of(&index)?);
+                }
             }
         }
         let tried: Vec<String> = variants

@@ -146,7 +146,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .await
         .ok()
         .and_then(Result::ok);
-    let loaded = state.engine.as_ref().map(|e| e.loaded_models()).unwrap_or_default();
+    let loaded = state.engine.as_ref().map(|e| e.loaded_memory()).unwrap_or_default();
     let mut gauges = vec![
         ("imagen_jobs_running", vec![], lock_len(&state.running) as f64),
         ("imagen_models_loaded", vec![], loaded.len() as f64),
@@ -160,11 +160,14 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     if let Some(q) = queued {
         gauges.push(("imagen_queue_depth", vec![], q as f64));
     }
-    gauges.extend(
-        loaded
-            .iter()
-            .map(|m| ("imagen_model_loaded", crate::metrics::model_labels(m), 1.0)),
-    );
+    for (m, bytes) in &loaded {
+        gauges.push(("imagen_model_loaded", crate::metrics::model_labels(m), 1.0));
+        gauges.push((
+            "imagen_model_memory_bytes",
+            crate::metrics::model_labels(m),
+            *bytes as f64,
+        ));
+    }
     let text = crate::metrics::METRICS.render(&gauges);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
