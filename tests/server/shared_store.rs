@@ -86,6 +86,39 @@ fn a_free_key_gets_exactly_ten_through_two_front_ends() {
     // 400 = counted, then refused by validation (no engine work); 429 = over the limit
     assert_eq!(statuses.iter().filter(|&&s| s == 400).count(), 10, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 14, "{statuses:?}");
+
+    // a key made on one node works on every front-end at once; revoked, it stops on all at
+    // once (keys are read from the store on each request, never cached)
+    let fresh = env.key_on_store(&url, "pro", &[]);
+    for s in &servers {
+        assert_eq!(s.get("/v1/models", Some(&fresh)).status, 200);
+    }
+    let list = std::process::Command::new(crate::harness::bin())
+        .args(["keys", "list", "--data-dir"])
+        .arg(&env.data)
+        .env("IMAGEN_STORE_URL", &url)
+        .output()
+        .expect("keys list");
+    let listed = String::from_utf8_lossy(&list.stdout).into_owned();
+    // the newest key is the pro one just made (the others are free)
+    let id = listed
+        .lines()
+        .filter(|l| l.split('\t').nth(1) == Some("pro"))
+        .filter_map(|l| l.split('\t').next())
+        .next_back()
+        .unwrap_or_else(|| panic!("no pro key listed: {listed}"))
+        .to_owned();
+    let revoked = std::process::Command::new(crate::harness::bin())
+        .args(["keys", "revoke", "--data-dir"])
+        .arg(&env.data)
+        .arg(&id)
+        .env("IMAGEN_STORE_URL", &url)
+        .output()
+        .expect("keys revoke");
+    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    for s in &servers {
+        s.get("/v1/models", Some(&fresh)).assert_error(401, "unauthorized");
+    }
 }
 
 fn submit(s: &Server, key: &str, model: &str, seed: u64) -> String {
