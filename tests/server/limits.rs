@@ -250,3 +250,57 @@ fn idle_and_slow_clients_are_cut_off() {
     assert!(start.elapsed() < Duration::from_secs(4));
     assert_eq!(s.get("/healthz", None).status, 200);
 }
+
+/// The process answering a request with an `Idempotency-Key` dies after its job was committed:
+/// the retry is 409 while that job runs (after the restart it is claimed again), then its
+/// record, the job the first attempt made: one job, never two.
+#[test]
+fn idempotent_retry_after_a_crash_finds_the_committed_job() {
+    let env = Env::with_config("[queue]\nlease_ms = 1200\n");
+    let key = env.key("pro", &[]);
+    let body = json!({"prompt": "x", "steps": 30, "width": 128, "height": 128, "seed": 5, "scheduler": "euler"});
+    let s = env.serve();
+    let (url, key2, body2) = (s.url("/v1/text-to-image"), key.clone(), body.clone());
+    // the first attempt waits on its job; the process dies under it
+    let first = std::thread::spawn(move || {
+        let _ = ureq::post(&url)
+            .header("Authorization", format!("Bearer {key2}"))
+            .header("Idempotency-Key", "c1")
+            .header("Content-Type", "application/json")
+            .send(body2.to_string());
+    });
+    let mut job = None;
+    for _ in 0..400 {
+        let page = s.get("/v1/generations", Some(&key)).json();
+        if let Some(g) = page["data"].as_array().and_then(|d| d.first()) {
+            job = g["id"].as_str().map(str::to_owned);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let job = job.expect("the job was committed");
+    drop(s); // SIGKILL, the job running
+    let _ = first.join();
+    let s = env.serve();
+    let mut saw_in_use = false;
+    let answer = loop {
+        let r = s.post_with("/v1/text-to-image", &key, &body, &[("Idempotency-Key", "c1")]);
+        if r.status == 409 {
+            r.assert_error(409, "idempotency_key_in_use");
+            saw_in_use = true;
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        break r;
+    };
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(answer.json()["id"], job.as_str());
+    assert_eq!(answer.json()["status"], "completed");
+    assert_eq!(answer.header("idempotent-replayed"), Some("true"));
+    assert!(
+        saw_in_use,
+        "the retry came only after the job had ended: the test proves less"
+    );
+    let all = s.get("/v1/generations", Some(&key)).json();
+    assert_eq!(all["data"].as_array().map(Vec::len), Some(1), "one job: {all}");
+}

@@ -49,6 +49,20 @@ pub struct Outcome {
     pub record: Value,
 }
 
+tokio::task_local! {
+    /// The job id an `Idempotency-Key` fixes for the request being answered
+    /// (`routes::idempotency`): a retry after the process died finds the job it committed.
+    static FIXED_ID: String;
+}
+
+/// Runs `f` (a request's handling) with the job id its submission takes, if one is fixed.
+pub async fn with_fixed_id<F: std::future::Future>(id: Option<String>, f: F) -> F::Output {
+    match id {
+        Some(id) => FIXED_ID.scope(id, f).await,
+        None => f.await,
+    }
+}
+
 pub fn rfc3339(unix: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
 }
@@ -57,7 +71,10 @@ pub fn rfc3339(unix: u64) -> String {
 /// wakes the dispatcher. Returns the record and, unless in the background, a receiver for the
 /// outcome: the job runs to its end whether or not anyone still waits.
 pub fn submit(state: &Arc<AppState>, sub: Submission) -> Result<(Value, Option<oneshot::Receiver<Outcome>>), ApiError> {
-    let id = format!("gen_{}", random_hex(12).map_err(ApiError::internal)?);
+    let id = match FIXED_ID.try_with(Clone::clone) {
+        Ok(id) => id,
+        Err(_) => format!("gen_{}", random_hex(12).map_err(ApiError::internal)?),
+    };
     let created = now_secs();
     let record = json!({
         "id": id,

@@ -388,14 +388,16 @@ impl Store for PgStore {
                 Idempotency::New
             } else {
                 let r = tx.query_one(
-                    "SELECT request_hash, status, content_type, body FROM idempotency
+                    "SELECT request_hash, status, content_type, body, created_at FROM idempotency
                      WHERE key_id = $1 AND idem_key = $2",
                     &[&key_id, &idem_key],
                 )?;
                 let (hash, status): (String, Option<i32>) = (r.get(0), r.get(1));
                 match status {
                     _ if hash != request_hash => Idempotency::Mismatch,
-                    None => Idempotency::InFlight,
+                    None => Idempotency::InFlight {
+                        since: r.get::<_, i64>(4) as u64,
+                    },
                     Some(s) => Idempotency::Replay(
                         s as u16,
                         r.get::<_, Option<String>>(2).unwrap_or_default(),

@@ -140,8 +140,9 @@ pub enum Idempotency {
     Replay(u16, String, Vec<u8>),
     /// Used before with another request.
     Mismatch,
-    /// Its first request is still being answered.
-    InFlight,
+    /// Its first request is still being answered (or its process died first); `since`: when
+    /// that request began (with the key, it fixes the job id the request submits).
+    InFlight { since: u64 },
 }
 
 /// (request hash, status, content type, body) of a stored idempotent answer.
@@ -424,17 +425,18 @@ impl Store for SqliteStore {
                 now.saturating_sub(IDEMPOTENCY_ABANDONED_SECS) as i64
             ],
         )?;
-        let found: Option<StoredAnswer> = tx
+        let found: Option<(StoredAnswer, i64)> = tx
             .query_row(
-                "SELECT request_hash, status, content_type, body FROM idempotency WHERE key_id = ?1 AND idem_key = ?2",
+                "SELECT request_hash, status, content_type, body, created_at FROM idempotency \
+                 WHERE key_id = ?1 AND idem_key = ?2",
                 params![key_id, idem_key],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok(((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?), r.get::<_, i64>(4)?)),
             )
             .optional()?;
         let out = match found {
-            Some((hash, _, _, _)) if hash != request_hash => Idempotency::Mismatch,
-            Some((_, None, _, _)) => Idempotency::InFlight,
-            Some((_, Some(status), ct, body)) => {
+            Some(((hash, _, _, _), _)) if hash != request_hash => Idempotency::Mismatch,
+            Some(((_, None, _, _), since)) => Idempotency::InFlight { since: since as u64 },
+            Some(((_, Some(status), ct, body), _)) => {
                 Idempotency::Replay(status as u16, ct.unwrap_or_default(), body.unwrap_or_default())
             }
             None => {

@@ -140,8 +140,8 @@ fn idempotency(s: &dyn Both) {
         Idempotency::New
     );
     assert_eq!(
-        s.idempotency_begin("k", "i", "h1", now).expect("again"),
-        Idempotency::InFlight
+        s.idempotency_begin("k", "i", "h1", now + 5).expect("again"),
+        Idempotency::InFlight { since: now }
     );
     assert_eq!(
         s.idempotency_begin("k", "i", "h2", now).expect("other"),

@@ -48,9 +48,9 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
         match super::idempotency::key_of(&req) {
             Ok(None) => {}
             Ok(Some(k)) => match super::idempotency::admit(&state, &key.id, k, req).await {
-                super::idempotency::Admit::Run(r, k) => {
+                super::idempotency::Admit::Run(r, k, job) => {
                     req = r;
-                    idem = Some(k);
+                    idem = Some((k, job));
                 }
                 super::idempotency::Admit::Answer(mut resp) => {
                     if let Ok(Ok(states)) = usage(&state, &key).await {
@@ -85,7 +85,8 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
     let mut resp = if allowed {
         access::record_key(&key.id);
         req.extensions_mut().insert(Caller(key));
-        next.run(req).await
+        let fixed = idem.as_ref().map(|(_, job)| job.clone());
+        crate::jobs::with_fixed_id(fixed, next.run(req)).await
     } else {
         let tightest = tightest(&states);
         let retry = tightest.reset.saturating_sub(now_secs()).max(1);
@@ -100,7 +101,7 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
         e.retry_after = Some(retry);
         e.into_response()
     };
-    if let Some(k) = idem {
+    if let Some((k, _)) = idem {
         resp = super::idempotency::finish(&state, &key_id, k, resp).await;
     }
     rate_headers(resp.headers_mut(), &states);
