@@ -44,6 +44,19 @@ fn spawn(mut cmd: Command) -> (std::process::Child, String, mpsc::Receiver<Strin
     (child, base, rx)
 }
 
+/// The log up to the line saying the models folder is empty (20 s at most between lines).
+fn until_no_models(err: &mpsc::Receiver<String>) -> Vec<String> {
+    let mut lines = Vec::new();
+    while let Ok(l) = err.recv_timeout(Duration::from_secs(20)) {
+        let done = l.contains("no models in");
+        lines.push(l);
+        if done {
+            break;
+        }
+    }
+    lines
+}
+
 fn get(url: &str, key: &str) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let mut r = agent
@@ -59,14 +72,7 @@ fn a_first_start_needs_no_setup() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (models, data) = (tmp.path().join("weights"), tmp.path().join("data"));
     let (mut child, base, err) = start(&models, &data);
-    let mut lines = Vec::new();
-    while let Ok(l) = err.recv_timeout(Duration::from_secs(20)) {
-        let done = l.contains("no models in");
-        lines.push(l);
-        if done {
-            break;
-        }
-    }
+    let lines = until_no_models(&err);
     assert!(
         lines
             .iter()
@@ -119,14 +125,7 @@ fn without_a_checkout_the_users_data_folder_is_used() {
         }
         let (mut child, _base, err) = spawn(cmd);
         let root = xdg.clone().unwrap_or_else(|| home.join(".local/share")).join("imagen");
-        let mut lines = Vec::new();
-        while let Ok(l) = err.recv_timeout(Duration::from_secs(20)) {
-            let done = l.contains("no models in");
-            lines.push(l);
-            if done {
-                break;
-            }
-        }
+        let lines = until_no_models(&err);
         let _ = child.kill();
         let _ = child.wait();
         let models = root.join("models");
