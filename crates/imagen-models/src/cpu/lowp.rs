@@ -43,9 +43,27 @@ pub(crate) fn pack_conv(w: &[f32], cout: usize, cin: usize, kh: usize, kw: usize
     out
 }
 
-/// `[d_in, d_out]` f32 (burn's linear weight) → the same layout in bf16 bits.
-pub(crate) fn pack_linear(w: &[f32]) -> Vec<u16> {
-    w.par_iter().map(|&v| amx::bf16(v)).collect()
+/// `[d_in, d_out]` f32 (burn's linear weight) → `[m_pad][k_p]` bf16 bits, transposed (one row
+/// per output, padded with zeros: [`padded`]`(d_out, d_in)`): the GEMM's A operand, which burn
+/// sees as a strided `[d_in, d_out]` view. Tiles of 64 × 64 keep the transpose in cache.
+pub(crate) fn pack_linear(w: &[f32], d_in: usize, d_out: usize) -> Vec<u16> {
+    const T: usize = 64;
+    assert_eq!(w.len(), d_in * d_out);
+    let (m_pad, k_p) = padded(d_out, d_in);
+    let mut out = vec![0u16; m_pad * k_p];
+    out.par_chunks_mut(T * k_p).enumerate().for_each(|(c, rows)| {
+        let n0 = c * T;
+        let nt = (rows.len() / k_p).min(d_out.saturating_sub(n0));
+        for k0 in (0..d_in).step_by(T) {
+            for k in k0..(k0 + T).min(d_in) {
+                let src = &w[k * d_out + n0..][..nt];
+                for (j, &v) in src.iter().enumerate() {
+                    rows[j * k_p + k] = amx::bf16(v);
+                }
+            }
+        }
+    });
+    out
 }
 
 /// Output columns (of C) per parallel task: 8 blocks, a 256-wide panel of B that stays in L2

@@ -190,7 +190,8 @@ fn packed<const D: usize>(t: &Tensor<D>, (m_pad, cin_p): (usize, usize), taps: u
             (t.dims()[3] * cin_p) as isize,
             cin_p as isize,
         ],
-        2 => &[cin_p as isize, 1],
+        // a linear weight `[d_in, d_out]` over its transposed `[m_pad][k_p]` storage
+        2 => &[1, cin_p as isize],
         _ => return None,
     };
     let len = p.storage::<half::bf16>().len();
@@ -308,11 +309,13 @@ fn pack_bf16<const D: usize>(t: Tensor<D>) -> Option<Tensor<D>> {
             .permute(&[0, 3, 1, 2])
         }
         2 => {
-            let bits = lowp::pack_linear(slice(&p));
-            FlexTensor::from_data(TensorData::new(
-                bits.reinterpret_into::<half::bf16>(),
-                [dims[0], dims[1]],
-            ))
+            let [d_in, d_out] = [dims[0], dims[1]];
+            let (m_pad, k_p) = lowp::padded(d_out, d_in);
+            let bits = lowp::pack_linear(slice(&p), d_in, d_out);
+            FlexTensor::from_data(TensorData::new(bits.reinterpret_into::<half::bf16>(), [m_pad, k_p]))
+                .narrow(0, 0, d_out)
+                .narrow(1, 0, d_in)
+                .permute(&[1, 0])
         }
         _ => return None,
     };
@@ -410,7 +413,7 @@ pub fn linear<const D: usize>(lin: &Linear, x: &Tensor<D>, bf16: bool) -> Option
     }
     if weight.dtype() == DType::BF16 {
         let (xs, bias) = (host(x)?, host_param(&lin.bias)?);
-        let ws = packed(&weight, (d_in, d_out), 1)?;
+        let ws = packed(&weight, lowp::padded(d_out, d_in), 1)?;
         let _t = profile::Timer::new(profile::Op::Linear);
         let w = lowp::Weight::Bf16 {
             bits: bf16_bits(&ws),
