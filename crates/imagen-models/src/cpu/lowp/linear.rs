@@ -99,16 +99,7 @@ pub(crate) fn linear(x: &[f32], rows: usize, weight: Weight, bias: Option<&[f32]
             .enumerate()
             .for_each_init(|| vec![0f32; 2 * d_out], |tmp, (p, dst)| q8_pair_row(&w, p, dst, tmp)),
     }
-    let ops = Operands {
-        a: &a,
-        lda: k_p,
-        m_pad,
-        b: &b,
-        plane: n_pad,
-        n_block: BLOCK,
-        seg_k: k_p,
-        taps: &[(0, 0)],
-    };
+    let ops = plain_gemm(&a, m_pad, k_p, &b, n_pad);
     let mut out = scratch::output(rows * d_out);
     let dst = Out(out.as_mut_ptr());
     run(&ops, n_pad, &|m0, n0, blk| {
@@ -128,6 +119,20 @@ pub(crate) fn linear(x: &[f32], rows: usize, weight: Weight, bias: Option<&[f32]
     out
 }
 
+/// A plain GEMM's operands: A `[m_pad][k_p]` row-major, B `[k_p/2][n_pad]` pairs, one tap.
+fn plain_gemm<'a>(a: &'a [u16], m_pad: usize, k_p: usize, b: &'a [u32], n_pad: usize) -> Operands<'a> {
+    Operands {
+        a,
+        lda: k_p,
+        m_pad,
+        b,
+        plane: n_pad,
+        n_block: BLOCK,
+        seg_k: k_p,
+        taps: &[(0, 0)],
+    }
+}
+
 /// `Cᵀ = W·xᵀ`: the packed weight `[m_pad][k_p]` is A, x's bf16 rows `a` become the B pairs;
 /// block `(m0, n0)` of Cᵀ lands transposed in `[rows, d_out]`.
 fn transposed(a: &[u16], rows: usize, bits: &[u16], (d_in, d_out): (usize, usize), bias: Option<&[f32]>) -> Vec<f32> {
@@ -135,16 +140,7 @@ fn transposed(a: &[u16], rows: usize, bits: &[u16], (d_in, d_out): (usize, usize
     let n_pad = rows.next_multiple_of(BLOCK);
     let mut b = take_pairs(k_p / 2 * n_pad);
     pairs_of_rows(a, rows, k_p, &mut b, n_pad);
-    let ops = Operands {
-        a: bits,
-        lda: k_p,
-        m_pad,
-        b: &b,
-        plane: n_pad,
-        n_block: BLOCK,
-        seg_k: k_p,
-        taps: &[(0, 0)],
-    };
+    let ops = plain_gemm(bits, m_pad, k_p, &b, n_pad);
     let mut out = scratch::output(rows * d_out);
     let dst = Out(out.as_mut_ptr());
     run(&ops, n_pad, &|m0, n0, blk| {
