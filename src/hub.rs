@@ -196,7 +196,16 @@ impl Hub {
             500..=599 | 429 => return Err(Fetch::Retry(anyhow::anyhow!("{}: HTTP {status}", file.path))),
             _ => {
                 let body = resp.into_body().read_to_string().unwrap_or_default();
-                let e = self.refusal(&file.path, "", status, &body);
+                // the listing named this file: a 404 now is the file's, not the repo's
+                let e = if status == 404 {
+                    format!(
+                        "{}: the Hub lists it but answered 404 for it ({})",
+                        file.path,
+                        body.trim()
+                    )
+                } else {
+                    self.refusal(&file.path, "", status, &body)
+                };
                 return Err(Fetch::Fatal(anyhow::anyhow!(e)));
             }
         };
